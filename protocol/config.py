@@ -1,0 +1,103 @@
+"""Typed configuration shared by the three services: YAML file < environment < command-line flags.
+
+Each service declares its settings as msgspec Structs (``forbid_unknown_fields``), so a typo or a wrong type
+in a YAML file fails at start with a message naming the key (``mqtt.port: Expected `int`, got `str```),
+instead of surfacing hours later. Environment overrides use ``PREFIX`` + the dotted key with ``__`` for the
+dots, e.g. ``EDGELOOP_EDGE__SAMPLER__P_MIN=0.02``; values are parsed as YAML scalars so numbers and booleans
+come out typed.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+import msgspec
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type; the message names the key."""
+
+
+def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = [p for p in dotted.split(".") if p]
+    node = target
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def env_overrides(prefix: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Dotted-key overrides from variables named ``{prefix}{KEY}`` (``__`` separates nesting levels)."""
+    environ = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(prefix) or name == prefix:
+            continue
+        key = name[len(prefix):].lower().replace("__", ".")
+        try:
+            out[key] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
+def load_config(cls: type[T], path: str | Path | None = None, *, env_prefix: str | None = None,
+                overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> T:
+    """Build ``cls`` from a YAML file, then environment overrides, then explicit (dotted-key) overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+        data = loaded
+    layered: list[Mapping[str, Any]] = []
+    if env_prefix:
+        layered.append(env_overrides(env_prefix, environ))
+    if overrides:
+        layered.append(overrides)
+    for layer in layered:
+        for key, value in layer.items():
+            if value is not None:
+                _set_dotted(data, key, value)
+    try:
+        return msgspec.convert(data, type=cls, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_readable(str(exc), path)) from None
+
+
+def _readable(message: str, path: Path | str | None) -> str:
+    """msgspec says ``... - at `$.mqtt.port```; operators read ``mqtt.port: ...``."""
+    where = ""
+    if " - at `$." in message:
+        message, _, key = message.rpartition(" - at `$.")
+        where = key.rstrip("`")
+    prefix = f"{path}: " if path else ""
+    return f"{prefix}{where + ': ' if where else ''}{message}"
+
+
+def dump_config(config: Any) -> str:
+    """The effective configuration as YAML, for logs and ``--print-config``."""
+    return yaml.safe_dump(msgspec.to_builtins(config), sort_keys=False)
+
+
+def config_digest(config: Any) -> str:
+    """A short stable digest of the effective configuration, published in the device's birth message."""
+    import hashlib
+
+    return hashlib.sha256(msgspec.json.encode(msgspec.to_builtins(config))).hexdigest()[:16]

@@ -1,0 +1,121 @@
+"""Classifier architectures the trainer can learn and export.
+
+Every network is split into ``features`` (image -> embedding) and ``head`` (an ``nn.Linear``), so that
+class-incremental growth only ever touches ``head`` and strategies that need embeddings can get them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Input size an architecture is built for; the exported metadata repeats it for the edge."""
+
+    width: int
+    height: int
+    channels: int
+
+
+ARCH_INPUT: dict[str, InputSpec] = {
+    "convnet": InputSpec(28, 28, 1),
+    "small_cnn": InputSpec(64, 64, 3),
+    "mobilenet_v3_small": InputSpec(96, 96, 3),
+}
+
+
+class Classifier(nn.Module):
+    """features -> head. The one shape every strategy, exporter and head-grower relies on."""
+
+    def __init__(self, features: nn.Module, embed_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.features = features
+        self.head = nn.Linear(embed_dim, num_classes)
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.out_features
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def convnet(num_classes: int = 10, in_channels: int = 1) -> Classifier:
+    """The seed's MNIST ConvNet: conv 1->32 3x3, ReLU, conv 32->64 3x3, ReLU, max-pool 2, fc 9216->128, ReLU, fc."""
+    features = nn.Sequential(
+        nn.Conv2d(in_channels, 32, 3, 1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, 1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(1),
+        nn.Linear(9216, 128),
+        nn.ReLU(),
+    )
+    return Classifier(features, 128, num_classes)
+
+
+def small_cnn(num_classes: int = 4, in_channels: int = 3) -> Classifier:
+    """A small colour CNN for 64x64 ROIs: four conv blocks with batch norm, global average pool."""
+
+    def block(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
+
+    features = nn.Sequential(
+        block(in_channels, 16),
+        block(16, 32),
+        block(32, 64),
+        block(64, 96),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(1),
+    )
+    return Classifier(features, 96, num_classes)
+
+
+def mobilenet_v3_small(num_classes: int = 10, in_channels: int = 3) -> Classifier:
+    """torchvision's MobileNetV3-Small, random init (weights come from ``--weights FILE`` when a user has them)."""
+    from torchvision.models import mobilenet_v3_small as tv_mobilenet
+
+    if in_channels != 3:
+        raise ValueError("mobilenet_v3_small takes 3-channel input")
+    net = tv_mobilenet(weights=None)
+    embed_dim = net.classifier[-1].in_features
+    net.classifier[-1] = nn.Identity()
+    features = nn.Sequential(net.features, net.avgpool, nn.Flatten(1), net.classifier)
+    return Classifier(features, embed_dim, num_classes)
+
+
+BUILDERS = {"convnet": convnet, "small_cnn": small_cnn, "mobilenet_v3_small": mobilenet_v3_small}
+
+
+def build_model(arch: str, num_classes: int, in_channels: int | None = None) -> Classifier:
+    """Build an architecture by name; unknown names fail with the list of known ones."""
+    if arch not in BUILDERS:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(BUILDERS))}")
+    channels = ARCH_INPUT[arch].channels if in_channels is None else in_channels
+    return BUILDERS[arch](num_classes=num_classes, in_channels=channels)
+
+
+@torch.no_grad()
+def grow_head(model: Classifier, num_classes: int) -> bool:
+    """Widen the head to ``num_classes`` outputs, keeping the old rows so old classes keep their scores.
+
+    New rows start small (and new biases slightly negative relative to the old mean) so a newly added
+    class does not steal predictions before it has been trained. Returns True when the head changed.
+    """
+    old = model.head
+    if num_classes <= old.out_features:
+        return False
+    new = nn.Linear(old.in_features, num_classes).to(old.weight.device, old.weight.dtype)
+    nn.init.normal_(new.weight, std=0.01)
+    new.weight[: old.out_features] = old.weight
+    new.bias.fill_(float(old.bias.mean()) - 1.0)
+    new.bias[: old.out_features] = old.bias
+    model.head = new
+    return True
