@@ -15,14 +15,16 @@ Latency rules (measured; see docs/mqtt-notes.md for the numbers)
    earlier one is un-ACKed, and Linux delays a pure ACK by ~40 ms, so any connection that carries
    two small packets back-to-back in one direction with nothing flowing the other way stalls for
    40 ms. Client side: a client that both publishes and receives QoS 1 (PUBACK then PUBLISH)
-   drops from ~12,700 to ~460 msg/s. Broker side: a request/response pair of clients (broker
+   drops from ~12,700 to ~460 msg/s (paho's default window of 20), and an echo/reply client
+   to ~21 round trips/s. Broker side: a request/response pair of clients (broker
    sends PUBACK, then the reply PUBLISH) drops from ~3,500 to ~23 round trips/s *even though
    both clients set TCP_NODELAY* — the client option only covers the client->broker direction.
    ``make_client`` fixes the client half; ``deploy.broker`` writes ``set_tcp_nodelay true``;
    for any other broker, turn its no-delay option on (EMQX ``tcp_options.nodelay``, mosquitto
    ``set_tcp_nodelay``) and check with ``round_trip_probe``.
-2. Running several paho clients in one process is fine: the GIL, paho's socketpair wake-up and
-   the loop threads cost < 2x, not 100x (measured; see the notes). Use one ``loop_start()``
+2. Running several paho clients in one process is fine: two clients in one process match the
+   two-process figures; the GIL switch interval, paho's socketpair wake-up and per-client loop
+   threads change nothing by more than noise against a Nagle broker (~22/s every way). Use one ``loop_start()``
    per client; publish from any thread.
 3. Do not replace ``client.on_socket_open`` on a client from ``make_client``; that is where
    TCP_NODELAY is set (chain to ``tune_socket`` if you must).
