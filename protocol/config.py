@@ -75,10 +75,43 @@ def load_config(cls: type[T], path: str | Path | None = None, *, env_prefix: str
         for key, value in layer.items():
             if value is not None:
                 _set_dotted(data, key, value)
+    _check_unknown(data, cls, "")
     try:
         return msgspec.convert(data, type=cls, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(_readable(str(exc), path)) from None
+
+
+def _fields(cls: Any) -> dict[str, Any] | None:
+    """Field name -> type for a Struct or dataclass, else None (a leaf)."""
+    import dataclasses
+    import typing
+
+    if isinstance(cls, type) and issubclass(cls, msgspec.Struct):
+        hints = typing.get_type_hints(cls)
+        return {name: hints.get(name) for name in cls.__struct_fields__}
+    if dataclasses.is_dataclass(cls) and isinstance(cls, type):
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints.get(f.name) for f in dataclasses.fields(cls)}
+    return None
+
+
+def _check_unknown(data: Any, cls: Any, where: str) -> None:
+    """msgspec ignores unknown keys of dataclasses; a typo in a config must fail, naming the key."""
+    import typing
+
+    if not isinstance(data, dict):
+        return
+    for candidate in (typing.get_args(cls) or (cls,)):  # Optional[Section] -> Section
+        fields = _fields(candidate)
+        if fields is None:
+            continue
+        for key, value in data.items():
+            name = f"{where}.{key}" if where else str(key)
+            if key not in fields:
+                raise ConfigError(f"{name}: unknown key (known here: {', '.join(sorted(fields))})")
+            _check_unknown(value, fields[key], name)
+        return
 
 
 def _readable(message: str, path: Path | str | None) -> str:
@@ -91,9 +124,21 @@ def _readable(message: str, path: Path | str | None) -> str:
     return f"{prefix}{where + ': ' if where else ''}{message}"
 
 
+def _plain(value: Any) -> Any:
+    """Structs and dataclasses as plain dicts with *every* field (msgspec drops dataclass defaults)."""
+    fields = _fields(type(value))
+    if fields is not None:
+        return {name: _plain(getattr(value, name)) for name in fields}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 def dump_config(config: Any) -> str:
     """The effective configuration as YAML, for logs and ``--print-config``."""
-    return yaml.safe_dump(msgspec.to_builtins(config), sort_keys=False)
+    return yaml.safe_dump(_plain(config), sort_keys=False)
 
 
 def config_digest(config: Any) -> str:

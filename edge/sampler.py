@@ -1,0 +1,313 @@
+"""Randomised, budgeted, de-duplicated selection of frames to upload.
+
+Per frame, in this order (every factor is folded into the ``p_select`` that travels with the sample, so
+the trainer's weight ``w = min(1 / p_select, w_max)`` is always the inverse of the probability that was
+actually used for the draw):
+
+1. ``p_base = clip(g(score), p_min, p_max)``; ``g`` is a logistic around ``threshold`` with
+   ``temperature`` (default) or a linear ramp. ``p_min > 0`` gives every frame a known non-zero chance:
+   weights stay finite and the trainer sees frames far from the decision boundary (drift).
+2. Drift boost: ``p *= boost`` (capped at 1) while ``edge.drift`` reports drift.
+3. Near-duplicate suppression (``edge.dedup``), *before* the draw: ``p *= duplicate_factor`` for a frame
+   that matches a recent upload. Suppressing *after* a successful draw would make the reported
+   ``p_select`` a lie (the real inclusion probability would be ``p * P(not duplicate)``), silently
+   under-weighting exactly those samples. Doing it before keeps the reported number true. The default
+   factor 0 is the one deliberate exception to "every frame has a non-zero chance": a duplicate of a
+   recent upload is reported with ``p_select = 0`` and reason ``duplicate``; the upload it duplicates
+   stands for it, so the weights are unbiased for the stream of *distinct scenes* rather than of raw
+   frames (what we want: a static scene weighted by its frame count would dominate training), and the
+   dedup TTL re-samples a long-still scene periodically. Set ``duplicate_factor > 0`` to keep frame-level
+   unbiasedness (a history-dependent probability is fine for importance weighting as long as it is known
+   at draw time) at the price of some budget.
+4. Budget pacing, *without bias*: per calendar window (minute, hour, day; UTC-aligned tumbling windows,
+   so "at most B per minute" is exact and easy to audit) the remaining budget ``R_w`` and the time left
+   ``T_w`` give an allowed rate ``R_w / T_w``. Demand ``lambda`` (expected selections per second before
+   the budget) is a time-decayed running estimate of the sum of step-3 probabilities per second.
+   ``factor = min(1, min_w (R_w / T_w) / lambda)`` multiplies every frame's probability alike, so a short
+   budget lowers everybody's chance uniformly instead of taking the first frames of a window and
+   starving the tail (which would bias training towards whatever happens at the top of each minute).
+   A hard cap still applies: when ``R_w`` reaches 0 the factor is 0 until the window rolls over. With
+   small budgets the count's random spread (~sqrt(B)) would often exhaust a window a little early and
+   starve its last seconds, so pacing aims at a window ``pacing_headroom`` (default 10 %) longer than it
+   is: ~90 % utilisation, and at B=30/min under 0.5 % of frames ever see p = 0 (measured; vs 3.7 % at 0).
+5. Draw ``u ~ U[0, 1)`` from a seeded generator; selected iff ``u < p_select``. ``u`` is drawn for every
+   frame so that a given seed gives the same decisions whatever the dedup/budget state.
+
+``Sampler.decide`` returns a ``Decision`` with the effective ``p_select``, the reason and the budget
+left per window. The clock is injectable (``clock=``) so tests simulate hours without sleeping.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import numpy as np
+
+from edge.dedup import DedupConfig, Deduplicator
+
+GKind = Literal["logistic", "linear"]
+
+WINDOWS: dict[str, float] = {"minute": 60.0, "hour": 3600.0, "day": 86400.0}
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Selection curve, budgets and dedup. ``None`` budget = unlimited for that window."""
+
+    g: GKind = "logistic"
+    threshold: float = 0.5  # score at which logistic g = 0.5 (linear: score where g reaches 1 is ``threshold + temperature``)
+    temperature: float = 0.1  # logistic width; linear: ramp from threshold - temperature to threshold + temperature
+    p_min: float = 0.01
+    p_max: float = 1.0
+    budget_per_minute: int | None = 30
+    budget_per_hour: int | None = 600
+    budget_per_day: int | None = 5000
+    rate_tau_s: float = 30.0  # time constant of the demand estimate
+    fps_hint: float = 30.0  # demand estimate before the second frame
+    pacing_headroom: float = 0.1  # pace as if each window were this fraction longer: fewer early exhaustions (see step 4)
+    duplicate_factor: float = 0.0
+    seed: int | None = None
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+
+    def budgets(self) -> dict[str, int | None]:
+        return {"minute": self.budget_per_minute, "hour": self.budget_per_hour, "day": self.budget_per_day}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome for one frame; ``p_select`` is the probability actually used (travels with the sample)."""
+
+    selected: bool
+    p_select: float
+    p_base: float
+    score: float
+    reason: str  # selected: "uncertain" | "explore" | "drift"; not: "not_drawn" | "duplicate" | "budget"
+    budget_factor: float
+    duplicate: bool
+    budget_left: dict[str, int | None]
+    fingerprint: object = None
+
+
+def g_logistic(score: np.ndarray, threshold: float, temperature: float) -> np.ndarray:
+    """``1 / (1 + exp(-(s - threshold) / temperature))``, numerically safe for tiny temperatures."""
+    t = max(float(temperature), 1e-9)
+    z = np.clip((np.asarray(score, dtype=np.float64) - threshold) / t, -60.0, 60.0)
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def g_linear(score: np.ndarray, threshold: float, temperature: float) -> np.ndarray:
+    """Linear ramp from 0 at ``threshold - temperature`` to 1 at ``threshold + temperature``."""
+    t = max(float(temperature), 1e-9)
+    return np.clip((np.asarray(score, dtype=np.float64) - (threshold - t)) / (2 * t), 0.0, 1.0)
+
+
+class _Demand:
+    """Time-decayed estimate of "sum of probabilities per second" (expected selections per second)."""
+
+    def __init__(self, tau: float, fps_hint: float) -> None:
+        self.tau = tau
+        self.fps_hint = fps_hint
+        self.s = 0.0  # decayed sum of p
+        self.t = 0.0  # decayed elapsed time
+        self.last: float | None = None
+
+    def add(self, p: float, now: float) -> None:
+        if self.last is None:
+            self.s, self.t, self.last = p, 1.0 / self.fps_hint, now
+            return
+        dt = max(now - self.last, 0.0)
+        decay = math.exp(-dt / self.tau)
+        self.s = self.s * decay + p
+        self.t = self.t * decay + dt
+        self.last = now
+
+    @property
+    def rate(self) -> float:
+        if self.t <= 0.0:
+            return self.s * self.fps_hint
+        return self.s / self.t
+
+
+class Sampler:
+    """Decides per frame whether to upload it, with known selection probabilities (see module doc)."""
+
+    def __init__(
+        self,
+        config: SamplerConfig | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        self.config = config or SamplerConfig()
+        self.clock = clock
+        self.rng = rng if rng is not None else np.random.default_rng(self.config.seed)
+        self.dedup = Deduplicator(self.config.dedup)
+        self._demand = _Demand(self.config.rate_tau_s, self.config.fps_hint)
+        self._window_start: dict[str, float] = {}
+        self._t0: float | None = None  # time of the first decision
+        self._next_roll = -math.inf  # earliest window end: no calendar arithmetic until then
+        self._last_now = -math.inf
+        self._budgets = {k: (None if v is None else int(v)) for k, v in self.config.budgets().items()}
+        self._used: dict[str, int] = {name: 0 for name in WINDOWS}
+        self._lock = threading.Lock()
+        self.frames = 0
+        self.selected = 0
+        self.reasons: dict[str, int] = {}
+        self._sum_p = 0.0
+
+    # -- the selection curve -------------------------------------------------------------------------
+    def g(self, scores: np.ndarray | float) -> np.ndarray:
+        """The raw curve g(score), vectorised."""
+        c = self.config
+        fn = g_linear if c.g == "linear" else g_logistic
+        return fn(np.asarray(scores, dtype=np.float64), c.threshold, c.temperature)
+
+    def p_base(self, scores: np.ndarray | float) -> np.ndarray:
+        """``clip(g(score), p_min, p_max)`` - the probability before drift boost, dedup and budget."""
+        c = self.config
+        return np.clip(self.g(scores), c.p_min, max(c.p_min, c.p_max))
+
+    def _p_base_one(self, score: float) -> float:
+        """Scalar ``p_base`` in plain Python (the per-frame path; numpy on scalars costs ~5 us a call)."""
+        c = self.config
+        t = c.temperature if c.temperature > 1e-9 else 1e-9
+        if c.g == "linear":
+            g = (score - (c.threshold - t)) / (2.0 * t)
+            g = 0.0 if g < 0.0 else (1.0 if g > 1.0 else g)
+        else:
+            z = (score - c.threshold) / t
+            z = -60.0 if z < -60.0 else (60.0 if z > 60.0 else z)
+            g = 1.0 / (1.0 + math.exp(-z))
+        hi = c.p_max if c.p_max > c.p_min else c.p_min
+        return c.p_min if g < c.p_min else (hi if g > hi else g)
+
+    # -- budgets ---------------------------------------------------------------------------------------
+    def _roll(self, now: float) -> None:
+        if now < self._next_roll and now >= self._last_now:
+            return
+        nxt = math.inf
+        for name, length in WINDOWS.items():
+            start = math.floor(now / length) * length
+            if self._window_start.get(name) != start:
+                self._window_start[name] = start
+                self._used[name] = 0
+            nxt = min(nxt, start + length)
+        self._next_roll = nxt
+        self._last_now = now
+
+    def _left(self) -> dict[str, int | None]:
+        used = self._used
+        return {name: (None if b is None else max(0, int(b) - used[name])) for name, b in self._budgets.items()}
+
+    def _factor(self, now: float, demand_rate: float) -> float:
+        allowed = math.inf
+        headroom = self.config.pacing_headroom
+        t0 = self._t0 if self._t0 is not None else now
+        for name, b in self._budgets.items():
+            if b is None:
+                continue
+            left = b - self._used[name]
+            if left <= 0:
+                return 0.0
+            start = self._window_start[name]
+            end = start + WINDOWS[name]
+            # Headroom proportional to the part of the window this sampler lives through (a device booted
+            # at 22:00 paces its day budget over 2 h, not 24 h).
+            lived = end - (start if start > t0 else t0)
+            remaining_t = max(end - now, 1e-3) + headroom * lived
+            rate = left / remaining_t
+            if rate < allowed:
+                allowed = rate
+        if allowed == math.inf or demand_rate <= 0.0:
+            return 1.0
+        return min(1.0, allowed / demand_rate)
+
+    # -- the decision ----------------------------------------------------------------------------------
+    def decide(
+        self,
+        score: float,
+        image: np.ndarray | None = None,
+        *,
+        boost: float = 1.0,
+        now: float | None = None,
+        fingerprint: object = None,
+    ) -> Decision:
+        """Decide for one frame.
+
+        ``image`` (any small uint8 image, ideally the resized model input) is fingerprinted for dedup;
+        pass ``fingerprint`` instead if already computed. ``boost`` is the drift multiplier.
+        """
+        c = self.config
+        now = self.clock() if now is None else now
+        s = float(score)
+        p0 = self._p_base_one(s)
+        p = min(1.0, p0 * boost) if boost != 1.0 else p0
+        fp = fingerprint
+        dedup = self.dedup
+        if fp is None and image is not None and dedup.config.enabled:
+            fp = dedup.fingerprint(image)
+        dup = fp is not None and dedup.is_duplicate(fp, now)
+        if dup:
+            p *= c.duplicate_factor
+        u = self.rng.random()
+        with self._lock:
+            if self._t0 is None:
+                self._t0 = now
+            self._roll(now)
+            self._demand.add(p, now)
+            factor = self._factor(now, self._demand.rate)
+            p_eff = p * factor
+            selected = u < p_eff
+            if selected:
+                for name in self._used:
+                    self._used[name] += 1
+                if boost > 1.0 and u >= p0 * factor:
+                    reason = "drift"  # would not have been picked without the boost
+                elif p0 <= c.p_min:
+                    reason = "explore"
+                else:
+                    reason = "uncertain"
+            elif dup and p == 0.0:
+                reason = "duplicate"
+            elif factor == 0.0:
+                reason = "budget"
+            else:
+                reason = "not_drawn"
+            self.frames += 1
+            self._sum_p += p_eff
+            self.selected += selected
+            self.reasons[reason] = self.reasons.get(reason, 0) + 1
+            left = self._left()
+        if selected and fp is not None:
+            dedup.remember(fp, now)
+        return Decision(selected, p_eff, p0, s, reason, factor, dup, left, fp)
+
+    def decide_batch(self, scores: np.ndarray, images: list[np.ndarray] | None = None, *, boost: float = 1.0) -> list[Decision]:
+        """``decide`` over a micro-batch, in frame order (budget state is sequential by nature)."""
+        imgs = images if images is not None else [None] * len(scores)
+        return [self.decide(float(s), im, boost=boost) for s, im in zip(np.asarray(scores).ravel(), imgs)]
+
+    def budget_left(self, now: float | None = None) -> dict[str, int | None]:
+        """Selections still allowed in the current minute/hour/day window (None = unlimited)."""
+        with self._lock:
+            self._roll(self.clock() if now is None else now)
+            return self._left()
+
+    def reset_dedup(self) -> None:
+        """Forget recent uploads (after a model swap the same scene is worth asking about again)."""
+        self.dedup.clear()
+
+    def stats(self) -> dict[str, object]:
+        """Counters for the stats topic: frames, selections, mean effective p, demand, budget left, reasons."""
+        with self._lock:
+            return {
+                "frames": self.frames,
+                "selected": self.selected,
+                "mean_p_select": (self._sum_p / self.frames) if self.frames else 0.0,
+                "demand_per_s": self._demand.rate,
+                "budget_left": self._left(),
+                "reasons": dict(self.reasons),
+                "dedup": self.dedup.stats(),
+            }

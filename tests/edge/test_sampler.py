@@ -1,0 +1,238 @@
+"""Sampler: selection curve, calibrated random draws, unbiased budget pacing, dedup and drift boost.
+
+Clocks are simulated (an injected function), so hours of frames run in milliseconds.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from edge.dedup import DedupConfig, Deduplicator, dhash, hamming, thumbnail
+from edge.drift import DriftConfig, DriftMonitor
+from edge.sampler import Sampler, SamplerConfig
+
+NO_DEDUP = DedupConfig(enabled=False)
+NO_BUDGET = dict(budget_per_minute=None, budget_per_hour=None, budget_per_day=None)
+
+
+class Clock:
+    def __init__(self, t: float = 0.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.mark.parametrize("g", ["logistic", "linear"])
+def test_p_select_within_bounds_and_monotone(g: str) -> None:
+    s = Sampler(SamplerConfig(g=g, p_min=0.02, seed=0, dedup=NO_DEDUP, **NO_BUDGET))
+    scores = np.linspace(0, 1, 501)
+    p = s.p_base(scores)
+    assert np.all(p >= 0.02) and np.all(p <= 1.0)
+    assert np.all(np.diff(p) >= -1e-12)
+    assert p[0] == pytest.approx(0.02)
+    assert p[-1] > 0.95
+    # logistic: g(threshold) = 0.5
+    if g == "logistic":
+        assert float(s.g(0.5)) == pytest.approx(0.5)
+
+
+def test_every_frame_has_a_known_nonzero_chance() -> None:
+    clock = Clock()
+    s = Sampler(SamplerConfig(p_min=0.01, seed=0, dedup=NO_DEDUP), clock=clock)
+    for i in range(200):
+        clock.t = i / 30
+        d = s.decide(0.0)
+        assert d.p_select > 0.0
+        assert d.p_select <= 0.01 + 1e-12
+
+
+@pytest.mark.parametrize("score", [0.0, 0.45, 0.5, 0.6, 0.95])
+def test_empirical_frequency_matches_p_select(score: float) -> None:
+    clock = Clock()
+    s = Sampler(SamplerConfig(p_min=0.05, seed=1234, dedup=NO_DEDUP, **NO_BUDGET), clock=clock)
+    n = 20000
+    hits = 0
+    ps = []
+    for i in range(n):
+        clock.t = i / 30
+        d = s.decide(score)
+        hits += d.selected
+        ps.append(d.p_select)
+    p = float(np.mean(ps))
+    assert np.ptp(ps) < 1e-12  # no budget -> the same p every frame
+    sigma = math.sqrt(p * (1 - p) / n)
+    assert abs(hits / n - p) <= max(4 * sigma, 1e-3), (hits / n, p)
+
+
+def _run(s: Sampler, clock: Clock, seconds: float, fps: float, score_fn=lambda i: 0.95):
+    decisions = []
+    n = int(seconds * fps)
+    for i in range(n):
+        clock.t = i / fps
+        decisions.append((clock.t, s.decide(score_fn(i))))
+    return decisions
+
+
+def test_budgets_respected_over_simulated_hours() -> None:
+    clock = Clock()
+    cfg = SamplerConfig(seed=7, budget_per_minute=10, budget_per_hour=120, budget_per_day=None, dedup=NO_DEDUP)
+    s = Sampler(cfg, clock=clock)
+    dec = _run(s, clock, seconds=3 * 3600, fps=5)
+    t_sel = np.array([t for t, d in dec if d.selected])
+    per_min = np.bincount((t_sel // 60).astype(int))
+    per_hour = np.bincount((t_sel // 3600).astype(int))
+    assert per_min.max() <= 10
+    assert per_hour.max() <= 120
+    # Budget is used, not wasted (pacing headroom costs ~10 %).
+    assert per_hour.min() >= 95
+    # The hour budget binds (120/h < 10/min): uploads are spread over the hour, not spent in its first 12 minutes.
+    assert np.mean((t_sel % 3600) >= 1800) == pytest.approx(0.5, abs=0.1)
+
+
+def test_day_budget_paced_and_reset_at_midnight() -> None:
+    day = 86400.0
+    clock = Clock()
+    cfg = SamplerConfig(seed=11, budget_per_minute=None, budget_per_hour=None, budget_per_day=100, dedup=NO_DEDUP)
+    s = Sampler(cfg, clock=clock)
+    t0 = day - 2 * 3600  # 22:00 UTC: 2 hours left in the day
+    sel = []
+    for i in range(int(4 * 3600 * 2)):  # 4 hours at 2 fps, crossing midnight
+        clock.t = t0 + i / 2
+        d = s.decide(0.95)
+        if d.selected:
+            sel.append(clock.t)
+    sel_arr = np.array(sel)
+    before, after = (sel_arr < day).sum(), (sel_arr >= day).sum()
+    assert before <= 100
+    assert before >= 80  # the last 2 hours of the day get (nearly) the whole day budget
+    assert 0 < after <= 100  # new day, new budget, paced over 24 h -> only a few in the first 2 hours
+    assert after < 20
+    assert s.budget_left()["day"] == 100 - after
+
+
+def test_budget_lowers_p_uniformly_instead_of_dropping_the_tail() -> None:
+    """Demand 20x the budget: selections must be spread across each minute, not bunched at its start."""
+    clock = Clock()
+    fps = 10.0
+    cfg = SamplerConfig(seed=3, budget_per_minute=30, budget_per_hour=None, budget_per_day=None, dedup=NO_DEDUP)
+    s = Sampler(cfg, clock=clock)
+    dec = _run(s, clock, seconds=60 * 60, fps=fps)
+    sel = [(t, d) for t, d in dec if d.selected]
+    phase = np.array([t % 60 for t, _ in sel])
+    quarters = np.bincount((phase // 15).astype(int), minlength=4) / len(phase)
+    # Tail-dropping would put ~100 % into the first quarter; uniform scaling gives ~25 % each.
+    assert np.all(np.abs(quarters - 0.25) < 0.05), quarters
+    # The effective p actually used is lowered for everybody (≈ budget / demand), not 1 then 0 ...
+    p_used = np.array([d.p_select for t, d in dec if t >= 60])
+    expected = 30 * 0.9 / (60 * fps)  # budget at 10 % pacing headroom / frames per minute
+    assert np.median(p_used) == pytest.approx(expected, rel=0.25)
+    # ... and (almost) no frame is left with p = 0 by an exhausted window.
+    assert np.mean(p_used == 0) < 0.02
+    # Calibration: the reported p_select of every frame sums to the number selected (Horvitz-Thompson).
+    ps = np.array([d.p_select for _, d in dec])
+    var = float((ps * (1 - ps)).sum())
+    assert abs(len(sel) - ps.sum()) <= 4 * math.sqrt(var) + 1
+
+
+def test_budget_factor_reported_and_recovers_when_demand_drops() -> None:
+    clock = Clock()
+    cfg = SamplerConfig(seed=5, budget_per_minute=20, budget_per_hour=None, budget_per_day=None, rate_tau_s=10, dedup=NO_DEDUP)
+    s = Sampler(cfg, clock=clock)
+    # 2 minutes of high uncertainty at 20 fps, then 2 minutes of confident frames.
+    dec = _run(s, clock, seconds=240, fps=20, score_fn=lambda i: 0.95 if i < 2400 else 0.0)
+    busy = [d.budget_factor for t, d in dec if 30 < t < 110]
+    calm = [d.budget_factor for t, d in dec if t > 200]
+    assert max(busy) < 0.2
+    assert min(calm) == 1.0  # demand 20 fps * p_min = 0.2/s < 20/60 allowed -> no scaling
+
+
+def test_dedup_suppresses_a_static_scene() -> None:
+    clock = Clock()
+    rng = np.random.default_rng(0)
+    scene = rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)
+    cfg = SamplerConfig(seed=0, dedup=DedupConfig(ttl_s=60.0), **NO_BUDGET)
+    s = Sampler(cfg, clock=clock)
+    selected = 0
+    reasons: dict[str, int] = {}
+    for i in range(30 * 50):  # 50 s at 30 fps, sensor noise of +-2 grey levels
+        clock.t = i / 30
+        noisy = np.clip(scene.astype(np.int16) + rng.integers(-2, 3, scene.shape), 0, 255).astype(np.uint8)
+        d = s.decide(0.99, noisy)
+        selected += d.selected
+        reasons[d.reason] = reasons.get(d.reason, 0) + 1
+        if d.duplicate:
+            assert d.p_select == 0.0 and not d.selected
+    assert selected == 1, reasons
+    assert reasons["duplicate"] == 30 * 50 - 1
+    # A different scene is not a duplicate.
+    other = rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)
+    clock.t += 1
+    assert s.decide(0.99, other).selected
+    # After the TTL the static scene may be sampled again (fresh evidence that it is unchanged).
+    clock.t += 61
+    assert not s.decide(0.99, scene).duplicate
+
+
+def test_duplicate_factor_keeps_a_known_probability() -> None:
+    clock = Clock()
+    scene = np.full((16, 16), 100, np.uint8)
+    cfg = SamplerConfig(seed=0, duplicate_factor=0.1, dedup=DedupConfig(), **NO_BUDGET)
+    s = Sampler(cfg, clock=clock)
+    first = s.decide(0.99, scene)
+    assert first.selected
+    clock.t = 1.0
+    d = s.decide(0.99, scene)
+    assert d.duplicate and d.p_select == pytest.approx(0.1 * d.p_base)
+
+
+def test_dedup_methods() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    b = np.clip(a.astype(np.int16) + 40, 0, 255).astype(np.uint8)  # brighter, same content
+    c = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    assert hamming(dhash(a), dhash(b)) <= 8
+    assert hamming(dhash(a), dhash(c)) > 16
+    assert thumbnail(a).shape == (16, 16)
+    d = Deduplicator(DedupConfig(method="dhash", history=2))
+    d.remember(d.fingerprint(a), 0.0)
+    assert d.is_duplicate(d.fingerprint(b), 1.0)
+    assert not d.is_duplicate(d.fingerprint(c), 1.0)
+
+
+def test_drift_monitor_detects_confidence_drop_and_boosts_sampling() -> None:
+    rng = np.random.default_rng(0)
+    mon = DriftMonitor(DriftConfig(reference=200, window=100, threshold=1.0, boost=3.0))
+    conf = np.clip(rng.normal(0.95, 0.02, 300), 0, 1)
+    ent = np.clip(rng.normal(0.1, 0.03, 300), 0, 1)
+    mon.update(conf, ent)
+    assert not mon.active and mon.boost == 1.0
+    mon.update(np.clip(rng.normal(0.7, 0.05, 100), 0, 1), np.clip(rng.normal(0.5, 0.05, 100), 0, 1))
+    assert mon.active and mon.score > 3
+    assert mon.boost == 3.0
+    st = mon.stats()
+    assert st["active"] and st["confidence_rel_change"] < -0.1
+    # Boost raises p_select (inside the reported probability).
+    s = Sampler(SamplerConfig(seed=0, dedup=NO_DEDUP, **NO_BUDGET), clock=Clock())
+    base = s.decide(0.3).p_select
+    assert s.decide(0.3, boost=mon.boost).p_select == pytest.approx(min(1.0, 3 * base))
+    # Recovery with hysteresis, and reset after a model swap.
+    mon.update(np.clip(rng.normal(0.95, 0.02, 100), 0, 1), np.clip(rng.normal(0.1, 0.03, 100), 0, 1))
+    assert not mon.active
+    mon.reset()
+    assert mon.stats()["ref_n"] == 0 and mon.score == 0.0
+
+
+def test_seeded_sampler_is_reproducible() -> None:
+    def run() -> list[bool]:
+        clock = Clock()
+        s = Sampler(SamplerConfig(seed=42, dedup=NO_DEDUP), clock=clock)
+        out = []
+        for i in range(500):
+            clock.t = i / 30
+            out.append(s.decide((i % 10) / 10).selected)
+        return out
+
+    assert run() == run()
