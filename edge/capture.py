@@ -1,7 +1,8 @@
 """The capture thread: keeps a camera read at its own pace, so slow inference never backs frames up.
 
 Frames go into a small bounded queue that drops the *oldest* frame when inference falls behind: the edge
-always classifies what the camera sees now, and memory stays flat. A watchdog reopens a source that fails
+always classifies what the camera sees now, and memory stays flat. Recorded sources (a video file, a
+simulator that is not paced to real time) instead wait for the consumer, so no frame is skipped. A watchdog reopens a source that fails
 or stalls (no frame for ``stall_timeout_s``), with exponential backoff, and counts reconnects and stalls.
 """
 from __future__ import annotations
@@ -49,6 +50,9 @@ class Capture:
         self._finite = finite
         self._sleep = sleep
         self._thread: threading.Thread | None = None
+        # Live sources (cameras, streams, paced simulators) drop the oldest frame when inference falls behind;
+        # recorded ones (files, unpaced simulators) apply back-pressure instead.
+        self._live = bool(getattr(source, "live", True))
 
     def open(self) -> None:
         self.source.open()
@@ -73,12 +77,19 @@ class Capture:
         with self._cond:
             if not self._queue and not self.stats.ended:
                 self._cond.wait(timeout)
-            return self._queue.popleft() if self._queue else None
+            frame = self._queue.popleft() if self._queue else None
+            self._cond.notify_all()
+            return frame
 
     def _put(self, frame: Frame) -> None:
         with self._cond:
             if len(self._queue) == self._queue.maxlen:
-                self.stats.dropped += 1  # drop-oldest: the deque discards the left end
+                if not self._live:
+                    # A file or an unpaced simulator waits for the consumer: nothing is lost by waiting.
+                    while len(self._queue) == self._queue.maxlen and not self._stop.is_set():
+                        self._cond.wait(0.1)
+                else:
+                    self.stats.dropped += 1  # drop-oldest: the deque discards the left end
             self._queue.append(frame)
             self.stats.frames += 1
             self._cond.notify()
@@ -86,8 +97,7 @@ class Capture:
     def _is_finite(self) -> bool:
         if self._finite is not None:
             return self._finite
-        return bool(getattr(self.source, "finite", False)) or (
-            getattr(self.source, "is_file", False) and not getattr(self.source, "loop", False))
+        return bool(getattr(self.source, "finite", False))
 
     def _reopen(self) -> bool:
         delay, max_delay = self._backoff

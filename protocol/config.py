@@ -4,7 +4,8 @@ Each service declares its settings as msgspec Structs (``forbid_unknown_fields``
 in a YAML file fails at start with a message naming the key (``mqtt.port: Expected `int`, got `str```),
 instead of surfacing hours later. Environment overrides use ``PREFIX`` + the dotted key with ``__`` for the
 dots, e.g. ``EDGELOOP_EDGE__SAMPLER__P_MIN=0.02``; values are parsed as YAML scalars so numbers and booleans
-come out typed.
+come out typed. In overrides (environment and flags) ``None`` means "not given" and the string ``none``
+means null ("unlimited" for budgets).
 """
 from __future__ import annotations
 
@@ -73,8 +74,11 @@ def load_config(cls: type[T], path: str | Path | None = None, *, env_prefix: str
         layered.append(overrides)
     for layer in layered:
         for key, value in layer.items():
-            if value is not None:
-                _set_dotted(data, key, value)
+            if value is None:
+                continue  # not given
+            if isinstance(value, str) and value.strip().lower() == "none":
+                value = None  # "none" means unset/unlimited, like YAML's null
+            _set_dotted(data, key, value)
     _check_unknown(data, cls, "")
     try:
         return msgspec.convert(data, type=cls, strict=False)

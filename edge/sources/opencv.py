@@ -39,6 +39,15 @@ class OpenCVSource:
         return isinstance(self.target, str) and "://" not in self.target
 
     @property
+    def live(self) -> bool:
+        """Cameras and streams run on their own clock; a file can wait for the reader."""
+        return not self.is_file
+
+    @property
+    def finite(self) -> bool:
+        return self.is_file and not self.loop
+
+    @property
     def fps(self) -> float:
         return self._fps or 30.0
 

@@ -1,0 +1,84 @@
+"""Everything an edge node can be told, with defaults that run on a fresh machine.
+
+Settings come from a YAML file (``--config``), then ``EDGELOOP_EDGE__*`` environment variables (``__``
+between levels, e.g. ``EDGELOOP_EDGE__SAMPLER__P_MIN=0.02``), then flags. The sampler, dedup, drift and
+updater sections are the components' own config classes, so each default is written once, beside the code
+that uses it. ``edgeloop edge --print-config`` shows the effective values.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from edge.dedup import DedupConfig
+from edge.drift import DriftConfig
+from edge.sampler import SamplerConfig
+from edge.updater import UpdaterLimits
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class MqttConfig(_Section):
+    url: str = "mqtt://127.0.0.1:1883"      # mqtt://[user:pass@]host[:port], mqtts://… for TLS
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None               # TLS: CA bundle that signed the broker's certificate
+    cert_file: str | None = None             # TLS client certificate (mutual TLS)
+    key_file: str | None = None
+    topic_prefix: str = "edgeloop/v1"
+    keepalive_s: int = 30
+    window: int = 32                         # samples awaiting PUBACK at once
+
+
+class ModelConfig(_Section):
+    path: str | None = None                  # the provisioned ONNX model (used until a rollout installs another)
+    threads: int = 1                         # ONNX Runtime intra-op threads
+    batch: int = 1                           # micro-batch up to this many queued frames (throughput over latency)
+    roi: list[int] | None = None             # x, y, w, h crop in frame pixels; overrides the model's ROI
+
+
+class SourceConfig(_Section):
+    url: str = "sim:parts"                   # 0 | clip.mp4[?loop=1] | rtsp://… | sim:parts?… | sim:digits?…
+    target_fps: float | None = None          # cap the frame rate; None = as fast as the source gives
+    stall_timeout_s: float = 5.0             # no frame this long -> reopen the source (with backoff)
+    queue: int = 2                           # frames waiting for inference; the oldest is dropped beyond
+
+
+class UploadConfig(_Section):
+    image_format: Literal["jpeg", "png"] = "jpeg"
+    jpeg_quality: int = 90
+    crop_roi: bool = True                    # upload the model's ROI crop rather than the full frame
+
+
+class OutboxConfig(_Section):
+    max_bytes: int = 256 * 1024 * 1024       # disk bound of the spool
+    policy: Literal["drop_oldest", "drop_lowest_priority", "reject_new"] = "drop_oldest"
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"   # FULL survives power loss, NORMAL only kill -9
+
+
+class UpdaterConfig(_Section):
+    enabled: bool = True                     # follow signed manifests on fleet/{fleet}/manifest
+    trusted_keys: list[str] = []             # public key PEM files whose signatures this device accepts
+    limits: UpdaterLimits = msgspec.field(default_factory=UpdaterLimits)
+
+
+class EdgeConfig(_Section):
+    device_id: str = "edge-1"
+    fleet: str = "default"
+    state_dir: str = "./edgeloop-edge"       # outbox, models, counters
+    uncertainty: Literal["least_confidence", "margin", "entropy"] = "margin"
+    source: SourceConfig = msgspec.field(default_factory=SourceConfig)
+    model: ModelConfig = msgspec.field(default_factory=ModelConfig)
+    sampler: SamplerConfig = msgspec.field(default_factory=SamplerConfig)
+    drift: DriftConfig = msgspec.field(default_factory=DriftConfig)
+    upload: UploadConfig = msgspec.field(default_factory=UploadConfig)
+    outbox: OutboxConfig = msgspec.field(default_factory=OutboxConfig)
+    mqtt: MqttConfig = msgspec.field(default_factory=MqttConfig)
+    updater: UpdaterConfig = msgspec.field(default_factory=UpdaterConfig)
+    stats_interval_s: float = 10.0
+    accuracy_window: int = 200               # frames in the rolling accuracy vs. ground truth (sim sources)
+    max_frames: int | None = None            # stop after this many frames (tests, benchmarks)
+    log_level: str = "INFO"

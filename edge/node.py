@@ -1,0 +1,290 @@
+"""The edge node: camera -> ONNX inference -> uncertainty -> budgeted sampling -> durable outbox -> MQTT.
+
+One frame loop thread does the per-frame work (nothing in it waits on the network); a capture thread keeps
+the camera read at its pace; paho's thread and the link's pump move samples from the outbox to the broker;
+the updater's worker downloads and verifies new models, which the loop swaps in between frames.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version as package_version
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.capture import Capture
+from edge.config import EdgeConfig
+from edge.counters import SequenceLease, next_boot
+from edge.drift import DriftMonitor
+from edge.link import Link
+from edge.model import EdgeModel, ModelError, ModelSlot, Prediction
+from edge.outbox import Outbox
+from edge.sampler import Decision, Sampler
+from edge.sources import open_source
+from edge.sources.base import Frame
+from edge.uncertainty import entropy, score as uncertainty_score
+from edge.updater import Updater, select_boot_model
+from protocol.config import config_digest
+from protocol.messages import Birth, Sample, Stats, encode_message
+from protocol.signing import load_trusted_keys
+from protocol.topics import Topics
+
+log = logging.getLogger("edgeloop.edge")
+
+
+def _software() -> str:
+    try:
+        return f"edgeloop {package_version('edgeloop')}"
+    except PackageNotFoundError:
+        return "edgeloop (source)"
+
+
+@dataclass
+class LoopStats:
+    """Figures of the frame loop since start; latencies are a rolling window."""
+
+    frames: int = 0
+    selected: int = 0
+    stored: int = 0
+    refused: int = 0
+    errors: int = 0
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+    correct: deque[int] = field(default_factory=lambda: deque(maxlen=200))
+    started: float = field(default_factory=time.monotonic)
+
+
+class EdgeNode:
+    """Owns every edge component; ``run()`` blocks until ``stop()``, a signal, or the source's end."""
+
+    def __init__(self, config: EdgeConfig) -> None:
+        self.config = config
+        self.state_dir = Path(config.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.topics = Topics(config.mqtt.topic_prefix)
+        self.device_id = config.device_id
+        self._stop = threading.Event()
+        self.stats = LoopStats(correct=deque(maxlen=max(1, config.accuracy_window)))
+
+        # Model: what the updater last installed (verified), else the provisioned file.
+        self.slot = ModelSlot(threads=config.model.threads, roi=config.model.roi)
+        path, _ = select_boot_model(self.state_dir, config.model.path)
+        if path is None:
+            raise ModelError("no_model", "no model: give --model PATH (an ONNX file exported by the trainer)")
+        self.slot.swap(EdgeModel.load(path, threads=config.model.threads, roi=config.model.roi))
+        log.info("model %s loaded from %s", self.slot.get(), path)
+
+        self.source = open_source(config.source.url)
+        self.capture = Capture(self.source, target_fps=config.source.target_fps, queue_size=config.source.queue,
+                               stall_timeout_s=config.source.stall_timeout_s)
+        self.sampler = Sampler(config.sampler)
+        self.drift = DriftMonitor(config.drift)
+        self.outbox = Outbox(self.state_dir / "outbox.sqlite", max_bytes=config.outbox.max_bytes,
+                             policy=config.outbox.policy, synchronous=config.outbox.synchronous)
+        self.boot = next_boot(self.state_dir)
+        self.seq = SequenceLease(self.state_dir / "sample.seq")
+        self.link = Link(device_id=self.device_id, url=config.mqtt.url, topics=self.topics, outbox=self.outbox,
+                         boot=self.boot, birth=self._birth_payload, window=config.mqtt.window,
+                         keepalive=config.mqtt.keepalive_s, username=config.mqtt.username,
+                         password=config.mqtt.password, ca_file=config.mqtt.ca_file,
+                         cert_file=config.mqtt.cert_file, key_file=config.mqtt.key_file)
+        self.updater: Updater | None = None
+        if config.updater.enabled:
+            trusted = load_trusted_keys(config.updater.trusted_keys) if config.updater.trusted_keys else {}
+            self.updater = Updater(self.device_id, config.fleet, self.state_dir, trusted, self.slot, self.link,
+                                   self.topics, config.updater.limits)
+            self.link.on_message = self._route
+            self.link.on_connected.append(lambda: self.link.subscribe(self.updater.subscriptions()))
+        self._generation = self.slot.generation
+        self._digest = config_digest(config)
+        self._next_stats = time.monotonic() + config.stats_interval_s
+        self.last_snapshot: dict = {}
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+    def run(self) -> LoopStats:
+        """Open the source (fails loudly if it cannot), connect, and process frames until stopped."""
+        self.capture.open()
+        self.capture.start()
+        self.link.start()
+        log.info("edge %s (boot %d) running: source %s, broker %s, outbox %d samples waiting",
+                 self.device_id, self.boot, self.config.source.url, self.config.mqtt.url, self.outbox.depth)
+        try:
+            self._loop()
+        finally:
+            self.close()
+        return self.stats
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self.capture.stop()
+        self._publish_stats()  # also keeps the final figures in self.last_snapshot
+        if self.updater is not None:
+            self.updater.close(wait=False)
+        self.link.stop()
+        self.outbox.close()
+        log.info("edge %s stopped after %d frames, %d samples stored, %d uploaded", self.device_id,
+                 self.stats.frames, self.stats.stored, self.link.uploads)
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.stop())
+
+    # -- the frame loop ---------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        batch_size = max(1, self.config.model.batch)
+        max_frames = self.config.max_frames
+        while not self._stop.is_set():
+            frame = self.capture.get(timeout=0.5)
+            if frame is None:
+                if self.capture.ended:
+                    break
+                self._tick()
+                continue
+            frames = [frame]
+            while len(frames) < batch_size:
+                more = self.capture.get(timeout=0)
+                if more is None:
+                    break
+                frames.append(more)
+            self.process(frames)
+            self._tick()
+            if max_frames is not None and self.stats.frames >= max_frames:
+                break
+
+    def process(self, frames: list[Frame]) -> list[Decision]:
+        """Classify a micro-batch, score it, decide uploads and spool the chosen ones. Public for benchmarks."""
+        model = self.slot.get()  # one model for the whole batch, even if a swap lands meanwhile
+        if self.slot.generation != self._generation:
+            self._generation = self.slot.generation
+            self.drift.reset()
+            self.sampler.reset_dedup()
+        t0 = time.perf_counter()
+        try:
+            smalls = [model.resize(f.image) for f in frames]
+            batch = np.empty((len(frames), model.channels, model.size[1], model.size[0]), np.float32)
+            for i, small in enumerate(smalls):
+                model._to_chw_into(small, batch[i])
+            probs = model.predict(batch)
+        except Exception as exc:
+            self.stats.errors += 1
+            log.warning("inference failed on model %s: %s", model.version, exc)
+            if self.updater is not None:
+                self.updater.on_error(exc)
+            return []
+        latency_ms = (time.perf_counter() - t0) * 1000.0 / len(frames)
+        scores = uncertainty_score(probs, self.config.uncertainty)
+        self.drift.update(probs.max(axis=1), entropy(probs))
+        boost = self.drift.boost
+        decisions = []
+        for i, frame in enumerate(frames):
+            self.stats.frames += 1
+            self.stats.latencies_ms.append(latency_ms)
+            self.slot.observe(frame.image)
+            if frame.truth is not None:
+                self.stats.correct.append(int(model.labels[int(probs[i].argmax())] == frame.truth))
+            decision = self.sampler.decide(float(scores[i]), smalls[i], boost=boost)
+            decisions.append(decision)
+            if decision.selected:
+                self.stats.selected += 1
+                self._spool(frame, model, model.predictions(probs[i:i + 1])[0], decision)
+            if self.updater is not None:
+                self.updater.on_frame(frame.image, probs[i], latency_ms)
+        return decisions
+
+    def _spool(self, frame: Frame, model: EdgeModel, pred: Prediction, decision: Decision) -> None:
+        image, roi = frame.image, None
+        if self.config.upload.crop_roi and model.roi is not None:
+            image, roi = model.crop(frame.image), model.roi
+        if self.config.upload.image_format == "png":
+            ok, buf = cv2.imencode(".png", image)
+            content_type = "image/png"
+        else:
+            ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(self.config.upload.jpeg_quality)])
+            content_type = "image/jpeg"
+        if not ok:
+            log.warning("could not encode frame %d; not uploaded", frame.index)
+            return
+        seq = self.seq.next()
+        sample_id = f"{self.device_id}.{self.boot}.{seq}"
+        height, width = frame.image.shape[:2]
+        sample = Sample(
+            sample_id=sample_id, model_version=model.version, topk=pred.topk,
+            uncertainty=decision.score, uncertainty_kind=self.config.uncertainty, p_select=decision.p_select,
+            reason=decision.reason, frame_index=frame.index, width=width, height=height,
+            roi=tuple(roi) if roi is not None else None, truth=frame.truth, source=self.config.source.url[:200],
+        )
+        payload = encode_message(sample, buf.tobytes(), device=self.device_id, seq=seq, content_type=content_type)
+        if self.outbox.put(sample_id, self.topics.samples(self.device_id), payload, priority=decision.score):
+            self.stats.stored += 1
+            self.link.notify()
+        else:
+            self.stats.refused += 1
+
+    # -- periodic work ----------------------------------------------------------------------------------------
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_stats:
+            self._next_stats = now + self.config.stats_interval_s
+            self._publish_stats()
+
+    def snapshot(self) -> dict:
+        """Everything the stats message carries, as a dict (also logged and used by tests)."""
+        lat = np.asarray(self.stats.latencies_ms, dtype=np.float64)
+        elapsed = max(1e-9, time.monotonic() - self.stats.started)
+        ob = self.outbox.stats()
+        cap = self.capture.stats
+        budget = {k: float(v) for k, v in self.sampler.budget_left().items() if v is not None}
+        correct = self.stats.correct
+        return {
+            "fps": self.stats.frames / elapsed,
+            "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else 0.0,
+            "latency_p95_ms": float(np.percentile(lat, 95)) if lat.size else 0.0,
+            "outbox_depth": int(ob["depth"]), "outbox_bytes": int(ob["bytes"]), "outbox_dropped": int(ob["dropped"]),
+            "uploads": self.link.uploads, "budget_left": budget, "drift": float(self.drift.score),
+            "extra": {
+                "frames": self.stats.frames, "selected": self.stats.selected, "stored": self.stats.stored,
+                "refused": self.stats.refused, "errors": self.stats.errors,
+                "model_version": self.slot.get().version, "boot": self.boot,
+                "capture": {"frames": cap.frames, "dropped": cap.dropped, "reconnects": cap.reconnects,
+                            "stalls": cap.stalls},
+                "outbox": ob, "sampler": self.sampler.stats()["reasons"], "drift_active": bool(self.drift.active),
+                "accuracy": (sum(correct) / len(correct)) if correct else None,
+                "updater": getattr(self.updater, "state", None),
+            },
+        }
+
+    def _publish_stats(self) -> None:
+        snap = self.last_snapshot = self.snapshot()
+        try:
+            payload = encode_message(Stats(**snap), device=self.device_id, seq=self.link.next_seq())
+        except Exception:
+            log.exception("could not encode stats")
+            return
+        self.link.publish(self.topics.stats(self.device_id), payload, qos=0)
+        log.info("frames %d (%.1f fps), p50 %.2f ms, stored %d, uploaded %d, outbox %d (%d dropped), drift %.2f%s",
+                 snap["extra"]["frames"], snap["fps"], snap["latency_p50_ms"], snap["extra"]["stored"],
+                 snap["uploads"], snap["outbox_depth"], snap["outbox_dropped"], snap["drift"],
+                 f", accuracy {snap['extra']['accuracy']:.3f}" if snap["extra"]["accuracy"] is not None else "")
+
+    def _birth_payload(self) -> bytes:
+        model = self.slot.get()
+        birth = Birth(
+            capabilities={"threads": self.config.model.threads, "batch": self.config.model.batch,
+                          "uncertainty": self.config.uncertainty, "source": self.config.source.url[:200],
+                          "input": [model.size[0], model.size[1], model.channels], "pid": os.getpid()},
+            model_version=model.version, config_digest=self._digest, boot=self.boot, software=_software(),
+            labels=list(model.labels),
+        )
+        return encode_message(birth, device=self.device_id, seq=self.link.next_seq())
+
+    def _route(self, topic: str, payload: bytes) -> None:
+        if self.updater is not None and self.updater.wants(topic):
+            self.updater.on_message(topic, payload)

@@ -1,0 +1,241 @@
+"""The edge node end to end against real brokers: valid samples within budget, nothing lost through a
+broker outage or a SIGKILL, the outbox bound applied and reported, and clear errors at start."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from deploy.broker import find_mosquitto, start_broker
+from edge.config import EdgeConfig
+from edge.model import ModelError
+from edge.node import EdgeNode
+from protocol.config import load_config
+from protocol.messages import Sample, decode_message
+from protocol.mqtt import make_client, start
+from protocol.topics import Topics
+from tests.model_factory import make_broken_model, make_onnx_model
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS_ROI = [96, 56, 128, 128]  # sim:digits' fixed ROI at 320x240
+
+
+@pytest.fixture(scope="module")
+def edge_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_onnx_model(tmp_path_factory.mktemp("model") / "m.onnx", arch="convnet", data="digits",
+                           roi=DIGITS_ROI, train_steps=30)
+
+
+class Collector:
+    """A trainer stand-in: subscribes to every device's samples and decodes each one."""
+
+    def __init__(self, url: str, prefix: str, *, client_id: str | None = None, persistent: bool = False) -> None:
+        self.samples: list[Sample] = []
+        self.headers: list = []
+        self.errors: list[Exception] = []
+        self._lock = threading.Lock()
+        self.client = make_client(client_id or f"collector-{os.getpid()}-{time.monotonic_ns()}", url,
+                                  protocol="3.1.1", clean_start=not persistent)
+        topic = Topics(prefix).all_samples()
+        self.client.on_connect = lambda c, *a: c.subscribe(topic, 1)
+        self.client.on_message = self._on_message
+        start(self.client)
+        time.sleep(0.2)  # SUBACK
+
+    def _on_message(self, client, userdata, message) -> None:
+        try:
+            decoded = decode_message(message.payload)
+        except Exception as exc:  # the test asserts there are none
+            self.errors.append(exc)
+            return
+        with self._lock:
+            self.samples.append(decoded.msg)
+            self.headers.append(decoded.header)
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return [s.sample_id for s in self.samples]
+
+    def wait_for(self, n: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(set(self.ids())) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def node_config(tmp_path: Path, url: str, prefix: str, model: Path, **overrides) -> EdgeConfig:
+    base = {
+        "device_id": "cam1", "state_dir": str(tmp_path / "edge"), "model.path": str(model),
+        "source.url": "sim:digits?seed=3&limit=1200", "mqtt.url": url, "mqtt.topic_prefix": prefix,
+        "sampler.seed": 1, "sampler.threshold": 0.3, "sampler.budget_per_minute": 25,
+        "sampler.budget_per_hour": "none", "sampler.budget_per_day": "none", "updater.enabled": False,
+        "stats_interval_s": 0.5,
+    }
+    base.update(overrides)
+    return load_config(EdgeConfig, overrides=base)
+
+
+def run_node(config: EdgeConfig) -> EdgeNode:
+    node = EdgeNode(config)
+    node.run()
+    return node
+
+
+def test_samples_arrive_valid_and_within_budget(broker, topic_prefix, tmp_path, edge_model) -> None:
+    collector = Collector(broker.url, topic_prefix)
+    try:
+        # Budget pacing spreads 25/minute over the rest of the minute, so a short run at a real-time
+        # camera pace expects a handful of uploads; the cap itself is tested over hours in test_sampler.
+        node = run_node(node_config(tmp_path, broker.url, topic_prefix, edge_model,
+                                    **{"source.url": "sim:digits?seed=3&limit=900&realtime=1&fps=150",
+                                       "sampler.threshold": 0.0}))
+        collector.wait_for(node.stats.stored)
+        ids = collector.ids()
+        assert not collector.errors
+        assert node.stats.frames + node.capture.stats.dropped == 900  # a live source may drop under load
+        assert node.stats.stored >= 1
+        assert set(ids) == {f"cam1.1.{i}" for i in range(node.stats.stored)}
+        for sample in collector.samples:
+            assert 0.0 < sample.p_select <= 1.0
+            assert sample.truth is not None and sample.roi == tuple(DIGITS_ROI)
+        per_minute = Counter(int(h.ts // 60) for h in collector.headers)
+        assert max(per_minute.values()) <= 25, per_minute
+    finally:
+        collector.close()
+
+
+@pytest.mark.skipif(find_mosquitto() is None, reason="needs mosquitto (CI installs it)")
+def test_broker_outage_loses_nothing(topic_prefix, tmp_path, edge_model) -> None:
+    """Stop the broker mid-run and restart it: every sample selected meanwhile arrives afterwards."""
+    workdir = tmp_path / "broker"
+    broker = start_broker(kind="mosquitto", workdir=workdir)
+    port = broker.port
+    # The collector's session (persistent, QoS 1) survives the restart in mosquitto's persistence file.
+    collector = Collector(broker.url, topic_prefix, client_id="outage-collector", persistent=True)
+    config = node_config(tmp_path, broker.url, topic_prefix, edge_model,
+                         **{"source.url": "sim:digits?seed=5&limit=900&realtime=1&fps=150",
+                            "sampler.budget_per_minute": "none", "sampler.threshold": 0.2})
+    node = EdgeNode(config)
+    thread = threading.Thread(target=node.run)
+    thread.start()
+    try:
+        time.sleep(1.5)
+        broker.stop()
+        stored_at_stop = node.stats.stored
+        time.sleep(2.5)
+        stored_during_outage = node.stats.stored - stored_at_stop
+        broker = start_broker(kind="mosquitto", port=port, workdir=workdir)
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+        assert stored_during_outage > 0, "the outage test needs samples selected while the broker was down"
+        collector.wait_for(node.stats.stored, timeout=40)
+        ids = collector.ids()
+        assert set(ids) == {f"cam1.1.{i}" for i in range(node.stats.stored)}
+        assert node.link.disconnects >= 1 and node.link.connects >= 2
+    finally:
+        node.stop()
+        thread.join(timeout=10)
+        collector.close()
+        broker.stop()
+
+
+def _spooled_ids(state_dir: Path) -> set[str]:
+    db = sqlite3.connect(state_dir / "outbox.sqlite")
+    try:
+        return {row[0] for row in db.execute("SELECT sample_id FROM outbox")}
+    finally:
+        db.close()
+
+
+def test_sigkill_then_restart_delivers_spooled_samples(broker, topic_prefix, tmp_path, edge_model) -> None:
+    state = tmp_path / "edge"
+    dead_port = broker.port + 1 if broker.port < 65000 else broker.port - 1
+    cmd = [sys.executable, "-m", "deploy.cli", "edge", "--device-id", "cam1", "--state-dir", str(state),
+           "--model", str(edge_model), "--topic-prefix", topic_prefix, "--seed", "2", "--threshold", "0.2",
+           "--no-updater", "--stats-interval", "0.5"]
+    env = {**os.environ, "EDGELOOP_EDGE__SAMPLER__BUDGET_PER_MINUTE": "none",
+           "EDGELOOP_EDGE__SAMPLER__BUDGET_PER_HOUR": "none", "EDGELOOP_EDGE__SAMPLER__BUDGET_PER_DAY": "none"}
+    # First life: no broker reachable, so every selected sample waits in the outbox; then kill -9.
+    first = subprocess.Popen(cmd + ["--broker", f"mqtt://127.0.0.1:{dead_port}",
+                                    "--source", "sim:digits?seed=7&realtime=1&fps=200"],
+                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        spooled: set[str] = set()
+        while time.monotonic() < deadline and len(spooled) < 5:
+            time.sleep(0.5)
+            if (state / "outbox.sqlite").exists():
+                try:
+                    spooled = _spooled_ids(state)
+                except sqlite3.OperationalError:
+                    pass
+        assert len(spooled) >= 5, first.stderr.read().decode() if first.poll() is not None else "too few samples"
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    spooled = _spooled_ids(state)
+    collector = Collector(broker.url, topic_prefix)
+    try:
+        second = subprocess.run(cmd + ["--broker", broker.url, "--source", "sim:digits?seed=8&limit=50"],
+                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 0, second.stderr
+        collector.wait_for(len(spooled))
+        assert spooled <= set(collector.ids())
+        assert not _spooled_ids(state), "acknowledged samples must leave the outbox"
+    finally:
+        collector.close()
+
+
+def test_outbox_bound_applies_policy_and_reports_it(tmp_path, topic_prefix, edge_model) -> None:
+    config = node_config(tmp_path, "mqtt://127.0.0.1:9", topic_prefix, edge_model,
+                         **{"outbox.max_bytes": 30_000, "sampler.budget_per_minute": "none",
+                            "sampler.threshold": 0.0, "source.url": "sim:digits?seed=9&limit=400"})
+    node = run_node(config)
+    snap = node.last_snapshot  # the stats message published at shutdown
+    assert node.stats.stored > 10
+    assert snap["outbox_dropped"] > 0
+    assert snap["outbox_bytes"] <= 30_000
+    assert snap["extra"]["outbox"]["policy"] == "drop_oldest"
+
+
+def test_corrupt_model_fails_clearly(tmp_path, topic_prefix) -> None:
+    bad = make_broken_model(tmp_path, "truncated")
+    with pytest.raises(ModelError) as err:
+        EdgeNode(node_config(tmp_path, "mqtt://127.0.0.1:9", topic_prefix, bad))
+    assert str(bad) in str(err.value) or "corrupt" in str(err.value)
+
+
+def test_mismatched_metadata_fails_clearly(tmp_path, topic_prefix) -> None:
+    bad = make_broken_model(tmp_path, "wrong_input_size")
+    with pytest.raises(ModelError) as err:
+        EdgeNode(node_config(tmp_path, "mqtt://127.0.0.1:9", topic_prefix, bad))
+    assert err.value.reason in ("input_mismatch", "bad_metadata")
+
+
+def test_unopenable_source_fails_clearly(tmp_path, edge_model) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "deploy.cli", "edge", "--model", str(edge_model), "--state-dir", str(tmp_path / "e"),
+         "--source", str(tmp_path / "missing.mp4"), "--broker", "mqtt://127.0.0.1:9", "--no-updater"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "video file not found" in result.stderr and "missing.mp4" in result.stderr
+
+
+def test_config_error_names_the_key(tmp_path) -> None:
+    cfg = tmp_path / "edge.yaml"
+    cfg.write_text("sampler:\n  p_min: lots\n")
+    result = subprocess.run([sys.executable, "-m", "deploy.cli", "edge", "--config", str(cfg)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "sampler.p_min" in result.stderr
