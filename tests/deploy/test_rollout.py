@@ -1,0 +1,102 @@
+"""End-to-end rollouts over a real mosquitto: one controller, 20 light devices running the real updater."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from conftest import wait_for  # tests/deploy/conftest.py
+from deploy.controller import Controller, Policy
+from deploy.fleet import wave_bucket as controller_bucket
+from edge.updater import wave_bucket as device_bucket
+
+pytestmark = pytest.mark.timeout(120)
+
+FAST = dict(soak=0.5, health_seconds=0.5, wave_timeout=30.0)
+
+
+def test_bucket_functions_agree() -> None:
+    for i in range(200):
+        assert controller_bucket("r1", f"dev{i}") == device_bucket("r1", f"dev{i}")
+
+
+def _wave1_members(ctl: Controller, rid: str) -> set[str]:
+    below = ctl.store.rollout(rid)["below"]
+    return {d for d in ctl.fleet.ids() if controller_bucket(rid, d) < below}
+
+
+def test_good_model_goes_canary_then_full(rollout_env, models) -> None:
+    ctl, lf = rollout_env(20)
+    rid = ctl.start_rollout("v0002", models["good2"], Policy(waves=[0.1, 0.5, 1.0], shadow=10, min_agreement=0.5,
+                                                                  shadow_seconds=20, **FAST),
+                            previous=("v0001", models["good1"]))
+    wait_for(lambda: ctl.store.rollout(rid)["wave_published"] == 1, 10, "wave 1")
+    canary = _wave1_members(ctl, rid)
+    assert len(canary) == 2
+    # Until the canary has soaked, nobody outside it gets the new version.
+    wait_for(lambda: all(lf.versions()[d] == "v0002" for d in canary), 30, "canary active")
+    assert ctl.store.rollout(rid)["wave"] == 0 or ctl.store.rollout(rid)["wave"] == 1
+    assert ctl.wait(rid, 60) == "completed", ctl.store.rollout(rid)["reason"]
+    assert set(lf.versions().values()) == {"v0002"}
+    kinds = [e["kind"] for e in ctl.store.events(rid)]
+    assert kinds.count("wave") == 3 and kinds[-1] == "completed"
+    # Shadow metrics reached the controller from every device.
+    assert all(d.status_metrics.get("agreement", 0) >= 0.5 for d in ctl.fleet.devices())
+
+
+@pytest.mark.parametrize("bad, version, reason", [("nan", "v0003", "smoke_test"),
+                                                  ("shape", "v0004", "input_mismatch")])
+def test_broken_model_stops_at_canary_and_rolls_back(rollout_env, models, bad, version, reason) -> None:
+    ctl, lf = rollout_env(20)
+    rid = ctl.start_rollout(version, models[bad], Policy(waves=[0.1, 1.0], **FAST),
+                            previous=("v0001", models["good1"]))
+    assert ctl.wait(rid, 30) == "rolled_back"
+    r = ctl.store.rollout(rid)
+    assert r["wave"] == 0 and reason in r["reason"]
+    canary = _wave1_members(ctl, rid)
+    # Only canary devices ever saw it; everyone still runs the good model.
+    touched = {d.device for d in ctl.fleet.devices() if d.rollout_id == rid and d.model_version != "v0001"}
+    assert touched <= canary
+    assert set(lf.versions().values()) == {"v0001"}
+
+
+def test_low_agreement_model_stops_at_canary(rollout_env, models) -> None:
+    ctl, lf = rollout_env(20)
+    rid = ctl.start_rollout("v0005", models["untrained"],
+                            Policy(waves=[0.1, 1.0], shadow=15, shadow_seconds=20, min_agreement=0.9, **FAST),
+                            previous=("v0001", models["good1"]))
+    assert ctl.wait(rid, 40) == "rolled_back"
+    assert "low_agreement" in ctl.store.rollout(rid)["reason"]
+    assert set(lf.versions().values()) == {"v0001"}  # devices refused to swap; nobody ran it
+
+
+def test_controller_killed_mid_rollout_continues(rollout_env, models, mosquitto_broker, keys, topic_prefix,
+                                                 tmp_path) -> None:
+    ctl, lf = rollout_env(20)
+    rid = ctl.start_rollout("v0002", models["good2"], Policy(waves=[0.1, 0.5, 1.0], soak=1.0, health_seconds=0.5,
+                                                                  wave_timeout=30),
+                            previous=("v0001", models["good1"]))
+    wait_for(lambda: ctl.store.rollout(rid)["wave"] >= 1, 30, "wave 2")
+    ctl.kill()
+    on_new = sum(v == "v0002" for v in lf.versions().values())
+    assert on_new < 20
+    ctl2 = Controller(mosquitto_broker.url, keys["priv"], tmp_path / "ctl", prefix=topic_prefix, tick_s=0.05).start()
+    try:
+        assert ctl2.wait(rid, 60) == "completed"
+        assert set(lf.versions().values()) == {"v0002"}
+    finally:
+        ctl2.stop()
+
+
+def test_offline_device_gets_target_when_it_returns(rollout_env, models) -> None:
+    ctl, lf = rollout_env(10)
+    away = "dev0003"
+    lf.devices[away].kill()
+    wait_for(lambda: not ctl.fleet.get(away).online, 10, "device offline")
+    rid = ctl.start_rollout("v0002", models["good2"], Policy(waves=[0.2, 1.0], **FAST),
+                            previous=("v0001", models["good1"]))
+    assert ctl.wait(rid, 60) == "completed"
+    st = ctl.status(rid)
+    assert st["devices"].get("offline", 0) == 1
+    dev = lf.restart(away)
+    wait_for(lambda: dev.updater.active_version == "v0002", 30, "returning device updated")

@@ -1,0 +1,162 @@
+"""Updater unit tests without a broker: a fake link delivers retained chunks as the broker would."""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("EDGELOOP_MODEL_CACHE", str(Path.home() / ".cache" / "edgeloop-test-models"))
+
+from edge.model import EdgeModel, ModelSlot  # noqa: E402
+from edge.updater import (BUCKETS, Updater, UpdaterLimits, in_wave, select_boot_model,  # noqa: E402
+                          wave_bucket)
+from protocol.messages import decode_message  # noqa: E402
+from protocol.signing import generate_keypair, key_id, private_key_from_pem, public_key_from_pem  # noqa: E402
+from protocol.topics import Topics  # noqa: E402
+
+
+class FakeBroker:
+    """Retained store + per-subscriber delivery, enough for one device."""
+
+    def __init__(self) -> None:
+        self.retained: dict[str, bytes] = {}
+        self.status: list = []
+        self.updater: Updater | None = None
+        self.subs: set[str] = set()
+
+    # UpdaterLink
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        if "/model/status" in topic:
+            self.status.append(decode_message(payload).msg)
+            return
+        if retain:
+            self.retained[topic] = payload
+        if topic in self.subs and self.updater is not None:
+            self.updater.on_message(topic, payload)
+
+    def subscribe(self, subs: list[tuple[str, int]]) -> None:
+        for t, _ in subs:
+            self.subs.add(t)
+            if t in self.retained and self.updater is not None:
+                self.updater.on_message(t, self.retained[t])
+
+    def unsubscribe(self, topics: list[str]) -> None:
+        self.subs.difference_update(topics)
+
+
+def wait_for(cond, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timeout"
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from model_factory import make_onnx_model
+
+    d = tmp_path_factory.mktemp("m")
+    return {"v1": make_onnx_model(d / "v1.onnx", version="v0001"),
+            "v2": make_onnx_model(d / "v2.onnx", version="v0002", seed=1, train_steps=40)}
+
+
+@pytest.fixture
+def setup(models, tmp_path):
+    from deploy.publisher import Publisher, read_artifact  # test-only use of the deploy side
+
+    priv, pub = generate_keypair()
+    key = private_key_from_pem(priv)
+    broker = FakeBroker()
+    topics = Topics("t")
+    publisher = Publisher(broker.publish, key, topics, chunk_size=256 * 1024)
+    slot = ModelSlot(EdgeModel.load(models["v1"]))
+    limits = UpdaterLimits(health_seconds=5.0, health_min_frames=5, max_errors=3)
+    up = Updater("d1", "f", tmp_path / "state", {key_id(key): public_key_from_pem(pub)}, slot, broker, topics, limits)
+    broker.updater = up
+    for t, q in up.subscriptions():
+        broker.subscribe([(t, q)])
+    yield up, broker, publisher, read_artifact(models["v2"]), slot, tmp_path
+    up.close()
+
+
+def frame() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 255, (28, 28, 3), dtype=np.uint8)
+
+
+def test_install_then_health_watch_rolls_back(setup) -> None:
+    up, broker, publisher, art, slot, tmp = setup
+    good = np.full(10, 0.1, dtype=np.float32)
+    good[3] = 0.91
+    for _ in range(10):
+        up.on_frame(frame(), good, 1.0)
+    publisher.publish_chunks(art)
+    publisher.publish_manifest("f", publisher.manifest(art, seq=5, rollout_id="r1", wave=0))
+    wait_for(lambda: up._ready is not None)
+    up.on_frame(frame(), good, 1.0)  # the swap happens here, between frames
+    assert up.active_version == "v0002"
+    wait_for(lambda: any(s.state == "active" for s in broker.status))
+    assert select_boot_model(tmp / "state", None)[1] == "v0002"
+    bad = np.full(10, np.nan, dtype=np.float32)
+    for _ in range(3):
+        up.on_frame(frame(), bad, 1.0)
+    assert up.active_version == "v0001"
+    wait_for(lambda: any(s.state == "rolled_back" for s in broker.status))
+    rb = [s for s in broker.status if s.state == "rolled_back"][-1]
+    assert rb.reason == "health_errors"
+    assert select_boot_model(tmp / "state", "/provisioned.onnx")[0] == Path("/provisioned.onnx")
+
+
+def test_confidence_collapse_rolls_back(setup) -> None:
+    up, broker, publisher, art, slot, tmp = setup
+    sure = np.zeros(10, dtype=np.float32)
+    sure[1] = 1.0
+    for _ in range(10):
+        up.on_frame(frame(), sure, 1.0)
+    publisher.publish_chunks(art)
+    publisher.publish_manifest("f", publisher.manifest(art, seq=5, rollout_id="r1", wave=0))
+    wait_for(lambda: up._ready is not None)
+    up.on_frame(frame(), sure, 1.0)
+    flat = np.full(10, 0.1, dtype=np.float32)
+    for _ in range(6):
+        up.on_frame(frame(), flat, 1.0)
+    wait_for(lambda: any(s.state == "rolled_back" for s in broker.status))
+    assert [s for s in broker.status if s.state == "rolled_back"][-1].reason == "confidence_collapse"
+
+
+def test_device_outside_the_wave_ignores_but_records_sequence(setup) -> None:
+    up, broker, publisher, art, slot, tmp = setup
+    salt = next(s for s in (f"r{i}" for i in range(1000)) if wave_bucket(s, "d1") > 100)
+    publisher.publish_chunks(art)
+    publisher.publish_manifest("f", publisher.manifest(art, seq=7, rollout_id=salt, wave=0,
+                                                       targeting={"salt": salt, "below": 100}))
+    wait_for(lambda: up.highest_seq == 7)
+    time.sleep(0.1)
+    assert up.active_version == "v0001" and not broker.status
+    publisher.publish_manifest("f", publisher.manifest(art, seq=6, rollout_id=salt, wave=0,
+                                                       targeting={"salt": salt, "below": BUCKETS}))
+    wait_for(lambda: any(s.reason == "stale_sequence" for s in broker.status))
+
+
+def test_in_wave_rule() -> None:
+    assert in_wave({}, "x")
+    assert in_wave({"rollout": {"salt": "s", "below": BUCKETS}}, "x")
+    assert not in_wave({"rollout": {"salt": "s", "below": 0}}, "x")
+    b = wave_bucket("s", "x")
+    assert in_wave({"rollout": {"salt": "s", "below": b + 1}}, "x")
+    assert not in_wave({"rollout": {"salt": "s", "below": b}}, "x")
+
+
+def test_boot_model_skips_a_corrupt_file(tmp_path, models) -> None:
+    import json
+
+    sha = hashlib.sha256(Path(models["v2"]).read_bytes()).hexdigest()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / f"{sha}.onnx").write_bytes(b"torn")
+    (tmp_path / "active.json").write_text(json.dumps({"active": {"version": "v0002", "sha256": sha}}))
+    assert select_boot_model(tmp_path, models["v1"]) == (Path(models["v1"]), None)
