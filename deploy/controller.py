@@ -14,7 +14,7 @@ continues where the last one stopped)::
 
 Targeting: one *retained* manifest per fleet (``fleet/{fleet}/manifest``) always carries the fleet's
 current target. Wave k's manifest (new seq, signed) has ``compat.rollout = {"salt": rollout_id, "below":
-B_k}``; a device is in the wave iff ``wave_bucket(salt, device) < B_k`` (see edge/updater.py). ``B_k`` is
+B_k}``; a device is in the wave iff ``wave_bucket(salt, device) < B_k`` (see protocol/waves.py). ``B_k`` is
 chosen so that at least ``ceil(fraction_k x known devices)`` known devices fall in, and never shrinks, so
 waves are nested; devices unknown to the controller (offline since forever) fall in by hash. The last wave
 has ``below = 10000`` (everyone). A rollback is a new manifest (higher seq) for the previous version with
@@ -47,7 +47,9 @@ from protocol.chunks import DEFAULT_CHUNK_SIZE
 from protocol.signing import load_private_key
 from protocol.topics import Topics
 
-from .fleet import BUCKETS, DeviceInfo, Fleet, wave_bucket
+from protocol.waves import BUCKETS, wave_bucket
+
+from .fleet import DeviceInfo, Fleet
 from .publisher import DEFAULT_EXPIRY_S, ModelArtifact, Publisher, read_artifact
 
 __all__ = ["Policy", "DeployConfig", "Controller", "RolloutStore", "TERMINAL", "parse_duration", "parse_waves"]

@@ -11,7 +11,6 @@ cannot speak for another one. Malformed payloads are counted and dropped.
 """
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,20 +19,10 @@ from typing import Any, Iterable
 from protocol.errors import ProtocolError
 from protocol.messages import Birth, ModelStatus, State, Stats, decode_message
 from protocol.topics import Topics
+from protocol.waves import BUCKETS, wave_bucket
 
 __all__ = ["DeviceInfo", "Fleet", "wave_bucket", "BUCKETS"]
 
-BUCKETS = 10_000
-
-
-def wave_bucket(salt: str, device_id: str) -> int:
-    """A device's stable bucket in [0, BUCKETS) for one rollout.
-
-    Must equal ``edge.updater.wave_bucket`` (the device decides membership with it; the arrows keep deploy
-    from importing edge for this, and tests check the two agree). A candidate for ``protocol/``.
-    """
-    digest = hashlib.sha256(f"{salt}/{device_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % BUCKETS
 
 
 @dataclass

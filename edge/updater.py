@@ -61,6 +61,7 @@ from protocol.errors import ProtocolError
 from protocol.messages import Chunk, Manifest, ModelStatus, decode_message, encode_message
 from protocol.model_meta import COLOR_ORDERS, LAYOUTS
 from protocol.signing import verify_manifest
+from protocol.waves import BUCKETS, in_wave, wave_bucket  # noqa: F401 (re-exported for tests)
 from protocol.topics import Topics
 
 __all__ = [
@@ -70,29 +71,11 @@ __all__ = [
 
 log = logging.getLogger("edgeloop.updater")
 
-BUCKETS = 10_000
 _STATE_FILE = "updater.json"
 _POINTER_FILE = "active.json"
 
 
 # -- small helpers shared with tests ------------------------------------------------------------------------
-def wave_bucket(salt: str, device_id: str) -> int:
-    """Stable bucket in [0, BUCKETS) of a device for one rollout (the controller computes the same)."""
-    digest = hashlib.sha256(f"{salt}/{device_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % BUCKETS
-
-
-def in_wave(compat: Mapping[str, Any], device_id: str) -> bool:
-    """Whether a manifest targets this device (no ``rollout.below`` = the whole fleet)."""
-    r = compat.get("rollout") if isinstance(compat, Mapping) else None
-    if not isinstance(r, Mapping) or "below" not in r:
-        return True
-    below = r.get("below")
-    if not isinstance(below, int) or isinstance(below, bool):
-        return False
-    return below >= BUCKETS or wave_bucket(str(r.get("salt", "")), device_id) < below
-
-
 def atomic_write(path: Path, data: bytes, *, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either the old or the new file, never a torn one."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")

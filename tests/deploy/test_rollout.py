@@ -7,17 +7,21 @@ import pytest
 
 from conftest import wait_for  # tests/deploy/conftest.py
 from deploy.controller import Controller, Policy
-from deploy.fleet import wave_bucket as controller_bucket
-from edge.updater import wave_bucket as device_bucket
+from protocol.waves import BUCKETS, in_wave, wave_bucket as controller_bucket
 
 pytestmark = pytest.mark.timeout(120)
 
 FAST = dict(soak=0.5, health_seconds=0.5, wave_timeout=30.0)
 
 
-def test_bucket_functions_agree() -> None:
-    for i in range(200):
-        assert controller_bucket("r1", f"dev{i}") == device_bucket("r1", f"dev{i}")
+def test_waves_grow_monotonically_and_spread_evenly() -> None:
+    """Raising ``below`` only ever adds devices, and buckets spread devices evenly across a fleet."""
+    devices = [f"dev{i}" for i in range(2000)]
+    members = [{d for d in devices if in_wave({"rollout": {"salt": "r1", "below": b}}, d)}
+               for b in (500, 2500, BUCKETS)]
+    assert members[0] <= members[1] <= members[2] == set(devices)
+    assert 0.03 < len(members[0]) / len(devices) < 0.07  # 5 % wave
+    assert in_wave({}, "dev1") and not in_wave({"rollout": {"salt": "r1", "below": "x"}}, "dev1")
 
 
 def _wave1_members(ctl: Controller, rid: str) -> set[str]:
