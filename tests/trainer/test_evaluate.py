@@ -1,0 +1,88 @@
+"""Metrics on hand-made arrays, forgetting, the stratified split and the promotion gate."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.evaluate import (
+    ForgettingTracker,
+    accuracy,
+    compute_metrics,
+    confusion_matrix,
+    evaluate_model,
+    forgetting,
+    gate,
+    macro_f1,
+    per_class_accuracy,
+    stratified_split,
+)
+
+Y_TRUE = np.array([0, 0, 0, 1, 1, 2])
+Y_PRED = np.array([0, 0, 1, 1, 2, 2])
+
+
+def test_confusion_and_accuracy():
+    cm = confusion_matrix(Y_TRUE, Y_PRED, 4)
+    assert cm.tolist() == [[2, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
+    assert accuracy(Y_TRUE, Y_PRED) == pytest.approx(4 / 6)
+
+
+def test_per_class_accuracy_nan_for_absent():
+    pca = per_class_accuracy(confusion_matrix(Y_TRUE, Y_PRED, 4))
+    assert pca[:3].tolist() == pytest.approx([2 / 3, 1 / 2, 1.0])
+    assert math.isnan(pca[3])
+
+
+def test_macro_f1_by_hand():
+    # class 0: tp2 fp0 fn1 -> 4/5; class 1: tp1 fp1 fn1 -> 1/2; class 2: tp1 fp1 fn0 -> 2/3; class 3 absent
+    f1 = macro_f1(confusion_matrix(Y_TRUE, Y_PRED, 4))
+    assert f1 == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+
+
+def test_compute_metrics_json_friendly():
+    m = compute_metrics(Y_TRUE, Y_PRED, 4)
+    assert m["per_class"][3] is None and m["n"] == 6 and m["confusion"][0] == [2, 1, 0, 0]
+
+
+def test_forgetting_tracker():
+    t = ForgettingTracker()
+    t.update([0.9, None])
+    t.update([0.5, 0.8])
+    t.update([0.6, 0.7])
+    assert t.best == [0.9, 0.8]
+    # (0.9-0.6 + 0.8-0.7)/2 = 0.2
+    assert t.forgetting([0.6, 0.7]) == pytest.approx(0.2)
+    assert t.forgetting([0.6, 0.7], classes=[1]) == pytest.approx(0.1)
+    assert forgetting([0.5], [0.5]) == 0.0
+
+
+def test_stratified_split_per_class():
+    labels = np.array([0] * 10 + [1] * 5 + [2] * 1)
+    held, rest = stratified_split(labels, 0.2, np.random.default_rng(0))
+    assert len(np.intersect1d(held, rest)) == 0 and len(held) + len(rest) == 16
+    assert np.bincount(labels[held], minlength=3).tolist() == [2, 1, 0]  # singleton class stays in training
+    again, _ = stratified_split(labels, 0.2, np.random.default_rng(0))
+    assert np.array_equal(held, again)
+
+
+def test_gate_reasons_carry_numbers():
+    ok, why = gate({"accuracy": 0.91}, {"accuracy": 0.915}, max_regression=0.01)
+    assert ok and "0.9100" in why and "0.9150" in why
+    ok, why = gate({"accuracy": 0.80}, {"accuracy": 0.90}, max_regression=0.01)
+    assert not ok and "regression 0.1000" in why
+    ok, _ = gate({"accuracy": 0.5}, None)
+    assert ok
+    ok, why = gate({"accuracy": 0.9, "per_class": [1.0, 0.5]}, {"accuracy": 0.9, "per_class": [0.9, 0.9]},
+                   max_class_regression=0.1)
+    assert not ok and "class 1" in why
+
+
+def test_evaluate_model_runs():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]]))
+        model[1].bias.zero_()
+    x = torch.eye(4)[:3]
+    m = evaluate_model(model, x, torch.tensor([0, 1, 2]), 3)
+    assert m["accuracy"] == 1.0 and m["macro_f1"] == 1.0

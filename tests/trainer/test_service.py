@@ -1,0 +1,149 @@
+"""The service on a tiny stream: buffered updates, head growth, gate + promotion, MQTT state and notices."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from protocol.config import load_config
+from protocol.messages import Sample, decode_message, encode_message
+from protocol.mqtt import make_client, start
+from protocol.topics import Topics
+from trainer.bootstrap import bootstrap
+from trainer.config import TrainerConfig
+from trainer.export import read_meta
+from trainer.registry import Registry
+from trainer.service import NotBootstrapped, TrainerService, promoted_topic
+from trainer.store import SampleStore
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _helpers import fill_store, image_folder, png  # noqa: E402
+
+pytestmark = pytest.mark.timeout(120)
+BASE = ["red", "green", "blue"]
+
+
+@pytest.fixture(scope="module")
+def bootstrapped(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small_cnn (16x16) trained on three colours, shared (copied) by the tests of this module."""
+    d = tmp_path_factory.mktemp("boot")
+    bootstrap(d / "state", image_folder(d / "imgs", BASE, 8), arch="small_cnn", input_size=16, epochs=2,
+              batch_size=8, exporter="torchscript", progress=False, replay_size=200, torch_threads=1)
+    return d / "state"
+
+
+def _config(state: Path, **over) -> TrainerConfig:
+    base = {"state_dir": str(state), "mqtt.url": None, "labeler.api_port": None, "update.batch": 16,
+            "update.steps": 5, "update.minibatch": 16, "update.lr": 0.05, "eval.heldout": 0.25}
+    base.update(over)
+    return load_config(TrainerConfig, overrides=base)
+
+
+def test_needs_bootstrap(tmp_path: Path) -> None:
+    with pytest.raises(NotBootstrapped):
+        TrainerService(_config(tmp_path))
+
+
+def test_stream_promotes_above_chance_and_grows_the_head(bootstrapped: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    shutil.copytree(bootstrapped, state)
+    with SampleStore(state / "samples") as st:
+        fill_store(st, BASE + ["yellow"], 120)  # yellow: a class the bootstrap never saw
+    promoted: list[tuple[str, Path, dict]] = []
+    svc = TrainerService(_config(state), exporter="torchscript",
+                         on_promoted=lambda v, p, m: promoted.append((v, p, m)))
+    try:
+        while svc.step():
+            pass
+        assert svc.buffered < 16  # the remainder waits for B more or T seconds
+        assert svc.step(force=True)  # ... or a forced flush
+        assert svc.labels == sorted(BASE) + ["yellow"] and svc.model.num_classes == 4
+        assert promoted, "no version promoted"
+        version, path, metrics = promoted[-1]
+        assert metrics["accuracy"] > 0.5  # chance is 0.25
+        meta = read_meta(path)
+        assert meta.labels == sorted(BASE) + ["yellow"] and meta.parent_version is not None
+        n_train = svc.store.count("heldout = 0")
+        assert meta.samples_seen == svc.counters["samples_seen"] == n_train  # every training sample, once
+        with Registry(state) as reg:
+            rec = reg.get(version)
+            assert rec.status == "promoted" and rec.labels == meta.labels and "per_class" in rec.metrics
+        decisions = [json.loads(x) for x in (state / "decisions.jsonl").read_text().splitlines()]
+        assert len(decisions) == svc.counters["updates"]
+        assert all("reason" in d and "candidate" in d for d in decisions)
+        assert svc.counters["label_seq"] == 120
+    finally:
+        svc.stop()
+
+
+def test_gate_rejects_a_regressing_candidate(bootstrapped: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    shutil.copytree(bootstrapped, state)
+    with SampleStore(state / "samples") as st:
+        fill_store(st, BASE, 96)
+    svc = TrainerService(_config(state, **{"eval.max_regression": 0.0}), exporter="torchscript")
+    try:
+        while svc.step():
+            pass
+        assert svc.last_decision["candidate"]["accuracy"] > 0.5
+        with Registry(state) as reg:
+            before = len(reg.list())
+        import torch
+        with torch.no_grad():  # sabotage the model: it now predicts one class for everything
+            svc.model.head.weight.zero_()
+            svc.model.head.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
+        d = svc.evaluate_and_maybe_promote()
+        assert d["promote"] is False and "regression" in d["reason"], d
+        with Registry(state) as reg:
+            assert len(reg.list()) == before
+    finally:
+        svc.stop()
+
+
+def test_over_mqtt_state_and_promotion_notice(bootstrapped: Path, tmp_path: Path, mosquitto_broker,
+                                              topic_prefix: str) -> None:
+    state = tmp_path / "state"
+    shutil.copytree(bootstrapped, state)
+    t = Topics(topic_prefix)
+    cfg = _config(state, **{"mqtt.url": mosquitto_broker.url, "mqtt.topic_prefix": topic_prefix,
+                            "mqtt.client_id": f"trainer-{topic_prefix[-6:]}", "update.wait_s": 0.5,
+                            "poll_s": 0.05})
+    hook = threading.Event()
+    svc = TrainerService(cfg, exporter="torchscript", on_promoted=lambda v, p, m: hook.set()).start()
+    seen: dict[str, bytes] = {}
+    sub = make_client(f"watch-{topic_prefix[-6:]}", mosquitto_broker.url)
+    sub.on_message = lambda c, u, m: seen.__setitem__(m.topic, m.payload)
+    start(sub)
+    sub.subscribe([(t.trainer_state(), 1), (promoted_topic(t), 1)])
+    pub = make_client(f"edge-{topic_prefix[-6:]}", mosquitto_broker.url)
+    start(pub)
+    try:
+        rng = np.random.default_rng(5)
+        for i in range(40):
+            lab = BASE[i % 3]
+            s = Sample(sample_id=f"m{i}", model_version="v0001", topk=[(lab, 0.6), ("red", 0.4)], uncertainty=0.2,
+                       uncertainty_kind="margin", p_select=0.5, reason="uncertain", frame_index=i, width=16,
+                       height=16, truth=lab)
+            pub.publish(t.samples("cam1"), encode_message(s, png(lab, rng), device="cam1", seq=i,
+                                                          content_type="image/png"), qos=1)
+        assert hook.wait(60), "no promotion"
+        deadline = time.monotonic() + 10
+        while promoted_topic(t) not in seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+        notice = json.loads(seen[promoted_topic(t)])
+        assert notice["version"] >= "v0002" and Path(notice["path"]).exists()
+        assert decode_message(seen[t.trainer_state()]).msg.state == "online"
+    finally:
+        svc.stop()
+        time.sleep(0.2)
+        sub.disconnect()
+        sub.loop_stop()
+        pub.disconnect()
+        pub.loop_stop()
+    assert decode_message(seen[t.trainer_state()]).msg.state == "offline"

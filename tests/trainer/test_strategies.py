@@ -1,0 +1,167 @@
+"""Every strategy learns a tiny synthetic stream through its own update(); head growth keeps old classes."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from trainer.evaluate import predict
+from trainer.nets import Classifier
+from trainer.replay import ReplayMemory
+from trainer.strategies import STRATEGIES, LabelledBatch, LabelledSample, StrategyConfig, make_strategy
+
+torch.set_num_threads(1)
+SHAPE = (1, 8, 8)
+
+
+def tiny_model(num_classes: int, seed: int = 0) -> Classifier:
+    torch.manual_seed(seed)
+    return Classifier(nn.Sequential(nn.Flatten(1), nn.Linear(64, 32), nn.ReLU()), 32, num_classes)
+
+
+def templates(n: int = 4, seed: int = 123) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand((n, *SHAPE), generator=g) > 0.5).float()
+
+
+def make_data(classes, n_per_class, seed, tmpl=None):
+    tmpl = templates() if tmpl is None else tmpl
+    g = torch.Generator().manual_seed(seed)
+    y = torch.tensor([c for c in classes for _ in range(n_per_class)])
+    y = y[torch.randperm(len(y), generator=g)]
+    x = (tmpl[y] * 0.7 + 0.3 * torch.rand((len(y), *SHAPE), generator=g)).clamp(0, 1)
+    return x, y
+
+
+def adam(params):
+    return torch.optim.Adam(params, lr=3e-3)
+
+
+def run_stream(strategy, x, y, batch=10, steps=2, p_select=None):
+    for i in range(0, len(y), batch):
+        p = None if p_select is None else p_select[i : i + batch]
+        metrics = strategy.update(LabelledBatch(x[i : i + batch], y[i : i + batch], p), steps=steps)
+    return metrics
+
+
+def acc(model, x, y, classes=None):
+    pred = predict(model, x)
+    mask = np.ones(len(y), bool) if classes is None else np.isin(y.numpy(), classes)
+    return float((pred[mask] == y.numpy()[mask]).mean())
+
+
+def test_registry_names():
+    assert set(STRATEGIES) == {"naive", "er", "iw-er", "der++", "ewc"}
+    with pytest.raises(ValueError):
+        make_strategy("nope", tiny_model(2), adam)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_each_strategy_learns(name):
+    x, y = make_data([0, 1, 2], 40, seed=1)
+    xt, yt = make_data([0, 1, 2], 30, seed=2)
+    model = tiny_model(3)
+    s = make_strategy(name, model, adam, config={"replay_size": 10, "seed": 0, "ewc_window": 4}, capacity=30)
+    before = acc(model, xt, yt)
+    metrics = run_stream(s, x, y, p_select=torch.full((len(y),), 0.5))
+    after = acc(model, xt, yt)
+    assert after >= 0.9 > before + 0.2, (name, before, after)
+    assert {"loss", "steps", "new", "replay", "memory"} <= set(metrics) and metrics["steps"] == 2
+    if s.memory is not None:
+        assert 0 < len(s.memory) <= 30
+
+
+@pytest.mark.parametrize("name", ["iw-er", "er", "der++"])
+def test_head_growth_keeps_old_classes(name):
+    tmpl = templates()
+    x0, y0 = make_data([0, 1], 60, seed=3, tmpl=tmpl)
+    x1, y1 = make_data([2], 150, seed=4, tmpl=tmpl)
+    xt, yt = make_data([0, 1, 2], 40, seed=5, tmpl=tmpl)
+    model = tiny_model(2)
+    s = make_strategy(name, model, adam, config={"replay_size": 20, "seed": 0}, capacity=40)
+    run_stream(s, x0, y0)
+    old_before = acc(model, xt, yt, [0, 1])
+    assert old_before > 0.9
+    run_stream(s, x1, y1)  # labels 2 grow the head inside update()
+    assert model.num_classes == 3
+    assert acc(model, xt, yt, [2]) > 0.8
+    assert acc(model, xt, yt, [0, 1]) >= old_before - 0.15
+
+
+def test_naive_forgets_without_replay():
+    """The sanity check for the test above: without replay the old classes are overwritten."""
+    tmpl = templates()
+    x0, y0 = make_data([0, 1], 60, seed=3, tmpl=tmpl)
+    x1, y1 = make_data([2], 150, seed=4, tmpl=tmpl)
+    xt, yt = make_data([0, 1, 2], 40, seed=5, tmpl=tmpl)
+    model = tiny_model(2)
+    s = make_strategy("naive", model, adam)
+    run_stream(s, x0, y0)
+    run_stream(s, x1, y1)
+    assert acc(model, xt, yt, [0, 1]) < 0.5
+
+
+def test_growth_extends_optimizer_state():
+    model = tiny_model(2)
+    s = make_strategy("iw-er", model, adam, capacity=10)
+    x, y = make_data([0, 1], 10, seed=0)
+    s.update(LabelledBatch(x, y), steps=3)
+    old = {k: v.clone() for k, v in s.optimizer.state[model.head.weight].items()}
+    feat_state = s.optimizer.state[model.features[1].weight]["exp_avg"].clone()
+    assert s.observe_new_classes(4)
+    st = s.optimizer.state[model.head.weight]
+    assert st["exp_avg"].shape == (4, 32)
+    assert torch.equal(st["exp_avg"][:2], old["exp_avg"]) and not st["exp_avg"][2:].any()
+    assert torch.equal(st["step"], old["step"])
+    assert torch.equal(s.optimizer.state[model.features[1].weight]["exp_avg"], feat_state)
+    assert not s.observe_new_classes(3)  # never shrinks
+    s.update(LabelledBatch(*make_data([3], 10, seed=1)), steps=1)  # trains fine after growth
+
+
+def test_iw_er_stores_capped_inverse_propensity():
+    model = tiny_model(2)
+    s = make_strategy("iw-er", model, adam, config={"w_max": 5.0}, capacity=10)
+    x, y = make_data([0, 1], 2, seed=0)
+    s.update(LabelledBatch(x, y, torch.tensor([1.0, 0.5, 0.25, 0.1])), steps=1)
+    assert sorted(s.memory.state_dict()["weight"].tolist()) == pytest.approx([1.0, 2.0, 4.0, 5.0])
+
+
+def test_iw_er_importance_options_run():
+    for kind in ("loss", "grad"):
+        model = tiny_model(2)
+        s = make_strategy("iw-er", model, adam, config={"importance": kind, "class_balance": True}, capacity=10)
+        x, y = make_data([0, 1], 10, seed=0)
+        m = run_stream(s, x, y, steps=1, p_select=torch.full((20,), 0.5))
+        assert np.isfinite(m["loss"])
+
+
+def test_ewc_penalty_anchors_parameters():
+    model = tiny_model(2)
+    s = make_strategy("ewc", model, adam, config={"ewc_lambda": 50.0, "ewc_window": 2})
+    x, y = make_data([0, 1], 10, seed=0)
+    run_stream(s, x, y)
+    assert s.fisher and float(s.penalty().detach()) == pytest.approx(0.0, abs=1e-8)
+    with torch.no_grad():
+        model.features[1].weight.add_(0.1)
+    assert float(s.penalty().detach()) > 0
+    s.observe_new_classes(3)
+    assert s.fisher["head.weight"].shape == (3, 32)
+
+
+def test_batch_from_samples_and_state_round_trip():
+    x, y = make_data([0, 1], 5, seed=0)
+    batch = LabelledBatch.from_samples([LabelledSample(x[i], int(y[i]), 0.5) for i in range(len(y))])
+    assert batch.p_select.tolist() == [0.5] * 10 and batch.importance is None
+    model = tiny_model(2)
+    s = make_strategy("der++", model, adam, capacity=10, seed=1)
+    s.update(batch, steps=2)
+    state = s.state_dict()
+    m2 = tiny_model(2, seed=9)
+    s2 = make_strategy("der++", m2, adam, memory=ReplayMemory(10, store_logits=True), seed=1)
+    s2.load_state_dict(state)
+    assert len(s2.memory) == len(s.memory)
+    for a, b in zip(model.parameters(), m2.parameters()):
+        assert torch.equal(a, b)
+    s.update(batch, steps=1)
+    s2.update(batch, steps=1)
+    for a, b in zip(model.parameters(), m2.parameters()):
+        assert torch.allclose(a, b)

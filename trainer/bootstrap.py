@@ -1,0 +1,322 @@
+"""Train the first model from labelled data and write a trainer state directory with version v0001.
+
+Inputs:
+
+- a folder in torchvision ``ImageFolder`` layout (``root/<class>/<image>.png|jpg``), or
+- MNIST-format IDX files (a folder holding ``*images*idx3*`` and ``*labels*idx1*``, or an images file plus
+  ``idx_labels=``), with class names from ``labels=`` (default: the numbers as strings).
+
+``sim:`` scenarios are not read here: the trainer must never import ``edge`` (where the simulator lives).
+``edgeloop demo`` renders simulated frames into an ImageFolder and then calls :func:`bootstrap` on it.
+
+What it writes into ``state_dir``: a checkpoint (model, empty optimiser state, replay memory seeded with
+the training set, counters), ``bootstrap_heldout.pt`` (the held-out slice, kept for later evaluations so
+that forgetting of the bootstrap classes is measured), and the first registered ONNX version, promoted.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from protocol.model_meta import ModelMeta
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .datasets import read_idx
+from .evaluate import evaluate_model, stratified_split
+from .export import export_onnx
+from .images import InputFormat, preprocess_bytes
+from .nets import ARCH_INPUT, build_model
+from .registry import Registry
+from .replay import ReplayMemory
+
+log = logging.getLogger(__name__)
+
+__all__ = ["bootstrap", "BootstrapResult", "load_dataset", "IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+@dataclass
+class BootstrapResult:
+    """What bootstrap produced: the registered version, its file and held-out metrics."""
+
+    version: str
+    path: Path
+    labels: list[str]
+    metrics: dict[str, Any]
+    train_size: int
+    heldout_size: int
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _find_idx(folder: Path) -> tuple[Path, Path]:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and "idx" in p.name)
+    images = [p for p in files if "idx3" in p.name or "images" in p.name]
+    labels = [p for p in files if "idx1" in p.name or "labels" in p.name]
+    if len(images) != 1 or len(labels) != 1:
+        raise ValueError(f"{folder}: expected one *images*idx3* and one *labels*idx1* file, found {[p.name for p in files]}")
+    return images[0], labels[0]
+
+
+def _is_idx(path: Path) -> bool:
+    if path.is_dir():
+        return any("idx" in p.name for p in path.iterdir()) and not any(p.is_dir() for p in path.iterdir())
+    return path.is_file()
+
+
+def load_dataset(data: str | Path, fmt: InputFormat, *, idx_labels: str | Path | None = None,
+                 labels: Sequence[str] | None = None, max_samples: int | None = None,
+                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Load ``data`` as (x uint8 (N, C, H, W), y long (N,), class names), preprocessed for ``fmt``.
+
+    uint8 because that is what the images were and what the replay memory keeps (lossless); the
+    network gets ``x / 255``.
+    """
+    s = str(data)
+    if s.startswith("sim:"):
+        raise ValueError(
+            "sim: scenarios are rendered by the deploy layer (the trainer never imports edge): run "
+            "`edgeloop demo`, or render frames to an ImageFolder and pass that folder")
+    path = Path(s)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.is_dir() and any(p.is_dir() for p in path.iterdir()):
+        return _load_folder(path, fmt, labels, max_samples, seed)
+    if path.is_dir():
+        img_path, lab_path = _find_idx(path)
+    else:
+        if idx_labels is None:
+            raise ValueError(f"{path} is an IDX images file: also give the labels file (--idx-labels)")
+        img_path, lab_path = path, Path(idx_labels)
+    return _load_idx(img_path, lab_path, fmt, labels, max_samples, seed)
+
+
+def _subsample(n: int, max_samples: int | None, seed: int) -> np.ndarray:
+    idx = np.arange(n)
+    if max_samples is not None and n > max_samples:
+        idx = np.sort(np.random.default_rng(seed).permutation(n)[:max_samples])
+    return idx
+
+
+def _load_idx(images: Path, labels_path: Path, fmt: InputFormat, names: Sequence[str] | None,
+              max_samples: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    x = read_idx(images)
+    y = read_idx(labels_path).astype(np.int64)
+    if x.ndim not in (3, 4) or y.ndim != 1 or len(x) != len(y):
+        raise ValueError(f"IDX images {x.shape} and labels {y.shape} do not match")
+    idx = _subsample(len(y), max_samples, seed)
+    x, y = x[idx], y[idx]
+    classes = sorted(int(c) for c in np.unique(y))
+    if names is not None:
+        if len(names) <= max(classes):
+            raise ValueError(f"{len(names)} label names given, but the IDX labels go up to {max(classes)}")
+        label_names = list(names)
+    else:
+        label_names = [str(c) for c in range(max(classes) + 1)]
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    t = t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)  # (N, H, W[, C]) -> (N, C, H, W)
+    t = t.float()
+    if fmt.channels == 3 and t.shape[1] == 1:
+        t = t.expand(-1, 3, -1, -1)
+    elif fmt.channels == 1 and t.shape[1] == 3:
+        t = (t * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    if t.shape[2:] != (fmt.height, fmt.width):
+        t = F.interpolate(t, size=(fmt.height, fmt.width), mode="bilinear", align_corners=False, antialias=True)
+    return t.round().clamp(0, 255).to(torch.uint8), torch.from_numpy(y), label_names
+
+
+def _load_folder(root: Path, fmt: InputFormat, names: Sequence[str] | None, max_samples: int | None,
+                 seed: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if names is not None:
+        unknown = set(classes) - set(names)
+        if unknown:
+            raise ValueError(f"folders {sorted(unknown)} are not in the given labels {list(names)}")
+        label_names = list(names)
+    else:
+        label_names = classes
+    files: list[tuple[Path, int]] = []
+    for c in classes:
+        for p in sorted((root / c).rglob("*")):
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+                files.append((p, label_names.index(c)))
+    if not files:
+        raise ValueError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in class folders")
+    files = [files[i] for i in _subsample(len(files), max_samples, seed)]
+    xs = [(preprocess_bytes(p.read_bytes(), fmt) * 255.0).round().to(torch.uint8) for p, _ in files]
+    return torch.stack(xs), torch.tensor([c for _, c in files]), label_names
+
+
+def _parse_names(labels: str | Sequence[str] | None) -> list[str] | None:
+    if labels is None:
+        return None
+    if isinstance(labels, str):
+        p = Path(labels)
+        if p.is_file():
+            return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+        return [x.strip() for x in labels.split(",") if x.strip()]
+    return list(labels)
+
+
+def bootstrap(
+    state_dir: str | Path,
+    data: str | Path,
+    *,
+    arch: str = "convnet",
+    epochs: int = 3,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    labels: str | Sequence[str] | None = None,
+    roi: Sequence[int] | None = None,
+    input_size: int | tuple[int, int] | None = None,
+    heldout: float = 0.2,
+    weights: str | Path | None = None,
+    idx_labels: str | Path | None = None,
+    max_samples: int | None = None,
+    replay_size: int = 2000,
+    replay_policy: str = "class_balanced",
+    seed: int = 0,
+    exporter: str = "dynamo",
+    progress: bool = True,
+    force: bool = False,
+    torch_threads: int | None = None,
+) -> BootstrapResult:
+    """Train ``arch`` on ``data`` and write the trainer state with the first promoted ONNX version.
+
+    ``roi`` (x, y, w, h in source-frame pixels) goes into the model metadata so edges crop it; images in
+    ``data`` are cropped with it too unless they already have the ROI's size. ``input_size`` overrides the
+    architecture's input (convnet is fixed at 28). ``weights`` loads a local ``state_dict`` file (e.g.
+    torchvision MobileNet weights) before training; keys that do not fit (the head) are skipped.
+    Refuses to overwrite an existing state unless ``force``.
+    """
+    t_start = time.perf_counter()
+    state_dir = Path(state_dir)
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    torch.manual_seed(seed)
+    if not force and load_checkpoint(state_dir) is not None:
+        raise FileExistsError(f"{state_dir} already holds a trainer state (use force=True / --force to replace it)")
+    if arch not in ARCH_INPUT:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCH_INPUT))}")
+    spec = ARCH_INPUT[arch]
+    w, h = spec.width, spec.height
+    if input_size is not None:
+        w, h = (input_size, input_size) if isinstance(input_size, int) else input_size
+        if arch == "convnet" and (w, h) != (28, 28):
+            raise ValueError("convnet takes 28x28 input only")
+    fmt = InputFormat(w, h, spec.channels, "GRAY" if spec.channels == 1 else "RGB",
+                      tuple(int(v) for v in roi) if roi else None)  # type: ignore[arg-type]
+
+    x_u8, y, label_names = load_dataset(data, fmt, idx_labels=idx_labels, labels=_parse_names(labels),
+                                        max_samples=max_samples, seed=seed)
+    held_idx, train_idx = stratified_split(y.numpy(), heldout, np.random.default_rng(seed))
+    if len(train_idx) == 0:
+        raise ValueError("no training samples left after the held-out split")
+    log.info("bootstrap %s on %s: %d samples, %d classes %s, %d held out", arch, data, len(y), len(label_names),
+             label_names, len(held_idx))
+
+    model = build_model(arch, len(label_names), in_channels=fmt.channels)
+    if weights is not None:
+        _load_weights(model, Path(weights))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    xt, yt = x_u8[train_idx], y[train_idx]
+    gen = torch.Generator().manual_seed(seed)
+    steps_per_epoch = max(1, -(-len(yt) // batch_size))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=epochs * steps_per_epoch, desc=f"bootstrap {arch}", unit="step")
+    model.train()
+    for epoch in range(epochs):
+        perm = torch.randperm(len(yt), generator=gen)
+        total, count = 0.0, 0
+        for i in range(0, len(yt), batch_size):
+            idx = perm[i:i + batch_size]
+            if len(idx) < 2 and arch != "convnet":  # batch norm cannot train on one sample
+                continue
+            loss = F.cross_entropy(model(xt[idx].float() / 255.0), yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{total / max(count, 1):.4f}")
+    if bar is not None:
+        bar.close()
+
+    xh, yh = x_u8[held_idx], y[held_idx]
+    eval_x, eval_y = (xh, yh) if len(yh) else (xt, yt)
+    m = evaluate_model(model, eval_x.float() / 255.0, eval_y, len(label_names))
+    metrics: dict[str, Any] = {
+        "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"], "forgetting": 0.0,
+        "per_class": {label_names[i]: v for i, v in enumerate(m["per_class"]) if v is not None},
+        "evaluated_on": "heldout" if len(yh) else "train",
+    }
+
+    memory = ReplayMemory(replay_size, policy=replay_policy, seed=seed)
+    memory.add(xt, yt)  # uint8 stored as-is: the bootstrap set is rehearsed later to limit forgetting
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"x": xh.clone(), "y": yh.clone(), "labels": list(label_names)}, state_dir / "bootstrap_heldout.pt")
+
+    registry = Registry(state_dir)
+    try:
+        version = registry.next_version()
+        path = registry.model_path(version)
+        meta = ModelMeta(
+            version=version, labels=list(label_names), width=fmt.width, height=fmt.height, channels=fmt.channels,
+            color_order=fmt.color_order, mean=[0.0] * fmt.channels, std=[1.0] * fmt.channels,
+            roi=list(fmt.roi) if fmt.roi else None, parent_version=None, architecture=arch,
+            samples_seen=int(len(yt)), metrics=metrics, created=time.time(),
+        )
+        export_onnx(model, meta, path, exporter=exporter,  # type: ignore[arg-type]
+                    verify_inputs=(eval_x[:16].float() / 255.0))
+        rec = registry.register(version, path=path, labels=list(label_names), metrics=metrics,
+                                samples_seen=int(len(yt)), status="promoted", arch=arch)
+    finally:
+        registry.close()
+
+    save_checkpoint(
+        state_dir, model=model, arch=arch, labels=list(label_names), optimizer=None, replay=memory,
+        counters={"label_seq": 0, "samples_seen": 0, "updates": 0, "evaluations": 0, "promotions": 0,
+                  "bootstrap_samples": int(len(yt))},
+        extra={"input": fmt.as_dict(), "in_channels": fmt.channels, "history": [], "bootstrap_version": version},
+    )
+    seconds = time.perf_counter() - t_start
+    result = BootstrapResult(version, rec.path, list(label_names), metrics, int(len(yt)), int(len(yh)), seconds)
+    log.info("bootstrap done: %s, accuracy %.4f macro-F1 %.4f on %d %s samples, %.1fs", version,
+             metrics["accuracy"], metrics["macro_f1"], metrics["n"], metrics["evaluated_on"], seconds)
+    return result
+
+
+def _load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load a local state_dict; accepts plain torchvision keys (``features.*``, ``classifier.*``) too."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    own = model.state_dict()
+    mapped: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        for cand in (k, f"features.0.{k[len('features.'):]}" if k.startswith("features.") else None,
+                     f"features.3.{k[len('classifier.'):]}" if k.startswith("classifier.") else None):
+            if cand and cand in own and own[cand].shape == v.shape:
+                mapped[cand] = v
+                break
+    missing = [k for k in own if k not in mapped]
+    model.load_state_dict(mapped, strict=False)
+    log.info("loaded %d tensors from %s (%d left at random init: %s)", len(mapped), path, len(missing),
+             ", ".join(missing[:5]) + ("..." if len(missing) > 5 else ""))
+    if not mapped:
+        raise ValueError(f"{path}: no tensor fits the {type(model).__name__} architecture")

@@ -1,0 +1,300 @@
+"""``edgeloop trainer``: bootstrap the first model, run the service, show status and versions.
+
+Examples::
+
+    edgeloop trainer bootstrap data/mnist --arch convnet --epochs 3 --state-dir ./trainer-state
+    edgeloop trainer bootstrap frames/ --arch small_cnn --roi 100,80,64,64 --labels ok,scratch,dent
+    edgeloop trainer run --state-dir ./trainer-state --broker mqtt://127.0.0.1:1883 --labeller oracle
+    edgeloop trainer status --state-dir ./trainer-state
+    edgeloop trainer versions --state-dir ./trainer-state --json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "build_parser"]
+
+DEFAULT_STATE = "./edgeloop-trainer"
+
+
+def _roi(text: str) -> tuple[int, int, int, int]:
+    try:
+        vals = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("--roi wants x,y,w,h integers") from None
+    if len(vals) != 4 or min(vals) < 0 or vals[2] < 1 or vals[3] < 1:
+        raise argparse.ArgumentTypeError("--roi wants x,y,w,h with w, h >= 1")
+    return vals  # type: ignore[return-value]
+
+
+def _fraction(text: str) -> float:
+    v = float(text)
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError("must be in [0, 1)")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgeloop trainer",
+        description="The central learner: bootstrap a model, ingest edge samples over MQTT, label them, "
+                    "run buffered importance-weighted continual updates, gate, export and register ONNX versions.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::", 1)[1],
+    )
+    sub = p.add_subparsers(dest="command", metavar="{bootstrap,run,status,versions}")
+
+    b = sub.add_parser("bootstrap", help="train the first model from labelled images and register v0001",
+                       description="Train the first model from an ImageFolder (root/<class>/*.png|jpg) or MNIST-format "
+                                   "IDX files, write the trainer state directory and register the first ONNX version. "
+                                   "sim: scenarios: `edgeloop demo` renders them to a folder and bootstraps from it "
+                                   "(the trainer never imports the edge simulator).")
+    b.add_argument("data", help="ImageFolder directory, directory with *images*idx3*/*labels*idx1*, or an IDX images file")
+    b.add_argument("--idx-labels", metavar="FILE", help="IDX labels file (when DATA is an IDX images file)")
+    b.add_argument("--arch", default="convnet", choices=["convnet", "small_cnn", "mobilenet_v3_small"],
+                   help="convnet: 28x28 grey; small_cnn: 64x64 colour ROI; mobilenet_v3_small: 96x96 colour (default: %(default)s)")
+    b.add_argument("--weights", metavar="FILE", help="local state_dict to start from (e.g. torchvision MobileNet weights)")
+    b.add_argument("--epochs", type=int, default=3, help="passes over the training split (default: %(default)s)")
+    b.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
+    b.add_argument("--batch-size", type=int, default=64, help="minibatch size (default: %(default)s)")
+    b.add_argument("--labels", metavar="NAMES|FILE",
+                   help="class names: comma list or a file with one per line (IDX: index order; folders: subset/order)")
+    b.add_argument("--roi", type=_roi, metavar="X,Y,W,H", help="region of interest in frame pixels; goes into the model "
+                   "metadata so edges crop it (full-frame images here are cropped too)")
+    b.add_argument("--input-size", type=int, metavar="PIXELS", help="square input size (default: the architecture's)")
+    b.add_argument("--held-out", type=_fraction, default=0.2, metavar="FRACTION",
+                   help="class-stratified fraction kept for evaluation (default: %(default)s)")
+    b.add_argument("--max-samples", type=int, metavar="N", help="use at most N samples (random, seeded)")
+    b.add_argument("--replay-size", type=int, default=2000, help="replay memory seeded from the training split (default: %(default)s)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo", help="ONNX exporter (default: %(default)s)")
+    b.add_argument("--state-dir", default=DEFAULT_STATE, help="trainer state directory (default: %(default)s)")
+    b.add_argument("--force", action="store_true", help="replace an existing trainer state")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--threads", type=int, default=None, help="torch threads")
+
+    r = sub.add_parser("run", help="run the service: ingest, label, update, gate, export, register",
+                       description="Run the trainer service until interrupted (SIGINT/SIGTERM stop it cleanly after "
+                                   "the update in progress; kill -9 is safe too: it resumes from the last checkpoint).")
+    r.add_argument("--config", metavar="YAML", help="config file (keys of trainer/config.py); env EDGELOOP_TRAINER__* and flags override")
+    r.add_argument("--state-dir", help="trainer state directory (bootstrap it first)")
+    r.add_argument("--broker", metavar="URL", help="MQTT broker, mqtt://host:port ('none' = no ingestion)")
+    r.add_argument("--prefix", help="topic prefix (default edgeloop/v1)")
+    r.add_argument("--client-id", help="MQTT client id (fixed, so the broker keeps unacknowledged samples for us)")
+    r.add_argument("--labeller", "--labeler", dest="labeller", choices=["oracle", "queue", "import"],
+                   help="where labels come from")
+    r.add_argument("--import-csv", metavar="FILE", help="CSV sample_id,label for --labeller import")
+    r.add_argument("--label-delay", type=float, metavar="S", help="oracle: seconds before a truth becomes a label")
+    r.add_argument("--label-noise", type=float, metavar="P", help="oracle: label-flip probability")
+    r.add_argument("--api-port", type=int, help="HTTP label API port (0 = any free port; default 8765)")
+    r.add_argument("--no-api", action="store_true", help="no HTTP label API (not allowed with --labeller queue)")
+    r.add_argument("--strategy", help="naive | er | iw-er | der++ | ewc")
+    r.add_argument("-B", "--batch", type=int, help="update after this many new labelled samples")
+    r.add_argument("-T", "--wait", type=float, help="... or after this many seconds")
+    r.add_argument("-K", "--steps", type=int, help="optimiser steps per update")
+    r.add_argument("--lr", type=float, help="update learning rate")
+    r.add_argument("--held-out", type=_fraction, help="fraction of labelled samples held out for evaluation")
+    r.add_argument("--max-regression", type=float, help="largest allowed drop in accuracy / macro-F1 to still promote")
+    r.add_argument("--duration", type=float, metavar="S", help="stop after this many seconds")
+    r.add_argument("--max-updates", type=int, metavar="N", help="stop after N updates")
+    r.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
+    r.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
+    r.add_argument("--log-level", help="DEBUG, INFO, WARNING")
+
+    s = sub.add_parser("status", help="counts: samples, labels, rejections per reason, devices, versions",
+                       description="Read-only summary of a trainer state directory (works while the service runs).")
+    s.add_argument("--state-dir", default=DEFAULT_STATE)
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+
+    v = sub.add_parser("versions", help="registered model versions with their metrics and status",
+                       description="List the registry: version, parent, status, samples seen, accuracy, macro-F1, labels.")
+    v.add_argument("--state-dir", default=DEFAULT_STATE)
+    v.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "bootstrap":
+        return _bootstrap(args)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "status":
+        return _status(args)
+    return _versions(args)
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    _setup_logging()
+    from .bootstrap import bootstrap
+
+    try:
+        res = bootstrap(
+            args.state_dir, args.data, arch=args.arch, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+            labels=args.labels, roi=args.roi, input_size=args.input_size, heldout=args.held_out,
+            weights=args.weights, idx_labels=args.idx_labels, max_samples=args.max_samples,
+            replay_size=args.replay_size, seed=args.seed, exporter=args.exporter, progress=not args.no_progress,
+            force=args.force, torch_threads=args.threads,
+        )
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"edgeloop trainer bootstrap: {e}", file=sys.stderr)
+        return 2
+    m = res.metrics
+    print(f"{res.version}: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  on {m['n']} {m['evaluated_on']} "
+          f"samples  ({res.train_size} trained, {len(res.labels)} classes, {res.seconds:.1f}s)  -> {res.path}")
+    return 0
+
+
+def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    o: dict[str, Any] = {
+        "state_dir": args.state_dir, "mqtt.topic_prefix": args.prefix, "mqtt.client_id": args.client_id,
+        "labeler.kind": args.labeller, "labeler.csv": args.import_csv, "labeler.delay_s": args.label_delay,
+        "labeler.noise": args.label_noise, "labeler.api_port": args.api_port, "update.strategy": args.strategy,
+        "update.batch": args.batch, "update.wait_s": args.wait, "update.steps": args.steps, "update.lr": args.lr,
+        "eval.heldout": args.held_out, "eval.max_regression": args.max_regression, "log_level": args.log_level,
+    }
+    if args.broker is not None:
+        o["mqtt.url"] = args.broker
+    return o
+
+
+def _run(args: argparse.Namespace) -> int:
+    from protocol.config import ConfigError, dump_config, load_config
+
+    from .config import ENV_PREFIX, TrainerConfig
+
+    try:
+        cfg = load_config(TrainerConfig, args.config, env_prefix=ENV_PREFIX, overrides=_run_overrides(args))
+    except ConfigError as e:
+        print(f"edgeloop trainer run: {e}", file=sys.stderr)
+        return 2
+    if cfg.mqtt.url in ("none", ""):
+        cfg.mqtt.url = None
+    if args.no_api:
+        if cfg.labeler.kind == "queue":
+            print("edgeloop trainer run: --labeller queue needs the label API", file=sys.stderr)
+            return 2
+        cfg.labeler.api_port = None
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return 0
+    _setup_logging(cfg.log_level)
+    from .service import NotBootstrapped, TrainerService
+
+    try:
+        svc = TrainerService(cfg, exporter=args.exporter)
+    except NotBootstrapped as e:
+        print(f"edgeloop trainer run: {e}", file=sys.stderr)
+        return 2
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stopping.set()
+        svc._stop.set()  # finish the update in progress, then leave the loop
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        svc.run(duration=args.duration, max_updates=args.max_updates)
+    except (ConnectionError, OSError) as e:
+        print(f"edgeloop trainer run: {e}", file=sys.stderr)
+        svc.stop()
+        return 1
+    svc.stop()
+    c = svc.counters
+    print(f"stopped: {c['updates']} updates, {c['samples_seen']} samples trained, {c['promotions']} promotions")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .registry import Registry
+    from .store import SampleStore
+
+    state = Path(args.state_dir)
+    if not state.is_dir():
+        print(f"edgeloop trainer status: {state} does not exist", file=sys.stderr)
+        return 2
+    ckpt = load_checkpoint(state)
+    out: dict[str, Any] = {"state_dir": str(state)}
+    if ckpt is not None:
+        out.update(arch=ckpt.arch, labels=ckpt.labels, counters=ckpt.counters, checkpoint=str(ckpt.path))
+    if (state / "samples").is_dir():
+        with SampleStore(state / "samples") as st:
+            out["store"] = st.stats()
+    with Registry(state) as reg:
+        latest = reg.latest_promoted()
+        out["promoted"] = latest.version if latest else None
+        out["versions"] = len(reg.list())
+    decisions = state / "decisions.jsonl"
+    if decisions.exists():
+        lines = decisions.read_text().strip().splitlines()
+        if lines:
+            last = json.loads(lines[-1])
+            out["last_decision"] = {k: last.get(k) for k in ("update", "promote", "version", "reason", "n_heldout")}
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    print(f"state      {state}")
+    if ckpt is not None:
+        c = ckpt.counters
+        print(f"model      {ckpt.arch}, {len(ckpt.labels)} classes: {', '.join(ckpt.labels)}")
+        print(f"learner    {c.get('updates', 0)} updates, {c.get('samples_seen', 0)} samples trained, "
+              f"last label_seq {c.get('label_seq', 0)}, {c.get('promotions', 0)} promotions")
+    else:
+        print("model      (not bootstrapped: run `edgeloop trainer bootstrap`)")
+    print(f"promoted   {out['promoted']} ({out['versions']} versions registered)")
+    st = out.get("store")
+    if st:
+        print(f"samples    {st['samples']} stored, {st['labelled']} labelled ({st['heldout']} held out), "
+              f"{st['unlabelled']} waiting for a label")
+        if st["per_class"]:
+            print("classes    " + ", ".join(f"{k}: {v}" for k, v in st["per_class"].items()))
+        if st["rejected"]:
+            print("rejected   " + ", ".join(f"{k}: {v}" for k, v in st["rejected"].items()))
+        for dev, d in st["devices"].items():
+            print(f"device     {dev}: {d['received']} received, last seq {d['last_seq']}, {d['gaps']} gaps "
+                  f"({d['missing']} missing), {d['out_of_order']} out of order, {d['duplicates']} duplicates")
+    if "last_decision" in out:
+        d = out["last_decision"]
+        print(f"last gate  update {d['update']}: {'promoted ' + str(d.get('version')) if d['promote'] else 'kept'} -- {d['reason']}")
+    return 0
+
+
+def _versions(args: argparse.Namespace) -> int:
+    from .registry import Registry
+
+    state = Path(args.state_dir)
+    if not (state / "registry.sqlite").exists():
+        print(f"edgeloop trainer versions: no registry in {state}", file=sys.stderr)
+        return 2
+    with Registry(state) as reg:
+        records = reg.list()
+    if args.json:
+        print(json.dumps([{"version": r.version, "parent": r.parent, "status": r.status, "path": str(r.path),
+                           "sha256": r.sha256, "size": r.size, "arch": r.arch, "labels": r.labels,
+                           "samples_seen": r.samples_seen, "metrics": r.metrics, "created": r.created}
+                          for r in records], indent=2))
+        return 0
+    print(f"{'version':<9} {'parent':<9} {'status':<9} {'seen':>7} {'acc':>7} {'F1':>7}  labels")
+    for r in records:
+        acc, f1 = r.metrics.get("accuracy"), r.metrics.get("macro_f1")
+        fmt = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
+        print(f"{r.version:<9} {r.parent or '-':<9} {r.status:<9} {r.samples_seen:>7} {fmt(acc):>7} {fmt(f1):>7}  "
+              f"{','.join(r.labels)}")
+    return 0

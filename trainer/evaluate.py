@@ -1,0 +1,185 @@
+"""Evaluation of candidates: metrics, forgetting, the held-out split and the promotion gate.
+
+Metrics are computed with numpy from labels and predictions so that they can be unit-tested on
+hand-made arrays and stored per model version (as plain floats/lists) in the registry.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "confusion_matrix",
+    "accuracy",
+    "per_class_accuracy",
+    "macro_f1",
+    "compute_metrics",
+    "predict",
+    "evaluate_model",
+    "ForgettingTracker",
+    "forgetting",
+    "stratified_split",
+    "gate",
+]
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int | None = None) -> np.ndarray:
+    """C[i, j] = number of samples of true class i predicted as j."""
+    y_true = np.asarray(y_true, dtype=np.int64).reshape(-1)
+    y_pred = np.asarray(y_pred, dtype=np.int64).reshape(-1)
+    if num_classes is None:
+        num_classes = int(max(y_true.max(initial=-1), y_pred.max(initial=-1))) + 1
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    return cm
+
+
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    y_true, y_pred = np.asarray(y_true).reshape(-1), np.asarray(y_pred).reshape(-1)
+    return float(np.mean(y_true == y_pred)) if len(y_true) else float("nan")
+
+
+def per_class_accuracy(cm: np.ndarray) -> np.ndarray:
+    """Recall per class (diagonal / row sum); NaN for classes without test samples."""
+    support = cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
+
+
+def macro_f1(cm: np.ndarray) -> float:
+    """Unweighted mean F1 over classes that occur in the truth or the predictions.
+
+    Classes absent from both are left out (they say nothing about this model on this set); a class that
+    is predicted but never true counts with F1 = 0, so spurious predictions are penalised.
+    """
+    tp = np.diag(cm).astype(float)
+    fp = cm.sum(axis=0) - tp
+    fn = cm.sum(axis=1) - tp
+    present = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
+    denom = 2 * tp + fp + fn
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    return float(f1[present].mean()) if present.any() else float("nan")
+
+
+def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int | None = None) -> dict[str, Any]:
+    """accuracy, macro_f1, per_class (list, NaN→None for JSON), confusion (list of lists), n."""
+    cm = confusion_matrix(y_true, y_pred, num_classes)
+    pca = per_class_accuracy(cm)
+    return {
+        "accuracy": accuracy(y_true, y_pred),
+        "macro_f1": macro_f1(cm),
+        "per_class": [None if np.isnan(v) else float(v) for v in pca],
+        "confusion": cm.tolist(),
+        "n": int(len(np.asarray(y_true).reshape(-1))),
+    }
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 500) -> np.ndarray:
+    """Arg-max predictions in eval mode (the model's mode is restored afterwards)."""
+    was = model.training
+    model.eval()
+    preds = [model(x[i : i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)]
+    model.train(was)
+    return torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
+
+
+def evaluate_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | np.ndarray, num_classes: int | None = None) -> dict[str, Any]:
+    """:func:`compute_metrics` of the model's predictions on (x, y)."""
+    y_np = y.numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    if num_classes is None:
+        num_classes = int(getattr(model, "num_classes", int(y_np.max()) + 1))
+    return compute_metrics(y_np, predict(model, x), num_classes)
+
+
+def forgetting(best: Sequence[float | None], current: Sequence[float | None], classes: Sequence[int] | None = None) -> float:
+    """Mean over ``classes`` of (best accuracy ever − current accuracy) (Chaudhry et al. 2018).
+
+    Classes without a value on either side are skipped; ``classes=None`` uses all with values.
+    """
+    idx = range(len(best)) if classes is None else classes
+    diffs = [
+        best[c] - current[c]  # type: ignore[operator]
+        for c in idx
+        if c < len(best) and c < len(current) and best[c] is not None and current[c] is not None
+    ]
+    return float(np.mean(diffs)) if diffs else 0.0
+
+
+class ForgettingTracker:
+    """Keeps the best per-class accuracy seen across evaluations (versions / experiences)."""
+
+    def __init__(self) -> None:
+        self.best: list[float | None] = []
+
+    def update(self, per_class: Sequence[float | None]) -> None:
+        if len(per_class) > len(self.best):
+            self.best.extend([None] * (len(per_class) - len(self.best)))
+        for c, v in enumerate(per_class):
+            if v is not None and not (isinstance(v, float) and np.isnan(v)):
+                if self.best[c] is None or v > self.best[c]:  # type: ignore[operator]
+                    self.best[c] = float(v)
+
+    def forgetting(self, per_class: Sequence[float | None], classes: Sequence[int] | None = None) -> float:
+        return forgetting(self.best, per_class, classes)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": list(self.best)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = list(state["best"])
+
+
+def stratified_split(labels: np.ndarray | Sequence[int], fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (held_out, rest) taking ``round(fraction × n_c)`` of each class c.
+
+    A class with at least two samples always keeps one on each side, so every class is both evaluated
+    and trained on; a singleton class goes to training.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError("fraction must lie in [0, 1]")
+    labels = np.asarray(labels).reshape(-1)
+    held, rest = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = int(round(fraction * len(idx)))
+        if len(idx) >= 2 and 0.0 < fraction < 1.0:
+            k = min(max(k, 1), len(idx) - 1)
+        elif len(idx) < 2 and fraction < 1.0:
+            k = 0
+        held.append(idx[:k])
+        rest.append(idx[k:])
+    cat = lambda parts: np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)  # noqa: E731
+    return cat(held), cat(rest)
+
+
+def gate(
+    candidate_metrics: dict[str, Any],
+    best_metrics: dict[str, Any] | None,
+    max_regression: float = 0.01,
+    metric: str = "accuracy",
+    max_class_regression: float | None = None,
+) -> tuple[bool, str]:
+    """Promote a candidate unless it regresses more than ``max_regression`` (absolute, e.g. 0.01 = 1 point)
+    on ``metric`` versus the best version so far; optionally also per class.
+
+    Returns (promote, reason) with the numbers, so the registry can record why.
+    """
+    cand = float(candidate_metrics[metric])
+    if best_metrics is None or best_metrics.get(metric) is None:
+        return True, f"no previous best; {metric} {cand:.4f}"
+    best = float(best_metrics[metric])
+    delta = cand - best
+    if delta < -max_regression:
+        return False, f"{metric} {cand:.4f} vs best {best:.4f}: regression {-delta:.4f} > allowed {max_regression:.4f}"
+    if max_class_regression is not None:
+        cpc, bpc = candidate_metrics.get("per_class") or [], best_metrics.get("per_class") or []
+        for c, (a, b) in enumerate(zip(cpc, bpc)):
+            if a is not None and b is not None and b - a > max_class_regression:
+                return False, (
+                    f"class {c} accuracy {a:.4f} vs best {b:.4f}: regression {b - a:.4f} > allowed {max_class_regression:.4f}"
+                )
+    return True, f"{metric} {cand:.4f} vs best {best:.4f} (delta {delta:+.4f}, allowed regression {max_regression:.4f})"

@@ -1,0 +1,529 @@
+"""The trainer loop: labelled samples -> buffered importance-weighted updates -> gate -> export -> register.
+
+One tick (:meth:`TrainerService.step`):
+
+1. the labeller labels what it can (oracle / queue / import, :mod:`trainer.labelers`);
+2. new labelled *training* samples (``label_seq`` above what the learner has consumed) join the buffer;
+3. when the buffer holds B samples, or T seconds passed since its oldest arrived (and at least
+   ``min_batch``), the first B become one update: ``strategy.update(batch, steps=K)``, mixing them with
+   replay memory and weighting each new sample by ``min(1/p_select, w_max)`` (the strategy does that with
+   :mod:`trainer.weighting`). A label the model has never seen grows the head first;
+4. every ``eval.every`` updates the candidate is evaluated on the held-out slice (class-stratified,
+   assigned once at labelling time, never trained on) *and so is the best promoted version, on the same
+   slice* (its ONNX file, with onnxruntime) -- numbers from different test sets are not comparable. The
+   candidate is promoted unless accuracy or macro-F1 regress by more than ``max_regression``; every
+   decision is logged and appended to ``decisions.jsonl`` with its numbers;
+5. a promoted candidate is exported (ONNX + metadata: parent, labels, samples seen, metrics), registered,
+   announced (callback ``on_promoted`` and a retained ``{prefix}/trainer/promoted`` message);
+6. a checkpoint is written after every update, atomically: model, optimiser, replay memory, strategy
+   state and counters including the last ``label_seq`` trained on.
+
+Resume after ``kill -9``: the checkpoint and the counters in it are one file, replaced atomically, so the
+learner restarts exactly after its last completed update; labelled samples after that ``label_seq`` (the
+buffer at the time of the kill) are read again from the store and trained once. Nothing labelled is lost
+(labels are in the store, which is durable before the sample is even acknowledged), nothing is trained
+twice.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from protocol.messages import State, encode_message
+from protocol.model_meta import ModelMeta
+from protocol.topics import Topics
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainerConfig
+from .evaluate import compute_metrics, forgetting, gate, predict
+from .export import export_onnx
+from .images import InputFormat, preprocess_bytes
+from .labelers import Labeller, make_labeller
+from .registry import Registry
+from .store import SampleStore, StoredSample
+from .strategies import LabelledBatch, make_strategy
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrainerService", "NotBootstrapped", "PromotedHook", "promoted_topic", "HISTORY_LIMIT"]
+
+#: (version, ONNX path, metrics) -> None; called from the service thread after registration.
+PromotedHook = Callable[[str, Path, dict[str, Any]], None]
+#: Update records kept in the checkpoint (enough to audit "every sample trained exactly once").
+HISTORY_LIMIT = 10_000
+
+
+class NotBootstrapped(RuntimeError):
+    """The state directory has no checkpoint: run ``edgeloop trainer bootstrap`` first."""
+
+
+def promoted_topic(topics: Topics) -> str:
+    """Retained notice of the newest promoted version (not in protocol/topics.py yet; see the README)."""
+    return f"{topics.prefix}/trainer/promoted"
+
+
+def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
+    """The update optimiser; SGD with momentum is the continual-learning default (Adam's moments go stale)."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    raise ValueError(f"unknown optimizer {name!r}; use sgd or adam")
+
+
+class TrainerService:
+    """The central learner. Programmatic use (what ``edgeloop trainer run`` and the demo do)::
+
+        cfg = load_config(TrainerConfig, overrides={"state_dir": "state", "mqtt.url": "mqtt://127.0.0.1:1883"})
+        svc = TrainerService(cfg, on_promoted=lambda version, path, metrics: ...)
+        svc.start()          # background thread; or svc.run() to block
+        ...
+        svc.stop()
+
+    ``labeller`` overrides the one the config describes; ``mqtt.url: null`` runs without ingestion
+    (labels and samples come from the store, e.g. filled by another process or a test).
+    """
+
+    def __init__(self, config: TrainerConfig, *, on_promoted: PromotedHook | None = None,
+                 labeller: Labeller | None = None, exporter: str = "dynamo") -> None:
+        self.config = config
+        self.state_dir = Path(config.state_dir)
+        self.on_promoted = on_promoted
+        self.exporter = exporter
+        self.topics = Topics(config.mqtt.topic_prefix)
+        torch.set_num_threads(max(1, config.torch_threads))
+        torch.manual_seed(config.update.seed)
+
+        ckpt = load_checkpoint(self.state_dir)
+        if ckpt is None:
+            raise NotBootstrapped(f"no checkpoint in {self.state_dir}: run `edgeloop trainer bootstrap` first")
+        self.arch = ckpt.arch
+        self.labels: list[str] = list(ckpt.labels)
+        self.fmt = InputFormat.from_dict(ckpt.extra["input"])
+        self.model = ckpt.build_model()
+        u = config.update
+        opt_name = str(ckpt.extra.get("optimizer", u.optimizer))
+        if opt_name != u.optimizer:
+            log.info("optimizer changed from %s to %s: starting it fresh", opt_name, u.optimizer)
+        self.strategy = make_strategy(
+            u.strategy, self.model, lambda p: make_optimizer(u.optimizer, p, u.lr),
+            config={"replay_size": u.minibatch, "new_batch_size": u.minibatch, "w_max": u.w_max, "seed": u.seed},
+            capacity=u.replay_size, policy=u.replay, seed=u.seed,
+        )
+        strat_state = ckpt.extra.get("strategy")
+        if strat_state is not None and strat_state.get("name") == self.strategy.name and opt_name == u.optimizer:
+            self.strategy.load_state_dict({**strat_state, "model": ckpt.model_state, "optimizer": ckpt.optimizer_state,
+                                           "memory": ckpt.replay_state, "num_classes": len(self.labels)})
+        else:
+            ckpt.restore(self.model)
+            if self.strategy.memory is not None and ckpt.replay_state is not None:
+                self.strategy.memory.load_state_dict(ckpt.replay_state)
+        self.counters: dict[str, Any] = {"label_seq": 0, "samples_seen": 0, "updates": 0, "evaluations": 0,
+                                         "promotions": 0, **ckpt.counters}
+        self.history: list[list[int]] = [list(h) for h in ckpt.extra.get("history", [])]
+        self.generation = ckpt.generation
+
+        self.store = SampleStore(self.state_dir / "samples", config.ingest.segment_bytes)
+        self._registries: dict[int, Registry] = {}  # sqlite3 connections are bound to their thread
+        self.labeller = labeller or make_labeller(
+            config.labeler.kind, delay_s=config.labeler.delay_s, noise=config.labeler.noise,
+            seed=config.labeler.seed, csv_path=config.labeler.csv, heldout=config.eval.heldout,
+        )
+        self._buffer: list[StoredSample] = []
+        self._fetched_seq = int(self.counters["label_seq"])
+        self._buffer_since: float | None = None
+        self._heldout_cache: dict[int, tuple[torch.Tensor, str]] = {}
+        self._bootstrap_heldout = self._load_bootstrap_heldout()
+        self._ort_cache: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.RLock()
+        self.last_decision: dict[str, Any] | None = None
+        self.boot = int(self.store.get_meta("trainer_boot", "0") or 0) + 1
+        self.store.set_meta("trainer_boot", str(self.boot))
+        self._seq = 0
+        self.ingestor = None
+        self.label_server = None
+        log.info("trainer state %s: %s, %d classes %s, checkpoint generation %d, %d samples seen, last label_seq %d",
+                 self.state_dir, self.arch, len(self.labels), self.labels, self.generation,
+                 self.counters["samples_seen"], self.counters["label_seq"])
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def open(self) -> "TrainerService":
+        """Connect to the broker (if configured) and start the label API (if configured). Idempotent."""
+        cfg = self.config
+        if cfg.mqtt.url and self.ingestor is None:
+            from .ingest import Ingestor  # paho only when ingesting
+
+            m = cfg.mqtt
+            self.ingestor = Ingestor(
+                self.store, m.url, topics=self.topics, client_id=m.client_id, shared_group=m.shared_group,
+                will=(self.topics.trainer_state(), self._state_payload("offline"), 1, True),
+                keepalive=m.keepalive_s, username=m.username, password=m.password, ca=m.ca_file, cert=m.cert_file,
+                key=m.key_file, max_message_bytes=cfg.ingest.max_message_bytes,
+                max_image_bytes=cfg.ingest.max_image_bytes, batch_max=cfg.ingest.batch_max,
+                linger_ms=cfg.ingest.linger_ms, max_delay_ms=cfg.ingest.max_delay_ms,
+                on_connect=lambda ing: ing.publish(self.topics.trainer_state(), self._state_payload("online"), 1, True),
+            ).start()
+        api_port = cfg.labeler.api_port
+        if cfg.labeler.kind == "queue" and api_port is None:
+            api_port = 0
+        if api_port is not None and self.label_server is None:
+            from .label_api import LabelServer
+
+            self.label_server = LabelServer(self.store, cfg.labeler.api_host, api_port, heldout=cfg.eval.heldout,
+                                            known_labels=lambda: list(self.labels)).start()
+        return self
+
+    def start(self) -> "TrainerService":
+        """:meth:`open`, then run the loop in a background thread."""
+        self.open()
+        self._thread = threading.Thread(target=self._run_loop, name="trainer-service", daemon=True)
+        self._thread.start()
+        return self
+
+    def run(self, duration: float | None = None, max_updates: int | None = None) -> None:
+        """Run the loop in this thread until :meth:`stop`, ``duration`` seconds or ``max_updates`` updates."""
+        self.open()
+        self._run_loop(duration, max_updates)
+
+    def _run_loop(self, duration: float | None = None, max_updates: int | None = None) -> None:
+        end = None if duration is None else time.monotonic() + duration
+        start_updates = self.counters["updates"]
+        while not self._stop.is_set():
+            try:
+                worked = self.step()
+            except Exception:
+                log.exception("trainer step failed; retrying")
+                worked = False
+            if max_updates is not None and self.counters["updates"] - start_updates >= max_updates:
+                break
+            if end is not None and time.monotonic() >= end:
+                break
+            if not worked:
+                self._stop.wait(self.config.poll_s)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the loop (after the update in progress), publish offline, close everything."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        if self.label_server is not None:
+            self.label_server.stop()
+            self.label_server = None
+        if self.ingestor is not None:
+            self.ingestor.publish(self.topics.trainer_state(), self._state_payload("offline"), 1, True)
+            self.ingestor.stop()
+            self.ingestor = None
+        for reg in list(self._registries.values()):
+            try:
+                reg.close()
+            except Exception:  # a connection of another (finished) thread: sqlite refuses; it dies with it
+                pass
+        self._registries.clear()
+        self.store.close()
+
+    def _state_payload(self, state: str) -> bytes:
+        self._seq += 1
+        return encode_message(State(state=state, boot=self.boot), device="trainer", seq=self._seq)
+
+    # -- one tick ----------------------------------------------------------------------------------------
+    def step(self, force: bool = False) -> bool:
+        """Label, fill the buffer, and run one update if it is due (or ``force`` and not empty)."""
+        with self._lock:
+            self.labeller.poll(self.store)
+            self._fill_buffer()
+            if not self._due() and not (force and self._buffer):
+                return False
+            self.update_once()
+            return True
+
+    def _fill_buffer(self) -> None:
+        while True:
+            rows = self.store.labelled_after(self._fetched_seq, limit=1000, heldout=None)
+            if not rows:
+                return
+            for r in rows:
+                self._fetched_seq = r.label_seq  # type: ignore[assignment]
+                if not r.heldout:
+                    if not self._buffer:
+                        self._buffer_since = time.monotonic()
+                    self._buffer.append(r)
+
+    def _due(self) -> bool:
+        u = self.config.update
+        if len(self._buffer) >= u.batch:
+            return True
+        return (len(self._buffer) >= max(1, u.min_batch) and self._buffer_since is not None
+                and time.monotonic() - self._buffer_since >= u.wait_s)
+
+    @property
+    def registry(self) -> Registry:
+        """This thread's registry handle (the service thread, CLIs and hooks may all read it)."""
+        tid = threading.get_ident()
+        reg = self._registries.get(tid)
+        if reg is None:
+            reg = self._registries[tid] = Registry(self.state_dir)
+        return reg
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    # -- the update -----------------------------------------------------------------------------------------
+    def _tensor(self, s: StoredSample) -> torch.Tensor:
+        data, _ = self.store.image(s)
+        return preprocess_bytes(data, self.fmt, (s.width, s.height), s.roi)
+
+    def _class_index(self, label: str) -> int:
+        if label not in self.labels:
+            self.labels.append(label)
+            self.strategy.observe_new_classes(len(self.labels))
+            log.info("new class %r: head grown to %d outputs %s", label, len(self.labels), self.labels)
+        return self.labels.index(label)
+
+    def update_once(self) -> dict[str, Any]:
+        """Train on the first B buffered samples, maybe evaluate/promote, checkpoint. Returns the update record."""
+        u = self.config.update
+        rows = self._buffer[: u.batch]
+        xs, ys, ps = [], [], []
+        for s in rows:
+            try:
+                x = self._tensor(s)
+            except Exception as e:  # an undecodable image cannot be trained on; skip it, but say so
+                log.warning("sample %s: cannot decode its image (%s); skipped", s.sample_id, e)
+                continue
+            xs.append(x)
+            ys.append(self._class_index(str(s.label)))
+            ps.append(s.p_select)
+        t0 = time.perf_counter()
+        result: dict[str, Any] = {"loss": float("nan")}
+        if xs:
+            batch = LabelledBatch(torch.stack(xs), torch.tensor(ys), torch.tensor(ps))
+            result = self.strategy.update(batch, steps=u.steps)
+        first, last = int(rows[0].label_seq), int(rows[-1].label_seq)  # type: ignore[arg-type]
+        self.counters["label_seq"] = last
+        self.counters["samples_seen"] += len(xs)
+        self.counters["updates"] += 1
+        self.history.append([self.counters["updates"], first, last, len(rows)])
+        self.history = self.history[-HISTORY_LIMIT:]
+        log.info("update %d: %d new samples (label_seq %d..%d), %d steps, loss %.4f, %.2fs",
+                 self.counters["updates"], len(xs), first, last, u.steps, result.get("loss", float("nan")),
+                 time.perf_counter() - t0)
+        decision = None
+        if self.counters["updates"] % max(1, self.config.eval.every) == 0:
+            decision = self.evaluate_and_maybe_promote()
+        self.checkpoint()
+        del self._buffer[: len(rows)]
+        self._buffer_since = time.monotonic() if self._buffer else None
+        return {"update": self.counters["updates"], "first": first, "last": last, "n": len(xs),
+                "loss": result.get("loss"), "decision": decision}
+
+    def checkpoint(self) -> Path:
+        """Save the learner state atomically (model, optimiser, replay, strategy, counters, history)."""
+        strat = {k: v for k, v in self.strategy.state_dict().items() if k not in ("model", "optimizer", "memory")}
+        path = save_checkpoint(
+            self.state_dir, model=self.model, arch=self.arch, labels=self.labels, counters=self.counters,
+            optimizer=self.strategy.optimizer, replay=self.strategy.memory,
+            extra={"input": self.fmt.as_dict(), "strategy": strat, "optimizer": self.config.update.optimizer,
+                   "history": self.history, "in_channels": self.fmt.channels},
+        )
+        self.generation += 1
+        return path
+
+    # -- evaluation and promotion --------------------------------------------------------------------------
+    def _load_bootstrap_heldout(self) -> tuple[torch.Tensor, list[str]] | None:
+        p = self.state_dir / "bootstrap_heldout.pt"
+        if not p.exists():
+            return None
+        d = torch.load(p, weights_only=True)
+        names = [d["labels"][int(i)] for i in d["y"]]
+        return d["x"], names
+
+    def heldout_set(self) -> tuple[torch.Tensor, list[str]]:
+        """Held-out inputs (float [0, 1]) and their label names: bootstrap slice + held-out labelled samples."""
+        xs: list[torch.Tensor] = []
+        names: list[str] = []
+        if self._bootstrap_heldout is not None:
+            bx, bn = self._bootstrap_heldout
+            xs.append(bx.float() / 255.0 if bx.dtype == torch.uint8 else bx.float())
+            names += bn
+        fresh = []
+        for s in self.store.heldout():
+            if s.rowid not in self._heldout_cache:
+                try:
+                    self._heldout_cache[s.rowid] = (self._tensor(s), str(s.label))
+                except Exception as e:
+                    log.warning("held-out sample %s: cannot decode (%s); left out", s.sample_id, e)
+                    continue
+            fresh.append(self._heldout_cache[s.rowid])
+        if fresh:
+            xs.append(torch.stack([t for t, _ in fresh]))
+            names += [n for _, n in fresh]
+        if not xs:
+            return torch.zeros(0, self.fmt.channels, self.fmt.height, self.fmt.width), []
+        return torch.cat(xs), names
+
+    def _metrics(self, pred_names: list[str], true_names: list[str], space: list[str]) -> dict[str, Any]:
+        idx = {n: i for i, n in enumerate(space)}
+        m = compute_metrics(np.array([idx[n] for n in true_names]), np.array([idx[n] for n in pred_names]), len(space))
+        m.pop("confusion", None)
+        m["per_class"] = {space[i]: v for i, v in enumerate(m["per_class"]) if v is not None}
+        return m
+
+    def _onnx_predict(self, version: str, path: Path, x: torch.Tensor) -> list[str]:
+        import onnxruntime as ort
+        from .export import read_meta
+
+        if version not in self._ort_cache:
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = 1
+            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            if len(self._ort_cache) >= 4:
+                self._ort_cache.clear()
+            self._ort_cache[version] = (sess, read_meta(path))
+        sess, meta = self._ort_cache[version]
+        out = []
+        arr = x.numpy().astype(np.float32)
+        for i in range(0, len(arr), 256):
+            logits = sess.run([meta.output_name], {meta.input_name: arr[i:i + 256]})[0]
+            out += [meta.labels[j] for j in logits.argmax(1)]
+        return out
+
+    def _best_on(self, x: torch.Tensor, names: list[str], space: list[str]) -> tuple[str | None, dict[str, Any] | None]:
+        """The best earlier version *on this held-out set*: the latest promoted (what is deployed) and the
+        best by its recorded accuracy are both re-run with onnxruntime, and the better one is the reference.
+        Stored metrics come from older, smaller held-out sets and are used only if a file cannot be run."""
+        cands = [r for r in (self.registry.latest_promoted(), self.registry.best("accuracy")) if r is not None]
+        seen: set[str] = set()
+        best_v, best_m = None, None
+        for rec in cands:
+            if rec.version in seen:
+                continue
+            seen.add(rec.version)
+            try:
+                pred = self._onnx_predict(rec.version, rec.path, x)
+                m = self._metrics(pred, names, space + sorted({n for n in pred if n not in space}))
+            except Exception as e:
+                log.warning("cannot re-evaluate %s (%s); using its stored metrics", rec.version, e)
+                m = dict(rec.metrics)
+            if best_m is None or float(m.get("accuracy", 0.0)) > float(best_m.get("accuracy", 0.0)):
+                best_v, best_m = rec.version, m
+        return best_v, best_m
+
+    def evaluate_and_maybe_promote(self) -> dict[str, Any]:
+        """Gate the current model against the best promoted version on today's held-out set; log the decision."""
+        ev = self.config.eval
+        x, names = self.heldout_set()
+        self.counters["evaluations"] += 1
+        decision: dict[str, Any] = {"update": self.counters["updates"], "time": time.time(), "n_heldout": len(names)}
+        if len(names) < max(1, ev.min_heldout):
+            decision.update(promote=False, reason=f"only {len(names)} held-out samples (< {ev.min_heldout}): cannot judge")
+            return self._record(decision)
+        space = list(self.labels) + sorted({n for n in names if n not in self.labels})
+        cand_pred = [self.labels[i] for i in predict(self.model, x)]
+        cand = self._metrics(cand_pred, names, space)
+        decision["candidate"] = cand
+        best, best_m = self._best_on(x, names, space)
+        if best is not None:
+            decision["best"] = {"version": best, **(best_m or {})}
+        ok_acc, why_acc = gate(cand, best_m, ev.max_regression, "accuracy")
+        ok_f1, why_f1 = gate(cand, best_m, ev.max_regression, "macro_f1") if best_m and "macro_f1" in best_m else (True, "")
+        if best_m is not None and isinstance(best_m.get("per_class"), dict):
+            classes = [c for c in best_m["per_class"] if c in cand["per_class"]]
+            cand["forgetting"] = forgetting([best_m["per_class"][c] for c in classes],
+                                            [cand["per_class"][c] for c in classes])
+        else:
+            cand["forgetting"] = 0.0
+        promote = ok_acc and ok_f1
+        decision.update(promote=promote, reason="; ".join(r for r in (why_acc, why_f1) if r))
+        if promote:
+            latest = self.registry.latest_promoted()
+            decision["version"] = self.promote(cand, latest.version if latest else None)
+        return self._record(decision)
+
+    def _record(self, decision: dict[str, Any]) -> dict[str, Any]:
+        c = decision.get("candidate") or {}
+        log.info("gate after update %d: %s -- accuracy %s macro-F1 %s forgetting %s on %d held-out; %s",
+                 decision["update"], "PROMOTE " + decision.get("version", "") if decision["promote"] else "keep",
+                 _fmt(c.get("accuracy")), _fmt(c.get("macro_f1")), _fmt(c.get("forgetting")),
+                 decision["n_heldout"], decision["reason"])
+        with open(self.state_dir / "decisions.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(decision, default=_json_default) + "\n")
+        self.last_decision = decision
+        return decision
+
+    def promote(self, metrics: dict[str, Any], parent: str | None) -> str:
+        """Export the current model as the next version, register it as promoted, announce it."""
+        version = self.registry.next_version()
+        path = self.registry.model_path(version)
+        clean = json.loads(json.dumps(metrics, default=_json_default))
+        meta = ModelMeta(
+            version=version, labels=list(self.labels), width=self.fmt.width, height=self.fmt.height,
+            channels=self.fmt.channels, color_order=self.fmt.color_order,
+            mean=[0.0] * self.fmt.channels, std=[1.0] * self.fmt.channels,
+            roi=list(self.fmt.roi) if self.fmt.roi else None, parent_version=parent, architecture=self.arch,
+            samples_seen=int(self.counters["samples_seen"]), metrics=_scalar_metrics(clean), created=time.time(),
+        )
+        x, _ = self.heldout_set()
+        export_onnx(self.model, meta, path, exporter=self.exporter, verify_inputs=x[:16] if len(x) else None)  # type: ignore[arg-type]
+        rec = self.registry.register(version, path=path, labels=list(self.labels), parent=parent, metrics=clean,
+                                     samples_seen=int(self.counters["samples_seen"]), status="promoted", arch=self.arch)
+        self.counters["promotions"] += 1
+        self._announce(version, rec.path, clean, rec.sha256)
+        return version
+
+    def _announce(self, version: str, path: Path, metrics: dict[str, Any], sha256: str) -> None:
+        if self.ingestor is not None:
+            notice = {"model_id": self.config.model_id, "version": version, "path": str(path), "sha256": sha256,
+                      "labels": list(self.labels), "metrics": _scalar_metrics(metrics), "time": time.time()}
+            self.ingestor.publish(promoted_topic(self.topics), json.dumps(notice).encode(), 1, True)
+        if self.on_promoted is not None:
+            try:
+                self.on_promoted(version, path, metrics)
+            except Exception:
+                log.exception("on_promoted hook failed for %s", version)
+
+    # -- status -------------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Counters, buffer, store and ingestion figures, last gate decision (for CLIs and the demo)."""
+        st = {"state_dir": str(self.state_dir), "arch": self.arch, "labels": list(self.labels),
+              "counters": dict(self.counters), "buffered": len(self._buffer), "store": self.store.stats(),
+              "last_decision": self.last_decision}
+        if self.ingestor is not None:
+            st["ingest"] = self.ingestor.stats.as_dict()
+        if self.label_server is not None:
+            st["label_api"] = self.label_server.url
+        latest = self.registry.latest_promoted()
+        st["promoted"] = latest.version if latest else None
+        return st
+
+
+def _scalar_metrics(m: dict[str, Any]) -> dict[str, Any]:
+    """The small part of the metrics that goes into ONNX metadata and MQTT notices."""
+    keep = ("accuracy", "macro_f1", "forgetting", "n", "per_class")
+    return {k: m[k] for k in keep if k in m}
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)) else "-"
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    if dataclasses.is_dataclass(o):
+        return dataclasses.asdict(o)  # type: ignore[arg-type]
+    return str(o)

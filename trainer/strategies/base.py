@@ -1,0 +1,318 @@
+"""The strategy interface: one buffered update = K optimiser steps on new samples mixed with replay.
+
+Every strategy is a small class with ONE learning method, :meth:`Strategy.update`. What they share
+lives here: the labelled-batch type, optimiser (re)creation when the head grows, minibatch mixing
+and memory bookkeeping. A strategy only says how the loss of one step is formed (:meth:`Strategy.step_loss`)
+and, if it needs to, what to do after the K steps (:meth:`Strategy.after_update`).
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.nets import Classifier, grow_head
+from trainer.replay import ReplayBatch, ReplayMemory
+
+__all__ = ["LabelledSample", "LabelledBatch", "StrategyConfig", "Strategy", "OptimizerLike"]
+
+OptimizerLike = torch.optim.Optimizer | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+@dataclass
+class LabelledSample:
+    """One labelled sample for learning.
+
+    ``p_select`` is the probability with which the edge selected it for upload (1.0 for data that was
+    not selected by an edge, e.g. a bootstrap set); ``importance`` an optional extra per-sample factor;
+    ``logits`` optional stored model outputs (for distillation).
+    """
+
+    x: torch.Tensor
+    y: int
+    p_select: float = 1.0
+    importance: float | None = None
+    logits: torch.Tensor | None = None
+
+
+@dataclass
+class LabelledBatch:
+    """A batch of labelled samples, as tensors. x float32 (n, C, H, W) in [0, 1]; y long (n,)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    p_select: torch.Tensor | None = None
+    importance: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.y = torch.as_tensor(self.y, dtype=torch.long).reshape(-1)
+        if self.p_select is None:
+            self.p_select = torch.ones(len(self.y))
+        self.p_select = torch.as_tensor(self.p_select, dtype=torch.float32).reshape(-1)
+        if len(self.x) != len(self.y) or len(self.p_select) != len(self.y):
+            raise ValueError("x, y and p_select must have the same length")
+        if self.importance is not None:
+            self.importance = torch.as_tensor(self.importance, dtype=torch.float32).reshape(-1)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @classmethod
+    def from_samples(cls, samples: Sequence[LabelledSample]) -> "LabelledBatch":
+        """Stack samples; importance/logits are kept only when every sample has them."""
+        if not samples:
+            raise ValueError("empty batch")
+        imp = None
+        if all(s.importance is not None for s in samples):
+            imp = torch.tensor([float(s.importance) for s in samples])  # type: ignore[arg-type]
+        logits = None
+        if all(s.logits is not None for s in samples):
+            logits = torch.stack([s.logits for s in samples])  # type: ignore[misc]
+        return cls(
+            x=torch.stack([s.x.float() for s in samples]),
+            y=torch.tensor([int(s.y) for s in samples]),
+            p_select=torch.tensor([float(s.p_select) for s in samples]),
+            importance=imp,
+            logits=logits,
+        )
+
+    def subset(self, idx: torch.Tensor) -> "LabelledBatch":
+        return LabelledBatch(
+            self.x[idx],
+            self.y[idx],
+            self.p_select[idx],
+            None if self.importance is None else self.importance[idx],
+            None if self.logits is None else self.logits[idx],
+        )
+
+
+@dataclass
+class StrategyConfig:
+    """Knobs shared by the strategies (each strategy reads the ones it needs).
+
+    - ``replay_size``: replay samples mixed into every step's minibatch.
+    - ``new_batch_size``: new samples per step (0 = the whole new batch every step).
+    - ``balanced_replay``: draw replay round-robin over classes.
+    - ``w_max``, ``importance`` ("loss", "grad" or None), ``class_balance``: iw-er's weights;
+      ``ace`` (asymmetric CE on new samples) and ``distill`` (replayed-logit MSE weight): iw-er levers.
+    - ``alpha``, ``beta``: DER++ logit-MSE and replay-CE coefficients.
+    - ``ewc_lambda``, ``ewc_gamma``, ``ewc_window``: EWC penalty strength, online decay, update calls
+      per Fisher consolidation.
+    - ``seed``: the generator for minibatch sampling (deterministic runs).
+    """
+
+    replay_size: int = 32
+    new_batch_size: int = 0
+    balanced_replay: bool = True
+    w_max: float = 10.0
+    importance: str | None = None
+    class_balance: bool = False
+    ace: bool = False
+    distill: float = 0.0
+    alpha: float = 0.3
+    beta: float = 0.5
+    ewc_lambda: float = 1000.0
+    ewc_gamma: float = 1.0
+    ewc_window: int = 1
+    grad_clip: float | None = None
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "StrategyConfig":
+        d = dict(d or {})
+        known = {k: d.pop(k) for k in list(d) if k in cls.__dataclass_fields__ and k != "extra"}
+        return cls(**known, extra=d)
+
+
+class Strategy:
+    """Base class. Subclasses set ``name`` and implement :meth:`step_loss` (and maybe :meth:`after_update`).
+
+    Constructed with a model (a :class:`~trainer.nets.Classifier`), an optimiser *or* an optimiser factory
+    (``params -> Optimizer``; needed to rebuild it when the head grows — an optimiser instance is turned
+    into a factory of the same class and defaults), a replay memory (or None) and a config.
+    """
+
+    name = "base"
+    uses_memory = True
+    stores_logits = False
+
+    def __init__(
+        self,
+        model: Classifier,
+        optimizer: OptimizerLike,
+        memory: ReplayMemory | None = None,
+        config: StrategyConfig | dict[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.config = config if isinstance(config, StrategyConfig) else StrategyConfig.from_dict(config)
+        if isinstance(optimizer, torch.optim.Optimizer):
+            opt_cls, defaults = type(optimizer), dict(optimizer.defaults)
+            self.optimizer_factory: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] = (
+                lambda params: opt_cls(params, **defaults)
+            )
+            self.optimizer = optimizer
+        else:
+            self.optimizer_factory = optimizer
+            self.optimizer = optimizer(model.parameters())
+        self.memory = memory
+        self.rng = np.random.default_rng(self.config.seed)
+        self.updates = 0
+        self.steps = 0
+
+    @classmethod
+    def wants_logits(cls, config: StrategyConfig) -> bool:
+        """Whether this strategy, so configured, needs logits stored in memory."""
+        return cls.stores_logits
+
+    # ------------------------------------------------------------------ head growth
+    def observe_new_classes(self, num_classes: int) -> bool:
+        """Grow the head to ``num_classes`` and carry the optimiser over.
+
+        A new ``nn.Linear`` means new Parameter objects, so the optimiser is rebuilt; the state of every
+        unchanged parameter is kept, and the old head's state (Adam's moments, step) is copied into the
+        old rows of the new head's state, new rows start at zero. Stored logits in memory are widened.
+        """
+        old_head = self.model.head
+        if not grow_head(self.model, num_classes):
+            return False
+        old_state = self.optimizer.state
+        old_w, old_b = old_head.weight, old_head.bias
+        new_opt = self.optimizer_factory(self.model.parameters())
+        for group in new_opt.param_groups:
+            for p in group["params"]:
+                if p is self.model.head.weight:
+                    src = old_w
+                elif p is self.model.head.bias:
+                    src = old_b
+                else:
+                    src = p
+                if src not in old_state:
+                    continue
+                state = {}
+                for k, v in old_state[src].items():
+                    if isinstance(v, torch.Tensor) and v.shape == src.shape and src is not p:
+                        grown = torch.zeros_like(p)
+                        grown[: src.shape[0]] = v
+                        state[k] = grown
+                    else:
+                        state[k] = v.clone() if isinstance(v, torch.Tensor) else v
+                new_opt.state[p] = state
+        self.optimizer = new_opt
+        if self.memory is not None:
+            self.memory.grow_logits(num_classes)
+        self.on_head_grown(old_w, old_b)
+        return True
+
+    def on_head_grown(self, old_weight: torch.Tensor, old_bias: torch.Tensor) -> None:
+        """Hook for strategies holding per-parameter state (EWC)."""
+
+    # ------------------------------------------------------------------ the update
+    def update(self, batch: LabelledBatch, steps: int = 1) -> dict[str, float]:
+        """Run ``steps`` optimiser steps on minibatches mixing ``batch`` with replay, then update memory.
+
+        Labels beyond the head grow it first. Returns metrics: loss (mean over steps), steps, new and
+        replay samples per step, memory size.
+        """
+        if len(batch) == 0:
+            return {"loss": float("nan"), "steps": 0}
+        top = int(batch.y.max()) + 1
+        if top > self.model.num_classes:
+            self.observe_new_classes(top)
+        self.model.train()
+        losses = []
+        n_replay = 0
+        for _ in range(max(1, int(steps))):
+            new = self._new_minibatch(batch)
+            replay = self._replay_minibatch()
+            n_replay = 0 if replay is None else len(replay)
+            loss = self.step_loss(new, replay)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.config.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            self.optimizer.step()
+            losses.append(float(loss.detach()))
+            self.steps += 1
+        self.after_update(batch)
+        self.updates += 1
+        return {
+            "loss": float(np.mean(losses)),
+            "steps": float(len(losses)),
+            "new": float(len(batch)),
+            "replay": float(n_replay),
+            "memory": float(len(self.memory)) if self.memory is not None else 0.0,
+        }
+
+    def _new_minibatch(self, batch: LabelledBatch) -> LabelledBatch:
+        k = self.config.new_batch_size
+        if k <= 0 or k >= len(batch):
+            return batch
+        return batch.subset(torch.from_numpy(self.rng.choice(len(batch), size=k, replace=False)))
+
+    def _replay_minibatch(self) -> ReplayBatch | None:
+        if not self.uses_memory or self.memory is None or len(self.memory) == 0:
+            return None
+        return self.memory.sample(self.config.replay_size, self.rng, balanced=self.config.balanced_replay)
+
+    def step_loss(self, new: LabelledBatch, replay: ReplayBatch | None) -> torch.Tensor:
+        """The loss of one optimiser step (subclasses)."""
+        raise NotImplementedError
+
+    def after_update(self, batch: LabelledBatch) -> None:
+        """After the K steps: by default offer the batch to memory with its selection weights."""
+        if self.uses_memory and self.memory is not None:
+            self.remember(batch)
+
+    def remember(self, batch: LabelledBatch, weight: torch.Tensor | None = None) -> None:
+        logits = None
+        if self.memory is not None and self.memory.store_logits:
+            logits = self.predict_logits(batch.x)
+        if self.memory is not None:
+            self.memory.add(batch.x, batch.y, weight, logits)
+
+    @torch.no_grad()
+    def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
+        was = self.model.training
+        self.model.eval()
+        out = self.model(x)
+        self.model.train(was)
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Model, optimiser, memory, counters and generator state (strategies add their own)."""
+        return {
+            "name": self.name,
+            "model": self.model.state_dict(),
+            "num_classes": self.model.num_classes,
+            "optimizer": self.optimizer.state_dict(),
+            "memory": None if self.memory is None else self.memory.state_dict(),
+            "updates": self.updates,
+            "steps": self.steps,
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["num_classes"] > self.model.num_classes:
+            self.observe_new_classes(int(state["num_classes"]))
+        self.model.load_state_dict(state["model"])
+        # deep copy: torch's Optimizer.load_state_dict keeps the given tensors (same dtype/device), and
+        # they may still belong to a live optimiser (the state's source) that keeps updating them in place.
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        if self.memory is not None and state["memory"] is not None:
+            self.memory.load_state_dict(state["memory"])
+        self.updates, self.steps = int(state["updates"]), int(state["steps"])
+        self.rng.bit_generator.state = state["rng"]
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample CE (reduction none), the building block every strategy weights its own way."""
+    return F.cross_entropy(logits, y, reduction="none")

@@ -1,0 +1,86 @@
+"""Importance-weighted experience replay (the default strategy).
+
+The seed's update L = Σᵢ wᵢ·ℓ(yᵢ, f(xᵢ)) over a minibatch that mixes the new batch with replay:
+
+- a new sample's weight is ``min(1/p_select, w_max)`` (undoes the edge's uncertainty-biased random
+  selection) × its optional importance (given, or loss-/gradient-norm-based from the current model);
+- a replayed sample keeps the weight it was stored with (its capped 1/p_select × given importance), so
+  the memory stays an unbiased stand-in for the data the edges saw;
+- optionally × inverse class frequency within the minibatch (``class_balance``);
+- the loss is self-normalised (Σ wℓ / Σ w).
+
+Two optional levers against class-incremental forgetting, both off by default in the class but on in
+the benchmark defaults (see trainer/learning_bench.py):
+
+- ``ace``: asymmetric cross-entropy (ER-ACE, Caccia et al., ICLR 2022): a *new* sample's CE is taken
+  over the classes present in the new minibatch only, so learning a new class does not push down the
+  logits of old classes it never competes with in that batch; replayed samples use the full CE and
+  teach the old-vs-new boundary.
+- ``distill`` (> 0): add distill × weighted MSE between the replayed samples' logits and the logits
+  stored with them (the DER idea; needs a memory with ``store_logits``).
+"""
+from __future__ import annotations
+
+import torch
+
+from trainer.replay import ReplayBatch
+from trainer.strategies.base import LabelledBatch, Strategy, StrategyConfig, cross_entropy
+from trainer.weighting import (
+    class_balance_weights,
+    gradnorm_importance,
+    importance_weights,
+    loss_importance,
+    weighted_loss,
+)
+
+
+class IWER(Strategy):
+    """Self-normalised importance-weighted CE over new + replay; memory updated after the K steps."""
+
+    name = "iw-er"
+
+    def step_loss(self, new: LabelledBatch, replay: ReplayBatch | None) -> torch.Tensor:
+        n = len(new)
+        x = new.x if replay is None else torch.cat([new.x, replay.x])
+        y = new.y if replay is None else torch.cat([new.y, replay.y])
+        logits = self.model(x)
+        if self.config.ace and replay is not None:
+            present = torch.zeros(logits.shape[1], dtype=torch.bool)
+            present[new.y] = True
+            masked_new = logits[:n].masked_fill(~present, float("-inf"))
+            losses = torch.cat([cross_entropy(masked_new, new.y), cross_entropy(logits[n:], replay.y)])
+        else:
+            losses = cross_entropy(logits, y)
+        imp = new.importance
+        kind = self.config.importance
+        if kind:
+            if kind == "loss":
+                dyn = loss_importance(losses[:n])
+            elif kind == "grad":
+                dyn = gradnorm_importance(logits[:n], new.y)
+            else:
+                raise ValueError(f"unknown importance {kind!r}; use 'loss', 'grad' or None")
+            imp = dyn if imp is None else imp * dyn
+        w = importance_weights(new.p_select, self.config.w_max, imp)
+        if replay is not None:
+            w = torch.cat([w, replay.weight])
+        if self.config.class_balance:
+            w = w * class_balance_weights(y)
+        loss = weighted_loss(losses, w)
+        if self.config.distill > 0 and replay is not None and replay.logit_mask is not None and replay.logit_mask.any():
+            k = min(logits.shape[1], replay.logits.shape[1])
+            mask = replay.logit_mask[:, :k].float()
+            sq = ((logits[n:, :k] - replay.logits[:, :k]) ** 2 * mask).sum(1) / mask.sum(1).clamp(min=1)
+            has = mask.sum(1) > 0
+            if has.any():
+                loss = loss + self.config.distill * weighted_loss(sq[has], replay.weight[has])
+        return loss
+
+    @classmethod
+    def wants_logits(cls, config: StrategyConfig) -> bool:
+        return config.distill > 0
+
+    def after_update(self, batch: LabelledBatch) -> None:
+        # Store the static part of the weight (selection correction × given importance); the dynamic
+        # loss/grad importance is recomputed from the model of the day, never frozen into memory.
+        self.remember(batch, importance_weights(batch.p_select, self.config.w_max, batch.importance))
