@@ -294,10 +294,13 @@ class EdgeModel:
 
     def preprocess_batch(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """Several frames -> ``(N, C, H, W)`` float32 in one buffer."""
-        smalls = [self.resize(f) for f in frames]
+        return self.batch_from_small([self.resize(f) for f in frames])
+
+    def batch_from_small(self, smalls: Sequence[np.ndarray]) -> np.ndarray:
+        """Already resized crops (``resize`` output) -> ``(N, C, H, W)`` float32 in one buffer."""
         if smalls and all(self._matches_blob(sm) for sm in smalls):
             return cv2.dnn.blobFromImagesWithParams(smalls, self._blob)
-        out = np.empty((len(frames), self.channels, self.size[1], self.size[0]), dtype=np.float32)
+        out = np.empty((len(smalls), self.channels, self.size[1], self.size[0]), dtype=np.float32)
         for i, sm in enumerate(smalls):
             self._to_chw_into(sm, out[i])
         return out

@@ -26,10 +26,10 @@ from edge.drift import DriftMonitor
 from edge.link import Link
 from edge.model import EdgeModel, ModelError, ModelSlot, Prediction
 from edge.outbox import Outbox
+from edge.pipeline import Pipeline
 from edge.sampler import Decision, Sampler
 from edge.sources import open_source
 from edge.sources.base import Frame
-from edge.uncertainty import entropy, score as uncertainty_score
 from edge.updater import Updater, select_boot_model
 from protocol.config import config_digest
 from protocol.messages import Birth, Sample, Stats, encode_message
@@ -101,7 +101,7 @@ class EdgeNode:
                                    self.topics, config.updater.limits)
             self.link.on_message = self._route
             self.link.on_connected.append(lambda: self.link.subscribe(self.updater.subscriptions()))
-        self._generation = self.slot.generation
+        self.pipeline = Pipeline(self.slot, self.sampler, self.drift, config.uncertainty)
         self._digest = config_digest(config)
         self._next_stats = time.monotonic() + config.stats_interval_s
         self.last_snapshot: dict = {}
@@ -160,19 +160,11 @@ class EdgeNode:
                 break
 
     def process(self, frames: list[Frame]) -> list[Decision]:
-        """Classify a micro-batch, score it, decide uploads and spool the chosen ones. Public for benchmarks."""
-        model = self.slot.get()  # one model for the whole batch, even if a swap lands meanwhile
-        if self.slot.generation != self._generation:
-            self._generation = self.slot.generation
-            self.drift.reset()
-            self.sampler.reset_dedup()
+        """Classify a micro-batch, decide uploads and spool the chosen ones."""
+        model = self.slot.get()  # the pipeline reads the same object: a swap lands between batches
         t0 = time.perf_counter()
         try:
-            smalls = [model.resize(f.image) for f in frames]
-            batch = np.empty((len(frames), model.channels, model.size[1], model.size[0]), np.float32)
-            for i, small in enumerate(smalls):
-                model._to_chw_into(small, batch[i])
-            probs = model.predict(batch)
+            results = self.pipeline.step_batch([f.image for f in frames])
         except Exception as exc:
             self.stats.errors += 1
             log.warning("inference failed on model %s: %s", model.version, exc)
@@ -180,24 +172,18 @@ class EdgeNode:
                 self.updater.on_error(exc)
             return []
         latency_ms = (time.perf_counter() - t0) * 1000.0 / len(frames)
-        scores = uncertainty_score(probs, self.config.uncertainty)
-        self.drift.update(probs.max(axis=1), entropy(probs))
-        boost = self.drift.boost
-        decisions = []
-        for i, frame in enumerate(frames):
+        for frame, result in zip(frames, results):
             self.stats.frames += 1
             self.stats.latencies_ms.append(latency_ms)
             self.slot.observe(frame.image)
             if frame.truth is not None:
-                self.stats.correct.append(int(model.labels[int(probs[i].argmax())] == frame.truth))
-            decision = self.sampler.decide(float(scores[i]), smalls[i], boost=boost)
-            decisions.append(decision)
-            if decision.selected:
+                self.stats.correct.append(int(result.prediction.label == frame.truth))
+            if result.decision.selected:
                 self.stats.selected += 1
-                self._spool(frame, model, model.predictions(probs[i:i + 1])[0], decision)
+                self._spool(frame, model, result.prediction, result.decision)
             if self.updater is not None:
-                self.updater.on_frame(frame.image, probs[i], latency_ms)
-        return decisions
+                self.updater.on_frame(frame.image, result.prediction.probs, latency_ms)
+        return [r.decision for r in results]
 
     def _spool(self, frame: Frame, model: EdgeModel, pred: Prediction, decision: Decision) -> None:
         image, roi = frame.image, None
