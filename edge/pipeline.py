@@ -1,0 +1,68 @@
+"""The per-frame work of the edge, apart from I/O: preprocess -> infer -> score -> drift -> sampling decision.
+
+The node runs it on every frame and ``bench/edge_path.py`` measures exactly this code, so the benchmark's
+"full edge path" is the one that ships. Batch 1 takes the plain-Python fast path (``EdgeModel.classify``,
+``score_one``): for small heads per-call numpy overhead would cost more than the arithmetic.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.drift import DriftMonitor
+from edge.model import ModelSlot, Prediction
+from edge.sampler import Decision, Sampler
+from edge.uncertainty import entropy, score as score_batch, score_one
+
+
+@dataclass(slots=True)
+class Result:
+    """One frame's outcome: the prediction, the sampling decision, and the model-sized crop (for uploads)."""
+
+    prediction: Prediction
+    decision: Decision
+    small: np.ndarray
+
+
+class Pipeline:
+    """Scores frames with the slot's active model and decides which to upload."""
+
+    def __init__(self, slot: ModelSlot, sampler: Sampler, drift: DriftMonitor, uncertainty: str = "margin") -> None:
+        self.slot = slot
+        self.sampler = sampler
+        self.drift = drift
+        self.uncertainty = uncertainty
+        self._generation = slot.generation
+
+    def _check_swap(self) -> None:
+        if self.slot.generation != self._generation:
+            # A new model means new confidence levels and new questions worth asking about the same scene.
+            self._generation = self.slot.generation
+            self.drift.reset()
+            self.sampler.reset_dedup()
+
+    def step(self, image: np.ndarray) -> Result:
+        """One frame, batch 1: the latency path."""
+        self._check_swap()
+        model = self.slot.get()
+        x, small = model.prepare(image)
+        pred = model.classify(x)
+        score = score_one(pred.probs, self.uncertainty)
+        self.drift.update(pred.confidence, score if self.uncertainty == "entropy" else score_one(pred.probs, "entropy"))
+        return Result(pred, self.sampler.decide(score, small, boost=self.drift.boost), small)
+
+    def step_batch(self, images: list[np.ndarray]) -> list[Result]:
+        """A micro-batch in one inference call: the throughput path."""
+        if len(images) == 1:
+            return [self.step(images[0])]
+        self._check_swap()
+        model = self.slot.get()
+        smalls = [model.resize(im) for im in images]
+        probs = model.predict(model.batch_from_small(smalls))
+        scores = score_batch(probs, self.uncertainty)
+        self.drift.update(probs.max(axis=1), scores if self.uncertainty == "entropy" else entropy(probs))
+        boost = self.drift.boost
+        preds = model.predictions(probs)
+        return [Result(p, self.sampler.decide(float(s), sm, boost=boost), sm)
+                for p, s, sm in zip(preds, scores, smalls)]
