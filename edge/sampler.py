@@ -9,7 +9,9 @@ actually used for the draw):
    weights stay finite and the trainer sees frames far from the decision boundary (drift).
 2. Drift boost: ``p *= boost`` (capped at 1) while ``edge.drift`` reports drift.
 3. Near-duplicate suppression (``edge.dedup``), *before* the draw: ``p *= duplicate_factor`` for a frame
-   that matches a recent upload. Suppressing *after* a successful draw would make the reported
+   that matches a recent upload. The fingerprint is computed only when the uniform draw falls below the
+   undeduplicated probability (otherwise the frame is not selected whatever the fingerprint says), and
+   the demand estimate of step 4 counts probabilities before dedup. Suppressing *after* a successful draw would make the reported
    ``p_select`` a lie (the real inclusion probability would be ``p * P(not duplicate)``), silently
    under-weighting exactly those samples. Doing it before keeps the reported number true. The default
    factor 0 is the one deliberate exception to "every frame has a non-zero chance": a duplicate of a
@@ -244,13 +246,6 @@ class Sampler:
         s = float(score)
         p0 = self._p_base_one(s)
         p = min(1.0, p0 * boost) if boost != 1.0 else p0
-        fp = fingerprint
-        dedup = self.dedup
-        if fp is None and image is not None and dedup.config.enabled:
-            fp = dedup.fingerprint(image)
-        dup = fp is not None and dedup.is_duplicate(fp, now)
-        if dup:
-            p *= c.duplicate_factor
         u = self.rng.random()
         with self._lock:
             if self._t0 is None:
@@ -258,6 +253,18 @@ class Sampler:
             self._roll(now)
             self._demand.add(p, now)
             factor = self._factor(now, self._demand.rate)
+        # Dedup can only lower p, so a frame whose draw u >= p * factor is "not selected" whatever its
+        # fingerprint says: only frames the draw would take pay for fingerprinting. The p_select a selected
+        # frame reports still includes the dedup factor, so its weight stays exact.
+        fp, dup = fingerprint, False
+        dedup = self.dedup
+        if u < p * factor:
+            if fp is None and image is not None and dedup.config.enabled:
+                fp = dedup.fingerprint(image)
+            dup = fp is not None and dedup.is_duplicate(fp, now)
+            if dup:
+                p *= c.duplicate_factor
+        with self._lock:
             p_eff = p * factor
             selected = u < p_eff
             if selected:

@@ -166,7 +166,9 @@ def test_dedup_suppresses_a_static_scene() -> None:
         if d.duplicate:
             assert d.p_select == 0.0 and not d.selected
     assert selected == 1, reasons
-    assert reasons["duplicate"] == 30 * 50 - 1
+    # Frames the draw would have taken are recognised as duplicates; the rest were never fingerprinted.
+    assert reasons["duplicate"] > 1000
+    assert reasons["duplicate"] + reasons.get("not_drawn", 0) == 30 * 50 - 1
     # A different scene is not a duplicate.
     other = rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)
     clock.t += 1
