@@ -55,12 +55,17 @@ from .strategies import LabelledBatch, make_strategy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainerService", "NotBootstrapped", "PromotedHook", "promoted_topic", "HISTORY_LIMIT"]
+__all__ = ["TrainerService", "NotBootstrapped", "PromotedHook", "promoted_topic", "HISTORY_LIMIT", "TIMELINE_FILE"]
 
 #: (version, ONNX path, metrics) -> None; called from the service thread after registration.
 PromotedHook = Callable[[str, Path, dict[str, Any]], None]
 #: Update records kept in the checkpoint (enough to audit "every sample trained exactly once").
 HISTORY_LIMIT = 10_000
+#: One JSON line per update in the state dir: wall-clock stage boundaries and the samples it trained on.
+#: Why: "how long until a labelled frame is in a deployed model" (bench/freshness.py) needs to know which
+#: update first trained on a sample and when that update's training, gate, export and announcement ended;
+#: the checkpoint's history has the label_seq ranges but no times. Append-only, a few hundred bytes per update.
+TIMELINE_FILE = "timeline.jsonl"
 
 
 class NotBootstrapped(RuntimeError):
@@ -149,6 +154,7 @@ class TrainerService:
         self._thread: threading.Thread | None = None
         self._lock = threading.RLock()
         self.last_decision: dict[str, Any] | None = None
+        self._marks: dict[str, float] = {}  # wall-clock stage ends of the update in progress (timeline.jsonl)
         self.boot = int(self.store.get_meta("trainer_boot", "0") or 0) + 1
         self.store.set_meta("trainer_boot", str(self.boot))
         self._seq = 0
@@ -295,6 +301,8 @@ class TrainerService:
     def update_once(self) -> dict[str, Any]:
         """Train on the first B buffered samples, maybe evaluate/promote, checkpoint. Returns the update record."""
         u = self.config.update
+        t_start = time.time()
+        self._marks = {}
         rows = self._buffer[: u.batch]
         xs, ys, ps = [], [], []
         for s in rows:
@@ -311,6 +319,7 @@ class TrainerService:
         if xs:
             batch = LabelledBatch(torch.stack(xs), torch.tensor(ys), torch.tensor(ps))
             result = self.strategy.update(batch, steps=u.steps)
+        t_trained = time.time()
         first, last = int(rows[0].label_seq), int(rows[-1].label_seq)  # type: ignore[arg-type]
         self.counters["label_seq"] = last
         self.counters["samples_seen"] += len(xs)
@@ -324,10 +333,35 @@ class TrainerService:
         if self.counters["updates"] % max(1, self.config.eval.every) == 0:
             decision = self.evaluate_and_maybe_promote()
         self.checkpoint()
+        self._write_timeline(t_start, t_trained, first, last, rows, len(xs), decision)
         del self._buffer[: len(rows)]
         self._buffer_since = time.monotonic() if self._buffer else None
         return {"update": self.counters["updates"], "first": first, "last": last, "n": len(xs),
                 "loss": result.get("loss"), "decision": decision}
+
+    def _write_timeline(self, t_start: float, t_trained: float, first: int, last: int, rows: list[StoredSample],
+                        n_trained: int, decision: dict[str, Any] | None) -> None:
+        """Append this update's stage boundaries (wall clock, ``time.time()``) to ``timeline.jsonl``.
+
+        ``start`` is when the update took its batch from the buffer (before decoding images), ``trained``
+        after the optimiser steps, ``evaluated`` after the gate decision, ``exported``/``registered``/
+        ``announced`` after the ONNX export, the registry row and the announcement (retained notice +
+        ``on_promoted``), ``checkpointed`` after the checkpoint. ``samples`` are the ids of the training
+        samples in this update's batch (held-out samples in ``first..last`` are never trained on).
+        Instrumentation only: a write failure is logged and never stops the learner.
+        """
+        rec: dict[str, Any] = {
+            "update": self.counters["updates"], "first": first, "last": last, "n": n_trained,
+            "start": t_start, "trained": t_trained, **self._marks, "checkpointed": time.time(),
+            "promote": None if decision is None else bool(decision.get("promote")),
+            "version": None if decision is None else decision.get("version"),
+            "samples": [s.sample_id for s in rows],
+        }
+        try:
+            with open(self.state_dir / TIMELINE_FILE, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(rec, default=_json_default) + "\n")
+        except OSError as e:
+            log.warning("cannot append to %s: %s", TIMELINE_FILE, e)
 
     def checkpoint(self) -> Path:
         """Save the learner state atomically (model, optimiser, replay, strategy, counters, history)."""
@@ -429,6 +463,7 @@ class TrainerService:
         decision: dict[str, Any] = {"update": self.counters["updates"], "time": time.time(), "n_heldout": len(names)}
         if len(names) < max(1, ev.min_heldout):
             decision.update(promote=False, reason=f"only {len(names)} held-out samples (< {ev.min_heldout}): cannot judge")
+            self._marks["evaluated"] = time.time()
             return self._record(decision)
         space = list(self.labels) + sorted({n for n in names if n not in self.labels})
         cand_pred = [self.labels[i] for i in predict(self.model, x)]
@@ -447,6 +482,7 @@ class TrainerService:
             cand["forgetting"] = 0.0
         promote = ok_acc and ok_f1
         decision.update(promote=promote, reason="; ".join(r for r in (why_acc, why_f1) if r))
+        self._marks["evaluated"] = time.time()
         if promote:
             latest = self.registry.latest_promoted()
             decision["version"] = self.promote(cand, latest.version if latest else None)
@@ -477,10 +513,13 @@ class TrainerService:
         )
         x, _ = self.heldout_set()
         export_onnx(self.model, meta, path, exporter=self.exporter, verify_inputs=x[:16] if len(x) else None)  # type: ignore[arg-type]
+        self._marks["exported"] = time.time()
         rec = self.registry.register(version, path=path, labels=list(self.labels), parent=parent, metrics=clean,
                                      samples_seen=int(self.counters["samples_seen"]), status="promoted", arch=self.arch)
+        self._marks["registered"] = time.time()
         self.counters["promotions"] += 1
         self._announce(version, rec.path, clean, rec.sha256)
+        self._marks["announced"] = time.time()
         return version
 
     def _announce(self, version: str, path: Path, metrics: dict[str, Any], sha256: str) -> None:

@@ -55,7 +55,8 @@ def test_preprocess_gray_matches_reference(models: dict[str, Path]) -> None:
     assert x.shape == (1, 1, 28, 28) and x.dtype == np.float32 and x.flags.c_contiguous
     grey = cv2.cvtColor(f, cv2.COLOR_BGR2GRAY)
     ref = cv2.resize(grey, (28, 28), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-    assert np.abs(x[0, 0] - ref).max() < 1e-6
+    # Non-integer ratio: bilinear to an integer multiple, then area; a couple of grey levels from pure area.
+    assert np.abs(x[0, 0] - ref).max() <= 3 / 255 and np.abs(x[0, 0] - ref).mean() < 1 / 255
     # Grey-then-resize (the edge's cheaper order) equals resize-then-grey up to rounding.
     other = cv2.cvtColor(cv2.resize(f, (28, 28), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY) / 255.0
     assert np.abs(x[0, 0] - other).max() <= 2 / 255
