@@ -59,7 +59,7 @@ def test_preprocess_gray_matches_reference(models: dict[str, Path]) -> None:
     assert np.abs(x[0, 0] - ref).max() <= 3 / 255 and np.abs(x[0, 0] - ref).mean() < 1 / 255
     # Grey-then-resize (the edge's cheaper order) equals resize-then-grey up to rounding.
     other = cv2.cvtColor(cv2.resize(f, (28, 28), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY) / 255.0
-    assert np.abs(x[0, 0] - other).max() <= 2 / 255
+    assert np.abs(x[0, 0] - other).max() <= 3 / 255
 
 
 def test_preprocess_rgb_mean_std_and_roi(models: dict[str, Path]) -> None:
