@@ -134,8 +134,36 @@ class EdgeNode:
                  self.stats.frames, self.stats.stored, self.link.uploads)
 
     def install_signal_handlers(self) -> None:
+        """SIGINT/SIGTERM stop cleanly; SIGHUP reloads the ``--model`` file (copy a new model over it first)."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stop())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_model())
+
+    def reload_model(self, path: str | os.PathLike[str] | None = None) -> threading.Thread:
+        """Swap in a model file without stopping the frame loop.
+
+        Loading, validation against its metadata and the smoke test run in a helper thread; the loop keeps
+        classifying with the current model and picks the new one up between frames. A model that fails is
+        refused with the reason in the log, and the current one stays active (the previous is kept for
+        rollback either way).
+        """
+        target = path or self.config.model.path
+        if target is None:
+            log.warning("reload requested but no model path is configured")
+
+        def work() -> None:
+            try:
+                model = self.slot.swap(target)
+                log.info("model reloaded from %s: now %s (previous %s kept)", target, model,
+                         self.slot.previous.version if self.slot.previous else None)
+            except (ModelError, OSError) as exc:
+                log.error("model reload from %s refused: %s; still running %s", target, exc,
+                          self.slot.get().version)
+
+        thread = threading.Thread(target=work, name="edgeloop-reload", daemon=True)
+        if target is not None:
+            thread.start()
+        return thread
 
     # -- the frame loop ---------------------------------------------------------------------------------------
     def _loop(self) -> None:

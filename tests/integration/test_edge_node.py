@@ -239,3 +239,28 @@ def test_config_error_names_the_key(tmp_path) -> None:
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "sampler.p_min" in result.stderr
+
+
+def test_reload_swaps_between_frames_and_refuses_a_bad_model(tmp_path, topic_prefix, edge_model) -> None:
+    """A local model swap while frames flow: a good model goes in, a mismatched one is refused."""
+    good2 = make_onnx_model(tmp_path / "v2.onnx", arch="convnet", data="digits", roi=DIGITS_ROI, train_steps=5,
+                            version="v0002", seed=1)
+    bad = make_broken_model(tmp_path, "wrong_labels")
+    config = node_config(tmp_path, "mqtt://127.0.0.1:9", topic_prefix, edge_model,
+                         **{"source.url": "sim:digits?seed=11&realtime=1&fps=100&limit=600"})
+    node = EdgeNode(config)
+    thread = threading.Thread(target=node.run)
+    thread.start()
+    try:
+        time.sleep(1.0)
+        frames_before = node.stats.frames
+        node.reload_model(good2).join(timeout=30)
+        assert node.slot.get().version == "v0002" and node.slot.previous.version == "v0001"
+        node.reload_model(bad).join(timeout=30)
+        assert node.slot.get().version == "v0002"  # refused: still running the good one
+        time.sleep(0.5)
+        assert node.stats.frames > frames_before  # the loop never stopped
+        assert node.stats.errors == 0
+    finally:
+        node.stop()
+        thread.join(timeout=30)
