@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import select
-import shutil
 import subprocess
 import sys
 import tempfile

@@ -11,7 +11,6 @@ from typing import Literal
 
 import msgspec
 
-from edge.dedup import DedupConfig
 from edge.drift import DriftConfig
 from edge.sampler import SamplerConfig
 from edge.updater import UpdaterLimits

@@ -52,11 +52,12 @@ from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol
 
 import msgspec
 import numpy as np
 
+from protocol.durable import atomic_write, sha256_file as _sha256_file
 from protocol.errors import ProtocolError
 from protocol.messages import Chunk, Manifest, ModelStatus, decode_message, encode_message
 from protocol.model_meta import COLOR_ORDERS, LAYOUTS
@@ -76,34 +77,6 @@ _POINTER_FILE = "active.json"
 
 
 # -- small helpers shared with tests ------------------------------------------------------------------------
-def atomic_write(path: Path, data: bytes, *, fsync: bool = True) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old or the new file, never a torn one."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-    if fsync:
-        try:
-            fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:  # directories cannot be fsynced on some filesystems; the rename is still atomic
-            pass
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def select_boot_model(state_dir: str | os.PathLike[str], fallback: str | os.PathLike[str] | None = None
                       ) -> tuple[Path | None, str | None]:
     """The model file a (re)booting device should load, and its version.

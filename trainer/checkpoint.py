@@ -39,6 +39,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
+from protocol.durable import fsync_dir as _fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -103,20 +104,6 @@ class Checkpoint:
 
 def checkpoint_dir(state_dir: str | os.PathLike[str]) -> Path:
     return Path(state_dir) / CHECKPOINT_DIRNAME
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename/unlink in ``path`` durable; a no-op where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _generations(directory: Path) -> list[tuple[int, Path]]:

@@ -50,6 +50,7 @@ import onnx
 import torch
 from torch import nn
 
+from protocol.durable import fsync_dir as _fsync_dir
 from protocol.model_meta import ModelMeta
 
 log = logging.getLogger(__name__)
@@ -273,14 +274,3 @@ def read_meta(path: str | os.PathLike[str]) -> ModelMeta:
     return ModelMeta.from_props({p.key: p.value for p in proto.metadata_props})
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -19,7 +19,6 @@ eligible for rollout) or ``rejected``; a promoted version that is superseded or 
 from __future__ import annotations
 
 import builtins
-import hashlib
 import json
 import os
 import re
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from protocol.durable import fsync_dir as _fsync_dir, sha256_file as _sha256_file
 
 STATUSES = ("candidate", "promoted", "rejected", "retired")
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
@@ -76,27 +76,6 @@ def parse_version(version: str) -> int:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
