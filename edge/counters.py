@@ -12,6 +12,8 @@ import os
 import threading
 from pathlib import Path
 
+from protocol.durable import atomic_write
+
 
 def _read_int(path: Path) -> int:
     try:
@@ -21,12 +23,7 @@ def _read_int(path: Path) -> int:
 
 
 def _write_int(path: Path, value: int) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(str(value))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, str(value).encode())
 
 
 def next_boot(state_dir: str | os.PathLike[str]) -> int:
