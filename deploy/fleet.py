@@ -7,10 +7,12 @@ state, birth and model status are retained, a controller that restarts rebuilds 
 single subscribe - no device needs to re-announce anything.
 
 The topic, not the payload, names the device (broker ACLs pin a device to ``dev/{its id}/``), so a device
-cannot speak for another one. Malformed payloads are counted and dropped.
+cannot speak for another one. Malformed payloads, wrong message types and messages whose sender differs
+from the topic's device are counted per reason, logged and dropped.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +22,8 @@ from protocol.errors import ProtocolError
 from protocol.messages import Birth, ModelStatus, State, Stats, decode_message
 from protocol.topics import Topics
 from protocol.waves import BUCKETS, wave_bucket
+
+log = logging.getLogger("edgeloop.deploy.fleet")
 
 __all__ = ["DeviceInfo", "Fleet", "wave_bucket", "BUCKETS"]
 
@@ -69,6 +73,7 @@ class Fleet:
         self._lock = threading.Lock()
         self._devices: dict[str, DeviceInfo] = {}
         self.dropped = 0
+        self.rejected: dict[str, int] = {}  # reason -> count
         self.changed = threading.Event()  # set on every model-status change (wakes the controller)
 
     def subscriptions(self) -> list[tuple[str, int]]:
@@ -92,9 +97,19 @@ class Fleet:
         if not payload:
             return
         try:
-            msg = decode_message(payload, max_size=256 * 1024).msg
-        except ProtocolError:
-            self.dropped += 1
+            decoded = decode_message(payload, max_size=256 * 1024)
+        except ProtocolError as exc:
+            self._reject(topic, exc.reason, str(exc))
+            return
+        msg = decoded.msg
+        expected = {"state": State, "birth": Birth, "stats": Stats, "model_status": ModelStatus}[parsed.kind]
+        if not isinstance(msg, expected):
+            self._reject(topic, "wrong_type", f"a {type(msg).__name__} message on a {parsed.kind} topic")
+            return
+        if decoded.header.device != parsed.device:
+            # A device's credentials may only write under its own topics; a mismatch is a spoof or a bug.
+            self._reject(topic, "device_mismatch", f"sender {decoded.header.device!r} publishing as "
+                                                   f"{parsed.device!r}")
             return
         now = self._clock()
         with self._lock:
@@ -127,6 +142,14 @@ class Fleet:
                     d.version = msg.version
                 d.last_seen = max(d.last_seen, now)
                 self.changed.set()
+
+    def _reject(self, topic: str, reason: str, detail: str) -> None:
+        """Count and log a bad device message (logged the first time and then every 100th per reason)."""
+        with self._lock:
+            self.dropped += 1
+            n = self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        if n == 1 or n % 100 == 0:
+            log.warning("rejected message on %s: %s: %s (%d so far for this reason)", topic, reason, detail, n)
 
     # -- queries -----------------------------------------------------------------------------------------
     def devices(self) -> list[DeviceInfo]:
