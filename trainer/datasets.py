@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 __all__ = [
-    "read_idx",
-    "load_mnist",
-    "default_mnist_paths",
-    "split_mnist",
     "SplitMNIST",
+    "default_mnist_paths",
+    "load_mnist",
     "make_split_mnist",
+    "read_idx",
+    "split_mnist",
 ]
 
 _IDX_DTYPES: dict[int, str] = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -121,7 +121,7 @@ def make_split_mnist(
     stream_idx, test_idx = split_mnist(y_all, 0.8, 0)
     n_classes = int(y_all.max()) + 1
     rng = np.random.default_rng(order_seed)
-    to_x = lambda a: torch.from_numpy(a.astype(np.float32) / 255.0).unsqueeze(1)  # noqa: E731
+    to_x = lambda a: torch.from_numpy(a.astype(np.float32) / 255.0).unsqueeze(1)
     exps, classes = [], []
     stream_y = y_all[stream_idx]
     for start in range(0, n_classes, classes_per_experience):

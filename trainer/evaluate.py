@@ -12,17 +12,17 @@ import numpy as np
 import torch
 
 __all__ = [
-    "confusion_matrix",
-    "accuracy",
-    "per_class_accuracy",
-    "macro_f1",
-    "compute_metrics",
-    "predict",
-    "evaluate_model",
     "ForgettingTracker",
+    "accuracy",
+    "compute_metrics",
+    "confusion_matrix",
+    "evaluate_model",
     "forgetting",
-    "stratified_split",
     "gate",
+    "macro_f1",
+    "per_class_accuracy",
+    "predict",
+    "stratified_split",
 ]
 
 
@@ -73,7 +73,7 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int | N
         "macro_f1": macro_f1(cm),
         "per_class": [None if np.isnan(v) else float(v) for v in pca],
         "confusion": cm.tolist(),
-        "n": int(len(np.asarray(y_true).reshape(-1))),
+        "n": len(np.asarray(y_true).reshape(-1)),
     }
 
 
@@ -119,9 +119,9 @@ class ForgettingTracker:
         if len(per_class) > len(self.best):
             self.best.extend([None] * (len(per_class) - len(self.best)))
         for c, v in enumerate(per_class):
-            if v is not None and not (isinstance(v, float) and np.isnan(v)):
-                if self.best[c] is None or v > self.best[c]:  # type: ignore[operator]
-                    self.best[c] = float(v)
+            valid = v is not None and not (isinstance(v, float) and np.isnan(v))
+            if valid and (self.best[c] is None or v > self.best[c]):  # type: ignore[operator]
+                self.best[c] = float(v)  # type: ignore[arg-type]
 
     def forgetting(self, per_class: Sequence[float | None], classes: Sequence[int] | None = None) -> float:
         return forgetting(self.best, per_class, classes)
@@ -145,14 +145,14 @@ def stratified_split(labels: np.ndarray | Sequence[int], fraction: float, rng: n
     held, rest = [], []
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        k = int(round(fraction * len(idx)))
+        k = round(fraction * len(idx))
         if len(idx) >= 2 and 0.0 < fraction < 1.0:
             k = min(max(k, 1), len(idx) - 1)
         elif len(idx) < 2 and fraction < 1.0:
             k = 0
         held.append(idx[:k])
         rest.append(idx[k:])
-    cat = lambda parts: np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)  # noqa: E731
+    cat = lambda parts: np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
     return cat(held), cat(rest)
 
 

@@ -27,8 +27,7 @@ import torch
 from trainer.datasets import SplitMNIST, make_split_mnist
 from trainer.evaluate import ForgettingTracker, evaluate_model
 from trainer.nets import build_model
-from trainer.replay import ReplayMemory
-from trainer.strategies import DEFAULT_CONFIGS, STRATEGIES, LabelledBatch, make_strategy
+from trainer.strategies import STRATEGIES, LabelledBatch, make_strategy
 
 GOAL = "iw-er @ buffer 500: final acc >= 96.0%, forgetting <= 3 points (mean of 3 seeds)"
 BUDGET_GOAL = "at 20% labelled: within 2 points of 100% labelled, and better than uniform-random"

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["ReplayMemory", "ReplayBatch", "POLICIES"]
+__all__ = ["POLICIES", "ReplayBatch", "ReplayMemory"]
 
 POLICIES = ("reservoir", "class_balanced")
 _X_DTYPES = {"uint8": torch.uint8, "float16": torch.float16}

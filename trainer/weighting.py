@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "importance_weights",
-    "selection_weights",
-    "loss_importance",
-    "gradnorm_importance",
     "class_balance_weights",
+    "gradnorm_importance",
+    "importance_weights",
+    "loss_importance",
+    "selection_weights",
     "weighted_loss",
 ]
 

@@ -7,7 +7,12 @@ from torch import nn
 from trainer.evaluate import predict
 from trainer.nets import Classifier
 from trainer.replay import ReplayMemory
-from trainer.strategies import STRATEGIES, LabelledBatch, LabelledSample, StrategyConfig, make_strategy
+from trainer.strategies import (
+    STRATEGIES,
+    LabelledBatch,
+    LabelledSample,
+    make_strategy,
+)
 
 torch.set_num_threads(1)
 SHAPE = (1, 8, 8)

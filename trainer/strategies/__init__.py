@@ -23,14 +23,14 @@ from trainer.strategies.iw_er import IWER
 from trainer.strategies.naive import Naive
 
 __all__ = [
-    "STRATEGIES",
-    "DEFAULT_STRATEGY",
     "DEFAULT_CONFIGS",
-    "make_strategy",
-    "Strategy",
-    "StrategyConfig",
+    "DEFAULT_STRATEGY",
+    "STRATEGIES",
     "LabelledBatch",
     "LabelledSample",
+    "Strategy",
+    "StrategyConfig",
+    "make_strategy",
 ]
 
 STRATEGIES: dict[str, type[Strategy]] = {

@@ -20,7 +20,7 @@ from torch import nn
 from trainer.nets import Classifier, grow_head
 from trainer.replay import ReplayBatch, ReplayMemory
 
-__all__ = ["LabelledSample", "LabelledBatch", "StrategyConfig", "Strategy", "OptimizerLike"]
+__all__ = ["LabelledBatch", "LabelledSample", "OptimizerLike", "Strategy", "StrategyConfig"]
 
 OptimizerLike = torch.optim.Optimizer | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
@@ -65,7 +65,7 @@ class LabelledBatch:
         return len(self.y)
 
     @classmethod
-    def from_samples(cls, samples: Sequence[LabelledSample]) -> "LabelledBatch":
+    def from_samples(cls, samples: Sequence[LabelledSample]) -> LabelledBatch:
         """Stack samples; importance/logits are kept only when every sample has them."""
         if not samples:
             raise ValueError("empty batch")
@@ -83,7 +83,7 @@ class LabelledBatch:
             logits=logits,
         )
 
-    def subset(self, idx: torch.Tensor) -> "LabelledBatch":
+    def subset(self, idx: torch.Tensor) -> LabelledBatch:
         return LabelledBatch(
             self.x[idx],
             self.y[idx],
@@ -126,7 +126,7 @@ class StrategyConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "StrategyConfig":
+    def from_dict(cls, d: dict[str, Any] | None) -> StrategyConfig:
         d = dict(d or {})
         known = {k: d.pop(k) for k in list(d) if k in cls.__dataclass_fields__ and k != "extra"}
         return cls(**known, extra=d)

@@ -9,8 +9,9 @@ The seed's update L = Σᵢ wᵢ·ℓ(yᵢ, f(xᵢ)) over a minibatch that mixes
 - optionally × inverse class frequency within the minibatch (``class_balance``);
 - the loss is self-normalised (Σ wℓ / Σ w).
 
-Two optional levers against class-incremental forgetting, both off by default in the class but on in
-the benchmark defaults (see trainer/learning_bench.py):
+Two levers against class-incremental forgetting, off in a bare ``StrategyConfig`` but on in
+``DEFAULT_CONFIGS["iw-er"]`` (what ``make_strategy("iw-er", ..., config={...})`` starts from), because
+they are what reaches the Split-MNIST goal (trainer/learning_bench.py):
 
 - ``ace``: asymmetric cross-entropy (ER-ACE, Caccia et al., ICLR 2022): a *new* sample's CE is taken
   over the classes present in the new minibatch only, so learning a new class does not push down the
@@ -24,7 +25,12 @@ from __future__ import annotations
 import torch
 
 from trainer.replay import ReplayBatch
-from trainer.strategies.base import LabelledBatch, Strategy, StrategyConfig, cross_entropy
+from trainer.strategies.base import (
+    LabelledBatch,
+    Strategy,
+    StrategyConfig,
+    cross_entropy,
+)
 from trainer.weighting import (
     class_balance_weights,
     gradnorm_importance,
