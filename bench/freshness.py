@@ -1,0 +1,680 @@
+"""Benchmark: model freshness -- from a drifted frame to every camera running a model trained on it.
+
+    python -m bench.freshness [--quick] [--duration 150] [--cameras 4] [--json]
+    edgeloop bench freshness [...]        # same, through the harness (bench/run_all.py)
+
+Writes bench/results/freshness.json. Why this benchmark: the loop's promise is that the fleet adapts to
+drift, and how fast it does is the sum of many small waits spread over three programs (edge outbox, trainer
+buffer/update/gate/export, controller waves, device swap). Only a per-sample timeline across all of them says
+which wait matters; tuning any stage without it is guesswork.
+
+What runs -- the real components, wired as ``edgeloop demo`` wires them (deploy/demo.py, whose helpers are
+imported, not copied), with its *default* timing-relevant settings:
+
+* the embedded broker (mosquitto if installed);
+* a bootstrap ``small_cnn`` on ``sim:parts`` ROI crops (``deploy.demo.render_bootstrap_set`` +
+  ``trainer.bootstrap``), before anything else competes for the CPU;
+* :class:`trainer.service.TrainerService` in this process: oracle labeller, the demo's update settings
+  (B=32, min batch 8, K=20 Adam steps, T = max(5 s, stream/15), 1 torch thread), gate on every update,
+  dynamo ONNX export;
+* :class:`deploy.controller.Controller` fed by the demo's own ``RolloutFeeder`` (one rollout at a time,
+  newer promotions coalesced while one is in progress) with ``deploy.demo.demo_policy``: waves 5 %, 25 %,
+  100 %, soak max(3 s, stream/25);
+* ``--cameras`` real ``python -m deploy.cli edge`` processes (``deploy.demo.start_camera``: 15 fps realtime
+  sim:parts, 40 uploads/min, p_min 0.03), each with a lighting drift (the demo's: darker + colour cast,
+  2 s ramp) a few seconds into its stream.
+
+"Default demo settings" means the settings ``edgeloop demo`` derives for its default 180 s run, whose stream
+is about 120 s (``DEMO_STREAM_S``); they do not shrink with this benchmark's ``--duration``, so quick and
+full runs measure the same configuration.
+
+Per-sample timeline (wall clock, one machine): selected (the sample's header ``ts``, set when the edge
+spools it) -> stored (the store's ``received``) -> labelled (``labelled_at``) -> start / end of training of
+the first update that trained on it, gate decision, export + registration + announcement (the trainer's
+``timeline.jsonl``) -> start of the rollout that delivered it (controller SQLite) -> the last camera's
+``verified`` and ``active`` status on ``dev/+/model/status`` (arrival times at a subscriber here). A model
+is "trained on" a sample if it comes from that update or a later one (the learner is cumulative); the sample
+is delivered at the first moment every camera simultaneously runs such a model (statuses carry the version
+each device runs, so a rollback counts as not running it). Stages, which add up to the total:
+
+``upload``  selected -> stored;  ``label``  stored -> labelled;  ``buffer_wait``  labelled -> its update starts;
+``update``  decoding + optimiser steps;  ``gate_retry``  (0 unless the gate kept that update's candidate) until
+the first promoted update containing it finished training;  ``evaluation``  that update's gate;
+``export``  ONNX export + registry + announcement;  ``rollout_wait``  promoted -> start of the rollout that
+delivered it (the feeder waits for the rollout in progress);  ``rollout``  rollout start -> the last camera
+has the model verified (waves, soaks, download);  ``swap``  that camera's load + smoke test + swap.
+
+Only *drifted* frames count (frame index at or after the drift start) that went to training (held-out
+samples are never trained on), selected before a cut-off; after the cut-off the run continues until all of
+them are delivered (or the time is up), so late samples are not censored away. ``total`` is selected -> every
+camera; ``total_p50_s``/``total_p95_s`` are over *every* counted sample, one never delivered (the gate kept its
+update and every later one until the end, or the run ended) counting as infinitely late -- ``None`` when the
+percentile falls among those. ``delivered_*``, ``labelled_to_fleet_*`` and the stage split are over the
+delivered samples; ``delivered_fraction`` says how many that is. Machine load is sampled during the run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "freshness.json"
+
+GOAL_S = 30.0
+GOAL = "drifted frame labelled -> every camera runs a model trained on it: p50 <= 30 s (default demo settings)"
+STAGES: tuple[str, ...] = ("upload", "label", "buffer_wait", "update", "gate_retry", "evaluation", "export",
+                           "rollout_wait", "rollout", "swap")
+DEMO_STREAM_S = 120.0   # stream seconds of a default `edgeloop demo` (180 s budget - bootstrap - reserves)
+DEFAULT_DURATION_S = 150.0
+QUICK_DURATION_S = 45.0
+DEFAULT_CAMERAS = 4     # the demo's default
+QUICK_CAMERAS = 4       # fewer cameras = fewer uploads = the first update comes later than a quick run lasts
+DEMO_DURATION_S = 180.0  # `edgeloop demo`'s default budget, from which its bootstrap budget follows
+DRIFT_AT_S = 5.0        # stream seconds (per camera) when the lighting starts to change
+QUICK_DRIFT_AT_S = 3.0
+DRIFT_RAMP_S = 2.0
+PREFIX = "edgeloop/v1"
+
+log = logging.getLogger("edgeloop.bench.freshness")
+
+
+# =========================================================================== settings
+def demo_trainer_overrides(stream_s: float) -> dict[str, Any]:
+    """The trainer settings ``edgeloop demo`` uses (deploy/demo.py, run(), step 5), minus paths and URLs.
+
+    Mirrored, not imported: the demo builds them inline. Keep in step with deploy/demo.py.
+    """
+    return {"labeler.kind": "oracle", "labeler.api_port": None, "update.batch": 32, "update.steps": 20,
+            "update.wait_s": max(5.0, stream_s / 15.0), "update.min_batch": 8, "update.optimizer": "adam",
+            "update.lr": 1e-3, "torch_threads": 1, "log_level": "WARNING"}
+
+
+def drift_items(at_s: float, ramp_s: float, lighting: str) -> str:
+    """The ``drift=`` value: every lighting component of the demo's scenario, from ``at_s`` over ``ramp_s``."""
+    return ",".join(f"{item}@{at_s:.1f}s~{ramp_s:.0f}s" for item in lighting.split("+"))
+
+
+# =========================================================================== statistics
+def pcts(values: Sequence[float]) -> dict[str, float | int | None]:
+    """p50/p95/max in seconds (nearest rank, as bench/transport.py), mean, and the count."""
+    if not values:
+        return {"n": 0, "p50": None, "p95": None, "max": None, "mean": None}
+    v = sorted(values)
+
+    def q(p: float) -> float:
+        rank = math.ceil(p * len(v) - 1e-9)
+        return round(v[min(len(v), max(1, rank)) - 1], 3)
+
+    return {"n": len(v), "p50": q(0.50), "p95": q(0.95), "max": round(v[-1], 3),
+            "mean": round(statistics.fmean(v), 3)}
+
+
+# =========================================================================== analysis (pure)
+def fleet_steps(statuses: list[dict[str, Any]], cameras: Sequence[str], ver_update: dict[str, int],
+                baseline: str) -> list[dict[str, Any]]:
+    """When the fleet's freshness level changed: ``level`` = the oldest update any camera's model includes.
+
+    Each status message names the version the device runs *now* (``active``: after a swap the new one,
+    after a rollback the old one). Every camera starts on ``baseline``. A step is recorded whenever the
+    minimum over cameras changes, with the camera and version whose message changed it.
+    """
+    running = {c: baseline for c in cameras}
+    level = min(ver_update.get(v, -1) for v in running.values()) if running else -1
+    steps: list[dict[str, Any]] = []
+    for st in sorted(statuses, key=lambda s: s["wall"]):
+        dev = st["device"]
+        if dev not in running:
+            continue
+        now_runs = st.get("active") or (st["version"] if st["state"] == "active" else None)
+        if not now_runs or now_runs == running[dev]:
+            continue
+        running[dev] = now_runs
+        new_level = min(ver_update.get(v, -1) for v in running.values())
+        if new_level != level:
+            level = new_level
+            steps.append({"wall": st["wall"], "level": level, "device": dev, "version": now_runs,
+                          "rollout": st.get("rollout")})
+    return steps
+
+
+def analyze(raw: dict[str, Any]) -> dict[str, Any]:
+    """Per-sample timelines and the figures, from what a run collected (see :func:`collect_raw`).
+
+    Pure (no I/O, no clock), so it runs on partial data during the run (to stop once every eligible sample
+    is delivered) and in tests on synthetic data.
+    """
+    cameras: list[str] = list(raw["cameras"])
+    baseline: str = raw["baseline"]
+    updates = sorted(raw["updates"], key=lambda u: u["update"])
+    ver_update = {baseline: 0, **{u["version"]: int(u["update"]) for u in updates if u.get("version")}}
+    first_update: dict[str, dict[str, Any]] = {}
+    for u in updates:
+        for sid in u.get("samples") or []:
+            first_update.setdefault(sid, u)
+    promoted = [u for u in updates if u.get("version") and u.get("announced")]
+    rollouts = {r["id"]: r for r in raw["rollouts"]}
+    steps = fleet_steps(raw["statuses"], cameras, ver_update, baseline)
+    by_dev: dict[str, list[dict[str, Any]]] = {}
+    for st in raw["statuses"]:
+        by_dev.setdefault(st["device"], []).append(st)
+    for rows in by_dev.values():
+        rows.sort(key=lambda s: s["wall"])
+
+    rows_out: list[dict[str, Any]] = []
+    eligible = pending = 0
+    for s in raw["samples"]:
+        if s.get("heldout") or s.get("frame_index", -1) < raw["drift_index"] or s["ts"] > raw["cutoff_wall"]:
+            continue
+        if s.get("device") not in cameras:
+            continue
+        eligible += 1
+        u = first_update.get(s["id"])
+        step = None
+        if u is not None:
+            step = next((st for st in steps if st["level"] >= int(u["update"])), None)
+        p = next((x for x in promoted if x["update"] >= int(u["update"])), None) if u is not None else None
+        if u is None or step is None or p is None or s.get("labelled_at") is None:
+            pending += 1
+            continue
+        r = rollouts.get(step.get("rollout") or "")
+        t_active = step["wall"]
+        verified = [x["wall"] for x in by_dev.get(step["device"], [])
+                    if x["state"] == "verified" and x["version"] == step["version"] and x["wall"] <= t_active]
+        t_verified = verified[-1] if verified else t_active
+        t_roll = r["created"] if r is not None else t_verified
+        # Clamp the sequence so the stages partition [selected, delivered] even if two clocks read a hair apart.
+        pts = [s["ts"], s["received"], s["labelled_at"], u["start"], u["trained"]]
+        if p["update"] == u["update"]:
+            pts += [u["trained"], p.get("evaluated", p["trained"]), p["announced"]]
+        else:
+            pts += [p["trained"], p.get("evaluated", p["trained"]), p["announced"]]
+        pts += [t_roll, t_verified, t_active]
+        for i in range(1, len(pts)):
+            pts[i] = max(pts[i], pts[i - 1])
+        stages = {name: round(pts[i + 1] - pts[i], 4) for i, name in enumerate(STAGES)}
+        rows_out.append({"id": s["id"], "device": s["device"], "update": int(u["update"]),
+                         "promoted_update": int(p["update"]), "version": step["version"],
+                         "last_camera": step["device"], "rollout": step.get("rollout"),
+                         "selected": s["ts"], "delivered": t_active, "total": round(t_active - s["ts"], 4),
+                         "labelled_to_fleet": round(t_active - max(s["labelled_at"], s["ts"]), 4),
+                         "stages": stages})
+
+    totals = [r["total"] for r in rows_out]
+    first_try = pcts([r["total"] for r in rows_out if r["promoted_update"] == r["update"]])
+    stage_stats = {name: pcts([r["stages"][name] for r in rows_out]) for name in STAGES}
+    total_sum = sum(totals)
+    shares = {name: (round(sum(r["stages"][name] for r in rows_out) / total_sum, 4) if total_sum > 0 else None)
+              for name in STAGES}
+    dominant = max(STAGES, key=lambda n: shares[n] or 0.0) if rows_out else None
+    tot = pcts(totals)
+    # Over *every* eligible sample, an undelivered one counting as "longer than anything": a p50 over the
+    # delivered ones alone would look good exactly when the gate keeps most updates from ever shipping.
+    everyone = pcts(totals + [math.inf] * pending)
+    l2f = pcts([r["labelled_to_fleet"] for r in rows_out])
+    delivering = sorted({r["version"] for r in rows_out}, key=lambda v: ver_update.get(v, 0))
+    def finite(v: Any) -> Any:
+        return None if v is None or (isinstance(v, float) and math.isinf(v)) else v
+
+    return {
+        "total_p50_s": finite(everyone["p50"]), "total_p95_s": finite(everyone["p95"]),
+        "delivered_p50_s": tot["p50"], "delivered_p95_s": tot["p95"], "delivered_max_s": tot["max"],
+        "delivered_fraction": round(len(rows_out) / eligible, 4) if eligible else None,
+        "labelled_to_fleet_p50_s": l2f["p50"], "labelled_to_fleet_p95_s": l2f["p95"],
+        "stages": {n: {"p50": st["p50"], "p95": st["p95"], "mean": st["mean"], "share": shares[n]}
+                   for n, st in stage_stats.items()},
+        "dominant_stage": dominant,
+        # samples whose own update was promoted: the pipeline's latency without the gate's verdicts
+        "first_try_total_p50_s": first_try["p50"], "first_try_total_p95_s": first_try["p95"],
+        "first_try_samples": first_try["n"],
+        "dominant_share": shares[dominant] if dominant else None,
+        "samples_measured": len(rows_out), "samples_eligible": eligible, "samples_pending": pending,
+        "updates": len(updates), "updates_kept_by_gate": sum(1 for u in updates if u.get("promote") is False),
+        "versions_promoted": len(promoted),
+        "versions_rolled_out": sum(1 for r in raw["rollouts"] if r.get("state") == "completed"),
+        "versions_delivering": delivering,
+        "fleet_steps": [{"t": round(st["wall"] - raw.get("t0", st["wall"]), 2), "level": st["level"],
+                         "version": st["version"], "device": st["device"]} for st in steps],
+        "per_sample": rows_out,
+    }
+
+
+# =========================================================================== collection (I/O)
+class StatusRecorder:
+    """Every ``dev/+/model/status`` message with its arrival time -- as an operator's tool would see them."""
+
+    def __init__(self, url: str, devices: Sequence[str]) -> None:
+        from protocol.topics import Topics
+
+        self.url = url
+        self.topics = Topics(PREFIX)
+        self.devices = set(devices)
+        self.rows: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._client: Any = None
+
+    def start(self) -> "StatusRecorder":
+        from protocol import mqtt
+
+        client = mqtt.make_client(f"edgeloop-bench-freshness-{os.getpid()}", self.url, protocol="3.1.1")
+        client.on_connect = lambda c, *a: c.subscribe([(self.topics.all_model_status(), 1)])
+        client.on_message = lambda c, u, msg: self._on_message(msg.topic, msg.payload)
+        self._client = client
+        mqtt.start(client)
+        return self
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        from protocol.messages import ModelStatus, decode_message
+
+        now = time.time()
+        try:
+            dev = self.topics.parse(topic).device
+            if dev not in self.devices or not payload:
+                return
+            msg = decode_message(payload).msg
+        except Exception:  # noqa: BLE001 - a malformed status is not this benchmark's business
+            return
+        if not isinstance(msg, ModelStatus):
+            return
+        m = msg.metrics if isinstance(msg.metrics, dict) else {}
+        with self._lock:
+            self.rows.append({"wall": now, "device": dev, "state": msg.state, "version": msg.version,
+                              "rollout": msg.rollout_id, "active": m.get("active"), "health": m.get("health"),
+                              "reason": msg.reason})
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(r) for r in self.rows]
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._client = None
+
+
+class LoadSampler:
+    """Machine load while the benchmark runs: 1-min load average, and busy cores *not* ours.
+
+    ``other_load_cores`` = system-wide busy CPU minus this process, the cameras and the broker, in cores,
+    per 2-s interval (the same idea as bench/transport.py): the 2-core box is shared with other jobs,
+    and a freshness number without the load it was measured under is not comparable.
+    """
+
+    def __init__(self, pids: Callable[[], list[int]], interval: float = 2.0) -> None:
+        self.pids = pids
+        self.interval = interval
+        self.loadavg: list[float] = []
+        self.other: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="freshness-load", daemon=True)
+
+    def start(self) -> "LoadSampler":
+        self._thread.start()
+        return self
+
+    def _ours(self) -> float:
+        import psutil
+
+        total = 0.0
+        for pid in [os.getpid(), *self.pids()]:
+            try:
+                t = psutil.Process(pid).cpu_times()
+                total += t.user + t.system
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return total
+
+    def _run(self) -> None:
+        try:
+            import psutil
+        except ImportError:
+            psutil = None  # type: ignore[assignment]
+        prev = None
+        while not self._stop.is_set():
+            self.loadavg.append(os.getloadavg()[0])
+            if psutil is not None:
+                ct = psutil.cpu_times()
+                busy = sum(ct) - ct.idle - getattr(ct, "iowait", 0.0)
+                cur = (time.monotonic(), busy, self._ours())
+                if prev is not None and cur[0] > prev[0]:
+                    self.other.append(max(0.0, ((cur[1] - prev[1]) - (cur[2] - prev[2])) / (cur[0] - prev[0])))
+                prev = cur
+            self._stop.wait(self.interval)
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join(5)
+        la, ot = self.loadavg, self.other
+        return {"loadavg_1m_min": round(min(la), 2) if la else None,
+                "loadavg_1m_median": round(statistics.median(la), 2) if la else None,
+                "loadavg_1m_max": round(max(la), 2) if la else None,
+                "other_load_cores_median": round(statistics.median(ot), 2) if ot else None,
+                "other_load_cores_max": round(max(ot), 2) if ot else None,
+                "cpu_count": os.cpu_count()}
+
+
+class _NullView:
+    """deploy.demo.Events wants a live view; the benchmark has none."""
+
+    def event(self, *_: Any) -> None:
+        pass
+
+
+def read_timeline(state_dir: Path) -> list[dict[str, Any]]:
+    """The trainer's timeline.jsonl (one line per update); a torn last line (still being written) is skipped."""
+    from trainer.service import TIMELINE_FILE
+
+    out = []
+    try:
+        text = (state_dir / TIMELINE_FILE).read_text(encoding="utf-8")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def read_samples(store: Any) -> list[dict[str, Any]]:
+    """Every stored sample's timeline fields (no images)."""
+    return [{"id": r.sample_id, "device": r.device, "ts": r.ts, "received": r.received, "labelled_at": r.labelled_at,
+             "label_seq": r.label_seq, "heldout": r.heldout, "frame_index": r.frame_index}
+            for r in store.query("1", limit=1_000_000)]
+
+
+def read_rollouts(store: Any) -> list[dict[str, Any]]:
+    return [{"id": r["id"], "version": r["version"], "created": r["created"], "finished": r["finished"],
+             "state": r["state"]} for r in store.q("SELECT * FROM rollouts ORDER BY created")]
+
+
+# =========================================================================== the run
+class _Stop(Exception):
+    """SIGTERM, turned into an exception so the same cleanup path runs as for Ctrl-C."""
+
+
+def bench(duration: float = DEFAULT_DURATION_S, cameras: int = DEFAULT_CAMERAS, quick: bool = False, *,
+          demo_stream_s: float = DEMO_STREAM_S, drift_at_s: float | None = None, bootstrap_frames: int | None = None,
+          bootstrap_budget_s: float | None = None, tail_s: float | None = None, workdir: str | Path | None = None,
+          keep: bool = False, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the loop for at most ``duration`` stream seconds and measure freshness; stops everything it started.
+
+    ``tail_s``: samples selected in the last ``tail_s`` seconds do not count (they would have no time to be
+    delivered); the run ends as soon as every counted sample has reached the whole fleet after that point.
+    """
+    say = say or (lambda m: print(f"[freshness] {m}", file=sys.stderr, flush=True))
+    from deploy import demo
+
+    t_begin = time.monotonic()
+    drift_at = drift_at_s if drift_at_s is not None else (QUICK_DRIFT_AT_S if quick else DRIFT_AT_S)
+    tail = tail_s if tail_s is not None else min(60.0, 0.45 * duration)
+    # The demo's bootstrap for its default run (2400 frames, a time budget of 22 % of 180 s minus rendering):
+    # the quality of v0001 decides how often the gate promotes, so it is part of "default demo settings".
+    opts = demo.DemoOptions(cameras=cameras, bootstrap_frames=bootstrap_frames or (400 if quick else 2400))
+    out = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="edgeloop-freshness-"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(exist_ok=True)
+    scen = demo.SCENARIOS["parts"]
+
+    broker = ctl = trainer = recorder = sampler = None
+    cams: list[Any] = []
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        def on_term(*_: Any) -> None:
+            raise _Stop()
+
+        old_term = signal.signal(signal.SIGTERM, on_term)
+    raw: dict[str, Any] = {}
+    load: dict[str, Any] = {}
+    errors: list[str] = []
+    interrupted = False
+    stream_t0 = time.time()
+    policy = demo.demo_policy(demo_stream_s)
+    overrides = demo_trainer_overrides(demo_stream_s)
+    ended_early = False
+    boot_info: dict[str, Any] = {}
+    try:
+        from deploy.broker import start_broker
+        from deploy.keys import generate
+
+        broker = start_broker(kind="auto", workdir=out / "broker")
+        say(f"broker {broker.kind} {broker.url}; work dir {out}")
+        priv, pub = generate(out / "keys")
+
+        from trainer.bootstrap import bootstrap
+
+        t_b = time.monotonic()
+        labels, roi = demo.render_bootstrap_set(opts, out / "bootstrap" / "images")
+        boot_budget = bootstrap_budget_s if bootstrap_budget_s is not None else (
+            5.0 if quick else max(8.0, demo.BOOTSTRAP_SHARE * DEMO_DURATION_S - (time.monotonic() - t_b) - 4.0))
+        epochs, _ = demo.bootstrap_epochs(scen["arch"], int(0.8 * opts.bootstrap_frames), boot_budget)
+        boot = bootstrap(out / "trainer", out / "bootstrap" / "images", arch=scen["arch"], epochs=epochs,
+                         labels=labels, roi=list(roi), progress=False, seed=0, torch_threads=2, lr=3e-3,
+                         batch_size=32)
+        model0 = out / "v0001.onnx"
+        shutil.copyfile(boot.path, model0)
+        boot_info.update(version=boot.version, epochs=epochs, accuracy=boot.metrics.get("accuracy"),
+                         macro_f1=boot.metrics.get("macro_f1"), seconds=round(time.monotonic() - t_b, 1))
+        say(f"bootstrap {boot.version}: {opts.bootstrap_frames} frames, {epochs} epochs, held-out accuracy "
+            f"{boot.metrics.get('accuracy', 0):.3f} ({time.monotonic() - t_b:.0f} s)")
+
+        from deploy.controller import Controller
+        from protocol.config import load_config
+        from trainer.config import TrainerConfig
+        from trainer.service import TrainerService
+
+        events = demo.Events(_NullView())
+        ctl = Controller(broker.url, priv, out / "deploy", prefix=PREFIX, fleet=demo.FLEET, tick_s=0.2).start()
+        feeder = demo.RolloutFeeder(ctl, policy, (boot.version, Path(boot.path)), events)
+        cfg = load_config(TrainerConfig, overrides={
+            "state_dir": str(out / "trainer"), "model_id": demo.MODEL_ID, "mqtt.url": broker.url,
+            "mqtt.topic_prefix": PREFIX, "mqtt.client_id": f"edgeloop-bench-freshness-trainer-{os.getpid()}",
+            **overrides})
+        trainer = TrainerService(cfg, on_promoted=feeder.on_promoted).start()
+
+        devices = [f"cam-{k + 1}" for k in range(cameras)]
+        recorder = StatusRecorder(broker.url, devices).start()
+        drift = drift_items(drift_at, DRIFT_RAMP_S, scen["lighting"])
+        for k, d in enumerate(devices):
+            seed = demo.camera_seed(0, k)
+            url = f"sim:parts?seed={seed}&realtime=1&fps={opts.fps:g}&drift={drift}"
+            cams.append(demo.Camera(d, seed, url, out / "cameras" / d, out / "logs" / f"{d}.log"))
+        broker_pid = getattr(getattr(broker, "proc", None), "pid", None)
+        sampler = LoadSampler(lambda: [p for p in [broker_pid, *(c.pid for c in cams)] if p]).start()
+        stream_t0 = time.time()
+        for c in cams:
+            demo.start_camera(c, broker.url, model0, pub, opts)
+        say(f"{cameras} cameras (pids {[c.pid for c in cams]}), drift at {drift_at:g} s, counting samples selected "
+            f"in the first {duration - tail:.0f} s, run <= {duration:.0f} s; policy waves {policy.waves} soak "
+            f"{policy.soak:g} s; update wait {overrides['update.wait_s']:g} s")
+
+        deadline = stream_t0 + duration
+        cutoff = deadline - tail
+        raw = {"cameras": devices, "baseline": boot.version, "drift_index": int(drift_at * opts.fps),
+               "cutoff_wall": cutoff, "t0": stream_t0}
+        next_check = time.time() + 2.0
+        while True:
+            now = time.time()
+            feeder.poll()
+            for c in cams:
+                if c.proc is not None and c.proc.poll() is not None:
+                    raise RuntimeError(f"{c.device} exited with code {c.proc.returncode} (see {c.log_path})")
+            if now >= deadline:
+                break
+            if now >= cutoff and now >= next_check:
+                next_check = now + 2.0
+                part = analyze({**raw, "samples": read_samples(trainer.store),
+                                "updates": read_timeline(out / "trainer"), "rollouts": read_rollouts(ctl.store),
+                                "statuses": recorder.snapshot()})
+                if part["samples_eligible"] > 0 and part["samples_pending"] == 0:
+                    ended_early = True
+                    break
+            time.sleep(0.25)
+    except (KeyboardInterrupt, _Stop):
+        interrupted = True
+        say("interrupted: stopping everything started")
+    except Exception as exc:
+        log.exception("freshness run failed")
+        errors.append(f"{type(exc).__name__}: {exc}")
+        say(f"error: {errors[-1]}")
+    finally:
+        t_stop = time.time()
+
+        def guard(what: str, fn: Callable[[], Any]) -> Any:
+            try:
+                return fn()
+            except BaseException as exc:  # noqa: BLE001 - a second Ctrl-C must not skip the rest
+                errors.append(f"stopping {what}: {type(exc).__name__}: {exc}")
+                return None
+
+        guard("cameras", lambda: demo.stop_cameras(cams))
+        if recorder is not None:
+            raw["statuses"] = guard("status snapshot", recorder.snapshot) or []
+            guard("status recorder", recorder.stop)
+        if sampler is not None:
+            load = guard("load sampler", sampler.stop) or {}
+        if ctl is not None:
+            raw["rollouts"] = guard("rollout records", lambda: read_rollouts(ctl.store)) or []
+        if trainer is not None:
+            raw["samples"] = guard("sample records", lambda: read_samples(trainer.store)) or []
+            guard("trainer", trainer.stop)
+        if ctl is not None:
+            guard("controller", ctl.stop)
+        if broker is not None:
+            guard("broker", broker.stop)
+        raw["updates"] = read_timeline(out / "trainer")
+        still = [c.device for c in cams if c.proc is not None and c.proc.poll() is None]
+        if still:
+            errors.append(f"still running after stop: {still}")
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+    figures: dict[str, Any] = {}
+    if "cameras" in raw:
+        raw.setdefault("statuses", [])
+        raw.setdefault("rollouts", [])
+        raw.setdefault("samples", [])
+        figures = analyze(raw)
+    per_sample = figures.pop("per_sample", [])
+    figures.update({
+        "cameras": cameras, "stream_s": round(t_stop - stream_t0, 1), "duration_limit_s": duration,
+        "count_window_s": round(duration - tail, 1), "ended_early": ended_early, "drift_at_s": drift_at,
+        "samples_uploaded": len(raw.get("samples", [])),
+        "settings": {"demo_stream_s": demo_stream_s, "fps": opts.fps, "budget_per_min": opts.budget,
+                     "p_min": demo.P_MIN, "update": {k.split(".", 1)[1]: v for k, v in overrides.items()
+                                                     if k.startswith("update.")},
+                     "rollout": {"feeder": "deploy.demo.RolloutFeeder (one at a time, coalesced)",
+                                 "waves": policy.waves, "soak_s": policy.soak, "health_s": policy.health_seconds,
+                                 "shadow": policy.shadow},
+                     "bootstrap_frames": opts.bootstrap_frames},
+        "bootstrap": boot_info,
+        "load": load,
+        "wall_s": round(time.monotonic() - t_begin, 1),
+    })
+    met = figures.get("total_p50_s") is not None and figures["total_p50_s"] <= GOAL_S
+    dom = figures.get("dominant_stage")
+    notes = (f"{cameras} edge processes (15 fps realtime sim:parts, lighting drift at {drift_at:g} s), trainer + "
+             f"controller (demo policy, RolloutFeeder) in-process, {broker.kind if broker else '?'} broker. "
+             f"total = selected -> every camera active; stages add up to it; dominant = largest share of the "
+             f"summed totals ({dom}). Samples counted: drifted, training split, selected in the first "
+             f"{duration - tail:.0f} s; {figures.get('samples_pending')} of {figures.get('samples_eligible')} never "
+             f"reached every camera (count as infinitely late in total_*); delivered ones: p50 "
+             f"{figures.get('delivered_p50_s')} s, p95 {figures.get('delivered_p95_s')} s. Samples whose own update "
+             f"was promoted (no gate rejection): p50 "
+             f"{figures.get('first_try_total_p50_s')} s over {figures.get('first_try_samples')}; updates kept by the "
+             f"gate {figures.get('updates_kept_by_gate')}/{figures.get('updates')}. "
+             f"Load: 1-min loadavg median {load.get('loadavg_1m_median')}, other jobs "
+             f"{load.get('other_load_cores_median')} cores (median) on {os.cpu_count()} cores.")
+    result: dict[str, Any] = {"name": "freshness", "figures": figures, "goal": GOAL, "met": bool(met),
+                              "headline": "total_p50_s", "units": {"total_p50_s": "s", "total_p95_s": "s"},
+                              "notes": notes}
+    if interrupted:
+        result["status"] = "interrupted"
+    if errors:
+        result["errors"] = errors
+    if keep or errors:
+        (out / "per_sample.json").write_text(json.dumps(per_sample, indent=1))
+        (out / "raw.json").write_text(json.dumps(raw))  # analyze(json.load(...)) re-derives the figures
+        result["workdir"] = str(out)
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+    if interrupted:
+        raise KeyboardInterrupt
+    return result
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Harness entry point: full = 4 cameras, <= 150 s of streaming; quick = 4 cameras, <= 45 s, small bootstrap
+    (often too short for a version to reach every camera: then samples_measured is 0 and met is False)."""
+    if quick:
+        return bench(QUICK_DURATION_S, QUICK_CAMERAS, quick=True)
+    return bench()
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI; writes bench/results/freshness.json unless --no-write."""
+    ap = argparse.ArgumentParser(prog="edgeloop bench freshness", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, help=f"max stream seconds (default {DEFAULT_DURATION_S:g}, quick "
+                                                   f"{QUICK_DURATION_S:g})")
+    ap.add_argument("--cameras", type=int, help=f"edge processes (default {DEFAULT_CAMERAS}, quick {QUICK_CAMERAS})")
+    ap.add_argument("--quick", action="store_true", help="45 s, small bootstrap (a smoke run)")
+    ap.add_argument("--tail", type=float, help="seconds at the end whose samples are not counted "
+                                               "(default min(60, 0.45 x duration))")
+    ap.add_argument("--drift-at", type=float, help="stream second of the lighting change (default 5, quick 3)")
+    ap.add_argument("--demo-stream", type=float, default=DEMO_STREAM_S,
+                    help=f"stream seconds the demo settings are derived from (default {DEMO_STREAM_S:g})")
+    ap.add_argument("--bootstrap-frames", type=int, help="bootstrap set size (default 2400 as the demo, quick 400)")
+    ap.add_argument("--workdir", help="keep everything (logs, stores, per_sample.json) here")
+    ap.add_argument("--json", action="store_true", help="print the result JSON on stdout")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="result file (default bench/results/freshness.json)")
+    ap.add_argument("--no-write", action="store_true", help="do not write the result file")
+    args = ap.parse_args(argv)
+    if args.cameras is not None and args.cameras < 1:
+        ap.error("--cameras must be >= 1")
+    duration = args.duration or (QUICK_DURATION_S if args.quick else DEFAULT_DURATION_S)
+    try:
+        result = bench(duration, args.cameras or (QUICK_CAMERAS if args.quick else DEFAULT_CAMERAS), args.quick,
+                       demo_stream_s=args.demo_stream, drift_at_s=args.drift_at, tail_s=args.tail,
+                       bootstrap_frames=args.bootstrap_frames, workdir=args.workdir, keep=bool(args.workdir))
+    except KeyboardInterrupt:
+        print("edgeloop bench freshness: interrupted; everything started was stopped", file=sys.stderr)
+        return 130
+    text = json.dumps(result, indent=2, ensure_ascii=False, allow_nan=False)
+    if not args.no_write:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    if args.json:
+        print(text)
+    else:
+        f = result["figures"]
+        print(f"freshness: met={result['met']}  total p50 {_fmt(f.get('total_p50_s'))} s  p95 "
+              f"{_fmt(f.get('total_p95_s'))} s over {f.get('samples_eligible')} drifted samples, "
+              f"{f.get('samples_measured')} delivered (p50 {_fmt(f.get('delivered_p50_s'))} s, p95 "
+              f"{_fmt(f.get('delivered_p95_s'))} s); dominant: {f.get('dominant_stage')}")
+        for name, st in (f.get("stages") or {}).items():
+            share = "-" if st["share"] is None else f"{100 * st['share']:.0f} %"
+            print(f"  {name:<13} p50 {_fmt(st['p50']):>6} s  p95 {_fmt(st['p95']):>6} s  share {share}")
+        print(f"  load: {f.get('load')}")
+    return 0 if not result.get("errors") else 1
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(main())
