@@ -289,11 +289,12 @@ class PartsRenderer:
         # Severity: skewed towards small, faint defects (the hard cases), with a floor so that a defect is
         # always there to be seen: without it ~5 % of defects were near-invisible and a small CNN stalled
         # in the low 80s instead of the 90-98 % an inspection task like this should allow.
-        sev = float(0.1 + 0.9 * rng.random() ** 1.3)
+        sev = float(0.15 + 0.85 * rng.random() ** 1.3)
         if cls == "scratch":
             n = 1 if rng.random() < 0.75 else int(rng.integers(2, 4))
-            length = (8 + 42 * sev) * s
-            contrast = 22 + 70 * sev
+            length = (18 + 40 * sev) * s
+            contrast = 55 + 70 * sev
+            thickness = 2 if sev > 0.3 else 1
             sign = 1.0 if rng.random() < 0.6 else -1.0
             base_ang = rng.uniform(0, math.pi)
             for _ in range(n):
@@ -306,17 +307,18 @@ class PartsRenderer:
                 xm, ym = (x0 + x1) / 2 - math.sin(ang) * bend, (y0 + y1) / 2 + math.cos(ang) * bend
                 pts = np.array([[x0, y0], [xm, ym], [x1, y1]], np.float32)
                 col = tuple(float(v) for v in np.clip(local + sign * contrast, 0, 255))
-                cv2.polylines(color, [np.round(pts * 16).astype(np.int32)], False, col, 1, cv2.LINE_AA, shift=4)
+                cv2.polylines(color, [np.round(pts * 16).astype(np.int32)], False, col, thickness, cv2.LINE_AA,
+                              shift=4)
             return {"kind": "scratch", "severity": round(sev, 3), "n": n}
         if cls == "dent":
             k = int(sev * (len(self.dents) - 1) * 0.999 + rng.uniform(0, 0.999))
             k = min(k, len(self.dents) - 1)
-            amp = 30 + 65 * sev
+            amp = 60 + 70 * sev
             self._add_patch(color, self.dents[k] * amp, cx, cy)
             return {"kind": "dent", "severity": round(sev, 3)}
         if cls == "stain":
             k = min(len(self.stains) - 1, int(sev * len(self.stains)))
-            mask = self.stains[k] * (0.35 + 0.55 * sev * rng.uniform(0.7, 1.0))
+            mask = self.stains[k] * (0.45 + 0.5 * sev * rng.uniform(0.8, 1.0))
             palette = [(40, 52, 70), (35, 75, 130), (55, 55, 55), (90, 70, 45), (30, 40, 50)]
             col = np.array(palette[int(rng.integers(len(palette)))], np.float32)
             self._blend_patch(color, mask, col, cx, cy)
