@@ -70,7 +70,10 @@ class UpdateConfig(_Section):
 
 class EvalConfig(_Section):
     heldout: float = 0.2                        # fraction of labelled samples kept for evaluation (class-stratified)
-    max_regression: float = 0.02                # promote unless accuracy/macro-F1 drop more than this vs the best version
+    max_regression: float = 0.02                # promote unless accuracy/macro-F1 drop more than this vs the deployed version
+    recent: int = 60                            # the latest N held-out uploads: "what the cameras see now"
+    min_recent: int = 20                        # below this many recent held-out samples, judge on the whole set only
+    max_forgetting: float = 0.10                # with a recent slice: largest allowed drop on the whole held-out set
     min_heldout: int = 1                        # with fewer held-out samples, the gate cannot judge: promote only if --force
     every: int = 1                              # evaluate (and maybe promote) after every N-th update
 

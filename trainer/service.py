@@ -401,6 +401,7 @@ class TrainerService:
                     log.warning("held-out sample %s: cannot decode (%s); left out", s.sample_id, e)
                     continue
             fresh.append(self._heldout_cache[s.rowid])
+        self._n_uploaded_heldout = len(fresh)
         if fresh:
             xs.append(torch.stack([t for t, _ in fresh]))
             names += [n for _, n in fresh]
@@ -434,29 +435,17 @@ class TrainerService:
             out += [meta.labels[j] for j in logits.argmax(1)]
         return out
 
-    def _best_on(self, x: torch.Tensor, names: list[str], space: list[str]) -> tuple[str | None, dict[str, Any] | None]:
-        """The best earlier version *on this held-out set*: the latest promoted (what is deployed) and the
-        best by its recorded accuracy are both re-run with onnxruntime, and the better one is the reference.
-        Stored metrics come from older, smaller held-out sets and are used only if a file cannot be run."""
-        cands = [r for r in (self.registry.latest_promoted(), self.registry.best("accuracy")) if r is not None]
-        seen: set[str] = set()
-        best_v, best_m = None, None
-        for rec in cands:
-            if rec.version in seen:
-                continue
-            seen.add(rec.version)
-            try:
-                pred = self._onnx_predict(rec.version, rec.path, x)
-                m = self._metrics(pred, names, space + sorted({n for n in pred if n not in space}))
-            except Exception as e:
-                log.warning("cannot re-evaluate %s (%s); using its stored metrics", rec.version, e)
-                m = dict(rec.metrics)
-            if best_m is None or float(m.get("accuracy", 0.0)) > float(best_m.get("accuracy", 0.0)):
-                best_v, best_m = rec.version, m
-        return best_v, best_m
-
     def evaluate_and_maybe_promote(self) -> dict[str, Any]:
-        """Gate the current model against the best promoted version on today's held-out set; log the decision."""
+        """Gate the current model against the deployed version; log the decision with its numbers.
+
+        Two slices of the held-out set answer two questions. The *recent* slice (the latest ``eval.recent``
+        held-out uploads) asks "is it at least as good on what the cameras see now?" (within
+        ``max_regression``); the *whole* set (bootstrap slice + every held-out upload) asks "did it forget
+        too much?" (within ``max_forgetting``). After a lighting change the whole set is mostly the old
+        world, so judging on it alone keeps rejecting exactly the models that adapt; judging on the recent
+        slice alone would let a model forget the classes that are rare right now. Until the recent slice
+        has ``min_recent`` samples, the whole set is judged with ``max_regression``.
+        """
         ev = self.config.eval
         x, names = self.heldout_set()
         self.counters["evaluations"] += 1
@@ -469,24 +458,51 @@ class TrainerService:
         cand_pred = [self.labels[i] for i in predict(self.model, x)]
         cand = self._metrics(cand_pred, names, space)
         decision["candidate"] = cand
-        best, best_m = self._best_on(x, names, space)
-        if best is not None:
-            decision["best"] = {"version": best, **(best_m or {})}
-        ok_acc, why_acc = gate(cand, best_m, ev.max_regression, "accuracy")
-        ok_f1, why_f1 = gate(cand, best_m, ev.max_regression, "macro_f1") if best_m and "macro_f1" in best_m else (True, "")
-        if best_m is not None and isinstance(best_m.get("per_class"), dict):
-            classes = [c for c in best_m["per_class"] if c in cand["per_class"]]
-            cand["forgetting"] = forgetting([best_m["per_class"][c] for c in classes],
-                                            [cand["per_class"][c] for c in classes])
+        ref = self.registry.latest_promoted()
+        ref_pred = self._reference_predictions(ref, x)
+        n_recent = min(ev.recent, self._n_uploaded_heldout)
+        two_slices = ref_pred is not None and n_recent >= ev.min_recent
+        reasons: list[str] = []
+        promote = True
+        if ref_pred is None:
+            reasons.append("no deployed version to compare with")
         else:
+            ref_m = self._metrics(ref_pred, names, space + sorted({n for n in ref_pred if n not in space}))
+            decision["best"] = {"version": ref.version, **ref_m}
+            classes = [c for c in ref_m["per_class"] if c in cand["per_class"]]
+            cand["forgetting"] = forgetting([ref_m["per_class"][c] for c in classes],
+                                            [cand["per_class"][c] for c in classes])
+            whole_allowed = ev.max_forgetting if two_slices else ev.max_regression
+            for metric in ("accuracy", "macro_f1"):
+                ok, why = gate(cand, ref_m, whole_allowed, metric)
+                promote &= ok
+                reasons.append(f"whole set: {why}")
+            if two_slices:
+                sl = slice(len(names) - n_recent, len(names))
+                cand_r = self._metrics(cand_pred[sl], names[sl], space)
+                ref_r = self._metrics(ref_pred[sl], names[sl], space + sorted({n for n in ref_pred if n not in space}))
+                decision["recent"] = {"n": n_recent, "candidate_accuracy": cand_r["accuracy"],
+                                      "deployed_accuracy": ref_r["accuracy"]}
+                ok, why = gate(cand_r, ref_r, ev.max_regression, "accuracy")
+                promote &= ok
+                reasons.append(f"recent {n_recent}: {why}")
+        if ref_pred is None:
             cand["forgetting"] = 0.0
-        promote = ok_acc and ok_f1
-        decision.update(promote=promote, reason="; ".join(r for r in (why_acc, why_f1) if r))
+        decision.update(promote=promote, reason="; ".join(reasons))
         self._marks["evaluated"] = time.time()
         if promote:
-            latest = self.registry.latest_promoted()
-            decision["version"] = self.promote(cand, latest.version if latest else None)
+            decision["version"] = self.promote(cand, ref.version if ref else None)
         return self._record(decision)
+
+    def _reference_predictions(self, ref: Any, x: torch.Tensor) -> list[str] | None:
+        """The deployed version's predictions on the held-out inputs (onnxruntime, the file that shipped)."""
+        if ref is None:
+            return None
+        try:
+            return self._onnx_predict(ref.version, ref.path, x)
+        except Exception as e:
+            log.warning("cannot re-evaluate deployed %s (%s): judging the candidate on its own", ref.version, e)
+            return None
 
     def _record(self, decision: dict[str, Any]) -> dict[str, Any]:
         c = decision.get("candidate") or {}
