@@ -30,6 +30,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+from deploy.children import die_with_parent
+
 __all__ = ["Broker", "BrokerError", "start_broker", "find_mosquitto", "free_port", "main"]
 
 Kind = Literal["auto", "mosquitto", "amqtt"]
@@ -178,7 +180,7 @@ def mosquitto_config(host: str, port: int, workdir: Path, persistent: bool = Fal
         "allow_anonymous true",
         "# Nagle on the broker side stalls request/response flows by the 40 ms delayed ACK.",
         "set_tcp_nodelay true",
-        f"# 256 KiB model chunks + envelope must fit; the limit still rejects garbage.",
+        "# 256 KiB model chunks + envelope must fit; the limit still rejects garbage.",
         f"max_packet_size {MAX_PACKET_SIZE}",
         "# QoS 1 bursts (samples, model chunks) must be queued, not silently dropped.",
         f"max_inflight_messages {MAX_INFLIGHT}",
@@ -229,8 +231,10 @@ def _start_mosquitto(binary: str, host: str, port: int, workdir: Path | None) ->
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                # own process group: Ctrl-C in a terminal reaches us, and we stop it in order.
+                # own process group: Ctrl-C in a terminal reaches us, and we stop it in order; and it
+                # still goes away if we are killed outright.
                 start_new_session=True,
+                preexec_fn=die_with_parent(),
             )
         b = MosquittoBroker(proc, host, p, wd, own)
         if _wait_port(host, p, START_TIMEOUT_S, b.alive) and b.alive():

@@ -54,6 +54,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from deploy.children import die_with_parent
+
 log = logging.getLogger("edgeloop.demo")
 
 __all__ = ["DemoOptions", "Timeline", "plan_timeline", "demo_policy", "run", "main"]
@@ -444,23 +446,6 @@ class RolloutFeeder:
 
 
 # -- cameras ------------------------------------------------------------------------------------------------
-def _pdeathsig() -> Callable[[], None] | None:
-    """preexec_fn that asks Linux to SIGTERM the child when the demo dies (even by SIGKILL)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        return None
-
-    def set_it() -> None:
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-    return set_it
-
-
 @dataclass
 class Camera:
     device: str
@@ -490,7 +475,7 @@ def start_camera(cam: Camera, broker_url: str, model: Path, trusted_key: Path, o
     cam.state_dir.mkdir(parents=True, exist_ok=True)
     with open(cam.log_path, "ab") as logf:
         cam.proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL, stdout=logf,
-                                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_pdeathsig())
+                                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent())
 
 
 def stop_cameras(cams: list[Camera], timeout: float = 8.0) -> None:
