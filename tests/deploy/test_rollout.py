@@ -1,7 +1,6 @@
 """End-to-end rollouts over a real mosquitto: one controller, 20 light devices running the real updater."""
 from __future__ import annotations
 
-import time
 
 import pytest
 
