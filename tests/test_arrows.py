@@ -69,3 +69,4 @@ def test_cli_unknown_command_fails_clearly() -> None:
                             text=True, timeout=60)
     assert result.returncode == 2
     assert "unknown command 'frobnicate'" in result.stderr
+
