@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from edge.model import EdgeModel, ModelError
+from edge.model import EdgeModel, ModelError, ModelSlot
 from edge.updater import PowerLoss, Updater, UpdaterLimits, select_boot_model
 from protocol import mqtt
 from protocol.messages import Birth, State, Stats, encode_message
@@ -85,15 +85,13 @@ class _ModelCache:
 _CACHE = _ModelCache()
 
 
-class SharedSlot:
-    """``edge.model.ModelSlot``'s interface (active/previous/load/swap/rollback/observe) over the shared cache."""
+class SharedSlot(ModelSlot):
+    """``edge.model.ModelSlot`` whose loads come from the process-wide cache: hundreds of light devices share
+    one onnxruntime session per model file, and smoke tests run on a fixed set of frames."""
 
     def __init__(self, model: EdgeModel | None, frames: list[np.ndarray]) -> None:
-        self.active = model
-        self.previous: EdgeModel | None = None
-        self.generation = 0
+        super().__init__(model, keep_frames=0)
         self._frames = frames
-        self._lock = threading.Lock()
 
     def observe(self, frame: np.ndarray) -> None:
         pass
@@ -102,18 +100,11 @@ class SharedSlot:
         return _CACHE.load(Path(path), self._frames)
 
     def swap(self, new: EdgeModel) -> EdgeModel:
+        """Install an already loaded and smoke-tested model (the cache did both)."""
         with self._lock:
             self.previous, self.active = self.active, new
             self.generation += 1
         return new
-
-    def rollback(self) -> EdgeModel:
-        with self._lock:
-            if self.previous is None:
-                raise ModelError("no_previous", "no previous model to roll back to")
-            self.previous, self.active = self.active, self.previous
-            self.generation += 1
-            return self.active
 
 
 class _Link:
