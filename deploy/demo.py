@@ -35,8 +35,8 @@ What runs (and why it is wired like this)
 
 Timeline: ``--duration`` is the whole run's wall-clock budget (setup, streaming, report). After the
 bootstrap, the streaming phase gets what is left minus a reserve for teardown and the report, and the
-drift script is laid out on it: a lighting change at 35 % (darker, colour cast, 4 s ramp), a new defect
-class at 60 % (``newclass:crack``). Ctrl-C (or SIGTERM) stops everything started and still writes the
+drift script is laid out on it: a lighting change at 30 % (darker, colour cast, 4 s ramp), a new defect
+class at 55 % (``newclass:crack``). Ctrl-C (or SIGTERM) stops everything started and still writes the
 report from what was collected.
 """
 from __future__ import annotations
@@ -123,10 +123,10 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 
 
 def plan_timeline(stream_s: float, fps: float, scenario: str) -> Timeline:
-    """Lighting at 35 % of the stream, the new class at 60 %: early enough that recovery shows."""
+    """Lighting at 30 % of the stream, the new class at 55 %: early enough that recovery shows."""
     sc = SCENARIOS[scenario]
-    return Timeline(stream_s=stream_s, fps=fps, lighting_s=round(0.35 * stream_s, 1),
-                    newclass_s=round(0.60 * stream_s, 1), ramp_s=4.0 if stream_s >= 60 else 2.0,
+    return Timeline(stream_s=stream_s, fps=fps, lighting_s=round(0.30 * stream_s, 1),
+                    newclass_s=round(0.55 * stream_s, 1), ramp_s=4.0 if stream_s >= 60 else 2.0,
                     newclass=sc["newclass"], lighting=sc["lighting"])
 
 
