@@ -358,6 +358,48 @@ def _start_amqtt(host: str, port: int) -> AmqttBroker:
     raise err
 
 
+class AmqttProcessBroker(Broker):
+    """The amqtt broker in a child process (``python -m deploy.broker --kind amqtt``).
+
+    A pure-Python broker shares the GIL with whatever runs beside it; in a process that also trains models
+    it slows to ~120 msg/s (docs/mqtt-notes.md). The demo runs it here, on its own interpreter.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes], host: str, port: int) -> None:
+        super().__init__("amqtt", host, port, False, None)
+        self.proc = proc
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after STOP_TIMEOUT_S; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(STOP_TIMEOUT_S)
+
+
+def start_amqtt_process(host: str = "127.0.0.1", port: int = 0) -> AmqttProcessBroker:
+    """Start amqtt in a child process that dies with this one; return once it accepts connections."""
+    p = port or free_port(host)
+    _check_port_free(host, p)
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.broker", "--kind", "amqtt", "--host", host, "--port", str(p)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, preexec_fn=die_with_parent())
+    b = AmqttProcessBroker(proc, host, p)
+    if not (_wait_port(host, p, START_TIMEOUT_S, b.alive) and b.alive()):
+        b.stop()
+        raise BrokerError(f"amqtt (child process) did not accept connections on {host}:{p} within {START_TIMEOUT_S:g} s")
+    return b
+
+
 def start_broker(host: str = "127.0.0.1", port: int = 0, kind: Kind = "auto", workdir: str | Path | None = None) -> Broker:
     """Start a broker and return once it accepts TCP connections.
 

@@ -625,9 +625,11 @@ def run(opts: DemoOptions) -> dict[str, Any]:
             rec.broker = {"kind": "external", "url": opts.broker}
             broker_url = opts.broker
         else:
-            from deploy.broker import start_broker
+            from deploy.broker import find_mosquitto, start_amqtt_process, start_broker
 
-            broker = start_broker(kind="auto", workdir=out / "broker")
+            # mosquitto when installed; else amqtt in its own process, away from the trainer's GIL.
+            broker = (start_broker(kind="mosquitto", workdir=out / "broker") if find_mosquitto()
+                      else start_amqtt_process())
             rec.broker = {"kind": broker.kind, "url": broker.url}
             broker_url = broker.url
         state.broker = f"{rec.broker['kind']} {broker_url}"

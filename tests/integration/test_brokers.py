@@ -307,3 +307,27 @@ def test_broker_main_prints_url(kind: str) -> None:
 def test_broker_main_help() -> None:
     out = subprocess.run([sys.executable, "-m", "deploy.broker", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "--port" in out.stdout and "--kind" in out.stdout
+
+
+def test_amqtt_in_a_child_process_round_trip_and_stop() -> None:
+    """The demo's fallback broker: amqtt on its own interpreter, a QoS 1 round trip, a clean stop."""
+    import threading
+
+    from deploy.broker import start_amqtt_process
+    from protocol.mqtt import make_client, start
+
+    broker = start_amqtt_process()
+    try:
+        got = threading.Event()
+        c = make_client("amqtt-proc-test", broker.url, protocol="3.1.1")
+        c.on_message = lambda *_: got.set()
+        start(c)
+        c.subscribe("t/amqtt-proc", 1)
+        time.sleep(0.3)
+        c.publish("t/amqtt-proc", b"x", qos=1)
+        assert got.wait(10)
+        c.disconnect()
+        c.loop_stop()
+    finally:
+        broker.stop()
+    assert not broker.alive()
