@@ -144,13 +144,13 @@ class Broker:
         return f"<Broker {self.kind} {self.url}{' stopped' if self._stopped else ''}>"
 
 
-class MosquittoBroker(Broker):
-    """mosquitto as a child process with a generated config in ``workdir``."""
+class ProcessBroker(Broker):
+    """A broker running as a child process: alive while the process runs; stop = SIGTERM, then SIGKILL."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], host: str, port: int, workdir: Path, own_workdir: bool) -> None:
-        super().__init__("mosquitto", host, port, True, workdir)
+    def __init__(self, proc: subprocess.Popen[bytes], kind: str, host: str, port: int, supports_mqtt5: bool,
+                 workdir: Path | None) -> None:
+        super().__init__(kind, host, port, supports_mqtt5, workdir)
         self.proc = proc
-        self._own_workdir = own_workdir
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -167,7 +167,19 @@ class MosquittoBroker(Broker):
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(STOP_TIMEOUT_S)
-        if self._own_workdir and self.workdir is not None:
+
+
+class MosquittoBroker(ProcessBroker):
+    """mosquitto as a child process with a generated config in ``workdir`` (removed on stop if ours)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], host: str, port: int, workdir: Path, own_workdir: bool) -> None:
+        super().__init__(proc, "mosquitto", host, port, True, workdir)
+        self._own_workdir = own_workdir
+
+    def stop(self) -> None:
+        stopped_before = self._stopped
+        super().stop()
+        if not stopped_before and self._own_workdir and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -358,7 +370,7 @@ def _start_amqtt(host: str, port: int) -> AmqttBroker:
     raise err
 
 
-class AmqttProcessBroker(Broker):
+class AmqttProcessBroker(ProcessBroker):
     """The amqtt broker in a child process (``python -m deploy.broker --kind amqtt``).
 
     A pure-Python broker shares the GIL with whatever runs beside it; in a process that also trains models
@@ -366,24 +378,7 @@ class AmqttProcessBroker(Broker):
     """
 
     def __init__(self, proc: subprocess.Popen[bytes], host: str, port: int) -> None:
-        super().__init__("amqtt", host, port, False, None)
-        self.proc = proc
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after STOP_TIMEOUT_S; idempotent."""
-        if self._stopped:
-            return
-        self._stopped = True
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT_S)
+        super().__init__(proc, "amqtt", host, port, False, None)
 
 
 def start_amqtt_process(host: str = "127.0.0.1", port: int = 0) -> AmqttProcessBroker:
