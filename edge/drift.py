@@ -82,10 +82,11 @@ class DriftMonitor:
             self._ref_c = _Moments()
             self._ref_h = _Moments()
             self._rec: deque[tuple[float, float]] = deque()
-            self._rec_c = _Moments()
-            self._rec_h = _Moments()
+            self._rec_sc = 0.0  # sums of confidence / entropy over the recent window
+            self._rec_sh = 0.0
             self._active = False
             self._score = 0.0
+            self._ref: tuple[float, float, float, float] | None = None  # (mean_c, std_c, mean_h, std_h) once full
             self.frames = 0
 
     def update(self, confidence: np.ndarray | float, entropy: np.ndarray | float) -> bool:
@@ -93,45 +94,51 @@ class DriftMonitor:
         if not self.config.enabled:
             return False
         if isinstance(confidence, float) and isinstance(entropy, float):
-            pairs: list[tuple[float, float]] | zip[tuple[float, float]] = [(confidence, entropy)]  # per-frame fast path
-        else:
-            c = np.atleast_1d(np.asarray(confidence, dtype=np.float64))
-            h = np.atleast_1d(np.asarray(entropy, dtype=np.float64))
-            pairs = zip(c.tolist(), h.tolist())
+            with self._lock:  # per-frame fast path: no list, no numpy
+                self._add(confidence, entropy)
+                self._recompute()
+                return self._active
+        c = np.atleast_1d(np.asarray(confidence, dtype=np.float64))
+        h = np.atleast_1d(np.asarray(entropy, dtype=np.float64))
         with self._lock:
-            cfg = self.config
-            for ci, hi in pairs:
-                self.frames += 1
-                if self._ref_c.n < cfg.reference:
-                    self._ref_c.add(ci)
-                    self._ref_h.add(hi)
-                    continue
-                self._rec.append((ci, hi))
-                self._rec_c.add(ci)
-                self._rec_h.add(hi)
-                if len(self._rec) > cfg.window:
-                    oc, oh = self._rec.popleft()
-                    self._rec_c.remove(oc)
-                    self._rec_h.remove(oh)
+            for ci, hi in zip(c.tolist(), h.tolist()):
+                self._add(ci, hi)
             self._recompute()
             return self._active
+
+    def _add(self, ci: float, hi: float) -> None:
+        self.frames += 1
+        if self._ref_c.n < self.config.reference:
+            self._ref_c.add(ci)
+            self._ref_h.add(hi)
+            return
+        # The recent window needs only running sums (its mean): plain floats, no method calls per frame.
+        rec = self._rec
+        rec.append((ci, hi))
+        self._rec_sc += ci
+        self._rec_sh += hi
+        if len(rec) > self.config.window:
+            oc, oh = rec.popleft()
+            self._rec_sc -= oc
+            self._rec_sh -= oh
 
     def _recompute(self) -> None:
         cfg = self.config
         # Judge only on a full recent window: a half-filled one is noisy and would trip right after a swap.
-        if self._ref_c.n < cfg.reference or len(self._rec) < cfg.window:
+        n = len(self._rec)
+        if n < cfg.window or self._ref_c.n < cfg.reference:
             self._score = 0.0
             self._active = False
             return
-        sc = max(self._ref_c.std, cfg.min_std)
-        sh = max(self._ref_h.std, cfg.min_std)
-        d_conf = (self._ref_c.mean - self._rec_c.mean) / sc  # confidence falling -> positive
-        d_ent = (self._rec_h.mean - self._ref_h.mean) / sh  # entropy rising -> positive
-        self._score = float(max(d_conf, d_ent))
-        if self._active:
-            self._active = self._score >= cfg.threshold * cfg.release
-        else:
-            self._active = self._score >= cfg.threshold
+        if self._ref is None:  # the reference is frozen once full: its moments are computed once
+            self._ref = (self._ref_c.mean, max(self._ref_c.std, cfg.min_std),
+                         self._ref_h.mean, max(self._ref_h.std, cfg.min_std))
+        mc, sc, mh, sh = self._ref
+        d_conf = (mc - self._rec_sc / n) / sc  # confidence falling -> positive
+        d_ent = (self._rec_sh / n - mh) / sh  # entropy rising -> positive
+        score = d_conf if d_conf > d_ent else d_ent
+        self._score = score
+        self._active = score >= (cfg.threshold * cfg.release if self._active else cfg.threshold)
 
     @property
     def score(self) -> float:
@@ -149,8 +156,11 @@ class DriftMonitor:
     def stats(self) -> dict[str, float | int | bool]:
         """Figures for the stats topic."""
         with self._lock:
-            ref_c, rec_c = self._ref_c.mean, self._rec_c.mean
-            rel = (rec_c - ref_c) / ref_c if self._rec_c.n and ref_c and not math.isnan(ref_c) else 0.0
+            n = len(self._rec)
+            ref_c = self._ref_c.mean
+            rec_c = self._rec_sc / n if n else float("nan")
+            rec_h = self._rec_sh / n if n else float("nan")
+            rel = (rec_c - ref_c) / ref_c if n and ref_c and not math.isnan(ref_c) else 0.0
             return {
                 "frames": self.frames,
                 "ref_n": self._ref_c.n,
@@ -158,7 +168,7 @@ class DriftMonitor:
                 "ref_confidence": _r(ref_c),
                 "recent_confidence": _r(rec_c),
                 "ref_entropy": _r(self._ref_h.mean),
-                "recent_entropy": _r(self._rec_h.mean),
+                "recent_entropy": _r(rec_h),
                 "confidence_rel_change": _r(rel),
                 "score": _r(self._score),
                 "active": self._active,

@@ -8,9 +8,9 @@ number of labels). Every failure - missing file, corrupt bytes, bad metadata, sh
 in ``model/status`` and keeps the old model.
 
 Preprocessing uses the metadata alone (so a new model with another input size, colour order or class list
-needs no edge code change) and touches the full frame exactly once: crop the ROI (a view, no copy),
-resize with INTER_AREA straight to the model size (the one full-image pass), convert colour on the
-*small* image, then one fused normalise ``x * (scale/std) + (-mean/std)`` into a preallocated float32
+needs no edge code change) and touches the full-size crop exactly once: crop the ROI (a view, no copy),
+area-average it down to the model size (the first 2x halving is the one pass over the full crop), convert
+colour on a *smaller* image, then one fused normalise ``x * (scale/std) + (-mean/std)`` into a preallocated float32
 NCHW buffer, with the per-channel factors precomputed at load time.
 
 Whether the graph outputs logits or probabilities: the trainer exports raw logits (``output_name``
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 import os
 import threading
 from collections import deque
@@ -38,6 +39,7 @@ import numpy as np
 import onnxruntime as ort
 
 from protocol.errors import ProtocolError
+from edge.uncertainty import entropy
 from protocol.model_meta import ModelMeta
 
 
@@ -50,15 +52,20 @@ class ModelError(RuntimeError):
         self.detail = detail
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Prediction:
-    """One frame's result: full probability vector, the top label, and the top-k (label, prob) pairs."""
+    """One frame's result: full probability vector, the top label, the top-k (label, prob) pairs and the
+    normalised entropy (computed with the softmax, where it is almost free; see ``edge.uncertainty``).
+
+    Treat it as read-only (not ``frozen``, which costs ~0.5 us per frame in ``object.__setattr__``).
+    """
 
     probs: np.ndarray
     index: int
     label: str
     confidence: float
     topk: list[tuple[str, float]]
+    entropy: float
 
 
 _PROB_OUTPUT_HINTS = ("prob", "softmax")
@@ -127,6 +134,7 @@ class EdgeModel:
         self.sha256 = sha256
         self.labels: list[str] = list(meta.labels)
         self.num_classes = len(self.labels)
+        self._log_k = math.log(self.num_classes) if self.num_classes > 1 else 1.0
         self.topk = max(1, min(int(topk), self.num_classes))
         self.roi: tuple[int, int, int, int] | None = tuple(int(v) for v in roi) if roi is not None else (
             tuple(meta.roi) if meta.roi is not None else None
@@ -134,6 +142,8 @@ class EdgeModel:
         if self.roi is not None and (len(self.roi) != 4 or self.roi[2] < 1 or self.roi[3] < 1):
             raise ModelError("bad_roi", f"roi must be [x, y, w, h] with w, h >= 1, got {list(self.roi)}")
         self.size = (int(meta.width), int(meta.height))
+        self._crop_shape: tuple[int, ...] | None = None
+        self._crop_slices: tuple[slice, slice] = (slice(None), slice(None))
         self.channels = int(meta.channels)
         self.color_order = meta.color_order
         # Fold scale, mean and std into one multiply-add: (x*scale - mean)/std == x*(scale/std) + (-mean/std).
@@ -237,34 +247,44 @@ class EdgeModel:
         """The ROI of a frame (a view; clamped to the frame). The whole frame when there is no ROI."""
         if self.roi is None:
             return frame_bgr
-        x, y, w, h = self.roi
-        H, W = frame_bgr.shape[:2]
-        x0, y0 = min(max(x, 0), W), min(max(y, 0), H)
-        x1, y1 = min(x + w, W), min(y + h, H)
-        if x1 <= x0 or y1 <= y0:
-            raise ValueError(f"roi {list(self.roi)} lies outside the {W}x{H} frame")
-        return frame_bgr[y0:y1, x0:x1]
+        shape = frame_bgr.shape[:2]
+        if shape != self._crop_shape:  # clamp once per frame size, not per frame
+            x, y, w, h = self.roi
+            H, W = shape
+            x0, y0 = min(max(x, 0), W), min(max(y, 0), H)
+            x1, y1 = min(x + w, W), min(y + h, H)
+            if x1 <= x0 or y1 <= y0:
+                raise ValueError(f"roi {list(self.roi)} lies outside the {W}x{H} frame")
+            self._crop_slices = (slice(y0, y1), slice(x0, x1))
+            self._crop_shape = shape
+        return frame_bgr[self._crop_slices]
 
     def resize(self, frame_bgr: np.ndarray) -> np.ndarray:
-        """Crop + INTER_AREA resize to the model size. Returns uint8 BGR, or grey for GRAY models.
+        """Crop + area-averaging resize to the model size. Returns uint8 BGR, or grey for GRAY models.
 
-        For GRAY models the crop is converted to grey *before* the resize: both are linear, so the result
-        is the same (up to rounding), and cvtColor's one SIMD pass plus a 1-channel INTER_AREA costs ~40 %
-        less than a 3-channel INTER_AREA (measured 23 vs 38 us for 128x128 -> 28x28; INTER_AREA's general,
-        non-integer-ratio path is OpenCV's slow one). For colour models the resize is the one full pass.
+        A small mip chain, cheapest first-pass first: halve with INTER_AREA (exact 2x2 box averages,
+        OpenCV's fast path) while the image stays at least twice the target; convert to grey on that
+        smaller image (grey conversion and box averaging are both linear: the order only changes
+        rounding); then, for a ratio >= 2 that is not an integer, a bilinear step to the nearest integer
+        multiple of the target followed by an integer-ratio INTER_AREA; else one INTER_AREA. A single
+        INTER_AREA at a non-integer ratio takes OpenCV's slow general path. For the simulator's 128x128
+        colour ROI -> 28x28 grey: 11 us, against 19 us for grey-then-(bilinear to 112, area to 28) and
+        39 us for one direct INTER_AREA; it lands closer to the trainer's antialiased bilinear resize
+        (``trainer/images.py``): 2.4 grey levels mean difference against 3.3 (measured on ``sim:digits``,
+        see docs/NOTES.md).
         """
         img = self.crop(frame_bgr)
+        tw, th = self.size
+        h, w = img.shape[:2]
+        while w >= 4 * tw and h >= 4 * th:
+            w, h = w // 2, h // 2
+            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
         if self.color_order == "GRAY" and img.ndim == 3:
             img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-        h, w = img.shape[:2]
-        tw, th = self.size
         if w == tw and h == th:
             return img
         kx, ky = w // tw, h // th
-        if (kx >= 2 and ky >= 2) and (w % tw or h % th):
-            # INTER_AREA at a non-integer ratio takes OpenCV's slow general path (128 -> 28: ~28 us). A bilinear
-            # step to the nearest integer multiple, then an integer-ratio area average, gives the same
-            # anti-aliased result (within ~0.2 grey levels on average) at about half the cost.
+        if kx >= 2 and ky >= 2 and (w % tw or h % th):
             img = cv2.resize(img, (tw * kx, th * ky), interpolation=cv2.INTER_LINEAR)
         return cv2.resize(img, self.size, interpolation=cv2.INTER_AREA)
 
@@ -327,7 +347,7 @@ class EdgeModel:
         out = self.run(batch)
         return softmax(out) if self.outputs_logits else np.asarray(out, dtype=np.float32)
 
-    def _prediction(self, p: np.ndarray) -> Prediction:
+    def _prediction(self, p: np.ndarray, h: float) -> Prediction:
         k = self.topk
         if self.num_classes <= 64:
             # Small heads: plain Python on a list beats several numpy calls (~1.5 vs ~4.5 us per frame).
@@ -339,31 +359,41 @@ class EdgeModel:
             row = p
         labels = self.labels
         top = [(labels[i], float(row[i])) for i in idx]
-        return Prediction(p, idx[0], top[0][0], top[0][1], top)
+        return Prediction(p, idx[0], top[0][0], top[0][1], top, h)
 
     def classify(self, x: np.ndarray) -> Prediction:
-        """Batch-1 fast path: run, softmax and top-k for one preprocessed frame in plain Python.
+        """Batch-1 fast path: run, softmax, entropy and top-k for one preprocessed frame in plain Python.
 
         For small heads the per-frame numpy calls (softmax, argsort, ...) cost more than the arithmetic;
-        one ``tolist`` and a few list operations keep the post-processing at a few microseconds.
+        one ``tolist`` and a few list operations keep the post-processing at a few microseconds. The
+        entropy comes from the softmax's own terms: with z = logit - max and t = sum(exp z),
+        log p_i = z_i - log t, so H = log t - sum(p_i * z_i), without a logarithm per class.
         """
         out = self.run(x)
-        if self.num_classes > 64 or out.shape[0] != 1:
-            return self.predictions(self.predict(x) if not self.outputs_logits else softmax(out))[0]
+        if self.num_classes > 64 or out.shape[0] != 1 or self.num_classes < 2:
+            return self.predictions(softmax(out) if self.outputs_logits else np.asarray(out, dtype=np.float32))[0]
         row = out[0].tolist()
         if self.outputs_logits:
+            # H = log t - sum(p_i z_i) with z_i = v_i - m and sum(p_i) = 1, i.e. log t + m - sum(e_i v_i) / t.
             m = max(row)
             e = [math.exp(v - m) for v in row]
             t = sum(e)
-            row = [v / t for v in e]
+            h = math.log(t) + m - sum(map(operator.mul, e, row)) / t
+            inv = 1.0 / t
+            row = [v * inv for v in e]
+        else:
+            h = -sum([v * math.log(v) for v in row if v > 0.0])
+        h /= self._log_k
+        h = 0.0 if h < 0.0 else (1.0 if h > 1.0 else h)
         idx = sorted(range(len(row)), key=row.__getitem__, reverse=True)[: self.topk]
         labels = self.labels
         top = [(labels[i], row[i]) for i in idx]
-        return Prediction(np.array(row, dtype=np.float32), idx[0], top[0][0], top[0][1], top)
+        return Prediction(np.array(row, dtype=np.float32), idx[0], top[0][0], top[0][1], top, h)
 
     def predictions(self, probs: np.ndarray) -> list[Prediction]:
         """Wrap rows of probabilities as ``Prediction`` objects."""
-        return [self._prediction(row) for row in probs]
+        ents = entropy(probs).tolist()
+        return [self._prediction(row, h) for row, h in zip(probs, ents)]
 
     def infer(self, frames: Sequence[np.ndarray] | np.ndarray) -> list[Prediction]:
         """Preprocess and classify one frame (HxWx3) or a micro-batch (list of frames) in one ORT call."""

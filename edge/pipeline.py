@@ -2,7 +2,7 @@
 
 The node runs it on every frame and ``bench/edge_path.py`` measures exactly this code, so the benchmark's
 "full edge path" is the one that ships. Batch 1 takes the plain-Python fast path (``EdgeModel.classify``,
-``score_one``): for small heads per-call numpy overhead would cost more than the arithmetic.
+``score_prediction``): for small heads per-call numpy overhead would cost more than the arithmetic.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 from edge.drift import DriftMonitor
 from edge.model import ModelSlot, Prediction
 from edge.sampler import Decision, Sampler
-from edge.uncertainty import entropy, score as score_batch, score_one
+from edge.uncertainty import entropy, score as score_batch, score_prediction
 
 
 @dataclass(slots=True)
@@ -48,8 +48,8 @@ class Pipeline:
         model = self.slot.get()
         x, small = model.prepare(image)
         pred = model.classify(x)
-        score = score_one(pred.probs, self.uncertainty)
-        self.drift.update(pred.confidence, score if self.uncertainty == "entropy" else score_one(pred.probs, "entropy"))
+        score = score_prediction(pred, self.uncertainty)
+        self.drift.update(pred.confidence, pred.entropy)
         return Result(pred, self.sampler.decide(score, small, boost=self.drift.boost), small)
 
     def step_batch(self, images: list[np.ndarray]) -> list[Result]:

@@ -8,10 +8,8 @@ change the selection rate, hence entropy is normalised by ``log K``).
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import math
-from typing import Sequence
+from typing import Literal, Protocol, Sequence
 
 import numpy as np
 
@@ -75,6 +73,33 @@ def score(probs: np.ndarray, kind: str = "entropy") -> np.ndarray:
     except KeyError:
         raise ValueError(f"unknown uncertainty kind {kind!r}; known: {', '.join(KINDS)}") from None
     return fn(probs)
+
+
+def score_prediction(pred: "PredictionLike", kind: str = "entropy") -> float:
+    """The score of an ``edge.model.Prediction`` from what it already carries (the frame loop's path).
+
+    Entropy was computed with the softmax; least-confidence and margin need only the top one or two
+    probabilities. Falls back to ``score_one`` on the full vector when top-k holds fewer than two classes.
+    """
+    if kind == "entropy":
+        return pred.entropy
+    k = len(pred.probs)
+    if k <= 1:
+        return 0.0
+    if kind == "least_confidence":
+        return min(max((1.0 - pred.confidence) * k / (k - 1.0), 0.0), 1.0)
+    if kind == "margin" and len(pred.topk) >= 2:
+        return min(max(1.0 - (pred.topk[0][1] - pred.topk[1][1]), 0.0), 1.0)
+    return score_one(pred.probs, kind)
+
+
+class PredictionLike(Protocol):
+    """What ``score_prediction`` reads (``edge.model.Prediction``; a Protocol avoids a circular import)."""
+
+    probs: np.ndarray
+    confidence: float
+    topk: list[tuple[str, float]]
+    entropy: float
 
 
 def score_one(probs: Sequence[float] | np.ndarray, kind: str = "entropy") -> float:

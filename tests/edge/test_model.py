@@ -55,11 +55,23 @@ def test_preprocess_gray_matches_reference(models: dict[str, Path]) -> None:
     assert x.shape == (1, 1, 28, 28) and x.dtype == np.float32 and x.flags.c_contiguous
     grey = cv2.cvtColor(f, cv2.COLOR_BGR2GRAY)
     ref = cv2.resize(grey, (28, 28), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-    # Non-integer ratio: bilinear to an integer multiple, then area; a couple of grey levels from pure area.
-    assert np.abs(x[0, 0] - ref).max() <= 3 / 255 and np.abs(x[0, 0] - ref).mean() < 1 / 255
-    # Grey-then-resize (the edge's cheaper order) equals resize-then-grey up to rounding.
-    other = cv2.cvtColor(cv2.resize(f, (28, 28), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY) / 255.0
-    assert np.abs(x[0, 0] - other).max() <= 3 / 255
+    # A 2x area halving first (160x120 -> 80x60), then bilinear to 56x56 and a 2x area average: an area
+    # average whose box edges fall on even pixels. Uniform noise is the worst case for that (all its energy is at the finest
+    # scale): about 3 grey levels from one exact INTER_AREA on average, under 20 at most. Natural frames are
+    # much closer (tests/test_preprocess_parity.py compares with the trainer's resize).
+    d = np.abs(x[0, 0] - ref)
+    assert d.mean() < 4 / 255 and d.max() <= 24 / 255
+    # Exactly the chain: halve (colour), grey, bilinear to twice the target, 2x area.
+    half = cv2.cvtColor(cv2.resize(f, (80, 60), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY)
+    double = cv2.resize(half, (56, 56), interpolation=cv2.INTER_LINEAR)
+    chain = cv2.resize(double, (28, 28), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    assert np.abs(x[0, 0] - chain).max() < 1e-6
+    # A smooth scene (what cameras mostly see) stays within about a grey level of the exact area average.
+    yy, xx = np.mgrid[0:120, 0:160]
+    smooth = np.dstack([(xx + yy) % 256, (2 * xx) % 256, (3 * yy) % 256]).astype(np.uint8)
+    xs = m.preprocess(smooth)[0, 0]
+    ref_s = cv2.resize(cv2.cvtColor(smooth, cv2.COLOR_BGR2GRAY), (28, 28), interpolation=cv2.INTER_AREA) / 255.0
+    assert np.abs(xs - ref_s).mean() < 1.5 / 255
 
 
 def test_preprocess_rgb_mean_std_and_roi(models: dict[str, Path]) -> None:
