@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model_factory import make_broken_model, make_onnx_model  # noqa: E402
 
 from edge.model import EdgeModel, ModelError, ModelSlot, softmax  # noqa: E402
+from edge.uncertainty import entropy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,14 @@ def test_load_reads_metadata_and_infers(models: dict[str, Path]) -> None:
     # predict == softmax(raw logits)
     x = m.preprocess_batch(frames)
     assert np.allclose(m.predict(x), softmax(m.run(x)), atol=1e-6)
+    # The batch-1 fast path (plain Python softmax, entropy from the softmax terms) agrees with the
+    # vectorised path on probabilities, top-k and normalised entropy.
+    for f, batched in zip(frames, preds):
+        one = m.classify(m.preprocess(f))
+        assert np.allclose(one.probs, batched.probs, atol=1e-6) and one.index == batched.index
+        assert [lab for lab, _ in one.topk] == [lab for lab, _ in batched.topk]
+        assert one.entropy == pytest.approx(float(entropy(batched.probs)[0]), abs=1e-6)
+        assert one.entropy == pytest.approx(batched.entropy, abs=1e-6)
 
 
 def test_preprocess_gray_matches_reference(models: dict[str, Path]) -> None:

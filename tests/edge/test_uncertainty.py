@@ -65,3 +65,19 @@ def test_score_one_matches_vectorised() -> None:
         vec = U.score(p, kind)
         assert [U.score_one(row, kind) for row in p] == pytest.approx(vec.tolist(), abs=1e-9)
         assert U.score_one(p[:1], kind) == pytest.approx(vec[0])
+
+
+def test_score_prediction_matches_score_one() -> None:
+    """The frame loop scores from what a Prediction carries; it must equal scoring the full vector."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(3)
+    for k in (2, 3, 10):
+        for _ in range(50):
+            p = rng.dirichlet(np.full(k, 0.3))
+            order = np.argsort(-p)
+            for topk in (1, min(3, k)):
+                pred = SimpleNamespace(probs=p, confidence=float(p.max()), entropy=float(U.entropy(p)[0]),
+                                       topk=[(str(i), float(p[i])) for i in order[:topk]])
+                for kind in U.KINDS:
+                    assert U.score_prediction(pred, kind) == pytest.approx(U.score_one(p, kind), abs=1e-9), (k, topk, kind)
