@@ -259,7 +259,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     """All configurations; each figure is a median of 3 runs (msg/s or round trips/s)."""
     n_flow = 1000 if quick else 5000
     n_rr = 200 if quick else 1000
-    n_slow = 25 if quick else 100  # round trips against a Nagle broker are ~44 ms each
+    n_slow = 25 if quick else 40  # round trips against a Nagle broker are ~44 ms each: 40 x 3 reps x 5 runs = 26 s
     rep = 1 if quick else 3
     figs: dict[str, float] = {}
     with start_broker(kind="mosquitto") as good:
