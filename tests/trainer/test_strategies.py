@@ -170,3 +170,23 @@ def test_batch_from_samples_and_state_round_trip():
     s2.update(batch, steps=1)
     for a, b in zip(model.parameters(), m2.parameters()):
         assert torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_rehearse_trains_on_memory_only(name):
+    """Replay-only steps: memory-based strategies learn from their memory alone; the memory is unchanged;
+    strategies without memory (or with an empty one) do nothing."""
+    x, y = make_data([0, 1, 2], 20, seed=1)
+    xt, yt = make_data([0, 1, 2], 30, seed=2)
+    model = tiny_model(3)
+    s = make_strategy(name, model, adam, config={"replay_size": 10, "seed": 0, "ewc_window": 4}, capacity=60)
+    assert s.rehearse(3)["steps"] == 0  # nothing remembered yet
+    if s.memory is None:
+        assert s.rehearse(3)["steps"] == 0
+        return
+    s.remember(LabelledBatch(x, y))  # fill the memory without training
+    n_mem, before, steps0 = len(s.memory), acc(model, xt, yt), s.steps
+    out = s.rehearse(40)
+    assert out["steps"] == 40 and np.isfinite(out["loss"]) and s.steps == steps0 + 40
+    assert len(s.memory) == n_mem
+    assert acc(model, xt, yt) >= 0.9 > before + 0.2, (name, before)

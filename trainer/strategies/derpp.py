@@ -24,7 +24,7 @@ class DERpp(Strategy):
         n = len(new)
         x = new.x if replay is None else torch.cat([new.x, replay.x])
         out = self.model(x)
-        loss = cross_entropy(out[:n], new.y).mean()
+        loss = cross_entropy(out[:n], new.y).mean() if n else out.new_zeros(())  # n = 0: rehearse()
         if replay is None:
             return loss
         out_r = out[n:]
