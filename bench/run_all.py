@@ -6,7 +6,7 @@
     edgeloop bench --list                  # the registry and what is importable
     edgeloop bench learning --strategy iw-er --seeds 0     # passthrough to bench.learning.main
     edgeloop bench rollout --devices 50                    # passthrough to bench.rollout.main
-    edgeloop bench label_budget --seeds 0                  # = edgeloop bench learning --budget --seeds 0
+    edgeloop bench label_budget --seeds 0                  # = python -m trainer.learning_bench --budget --seeds 0
 
 Why one harness: every benchmark answers a design claim (codec cost, edge fps, venv size, learning
 quality, rollout time ...). Running them through one entry point with one machine description and
@@ -50,73 +50,12 @@ class Bench:
     """One registry entry.
 
     module: imported lazily; an ImportError *of this module itself* means "not written yet".
-    runner: called instead of ``module.run`` when the benchmark has no module of its own
-            (label_budget lives inside trainer.learning_bench).
-    main_prefix: argv prepended when passing through to ``module.main`` (label_budget -> --budget).
+    runner: called instead of ``module.run`` (tests use it to stand in for a benchmark).
     """
 
     name: str
     module: str
     runner: Callable[[bool], Result] | None = None
-    main_prefix: tuple[str, ...] = ()
-
-
-# --------------------------------------------------------------------------- label budget adapter
-def label_budget(quick: bool = False) -> Result:
-    """The label-budget experiment from trainer.learning_bench, shaped as a benchmark result.
-
-    Prefers a ready-made ``run_budget_bench(quick)`` (in bench.learning or trainer.learning_bench) if
-    one appears; otherwise adapts ``run_budget(seeds, fractions, ...)``. The goal is stated at 20 %
-    labelled, so the harness runs that fraction over 3 seeds (skipped in quick mode). The full sweep over
-    10/20/50 % is ``edgeloop bench label_budget`` (= ``edgeloop bench learning --budget``).
-    """
-    lb = importlib.import_module("trainer.learning_bench")
-    for mod_name in ("bench.learning", "trainer.learning_bench"):
-        try:
-            mod = importlib.import_module(mod_name)
-        except ImportError:
-            continue
-        ready = getattr(mod, "run_budget_bench", None)
-        if callable(ready):
-            return ready(quick)
-    run_budget = getattr(lb, "run_budget", None)
-    if not callable(run_budget):
-        raise NotAvailable("trainer.learning_bench has no run_budget()")
-    if quick:
-        # Four full training runs (100 %, and 20 % edge-iw / edge-unweighted / uniform) cost minutes even
-        # on one seed: far over the quick budget, and learning's quick run already exercises the same
-        # iw-er training path. Say so rather than report a number from a truncated protocol.
-        return {
-            "name": "label_budget", "status": "skipped (quick)", "figures": {}, "met": None,
-            "goal": getattr(lb, "BUDGET_GOAL", ""),
-            "notes": "4 training runs even for one seed; run without --quick, or "
-                     "`edgeloop bench label_budget --seeds 0 --fractions 0.2` for a one-seed look",
-        }
-    torch = sys.modules.get("torch")  # learning_bench imported it; 2 threads as its own run() does
-    if torch is not None:
-        torch.set_num_threads(2)
-    seeds = [0, 1, 2]
-    res = run_budget(seeds, (0.2,), verbose=False)
-    figures: dict[str, Any] = {}
-    for key, row in res.get("table", {}).items():
-        slug = key.replace("%", "pct").replace(" ", "_").replace("-", "_")
-        figures[f"acc_{slug}_pct"] = round(float(row["final_acc"]), 2)
-        figures[f"acc_{slug}_std_pct"] = round(float(row["final_acc_std"]), 2)
-    full = figures.get("acc_100pct_pct")
-    edge = figures.get("acc_20pct_edge_iw_pct")
-    if full is not None and edge is not None:
-        figures["gap_20pct_edge_iw_vs_full_pct"] = round(full - edge, 2)
-    figures["seeds"] = len(seeds)
-    figures["rows"] = res.get("rows", [])
-    return {
-        "name": "label_budget",
-        "figures": figures,
-        "goal": res.get("goal", getattr(lb, "BUDGET_GOAL", "")),
-        "met": bool(res.get("met")),
-        "headline": "acc_20pct_edge_iw_pct",
-        "notes": "iw-er, buffer 500; 20% labelled by edge-like (uncertainty) or uniform selection. "
-        "Full sweep: edgeloop bench label_budget",
-    }
 
 
 REGISTRY: list[Bench] = [
@@ -126,7 +65,7 @@ REGISTRY: list[Bench] = [
     Bench("venv_size", "bench.venv_size"),
     Bench("mqtt_clients", "bench.mqtt_clients"),
     Bench("learning", "bench.learning"),
-    Bench("label_budget", "trainer.learning_bench", runner=label_budget, main_prefix=("--budget",)),
+    Bench("label_budget", "bench.label_budget"),
     Bench("transport", "bench.transport"),
     Bench("rollout", "bench.rollout"),
     Bench("freshness", "bench.freshness"),
@@ -343,7 +282,7 @@ def _passthrough(bench: Bench, rest: list[str]) -> int:
         print(f"edgeloop bench {bench.name}: {bench.module} has no main(argv); "
               f"options: edgeloop bench {bench.name} [--quick] [--out FILE]", file=sys.stderr)
         return 2
-    return int(main_fn([*bench.main_prefix, *rest]) or 0)
+    return int(main_fn(rest) or 0)
 
 
 def main(argv: list[str] | None = None, registry: Sequence[Bench] | None = None) -> int:

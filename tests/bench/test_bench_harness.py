@@ -155,34 +155,41 @@ def test_unknown_benchmark_name(fake_registry: list[Bench], capsys: pytest.Captu
     assert "unknown benchmark" in capsys.readouterr().err
 
 
-def test_registry_order_and_label_budget_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_registry_order_and_label_budget_shaping(monkeypatch: pytest.MonkeyPatch) -> None:
     names = [b.name for b in run_all.REGISTRY]
     assert names == ["codec", "simulator", "edge_path", "venv_size", "mqtt_clients", "learning",
                      "label_budget", "transport", "rollout", "freshness"]
-    seen: dict[str, Any] = {}
+    from bench import label_budget, learning
 
-    def run_budget(seeds: list[int], fractions: tuple[float, ...], **kw: Any) -> dict[str, Any]:
-        seen.update(seeds=seeds, fractions=fractions)
-        table = {"100%": {"final_acc": 97.0, "final_acc_std": 0.1, "runs": 1.0},
-                 "20% edge iw": {"final_acc": 96.0, "final_acc_std": 0.2, "runs": 1.0},
-                 "20% uniform unweighted": {"final_acc": 94.0, "final_acc_std": 0.3, "runs": 1.0}}
-        return {"rows": [], "table": table, "goal": "g", "met": True}
+    submitted: list[dict[str, Any]] = []
 
-    lb = types.ModuleType("trainer.learning_bench")
-    lb.run_budget = run_budget  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "trainer.learning_bench", lb)
-    monkeypatch.setitem(sys.modules, "bench.learning", types.ModuleType("bench.learning"))
-    quick = run_all.label_budget(quick=True)
-    assert quick["status"] == "skipped (quick)" and quick["met"] is None and not seen
-    res = run_all.label_budget(quick=False)
-    assert seen == {"seeds": [0, 1, 2], "fractions": (0.2,)}
-    assert res["figures"]["acc_20pct_edge_iw_pct"] == 96.0
-    assert res["figures"]["gap_20pct_edge_iw_vs_full_pct"] == 1.0
-    assert res["met"] is True and res["figures"]["seeds"] == 3
-    assert report.headline({"name": "label_budget", **res}) == ("acc_20pct_edge_iw_pct", 96.0)
-    del lb.run_budget  # type: ignore[attr-defined]
-    entry = run_all.run_one(Bench("label_budget", "trainer.learning_bench", runner=run_all.label_budget), True)
-    assert entry["status"] == "not available"
+    def fake_jobs(jobs: list[Any], workers: int | None = None) -> list[dict[str, Any]]:
+        submitted.extend(j.kwargs for j in jobs)
+        acc = {("edge", True): 97.0, ("uniform", False): 95.5, ("all", True): 97.5}
+        return [{**j.kwargs, "final_acc": acc[(j.kwargs["selection"], j.kwargs["weighted"])] + j.kwargs["seed"] / 10}
+                for j in jobs]
+
+    monkeypatch.setattr(label_budget, "run_jobs", fake_jobs)
+    quick = label_budget.run(quick=True)
+    assert quick["status"] == "skipped (quick)" and quick["met"] is None and not submitted
+    # Without a learning run in this process: its own 100 % runs, 20 % edge-iw and uniform, three seeds.
+    monkeypatch.setattr(learning, "_LAST_ROWS", [])
+    res = label_budget.run()
+    assert sorted((k["seed"], k["selection"]) for k in submitted) == sorted(
+        (s, sel) for s in (0, 1, 2) for sel in ("all", "edge", "uniform"))
+    assert {k["fraction"] for k in submitted if k["selection"] != "all"} == {0.2}
+    f = res["figures"]
+    assert f["acc_20pct_edge_iw_pct"] == 97.1 and f["acc_100pct_pct"] == 97.6 and f["acc_20pct_uniform_unweighted_pct"] == 95.6
+    assert f["gap_20pct_edge_iw_vs_full_pct"] == 0.5 and f["margin_20pct_edge_iw_vs_uniform_pct"] == 1.5
+    assert res["met"] is True and f["full_reference"] == "own 100% runs"
+    assert report.headline({"name": "label_budget", **res}) == ("acc_20pct_edge_iw_pct", 97.1)
+    # After a full learning run: its iw-er rows are the 100 % reference, nothing re-run for them.
+    submitted.clear()
+    monkeypatch.setattr(learning, "_LAST_ROWS", [
+        {"strategy": "iw-er", "steps": 3, "seed": s, "final_acc": 90.0, "forgetting": 1.0, "seconds": 1.0} for s in (0, 1, 2)])
+    res = label_budget.run()
+    assert all(k["selection"] != "all" for k in submitted) and len(submitted) == 6
+    assert res["figures"]["acc_100pct_pct"] == 90.0 and res["figures"]["full_reference"].startswith("learning")
 
 
 def test_machine_facts_have_the_keys() -> None:
