@@ -37,7 +37,7 @@ class DriftConfig:
 
 
 class _Moments:
-    """Running sum and sum of squares (enough for mean and std)."""
+    """Running sum and sum of squares of the reference window (enough for its mean and std)."""
 
     __slots__ = ("n", "s", "ss")
 
@@ -50,11 +50,6 @@ class _Moments:
         self.n += 1
         self.s += x
         self.ss += x * x
-
-    def remove(self, x: float) -> None:
-        self.n -= 1
-        self.s -= x
-        self.ss -= x * x
 
     @property
     def mean(self) -> float:

@@ -13,7 +13,7 @@ import numpy as np
 from edge.drift import DriftMonitor
 from edge.model import ModelSlot, Prediction
 from edge.sampler import Decision, Sampler
-from edge.uncertainty import entropy, score as score_batch, score_prediction
+from edge.uncertainty import score as score_batch, score_prediction
 
 
 @dataclass(slots=True)
@@ -60,9 +60,10 @@ class Pipeline:
         model = self.slot.get()
         smalls = [model.resize(im) for im in images]
         probs = model.predict(model.batch_from_small(smalls))
-        scores = score_batch(probs, self.uncertainty)
-        self.drift.update(probs.max(axis=1), scores if self.uncertainty == "entropy" else entropy(probs))
+        preds = model.predictions(probs)  # computes each row's entropy once, for drift and the entropy score
+        ents = np.array([p.entropy for p in preds])
+        scores = ents if self.uncertainty == "entropy" else score_batch(probs, self.uncertainty)
+        self.drift.update(probs.max(axis=1), ents)
         boost = self.drift.boost
-        preds = model.predictions(probs)
         return [Result(p, self.sampler.decide(float(s), sm, boost=boost), sm)
                 for p, s, sm in zip(preds, scores, smalls)]
