@@ -1,9 +1,9 @@
 """Where rollouts live: one SQLite file (WAL) per controller state dir, readable from any process.
 
-The controller thread is the only writer of rollout progress; other processes (``edgeloop rollout
-pause|resume|abort|rollback``, ``status``, the demo's report) read, or queue a command in the rollout's
-``command`` column. Every method is one short transaction, so a controller killed at any point restarts
-from the last completed step.
+Any process may record a new rollout (``edgeloop rollout start --detach``); after that only the running
+controller writes its progress. Other processes (``edgeloop rollout pause|resume|abort|rollback``,
+``status``, the demo's report) read, or queue a command in the rollout's ``command`` column. Every method
+is one short transaction, so a controller killed at any point restarts from the last completed step.
 
 Schema versions (``PRAGMA user_version``), migrated forward when a file is opened:
 
