@@ -397,8 +397,8 @@ def read_samples(store: Any) -> list[dict[str, Any]]:
 
 
 def read_rollouts(store: Any) -> list[dict[str, Any]]:
-    return [{"id": r["id"], "version": r["version"], "created": r["created"], "finished": r["finished"],
-             "state": r["state"]} for r in store.q("SELECT * FROM rollouts ORDER BY created")]
+    return [{"id": r.id, "version": r.version, "created": r.created, "finished": r.finished,
+             "state": str(r.state)} for r in store.rollouts()]
 
 
 # =========================================================================== the run

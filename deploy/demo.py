@@ -394,9 +394,9 @@ class RolloutFeeder:
 
         if self.active is not None:
             r = self.ctl.store.rollout(self.active)
-            if r is not None and r["state"] in TERMINAL:
-                if r["state"] == "completed":
-                    self.fleet_version = (r["version"], Path(self.ctl.store.model(r["model_id"], r["version"])["path"]))
+            if r is not None and r.state in TERMINAL:
+                if r.state == "completed":
+                    self.fleet_version = (r.version, Path(self.ctl.store.model(r.model_id, r.version).path))
                 self.active, self.active_version = None, None
         with self._lock:
             nxt, self.pending = (self.pending, None) if self.active is None else (None, self.pending)
@@ -408,22 +408,20 @@ class RolloutFeeder:
         self._drain_events()
 
     def _drain_events(self) -> None:
-        rows = self.ctl.store.q("SELECT e.ts, e.kind, e.detail, r.version FROM events e LEFT JOIN rollouts r "
-                                "ON r.id = e.rollout_id WHERE e.ts > ? ORDER BY e.ts", (self._seen_events,))
-        for row in rows:
-            self._seen_events = max(self._seen_events, row["ts"])
-            kind, detail, version = row["kind"], row["detail"] or "", row["version"] or "-"
+        for row in self.ctl.store.events_since(self._seen_events):
+            self._seen_events = max(self._seen_events, row.ts)
+            kind, detail, version = row.kind, row.detail or "", row.version or "-"
             if kind == "started":
                 self.events.add("rollout", f"{version} rollout started (rollback target {self.fleet_version[0]})",
-                                row["ts"], version=version)
+                                row.ts, version=version)
             elif kind == "wave":
-                self.events.add("wave", f"{version} {detail.split(' below=')[0]}", row["ts"], version=version)
+                self.events.add("wave", f"{version} {detail.split(' below=')[0]}", row.ts, version=version)
             elif kind == "completed":
-                self.events.add("completed", f"{version} on the whole fleet ({detail})", row["ts"], version=version)
+                self.events.add("completed", f"{version} on the whole fleet ({detail})", row.ts, version=version)
             elif kind in ("breach", "rollback", "rolled_back", "halted"):
-                self.events.add("rollback", f"{version} {kind}: {detail}", row["ts"], version=version)
+                self.events.add("rollback", f"{version} {kind}: {detail}", row.ts, version=version)
             elif kind == "superseded":
-                self.events.add("rollout", f"{version} superseded by {detail}", row["ts"], version=version)
+                self.events.add("rollout", f"{version} superseded by {detail}", row.ts, version=version)
 
     def describe(self) -> str:
         if self.active is None:
@@ -435,13 +433,12 @@ class RolloutFeeder:
     def records(self) -> list[dict[str, Any]]:
         """One row per rollout, for summary.json."""
         out = []
-        for r in self.ctl.store.q("SELECT * FROM rollouts ORDER BY created"):
-            ev = self.ctl.store.events(r["id"], 200)
-            waves = sum(1 for e in ev if e["kind"] == "wave")
-            done = r["finished"]
-            out.append({"id": r["id"], "version": r["version"], "previous": r["prev_version"], "waves": waves,
-                        "outcome": r["state"], "reason": r["reason"], "started_wall": r["created"],
-                        "finished_wall": done, "seconds": round(done - r["created"], 2) if done else None})
+        for r in self.ctl.store.rollouts():
+            waves = sum(1 for e in self.ctl.store.events(r.id, 200) if e.kind == "wave")
+            done = r.finished
+            out.append({"id": r.id, "version": r.version, "previous": r.prev_version, "waves": waves,
+                        "outcome": str(r.state), "reason": r.reason, "started_wall": r.created,
+                        "finished_wall": done, "seconds": round(done - r.created, 2) if done else None})
         return out
 
 

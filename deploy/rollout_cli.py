@@ -15,8 +15,9 @@ import sys
 import time
 from typing import Any
 
-from .controller import (TERMINAL, Controller, Policy, RolloutStore, parse_duration, parse_fraction,
-                         parse_waves, rollout_status)
+from .controller import Controller, rollout_status
+from .rollout_gate import Policy, parse_duration, parse_fraction, parse_waves
+from .rollout_store import TERMINAL, RolloutStore, SchemaError
 
 __all__ = ["main"]
 
@@ -126,7 +127,7 @@ def _run_controller(args: argparse.Namespace, rid: str | None, until_done: bool)
             if rid is not None and st.get("state") in TERMINAL:
                 print(f"rollout {rid}: {st['state']}" + (f" ({st['reason']})" if st.get("reason") else ""))
                 return 0 if st["state"] == "completed" else 1
-            if rid is None and until_done and not ctl.store.active():
+            if rid is None and until_done and not ctl.store.get_active():
                 return 0
     except KeyboardInterrupt:
         print("controller stopped; `edgeloop rollout run` continues the rollout", file=sys.stderr)
@@ -167,14 +168,12 @@ def main(argv: list[str] | None = None) -> int:
                 if r is None:
                     print("no such rollout", file=sys.stderr)
                     return 1
-                store.command(r["id"], args.cmd)
-                hb = store.get_meta("heartbeat")
-                alive = hb is not None and time.time() - float(hb) < 5.0
-                print(f"{args.cmd} queued for {r['id']}" +
-                      ("" if alive else " (no controller running: start one with `edgeloop rollout run`)"))
+                store.queue_command(r.id, args.cmd)
+                hint = "" if store.controller_alive() else " (no controller running: start one with `edgeloop rollout run`)"
+                print(f"{args.cmd} queued for {r.id}{hint}")
         finally:
             store.close()
-    except (KeyError, ValueError, FileNotFoundError) as e:
+    except (KeyError, ValueError, FileNotFoundError, SchemaError) as e:
         print(f"edgeloop rollout: {e}", file=sys.stderr)
         return 1
     return 0

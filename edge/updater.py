@@ -52,7 +52,7 @@ from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, ClassVar, Mapping, Protocol
 
 import msgspec
 import numpy as np
@@ -143,12 +143,22 @@ def _finite(x: float, default: float = 0.0) -> float:
 class UpdaterLimits:
     """Device-side limits and default policy (the manifest's ``compat.rollout`` may tighten the policy).
 
-    Health watch after a swap: the new model is rolled back by the device itself if, within
-    ``health_seconds``, it raises/returns non-finite output ``max_errors`` times, or its mean top-1
-    confidence over at least ``health_min_frames`` frames falls below ``(1 - max_confidence_drop)`` x
-    the old model's, or its median latency exceeds ``max_latency_ratio`` x the old model's (and by
-    more than ``latency_slack_ms``).
+    Health watch after a swap (``health_*``): the new model is rolled back by the device itself if, within
+    ``health_seconds``, it raises/returns non-finite output ``health_max_errors`` times, or its mean top-1
+    confidence over at least ``health_min_frames`` frames falls below ``(1 - health_max_confidence_drop)``
+    x the old model's, or its median latency exceeds ``health_max_latency_ratio`` x the old model's (and by
+    more than ``health_latency_slack_ms``). These are one device's last-resort triggers on live frames, so
+    they are looser than the fleet gate's ``shadow_*`` thresholds (``deploy.rollout_gate.Policy``), which
+    judge a whole wave's shadow runs before anyone swaps.
     """
+
+    #: Keys of earlier releases -> their names now (a config file using an old key fails naming the new one).
+    renamed_keys: ClassVar[dict[str, str]] = {
+        "max_errors": "health_max_errors",
+        "max_confidence_drop": "health_max_confidence_drop",
+        "max_latency_ratio": "health_max_latency_ratio",
+        "latency_slack_ms": "health_latency_slack_ms",
+    }
 
     max_model_bytes: int = 64 * 1024 * 1024
     max_chunk_bytes: int = 4 * 1024 * 1024
@@ -163,10 +173,10 @@ class UpdaterLimits:
     min_agreement: float = 0.0
     health_seconds: float = 30.0
     health_min_frames: int = 20
-    max_errors: int = 3
-    max_confidence_drop: float = 0.5
-    max_latency_ratio: float = 4.0
-    latency_slack_ms: float = 20.0
+    health_max_errors: int = 3
+    health_max_confidence_drop: float = 0.5
+    health_max_latency_ratio: float = 4.0
+    health_latency_slack_ms: float = 20.0
     status_retain: bool = True
 
 
@@ -803,15 +813,15 @@ class Updater:
             if latency_ms is not None:
                 h.lats.append(float(latency_ms))
         reason = None
-        if h.errors >= lim.max_errors:
+        if h.errors >= lim.health_max_errors:
             reason = "health_errors"
         elif h.frames >= lim.health_min_frames:
             mean_conf = h.conf_sum / h.frames
-            if h.base_conf is not None and mean_conf < h.base_conf * (1.0 - lim.max_confidence_drop):
+            if h.base_conf is not None and mean_conf < h.base_conf * (1.0 - lim.health_max_confidence_drop):
                 reason = "confidence_collapse"
             elif h.base_lat is not None and len(h.lats) >= lim.health_min_frames:
                 med = float(np.median(h.lats[-lim.health_min_frames:]))
-                if med > h.base_lat * lim.max_latency_ratio and med > h.base_lat + lim.latency_slack_ms:
+                if med > h.base_lat * lim.health_max_latency_ratio and med > h.base_lat + lim.health_latency_slack_ms:
                     reason = "latency"
         if reason is not None:
             self._health = None

@@ -110,8 +110,12 @@ def _check_unknown(data: Any, cls: Any, where: str) -> None:
         fields = _fields(candidate)
         if fields is None:
             continue
+        renamed = getattr(candidate, "renamed_keys", {})  # a section's keys of earlier releases -> now
         for key, value in data.items():
             name = f"{where}.{key}" if where else str(key)
+            if key not in fields and key in renamed:
+                new = f"{where}.{renamed[key]}" if where else renamed[key]
+                raise ConfigError(f"{name}: renamed; use {new}")
             if key not in fields:
                 raise ConfigError(f"{name}: unknown key (known here: {', '.join(sorted(fields))})")
             _check_unknown(value, fields[key], name)

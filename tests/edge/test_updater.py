@@ -76,7 +76,7 @@ def setup(models, tmp_path):
     topics = Topics("t")
     publisher = Publisher(broker.publish, key, topics, chunk_size=256 * 1024)
     slot = ModelSlot(EdgeModel.load(models["v1"]))
-    limits = UpdaterLimits(health_seconds=5.0, health_min_frames=5, max_errors=3)
+    limits = UpdaterLimits(health_seconds=5.0, health_min_frames=5, health_max_errors=3)
     up = Updater("d1", "f", tmp_path / "state", {key_id(key): public_key_from_pem(pub)}, slot, broker, topics, limits)
     broker.updater = up
     for t, q in up.subscriptions():
