@@ -6,8 +6,8 @@ trainer and reads everything through here), and scripts. Every request needs the
 Endpoints (JSON unless noted; errors are ``{"error": reason, "detail": text}``):
 
 - ``GET  /status`` -> store counts, known classes, API counters
-- ``GET  /samples?status=unlabelled|labelled|all&device=D&reason=R&predicted=C&limit=N&after=ROWID`` -> samples,
-  oldest first: id, rowid, device, prediction (top-k ``[label, probability]``), uncertainty, ``p_select``,
+- ``GET  /samples?status=unlabelled|labelled|all&device=D&reason=R&predicted=C&label=L&limit=N&after=ROWID``
+  -> samples, oldest first (``order=newest``: the latest first): id, rowid, device, prediction (top-k ``[label, probability]``), uncertainty, ``p_select``,
   reason, ROI and frame size, image URL, label (if any)
 - ``GET  /samples/summary`` -> waiting samples counted by device, reason and predicted class
 - ``GET  /samples/{id}`` -> one sample; ``GET /samples/{id}/image`` -> its bytes (``image/jpeg`` or ``image/png``)
@@ -421,7 +421,8 @@ class TrainerAPI:
             if q.get(key):
                 conds.append(expr)
                 params.append(q[key])
-        rows = self.store.query(" AND ".join(conds) or "1", limit=limit, after_rowid=after, params=params)
+        rows = self.store.query(" AND ".join(conds) or "1", limit=limit, after_rowid=after, params=params,
+                                newest_first=q.get("order") == "newest")
         return [self._sample_json(s) for s in rows]
 
     def _get_sample(self, sid: str) -> StoredSample:

@@ -395,13 +395,15 @@ class SampleStore:
         return [_row(r) for r in rows]
 
     def query(self, where: str = "1", limit: int = 100, after_rowid: int = 0,
-              params: Sequence[Any] = ()) -> list[StoredSample]:
+              params: Sequence[Any] = (), newest_first: bool = False) -> list[StoredSample]:
         """Samples matching a fixed SQL condition (callers pass constants, never user input), by rowid.
 
         User-supplied values go into ``params`` (``?`` placeholders in ``where``), never into ``where``.
+        ``newest_first`` gives the latest ``limit`` rows (``after_rowid`` still bounds them from below).
         """
+        order = "DESC" if newest_first else ""
         rows = self._conn().execute(
-            f"SELECT {_COLUMNS} FROM samples WHERE ({where}) AND rowid > ? ORDER BY rowid LIMIT ?",
+            f"SELECT {_COLUMNS} FROM samples WHERE ({where}) AND rowid > ? ORDER BY rowid {order} LIMIT ?",
             (*params, after_rowid, limit),
         ).fetchall()
         return [_row(r) for r in rows]
