@@ -197,6 +197,7 @@ class TrainerAPI:
         self.rejected: Counter[str] = Counter()
         self._known_cache: tuple[float, list[str]] = (0.0, [])
         self._confusion: Any = None
+        self._rois: dict[str, list[int] | None] = {}
         if not _is_loopback(host):
             log.warning("trainer API listens on %s, not a loopback address: anyone who can reach it and holds the "
                         "token can label samples; put a TLS reverse proxy in front of it", host)
@@ -402,8 +403,31 @@ class TrainerAPI:
     # -- samples and labels ------------------------------------------------------------------------------------
     def _sample_json(self, s: StoredSample) -> dict[str, Any]:
         d = s.to_json()
-        d.update(rowid=s.rowid, image_url=f"/samples/{s.sample_id}/image", heldout=s.heldout, labelled_at=s.labelled_at)
+        d.update(rowid=s.rowid, image_url=f"/samples/{s.sample_id}/image", heldout=s.heldout, labelled_at=s.labelled_at,
+                 model_roi=self._model_roi(s.model_version))
         return d
+
+    def _model_roi(self, version: str) -> list[int] | None:
+        """The ROI in the metadata of the version that selected the sample (where a whole-frame upload's ROI is).
+
+        A sample's own ``roi`` is set only when the edge uploaded the crop; an edge that uploads whole frames
+        (``upload.crop_roi: false``) leaves it out, and a person still wants to see the region the model saw.
+        """
+        if version not in self._rois:
+            from .registry import Registry
+
+            roi = None
+            try:
+                from .export import read_meta
+
+                with Registry(self.state_dir) as reg:
+                    roi = read_meta(reg.get(version).path).roi
+            except Exception:  # an unregistered or unreadable version: no ROI to show
+                roi = None
+            if len(self._rois) > 1000:
+                self._rois.clear()
+            self._rois[version] = list(roi) if roi else None
+        return self._rois[version]
 
     def _samples(self, q: dict[str, str]) -> list[dict[str, Any]]:
         status = q.get("status", "unlabelled")

@@ -17,6 +17,7 @@ import hmac
 import io
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -107,6 +108,7 @@ class Console:
         self.templates.env.filters["ago"] = _ago
         self.templates.env.filters["num"] = _num
         self._png_cache: dict[str, bytes] = {}
+        self.closing = threading.Event()  # set when the server stops: live streams end so shutdown is quick
         self.app = _SecurityHeaders(Starlette(routes=self._routes(), lifespan=self._lifespan))
 
     # -- services ---------------------------------------------------------------------------------------------
@@ -122,6 +124,10 @@ class Console:
                 self.fleet.start(s.broker, ca=s.mqtt_ca, cert=s.mqtt_cert, key=s.mqtt_key)
             except (ConnectionError, OSError, ValueError) as e:
                 log.warning("fleet view: %s (retrying in the background)", e)
+
+    def close_streams(self) -> None:
+        """End every live (server-sent events) stream within half a second; call before stopping the server."""
+        self.closing.set()
 
     def stop(self) -> None:
         self.fleet.stop()
@@ -288,7 +294,7 @@ class Console:
             nonlocal rev
             last_beat = time.monotonic()
             yield "retry: 2000\n\n"
-            while not await request.is_disconnected():
+            while not self.closing.is_set() and not await request.is_disconnected():
                 if self.fleet.rev > rev:
                     rev, rows = self.fleet.changes(rev)
                     yield f"data: {json.dumps({'rev': rev, 'devices': rows, 'now': time.time()})}\n\n"
@@ -334,13 +340,16 @@ class Console:
         async def stream() -> Any:
             last = ""
             yield "retry: 2000\n\n"
-            while not await request.is_disconnected():
+            while not self.closing.is_set() and not await request.is_disconnected():
                 ctx = await run_in_threadpool(self._rollout_ctx, rid)
                 html = template.render(session=s, actions=ACTIONS, now=time.time(), **ctx)
                 if html != last:
                     last = html
                     yield f"data: {json.dumps({'html': html})}\n\n"
-                await asyncio.sleep(1.0)
+                for _ in range(4):
+                    if self.closing.is_set():
+                        break
+                    await asyncio.sleep(0.25)
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 

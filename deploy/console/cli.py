@@ -109,9 +109,16 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     scheme = "https" if args.tls_cert else "http"
     log.info("edgeloop console on %s://%s:%d", scheme, args.host, args.port)
-    uvicorn.run(console.app, host=args.host, port=args.port, log_level="warning", ssl_certfile=args.tls_cert,
-                ssl_keyfile=args.tls_key, timeout_keep_alive=5, limit_concurrency=200, timeout_graceful_shutdown=3,
-                proxy_headers=False, server_header=False)
+    config = uvicorn.Config(console.app, host=args.host, port=args.port, log_level="warning",
+                            ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key, timeout_keep_alive=5,
+                            limit_concurrency=200, timeout_graceful_shutdown=3, proxy_headers=False, server_header=False)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            console.close_streams()  # live pages' streams end first, so Ctrl-C stops at once
+            super().handle_exit(sig, frame)
+
+    Server(config).run()
     return 0
 
 

@@ -90,6 +90,7 @@ class Rollouts:
         st["members"] = [d for d in devices if _in_wave(st["id"], d["device"], st["below"])]
         st["gate"] = gate_numbers(st, st["members"])
         st["controller_heartbeat"] = float(db.get_meta("heartbeat") or 0.0)
+        st["actions"] = [a for a in ACTIONS if st["state"] in _ACTION_STATES[a]]
         return st
 
     def devices(self) -> list[dict[str, Any]]:

@@ -1,46 +1,13 @@
-"""Helpers for the console tests: the console served by a real uvicorn in a thread, and a tiny HTTP client
-that keeps cookies and does not follow redirects (so tests see exactly what the server answered)."""
+"""Helpers for the console tests: a tiny HTTP client that keeps cookies and does not follow redirects (so tests
+see exactly what the server answered). The console itself is served by :class:`bench.browser.ServedApp`."""
 from __future__ import annotations
 
 import http.client
 import json
 import re
-import threading
-import time
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import urlencode
-
-
-class ServedApp:
-    """Run an ASGI app with uvicorn on a free loopback port in a daemon thread."""
-
-    def __init__(self, app: Any) -> None:
-        import uvicorn
-
-        from deploy.broker import free_port
-
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    timeout_graceful_shutdown=1))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> "ServedApp":
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("console did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 class Client:

@@ -15,6 +15,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from bench.browser import ServedApp
+
 from deploy.console.app import Console, ConsoleSettings
 from deploy.console.auth import INITIAL_PASSWORD_FILE, Users, hash_password, verify_password
 from deploy.console.exchange import parse_labelstudio
@@ -25,7 +27,7 @@ from deploy.controller import Policy, RolloutStore
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
 from _helpers import fill_store  # noqa: E402
-from console_helpers import Client, ServedApp  # noqa: E402
+from console_helpers import Client  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 PASSWORDS = {"admin": "operator-pass-1", "lab": "labeller-pass-1", "view": "viewer-pass-1"}
@@ -50,7 +52,7 @@ def stack(tmp_path: Path):
         users.set(name, PASSWORDS[name], role)
     console = Console(ConsoleSettings(state_dir=tmp_path / "console", deploy_state=tmp_path / "deploy", broker=None),
                       trainer=TrainerClient(api.url, api.token))
-    with ServedApp(console.app) as served:
+    with ServedApp(console.app, on_exit=console.close_streams) as served:
         yield {"url": served.url, "port": served.port, "store": store, "ids": ids, "api": api, "console": console,
                "deploy": tmp_path / "deploy"}
     api.stop()

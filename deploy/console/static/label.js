@@ -57,15 +57,16 @@ function renderKeys() {
 function draw(s) {
   const img = s._img, roiC = $("roi"), frameC = $("frame");
   const w = img.naturalWidth, h = img.naturalHeight;
-  const full = s.roi && w === s.width && h === s.height;
-  const [x, y, rw, rh] = full ? s.roi : [0, 0, w, h];
+  const isFrame = w === s.width && h === s.height;  // a whole-frame upload (else the edge sent the ROI crop)
+  const roi = isFrame ? (s.roi || s.model_roi) : null;
+  const [x, y, rw, rh] = roi || [0, 0, w, h];
   const scale = Math.max(1, Math.floor(320 / Math.max(rw, rh)));
   roiC.width = rw * scale; roiC.height = rh * scale;
   const rc = roiC.getContext("2d");
   rc.imageSmoothingEnabled = false;  // full resolution: every pixel visible, none invented
   rc.drawImage(img, x, y, rw, rh, 0, 0, rw * scale, rh * scale);
   const note = $("frame-note");
-  if (s.roi && !full) {
+  if (!isFrame) {
     frameC.width = 0; frameC.height = 0;
     note.textContent = "whole frame not uploaded: the edge sends only the ROI crop (edge config upload.crop_roi)";
   } else {
@@ -73,8 +74,8 @@ function draw(s) {
     frameC.width = Math.round(w * fs); frameC.height = Math.round(h * fs);
     const fc = frameC.getContext("2d");
     fc.drawImage(img, 0, 0, frameC.width, frameC.height);
-    if (s.roi) { fc.strokeStyle = "#ff3b30"; fc.lineWidth = 2; fc.strokeRect(x * fs, y * fs, rw * fs, rh * fs); }
-    note.textContent = s.roi ? `whole frame ${w}×${h}, ROI boxed` : `whole frame ${w}×${h} (no ROI)`;
+    if (roi) { fc.strokeStyle = "#ff3b30"; fc.lineWidth = 2; fc.strokeRect(x * fs, y * fs, rw * fs, rh * fs); }
+    note.textContent = roi ? `whole frame ${w}×${h}, ROI boxed` : `whole frame ${w}×${h} (no ROI)`;
   }
 }
 
