@@ -418,10 +418,11 @@ class TrainerAPI:
 
             roi = None
             try:
-                from .export import read_meta
-
                 with Registry(self.state_dir) as reg:
-                    roi = read_meta(reg.get(version).path).roi
+                    path = reg.get(version).path
+                from .export import read_meta  # onnx (and torch): only once a registered version is asked for
+
+                roi = read_meta(path).roi
             except Exception:  # an unregistered or unreadable version: no ROI to show
                 roi = None
             if len(self._rois) > 1000:

@@ -209,3 +209,27 @@ def test_pages_render(stack: dict) -> None:
                        ("/models", b"Models"), ("/data", b"Import labels"), ("/rollouts", b"v0002")):
         code, _, page = op.get(path)
         assert code == 200 and text in page, (path, page[:300])
+
+
+def test_cli_export_import_and_users(stack: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from deploy.console.cli import main
+
+    store, ids, api = stack["store"], stack["ids"], stack["api"]
+    store.set_labels([(ids[0], "red")], "person", 0.0)
+    tok = ["--trainer", api.url, "--trainer-token-file", str(api.state_dir / "api_token")]
+    assert main(["export", "--format", "imagefolder", "--out", str(tmp_path / "if"), *tok]) == 0
+    assert (tmp_path / "if" / "red" / f"{ids[0]}.png").read_bytes() == store.image(ids[0])[0]
+    assert main(["export", "--format", "labelstudio", "--out", str(tmp_path / "ls"), "--unlabelled", *tok]) == 0
+    assert len(json.loads((tmp_path / "ls" / "tasks.json").read_text())) == len(ids)
+    (tmp_path / "l.csv").write_text(f"{ids[1]},green\n{ids[2]},teal\n")
+    assert main(["import", str(tmp_path / "l.csv"), *tok]) == 0
+    assert "1 of 2 labels applied" in capsys.readouterr().out and store.get(ids[2]).label is None
+    assert main(["import", str(tmp_path / "l.csv"), "--new-classes", *tok]) == 0 and store.get(ids[2]).label == "teal"
+    assert main(["export", "--out", str(tmp_path / "x"), "--trainer", api.url, "--trainer-token-file",
+                 str(tmp_path / "missing")]) == 1
+    (tmp_path / "pw").write_text("a-long-password\n")
+    assert main(["user", "add", "carol", "--role", "labeller", "--password-file", str(tmp_path / "pw"),
+                 "--state-dir", str(tmp_path / "c")]) == 0
+    assert Users(tmp_path / "c").verify("carol", "a-long-password") == "labeller"
+    (tmp_path / "short").write_text("short\n")
+    assert main(["user", "add", "dave", "--password-file", str(tmp_path / "short"), "--state-dir", str(tmp_path / "c")]) == 2
