@@ -38,7 +38,7 @@ from starlette.templating import Jinja2Templates
 from . import exchange, plots
 from .auth import ROLES, LoginThrottle, Session, Sessions, Users
 from .live import FleetView
-from .rollouts import ACTIONS, ApprovalUnavailable, NoControllerState, Rollouts
+from .rollouts import ApprovalUnavailable, NoControllerState, Rollouts
 from .trainer_client import TrainerClient, TrainerError
 
 log = logging.getLogger("edgeloop.console")
@@ -329,7 +329,7 @@ class Console:
     async def rollouts_page(self, request: Request) -> Response:
         s = self.guard(request)
         ctx = await run_in_threadpool(self._rollout_ctx, request.query_params.get("id"))
-        return self.render(request, "rollouts.html", s, actions=ACTIONS, now=time.time(), **ctx)
+        return self.render(request, "rollouts.html", s, now=time.time(), **ctx)
 
     async def rollouts_events(self, request: Request) -> Response:
         """Server-sent events: the re-rendered rollout panel whenever it changes (checked every second)."""
@@ -342,7 +342,7 @@ class Console:
             yield "retry: 2000\n\n"
             while not self.closing.is_set() and not await request.is_disconnected():
                 ctx = await run_in_threadpool(self._rollout_ctx, rid)
-                html = template.render(session=s, actions=ACTIONS, now=time.time(), **ctx)
+                html = template.render(session=s, now=time.time(), **ctx)
                 if html != last:
                     last = html
                     yield f"data: {json.dumps({'html': html})}\n\n"
