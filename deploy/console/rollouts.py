@@ -1,16 +1,15 @@
 """The console's one adapter to the rollout controller's state (``<deploy state>/rollout.sqlite``).
 
 Everything the console reads about rollouts, and every operator action it takes, goes through this
-module, so that when the controller's store moves (``deploy/rollout_store.py``, a typed ``Rollout``) only
-this file changes. Actions take the same path as ``edgeloop rollout pause|resume|abort|rollback``
-(:mod:`deploy.rollout_cli`): the command is written into the rollout's row and the running controller
-applies it within a tick. ``approve(version)`` is the hook for the approval step the controller does not
+module (:mod:`deploy.rollout_store`'s typed ``Rollout`` rows, the gate's own ``count_wave``), so a change of
+the controller's storage touches only this file. Actions take the same path as ``edgeloop rollout
+pause|resume|abort|rollback`` (:mod:`deploy.rollout_cli`): ``RolloutStore.queue_command``, applied by the
+running controller within a tick. ``approve(version)`` is the hook for the approval step the controller does not
 have yet: it raises :class:`ApprovalUnavailable` until it is wired to the controller's approve path.
 """
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +17,21 @@ import msgspec
 
 from protocol.waves import BUCKETS, wave_bucket
 
-from ..controller import TERMINAL, Policy, RolloutStore, rollout_status
+from ..controller import rollout_status
+from ..fleet import DeviceInfo
+from ..rollout_gate import count_wave
+from ..rollout_store import COMMANDS, TERMINAL, RolloutStore, State
 
-__all__ = ["Rollouts", "ACTIONS", "ApprovalUnavailable", "APPROVAL_STATES", "NoControllerState"]
+__all__ = ["Rollouts", "ACTIONS", "ApprovalUnavailable", "APPROVAL_STATES", "NoControllerState", "gate_numbers"]
 
 #: Operator actions, as the CLI names them.
-ACTIONS = ("pause", "resume", "abort", "rollback")
+ACTIONS = COMMANDS
 #: Rollout states in which a rollout waits for an operator's approval (none exist yet; see approve()).
 APPROVAL_STATES = ("awaiting_approval",)
-_ACTION_STATES = {"pause": ("running",), "resume": ("paused",), "abort": ("running", "paused", "rolling_back"),
-                  "rollback": ("running", "paused", "completed")}
+#: Which actions make sense in which state (the controller ignores the others; the page offers only these).
+_ACTION_STATES = {"pause": (State.RUNNING,), "resume": (State.PAUSED,),
+                  "abort": (State.RUNNING, State.PAUSED, State.ROLLING_BACK),
+                  "rollback": (State.RUNNING, State.PAUSED, State.COMPLETED)}
 
 
 class ApprovalUnavailable(RuntimeError):
@@ -67,13 +71,11 @@ class Rollouts:
 
     # -- reading ------------------------------------------------------------------------------------------
     def list(self, limit: int = 50) -> list[dict[str, Any]]:
-        rows = self._db().q("SELECT * FROM rollouts ORDER BY created DESC LIMIT ?", (limit,))
+        """The newest ``limit`` rollouts, newest first, as plain dicts (for templates)."""
         out = []
-        for r in rows:
-            d = dict(r)
-            policy = msgspec.json.decode(d["policy"], type=Policy)
-            d["waves"] = policy.waves
-            d["terminal"] = d["state"] in TERMINAL
+        for r in reversed(self._db().rollouts()[-limit:]):
+            d = msgspec.to_builtins(r)
+            d.update(waves=r.policy.waves, terminal=r.state in TERMINAL)
             out.append(d)
         return out
 
@@ -81,16 +83,12 @@ class Rollouts:
         """The CLI's ``rollout status`` view plus the current wave's devices and the gate's numbers."""
         db = self._db()
         st = rollout_status(db, rid)
-        if not st:
+        r = db.rollout(st["id"]) if st else None
+        if r is None:
             return {}
-        row = db.rollout(st["id"]) or {}
-        devices = db.devices()
-        st["below"] = row.get("below", 0)
-        st["wave_index"] = row.get("wave", 0)
-        st["members"] = [d for d in devices if _in_wave(st["id"], d["device"], st["below"])]
-        st["gate"] = gate_numbers(st, st["members"])
-        st["controller_heartbeat"] = float(db.get_meta("heartbeat") or 0.0)
-        st["actions"] = [a for a in ACTIONS if st["state"] in _ACTION_STATES[a]]
+        st.update(below=r.below, wave_index=r.wave, actions=[a for a in ACTIONS if r.state in _ACTION_STATES[a]])
+        st["members"] = [d for d in db.devices() if _in_wave(r.id, d["device"], r.below)]
+        st["gate"] = gate_numbers(r, st["members"])
         return st
 
     def devices(self) -> list[dict[str, Any]]:
@@ -108,12 +106,10 @@ class Rollouts:
         r = db.rollout(rid)
         if r is None:
             raise KeyError(f"no rollout {rid!r}")
-        if r["state"] not in _ACTION_STATES[action]:
-            raise ValueError(f"cannot {action} a rollout that is {r['state']}")
-        db.command(rid, action)
-        hb = db.get_meta("heartbeat")
-        alive = hb is not None and time.time() - float(hb) < 5.0
-        return {"id": rid, "action": action, "controller_alive": alive}
+        if r.state not in _ACTION_STATES[action]:
+            raise ValueError(f"cannot {action} a rollout that is {r.state}")
+        db.queue_command(rid, action)
+        return {"id": rid, "action": action, "controller_alive": db.controller_alive()}
 
     def approve(self, version: str) -> dict[str, Any]:
         """Approve the rollout of ``version`` that waits for an operator (``edgeloop rollout approve vNNNN``).
@@ -130,35 +126,32 @@ def _in_wave(rid: str, device: str, below: int) -> bool:
         return False
 
 
-def gate_numbers(st: dict[str, Any], members: list[dict[str, Any]]) -> dict[str, Any]:
-    """The wave's figures the gate looks at, from the controller's device snapshot (updated every second).
+def _device(row: dict[str, Any]) -> DeviceInfo:
+    """A controller snapshot row (``DeviceInfo.to_row``) back into the controller's own type."""
+    return DeviceInfo(device=row["device"], online=bool(row.get("online")), last_seen=float(row.get("last_seen") or 0),
+                      version=row.get("version"), model_state=row.get("state"), model_version=row.get("status_version"),
+                      reason=row.get("reason"), rollout_id=row.get("rollout_id"),
+                      status_metrics=dict(row.get("metrics") or {}), fps=row.get("fps"),
+                      latency_ms=row.get("latency_ms"), outbox_depth=row.get("outbox_depth"))
 
-    Failed fraction among the wave's online devices that reported for this rollout; mean shadow agreement,
-    candidate vs active confidence and latency where devices ran a shadow; thresholds from the policy.
-    """
-    target, rid = st["version"], st["id"]
-    online = [d for d in members if d.get("online")]
-    mine = [d for d in online if d.get("rollout_id") == rid and d.get("status_version") == target]
-    failed = [d for d in mine if d.get("state") in ("failed", "rolled_back", "rejected")]
-    active = [d for d in online if d.get("version") == target]
-    shadow = [d.get("metrics") or {} for d in mine if isinstance((d.get("metrics") or {}).get("agreement"), (int, float))]
 
-    def mean(key: str) -> float | None:
-        vals = [float(m[key]) for m in shadow if isinstance(m.get(key), (int, float))]
-        return round(sum(vals) / len(vals), 4) if vals else None
-
-    lat = [(float(d["metrics"]["latency_ms"]), float(d["latency_ms"])) for d in mine
-           if isinstance((d.get("metrics") or {}).get("latency_ms"), (int, float)) and d.get("latency_ms")]
-    conf, aconf = mean("confidence"), mean("active_confidence")
-    policy = st.get("policy", {})
-    return {
-        "members": len(members), "online": len(online), "active": len(active), "failed": len(failed),
-        "failed_fraction": round(len(failed) / len(online), 4) if online else None,
-        "max_failed": policy.get("max_failed"),
-        "agreement": mean("agreement"), "min_agreement": policy.get("min_agreement"),
-        "confidence_drop": round(1 - conf / aconf, 4) if conf is not None and aconf else None,
-        "max_confidence_drop": policy.get("max_confidence_drop"),
-        "latency_ratio": round(sum(a for a, _ in lat) / max(1e-6, sum(b for _, b in lat)), 3) if lat else None,
-        "max_latency_ratio": policy.get("max_latency_ratio"),
+def gate_numbers(r: Any, members: list[dict[str, Any]]) -> dict[str, Any]:
+    """The wave's figures the gate looks at, counted by the gate's own :func:`count_wave` from the controller's
+    device snapshot (written every second), beside the policy's limits."""
+    w = count_wave([_device(m) for m in members], r.id, r.version, r.wave_started)
+    p = r.policy
+    out: dict[str, Any] = {
+        "members": len(members), "online": w.online, "active": len(w.active), "failed": len(w.failed),
+        "pending": len(w.pending), "failed_fraction": round(len(w.failed) / w.online, 4) if w.online else None,
+        "max_failed": p.max_failed, "min_agreement": p.min_agreement,
+        "max_confidence_drop": p.shadow_max_confidence_drop, "max_latency_ratio": p.shadow_max_latency_ratio,
+        "agreement": None, "confidence_drop": None, "latency_ratio": None, "failures": w.failures,
     }
-
+    if w.shadowed:
+        out["agreement"] = round(w.shadow_mean("agreement"), 4)
+        new, old = w.shadow_mean("confidence"), w.shadow_mean("active_confidence")
+        out["confidence_drop"] = round(1 - new / old, 4) if old > 0 else None
+        lat = [(float(d.status_metrics.get("latency_ms", 0)), d.latency_ms) for d in w.shadowed if d.latency_ms]
+        if lat:
+            out["latency_ratio"] = round(sum(a for a, _ in lat) / max(1e-6, sum(b for _, b in lat)), 3)
+    return out

@@ -8,11 +8,9 @@ import json
 import os
 import stat
 import sys
-import time
 import zipfile
 from pathlib import Path
 
-import msgspec
 import pytest
 
 from bench.browser import ServedApp
@@ -22,7 +20,8 @@ from deploy.console.auth import INITIAL_PASSWORD_FILE, Users, hash_password, ver
 from deploy.console.exchange import parse_labelstudio
 from deploy.console.rollouts import Rollouts
 from deploy.console.trainer_client import TrainerClient
-from deploy.controller import Policy, RolloutStore
+from deploy.rollout_gate import Policy
+from deploy.rollout_store import RolloutStore
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
@@ -42,10 +41,7 @@ def stack(tmp_path: Path):
     ids = fill_store(store, ["red", "green"], 12)
     api = TrainerAPI(store, "127.0.0.1", 0, heldout=0.0, known_labels=lambda: ["red", "green"]).start()
     rs = RolloutStore(tmp_path / "deploy" / "rollout.sqlite")
-    now = time.time()
-    rs.x("INSERT INTO rollouts(id, fleet, model_id, version, prev_version, state, policy, created, updated) "
-         "VALUES(?,?,?,?,?,?,?,?,?)", ("r1", "default", "edgeloop", "v0002", "v0001", "running",
-                                       msgspec.json.encode(Policy()).decode(), now, now))
+    rid = rs.create_rollout("default", "edgeloop", "v0002", "v0001", Policy()).id
     rs.close()
     users = Users(tmp_path / "console")
     for name, role in (("admin", "operator"), ("lab", "labeller"), ("view", "viewer")):
@@ -54,7 +50,7 @@ def stack(tmp_path: Path):
                       trainer=TrainerClient(api.url, api.token))
     with ServedApp(console.app, on_exit=console.close_streams) as served:
         yield {"url": served.url, "port": served.port, "store": store, "ids": ids, "api": api, "console": console,
-               "deploy": tmp_path / "deploy"}
+               "deploy": tmp_path / "deploy", "rid": rid}
     api.stop()
     store.close()
 
@@ -138,24 +134,27 @@ def test_labelling_goes_through_the_trainer_and_bad_requests_change_nothing(stac
 
 
 def test_rollout_buttons_take_the_cli_path_and_need_operator_and_csrf(stack: dict) -> None:
+    rid = stack["rid"]
+
     def command() -> str | None:
         rs = RolloutStore(stack["deploy"] / "rollout.sqlite")
         try:
-            return rs.rollout("r1")["command"]
+            return rs.rollout(rid).command
         finally:
             rs.close()
 
     view = logged_in(stack, "view")
-    assert view.form("/rollouts/r1/pause", {"csrf_token": view.csrf()})[0] == 403
+    assert view.form(f"/rollouts/{rid}/pause", {"csrf_token": view.csrf()})[0] == 403
     op = logged_in(stack, "admin")
     code, _, page = op.get("/rollouts")
-    assert code == 200 and b"r1" in page and b'data-action="pause"' in page
-    assert op.form("/rollouts/r1/pause", {"csrf_token": "forged"})[0] == 403
-    assert Client(stack["port"]).form("/rollouts/r1/pause", {"csrf_token": "x"})[0] == 401
+    assert code == 200 and rid.encode() in page and b'data-action="pause"' in page
+    assert b'data-action="resume"' not in page  # only what applies to a running rollout
+    assert op.form(f"/rollouts/{rid}/pause", {"csrf_token": "forged"})[0] == 403
+    assert Client(stack["port"]).form(f"/rollouts/{rid}/pause", {"csrf_token": "x"})[0] == 401
     assert command() is None
-    code, headers, _ = op.form("/rollouts/r1/pause", {"csrf_token": op.csrf()})
+    code, headers, _ = op.form(f"/rollouts/{rid}/pause", {"csrf_token": op.csrf()})
     assert code == 303 and "pause%20queued" in headers["location"] and command() == "pause"
-    code, headers, _ = op.form("/rollouts/r1/resume", {"csrf_token": op.csrf()})  # running, not paused
+    code, headers, _ = op.form(f"/rollouts/{rid}/resume", {"csrf_token": op.csrf()})  # running, not paused
     assert "error=" in headers["location"]
     code, headers, _ = op.form("/approve/v0002", {"csrf_token": op.csrf()})
     assert code == 303 and "no%20approval%20step" in headers["location"]
