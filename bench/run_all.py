@@ -69,6 +69,7 @@ REGISTRY: list[Bench] = [
     Bench("transport", "bench.transport"),
     Bench("rollout", "bench.rollout"),
     Bench("freshness", "bench.freshness"),
+    Bench("console", "bench.console"),
 ]
 
 

@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("deploy.demo", "the whole loop in one command, with a report"),
     "broker": ("deploy.broker", "start the embedded MQTT broker for one machine"),
     "keys": ("deploy.keys", "generate and inspect manifest signing keys"),
+    "console": ("deploy.console.cli", "the web console: fleet, rollouts, models, label queue, data in and out"),
     "bench": ("bench.run_all", "run the benchmarks and write bench/results.json"),
 }
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         extra = {"torch": "trainer", "torchvision": "trainer", "onnx": "trainer", "cv2": "edge",
                  "onnxruntime": "edge", "paho": "edge", "amqtt": "deploy", "rich": "deploy",
-                 "matplotlib": "deploy"}.get((exc.name or "").split(".")[0])
+                 "matplotlib": "deploy", "starlette": "console", "uvicorn": "console", "jinja2": "console"}.get((exc.name or "").split(".")[0])
         hint = f" (pip install 'edgeloop[{extra}]')" if extra else ""
         print(f"edgeloop {name}: missing dependency {exc.name!r}{hint}", file=sys.stderr)
         return 2

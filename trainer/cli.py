@@ -7,6 +7,7 @@ Examples::
     edgeloop trainer run --state-dir ./trainer-state --broker mqtt://127.0.0.1:1883 --labeller oracle
     edgeloop trainer status --state-dir ./trainer-state
     edgeloop trainer versions --state-dir ./trainer-state --json
+    edgeloop trainer classes add crack --state-dir ./trainer-state
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "run buffered importance-weighted continual updates, gate, export and register ONNX versions.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::", 1)[1],
     )
-    sub = p.add_subparsers(dest="command", metavar="{bootstrap,run,status,versions}")
+    sub = p.add_subparsers(dest="command", metavar="{bootstrap,run,status,versions,classes}")
 
     b = sub.add_parser("bootstrap", help="train the first model from labelled images and register v0001",
                        description="Train the first model from an ImageFolder (root/<class>/*.png|jpg) or MNIST-format "
@@ -116,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List the registry: version, parent, status, samples seen, accuracy, macro-F1, labels.")
     v.add_argument("--state-dir", default=DEFAULT_STATE)
     v.add_argument("--json", action="store_true", help="machine-readable output")
+
+    c = sub.add_parser("classes", help="list the known classes, or add a new one explicitly",
+                       description="A label must name a known class (a model's class, one already labelled, or one "
+                                   "added here), so that a typo never grows the model's head. `add NAME` makes NAME a "
+                                   "class people may label with; the head grows when the first sample is trained.")
+    c.add_argument("action", choices=["list", "add"])
+    c.add_argument("name", nargs="?", help="with add: the new class")
+    c.add_argument("--state-dir", default=DEFAULT_STATE)
     return p
 
 
@@ -131,7 +140,35 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command == "status":
         return _status(args)
+    if args.command == "classes":
+        return _classes(args)
     return _versions(args)
+
+
+def _classes(args: argparse.Namespace) -> int:
+    from .classes import add_class, added_classes, known_classes
+    from .store import SampleStore
+
+    state = Path(args.state_dir)
+    if not (state / "samples").is_dir() and not (state / "registry.sqlite").exists():
+        print(f"edgeloop trainer classes: {state} is not a trainer state directory", file=sys.stderr)
+        return 2
+    with SampleStore(state / "samples") as st:
+        if args.action == "add":
+            if not args.name:
+                print("edgeloop trainer classes add: give the class NAME", file=sys.stderr)
+                return 2
+            try:
+                name = add_class(st, args.name)
+            except ValueError as e:
+                print(f"edgeloop trainer classes add: {e}", file=sys.stderr)
+                return 2
+            print(f"class {name!r} added; known: {', '.join(known_classes(st, state))}")
+            return 0
+        added = set(added_classes(st))
+        for name in known_classes(st, state):
+            print(name + ("  (added)" if name in added else ""))
+    return 0
 
 
 def _setup_logging(level: str = "INFO") -> None:

@@ -394,13 +394,28 @@ class SampleStore:
         ).fetchall()
         return [_row(r) for r in rows]
 
-    def query(self, where: str = "1", limit: int = 100, after_rowid: int = 0) -> list[StoredSample]:
-        """Samples matching a fixed SQL condition (callers pass constants, never user input), by rowid."""
+    def query(self, where: str = "1", limit: int = 100, after_rowid: int = 0,
+              params: Sequence[Any] = (), newest_first: bool = False) -> list[StoredSample]:
+        """Samples matching a fixed SQL condition (callers pass constants, never user input), by rowid.
+
+        User-supplied values go into ``params`` (``?`` placeholders in ``where``), never into ``where``.
+        ``newest_first`` gives the latest ``limit`` rows (``after_rowid`` still bounds them from below).
+        """
+        order = "DESC" if newest_first else ""
         rows = self._conn().execute(
-            f"SELECT {_COLUMNS} FROM samples WHERE ({where}) AND rowid > ? ORDER BY rowid LIMIT ?",
-            (after_rowid, limit),
+            f"SELECT {_COLUMNS} FROM samples WHERE ({where}) AND rowid > ? ORDER BY rowid {order} LIMIT ?",
+            (*params, after_rowid, limit),
         ).fetchall()
         return [_row(r) for r in rows]
+
+    def unlabelled_summary(self) -> dict[str, dict[str, int]]:
+        """Samples waiting for a label, counted by device, selection reason and predicted class (queue filters)."""
+        c = self._conn()
+        out: dict[str, dict[str, int]] = {}
+        for key, expr in (("device", "device"), ("reason", "reason"), ("predicted", "json_extract(topk, '$[0][0]')")):
+            rows = c.execute(f"SELECT {expr}, COUNT(*) FROM samples WHERE label IS NULL GROUP BY 1 ORDER BY 1")
+            out[key] = {str(k): int(n) for k, n in rows}
+        return out
 
     def labelled_after(self, label_seq: int, limit: int = 1000, heldout: bool | None = False) -> list[StoredSample]:
         """Labelled samples with ``label_seq`` greater than the given one, in labelling order.
@@ -425,8 +440,8 @@ class SampleStore:
         r = self._conn().execute("SELECT COALESCE(MAX(label_seq), 0) FROM samples").fetchone()
         return int(r[0])
 
-    def count(self, where: str = "1") -> int:
-        return int(self._conn().execute(f"SELECT COUNT(*) FROM samples WHERE {where}").fetchone()[0])
+    def count(self, where: str = "1", params: Sequence[Any] = ()) -> int:
+        return int(self._conn().execute(f"SELECT COUNT(*) FROM samples WHERE {where}", tuple(params)).fetchone()[0])
 
     def rejections(self) -> dict[str, int]:
         return dict(self._conn().execute("SELECT reason, count FROM rejections ORDER BY reason").fetchall())
@@ -514,6 +529,11 @@ class SampleStore:
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         r = self._conn().execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return r[0] if r else default
+
+    def meta_items(self, prefix: str) -> list[tuple[str, str]]:
+        """Every (key, value) whose key starts with ``prefix`` (e.g. the explicitly added classes)."""
+        return self._conn().execute("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key",
+                                    (len(prefix), prefix)).fetchall()
 
     def set_meta(self, key: str, value: str) -> None:
         with self._write_lock:
