@@ -1,9 +1,10 @@
 """The demo's report: ``summary.json`` (numbers), ``report.png`` (the picture), ``report.md`` (the story).
 
-Everything is computed from :class:`deploy.demo.RunRecord` -- what the devices published (stats, model
-status), what the frozen control computed on the same frames, and what the trainer registry and the rollout
-store hold -- so the report can be re-rendered from ``record.json`` without running anything again
-(``python -m deploy.report OUT_DIR``).
+Everything is computed from the run's record (:class:`deploy.demo.app.RunRecord`) -- what the devices
+published (stats, model status), what the frozen control computed on the same frames, what the trainer
+registry and the rollout feeder hold, and the two facts of the demo's plan it needs (the accuracy window in
+frames, the sim URL of unseen post-drift frames) -- so the report never imports the demo, and it can be
+re-rendered from ``record.json`` without running anything again (``python -m deploy.demo.report OUT_DIR``).
 
 Accuracy windows (all in stream seconds = camera frame index / fps, averaged over cameras):
 
@@ -38,9 +39,8 @@ def _get(rec: Any, key: str) -> Any:
 
 
 def _window_frames(rec: Any) -> int:
-    from deploy.demo import ACCURACY_WINDOW_S
-
-    return int(round(ACCURACY_WINDOW_S * float(_get(rec, "timeline")["fps"])))
+    """Frames in the cameras' rolling accuracy window (the control's windows have the same length)."""
+    return int(_get(rec, "window_frames"))
 
 
 def _frozen(correct: list[int], end: int, size: int) -> float | None:
@@ -179,26 +179,24 @@ def compute_summary(rec: Any, confusion: dict[str, Any] | None = None) -> dict[s
 def confusion_matrices(rec: Any, n: int = 480) -> dict[str, Any] | None:
     """Frozen v0001 and the final fleet model on fresh post-drift frames (an unseen seed), same frames for both."""
     try:
-        from deploy.demo import DemoOptions, Timeline, sim_url
         from edge.model import EdgeModel
         from edge.sources.sim import open_sim
     except Exception:
         return None
-    opts = DemoOptions(**_get(rec, "options"))
-    tl = Timeline(**_get(rec, "timeline"))
+    tl = _get(rec, "timeline")
     versions = {v["version"]: v for v in _get(rec, "versions")}
-    if not versions:
+    if not versions or not _get(rec, "confusion_url"):
         return None
     last = [rows[-1].get("model") for rows in _get(rec, "series").values() if rows]
     final = max(set(last), key=last.count) if last else None
     if final not in versions:
         final = sorted(versions)[-1]
     first = sorted(versions)[0]
-    src = open_sim(sim_url(opts, opts.seed * 100 + 99, tl, realtime=False))
+    src = open_sim(_get(rec, "confusion_url"))
     labels = list(src.labels)
-    start = int((tl.newclass_s + tl.ramp_s) * tl.fps) + 1
+    start = int((tl["newclass_s"] + tl["ramp_s"]) * tl["fps"]) + 1
     frames = [src.frame_at(start + 3 * i) for i in range(n)]
-    out: dict[str, Any] = {"labels": labels, "frames": n, "seed": opts.seed * 100 + 99,
+    out: dict[str, Any] = {"labels": labels, "frames": n, "seed": _get(rec, "confusion_seed"),
                            "first_index": start, "models": {}}
     for name, version in (("frozen", first), ("final", final)):
         model = EdgeModel.load(versions[version]["path"])
@@ -508,10 +506,15 @@ def write_report(out: Path, rec: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Re-render the report of an earlier run from its record.json: ``python -m deploy.report OUT_DIR``."""
+    """Re-render the report of an earlier run from its record.json: ``python -m deploy.demo.report OUT_DIR``."""
     argv = sys.argv[1:] if argv is None else argv
     out = Path(argv[0] if argv else "./edgeloop-demo")
     rec = json.loads((out / "record.json").read_text())
+    missing = [k for k in ("window_frames", "confusion_url", "confusion_seed") if k not in rec]
+    if missing:
+        print(f"{out / 'record.json'}: written by an older edgeloop (no {', '.join(missing)}); run the demo again",
+              file=sys.stderr)
+        return 2
     s = write_report(out, rec)
     print(json.dumps(s["accuracy"], indent=2))
     return 0
