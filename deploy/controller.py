@@ -96,11 +96,8 @@ class Policy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class DeployConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Deploy settings for callers that hand promoted versions over automatically (trainer, demo).
-
-    ``auto_rollout`` is the switch: when true, ``Controller.start_rollout(version, path)`` is called with
-    ``policy`` for every promoted version.
-    """
+    """Deploy settings for callers that hand promoted versions over automatically (trainer, demo); the hand-over
+    itself is :class:`deploy.rollout_feeder.RolloutFeeder`, with ``policy``."""
 
     broker: str = "mqtt://127.0.0.1:1883"
     prefix: str = "edgeloop/v1"
@@ -108,7 +105,6 @@ class DeployConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     state_dir: str = ".edgeloop/deploy"
     signing_key: str = ".edgeloop/keys/signing.key"
     chunk_size: int = DEFAULT_CHUNK_SIZE
-    auto_rollout: bool = True
     policy: Policy = msgspec.field(default_factory=Policy)
 
 
