@@ -250,8 +250,17 @@ def render_png(rec: Any, summary: dict[str, Any], path: Path) -> None:
              f"{summary['uploaded']} uploads ({_pct(summary['upload_fraction'], 1)} of {summary['frames']} frames), "
              f"broker {summary['broker'].get('kind')}", fontsize=10.5, color="#444444")
 
-    # 1. accuracy over time
-    ax = fig.add_subplot(gs[0, :])
+    _plot_accuracy(fig.add_subplot(gs[0, :]), rec, summary, pts)
+    _plot_uploads(fig.add_subplot(gs[1, :]), rec, summary, len(pts))
+    _plot_confusion(fig, gs, summary)
+    _plot_numbers(fig.add_subplot(gs[2, 2]), summary, n_prom)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_accuracy(ax: Any, rec: Any, summary: dict[str, Any], pts: dict[str, list[dict[str, Any]]]) -> None:
+    """Panel 1: every camera's rolling accuracy, their mean, and the frozen control on the same frames."""
+    stream_s = float(_get(rec, "timeline")["stream_s"])
     grid = np.arange(0.0, stream_s + 0.01, 1.0)
     loops, frozens = [], []
     for k, (dev, ps) in enumerate(sorted(pts.items())):
@@ -282,6 +291,13 @@ def render_png(rec: Any, summary: dict[str, Any], path: Path) -> None:
         ymin = max(0.0, math.floor((min(all_vals) - 0.05) * 10) / 10)
     ax.set_ylim(ymin, 1.02)
     ax.set_xlim(0, stream_s)
+    _mark_accuracy(ax, rec, summary, pts, ymin)
+
+
+def _mark_accuracy(ax: Any, rec: Any, summary: dict[str, Any], pts: dict[str, list[dict[str, Any]]],
+                   ymin: float) -> None:
+    """Panel 1's markers: drifts, first activation of each version, activations per camera; labels."""
+    tl = _get(rec, "timeline")
     for t, what in ((tl["lighting_s"], "lighting change"), (tl["newclass_s"], f"new class: {tl['newclass'].split('=')[0]}")):
         ax.axvspan(t, t + tl["ramp_s"], color=DRIFT_COLOR, alpha=0.18, lw=0)
         ax.axvline(t, color=DRIFT_COLOR, lw=1.6)
@@ -316,8 +332,11 @@ def render_png(rec: Any, summary: dict[str, Any], path: Path) -> None:
     ax.legend(loc="lower right", fontsize=8.5, ncol=min(4, len(pts) + 2), frameon=False,
               bbox_to_anchor=(1.0, 1.0), borderaxespad=0.2)
 
-    # 2. uploads per minute
-    ax2 = fig.add_subplot(gs[1, :])
+
+def _plot_uploads(ax2: Any, rec: Any, summary: dict[str, Any], n_cameras: int) -> None:
+    """Panel 2: uploads per minute, stacked by camera, against the fleet's budget."""
+    tl = _get(rec, "timeline")
+    stream_s = float(tl["stream_s"])
     bin_s = 10.0 if stream_s >= 60 else 5.0
     edges = np.arange(0.0, stream_s + bin_s, bin_s)
     total = np.zeros(len(edges) - 1)
@@ -346,10 +365,12 @@ def render_png(rec: Any, summary: dict[str, Any], path: Path) -> None:
     ax2.set_title(f"Uploads per minute (rate in {bin_s:.0f} s bins, stacked by camera): uncertain frames sent for "
                   "labelling",
                   loc="left")
-    ax2.legend(loc="upper left", fontsize=8, ncol=min(8, len(pts)), frameon=False)
+    ax2.legend(loc="upper left", fontsize=8, ncol=min(8, n_cameras), frameon=False)
     ax2.grid(axis="y", alpha=0.25)
 
-    # 3. confusion matrices + numbers
+
+def _plot_confusion(fig: Any, gs: Any, summary: dict[str, Any]) -> None:
+    """Panel 3, left: the frozen and the final model's confusion matrices on unseen post-drift frames."""
     conf = summary.get("confusion")
     for col, name in ((0, "frozen"), (1, "final")):
         axc = fig.add_subplot(gs[2, col])
@@ -375,7 +396,11 @@ def render_png(rec: Any, summary: dict[str, Any], path: Path) -> None:
                       f"{_pct(info['accuracy'])}\non {conf['frames']} unseen post-drift frames", loc="left",
                       fontsize=10)
         axc.spines[:].set_visible(False)
-    axt = fig.add_subplot(gs[2, 2])
+
+
+def _plot_numbers(axt: Any, summary: dict[str, Any], n_prom: int) -> None:
+    """Panel 3, right: the summary's headline numbers as a table."""
+    acc = summary["accuracy"]
     axt.axis("off")
     lines = [("accuracy (mean of cameras)", ""), ("  initial (bootstrap model)", _pct(acc["initial"])),
              ("  before drift", _pct(acc["before_drift"])),
@@ -397,8 +422,6 @@ def render_png(rec: Any, summary: dict[str, Any], path: Path) -> None:
                  fontweight="bold" if "loop" in k and "after both" in k else "normal")
         y -= 0.075
     axt.set_title("Numbers", loc="left")
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def _pct(v: Any, digits: int = 1) -> str:
