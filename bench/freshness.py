@@ -75,7 +75,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from deploy.demo.app import DemoApp
-from deploy.demo.plan import P_MIN, SCENARIOS, DemoOptions, Timeline, trainer_settings
+from deploy.demo.plan import P_MIN, SCENARIOS, DemoOptions, Timeline, demo_policy, trainer_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "freshness.json"
@@ -459,7 +459,7 @@ class FreshnessRun(DemoApp):
 
     def _facts(self, uploaded: int) -> dict[str, Any]:
         """Run facts beside the figures: lengths, settings, bootstrap, machine load."""
-        policy, update = self.policy, trainer_settings(self.demo_stream_s)
+        policy, update = self.policy or demo_policy(self.demo_stream_s), trainer_settings(self.demo_stream_s)
         return {
             "cameras": len(self.devices), "stream_s": round(self.t_stop - self.stream_t0, 1),
             "duration_limit_s": self.duration, "count_window_s": round(self.duration - self.tail, 1),
@@ -468,10 +468,8 @@ class FreshnessRun(DemoApp):
                          "p_min": P_MIN, "update": {k.split(".", 1)[1]: v for k, v in update.items()
                                                     if k.startswith("update.")},
                          "rollout": {"feeder": "deploy.rollout_feeder.RolloutFeeder (one at a time, coalesced)",
-                                     "waves": policy.waves if policy else None,
-                                     "soak_s": policy.soak if policy else None,
-                                     "health_s": policy.health_seconds if policy else None,
-                                     "shadow": policy.shadow if policy else None},
+                                     "waves": policy.waves, "soak_s": policy.soak, "health_s": policy.health_seconds,
+                                     "shadow": policy.shadow},
                          "bootstrap_frames": self.opts.bootstrap_frames},
             "bootstrap": {k: self.rec.bootstrap.get(k) for k in ("version", "epochs", "accuracy", "macro_f1", "seconds")}
             if self.rec.bootstrap else {},
