@@ -14,7 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "trainer": ("trainer.cli", "the central learner: bootstrap a model, ingest samples, update, export"),
     "label": ("trainer.label_cli", "label queued samples in the terminal"),
     "rollout": ("deploy.rollout_cli", "roll a model version out to the fleet in canary waves"),
-    "demo": ("deploy.demo", "the whole loop in one command, with a report"),
+    "demo": ("deploy.demo.cli", "the whole loop in one command, with a report"),
     "broker": ("deploy.broker", "start the embedded MQTT broker for one machine"),
     "keys": ("deploy.keys", "generate and inspect manifest signing keys"),
     "console": ("deploy.console.cli", "the web console: fleet, rollouts, models, label queue, data in and out"),

@@ -61,11 +61,8 @@ log = logging.getLogger("edgeloop.controller")
 
 
 class DeployConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Deploy settings for callers that hand promoted versions over automatically (trainer, demo).
-
-    ``auto_rollout`` is the switch: when true, ``Controller.start_rollout(version, path)`` is called with
-    ``policy`` for every promoted version.
-    """
+    """Deploy settings for callers that hand promoted versions over automatically (trainer, demo); the hand-over
+    itself is :class:`deploy.rollout_feeder.RolloutFeeder`, with ``policy``."""
 
     broker: str = "mqtt://127.0.0.1:1883"
     prefix: str = "edgeloop/v1"
@@ -73,7 +70,6 @@ class DeployConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     state_dir: str = ".edgeloop/deploy"
     signing_key: str = ".edgeloop/keys/signing.key"
     chunk_size: int = DEFAULT_CHUNK_SIZE
-    auto_rollout: bool = True
     policy: Policy = msgspec.field(default_factory=Policy)
 
 
