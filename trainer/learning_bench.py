@@ -32,7 +32,7 @@ import torch
 from trainer.datasets import SplitMNIST, make_split_mnist
 from trainer.evaluate import ForgettingTracker, evaluate_model
 from trainer.nets import build_model
-from trainer.strategies import STRATEGIES, LabelledBatch, make_strategy
+from trainer.strategies import STRATEGIES, LabelledBatch, make_strategy, strategy_settings
 
 GOAL = "iw-er @ buffer 500: final acc >= 96.0%, forgetting <= 3 points (mean of 3 seeds)"
 BUDGET_GOAL = "at 20% labelled: within 2 points of 100% labelled, and better than uniform-random"
@@ -46,7 +46,8 @@ DEFAULT_POLICY = "class_balanced"
 MINIBATCH = 10
 LR = 1e-3
 
-# Strategy settings are the registry's DEFAULT_CONFIGS (trainer/strategies/__init__.py); --set overrides.
+# Strategy settings are each strategy's own defaults (its Config, in trainer/strategies/<name>.py); --set
+# overrides them, for every strategy of the run that has the setting.
 
 
 def _adam(params):  # type: ignore[no-untyped-def]
@@ -65,6 +66,11 @@ def _per_class(model: torch.nn.Module, data: SplitMNIST) -> tuple[float, list[fl
     return m["accuracy"], m["per_class"]
 
 
+def own_settings(name: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The overrides that are settings of strategy ``name`` (a ``--set`` applies to the strategies that have it)."""
+    return {k: v for k, v in (overrides or {}).items() if k in STRATEGIES[name].Config.__struct_fields__}
+
+
 def run_strategy(
     name: str,
     data: SplitMNIST,
@@ -78,7 +84,7 @@ def run_strategy(
     """One (strategy, seed) run over the stream; returns the report row."""
     torch.manual_seed(seed)
     model = build_model("convnet", 10)
-    cfg = {"replay_size": replay_size, "seed": seed, **(overrides or {})}
+    cfg = {"replay_batch_size": replay_size, **own_settings(name, overrides)}
     strat = make_strategy(name, model, _adam, config=cfg, capacity=buffer, policy=policy, seed=seed)
     tracker = ForgettingTracker()
     train_s = eval_s = cpu_s = 0.0
@@ -313,7 +319,7 @@ def run_budget_one(
     torch.manual_seed(seed)
     rng = np.random.default_rng(10_000 + seed)
     model = build_model("convnet", 10)
-    cfg = {"replay_size": replay_size, "seed": seed, "w_max": w_max}
+    cfg = {"replay_batch_size": replay_size, "w_max": w_max}
     strat = make_strategy("iw-er", model, _adam, config=cfg, capacity=buffer, policy=DEFAULT_POLICY, seed=seed)
     tracker = ForgettingTracker()
     pend_x: list[torch.Tensor] = []
@@ -514,6 +520,13 @@ def main(argv: list[str] | None = None) -> int:
                 overrides[k] = json.loads(v)
             except json.JSONDecodeError:
                 overrides[k] = v
+            if not any(k in STRATEGIES[n].Config.__struct_fields__ for n in strategies):
+                ap.error(f"--set {k}: not a setting of {', '.join(strategies)}")
+        for n in strategies:
+            try:
+                strategy_settings(n, own_settings(n, overrides))
+            except ValueError as e:
+                ap.error(f"--set {e}")
         res = run_benchmark(strategies, seeds, a.buffer, a.steps, a.replay, a.policy, a.images, a.labels,
                             joint=not a.no_joint and not a.quick, overrides=overrides)
         print(f"\nSplit-MNIST, buffer {a.buffer} ({a.policy}), K={a.steps} steps/minibatch, replay {a.replay}/step, "

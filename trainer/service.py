@@ -121,8 +121,7 @@ class TrainerService:
         if opt_name != u.optimizer:
             log.info("optimizer changed from %s to %s: starting it fresh", opt_name, u.optimizer)
         self.strategy = make_strategy(
-            u.strategy, self.model, lambda p: make_optimizer(u.optimizer, p, u.lr),
-            config={"replay_size": u.minibatch, "new_batch_size": u.minibatch, "w_max": u.w_max, "seed": u.seed},
+            u.strategy, self.model, lambda p: make_optimizer(u.optimizer, p, u.lr), config=config.strategy,
             capacity=u.replay_size, policy=u.replay, seed=u.seed,
         )
         strat_state = ckpt.extra.get("strategy")
