@@ -3,7 +3,9 @@
 Every strategy is a small class with ONE learning method, :meth:`Strategy.update`. What they share
 lives here: the labelled-batch type, optimiser (re)creation when the head grows, minibatch mixing
 and memory bookkeeping. A strategy only says how the loss of one step is formed (:meth:`Strategy.step_loss`)
-and, if it needs to, what to do after the K steps (:meth:`Strategy.after_update`).
+and, if it needs to, what to do after the K steps (:meth:`Strategy.after_update`). Its settings are its
+``Config``: :class:`StrategyConfig` (the settings every strategy has) or a subclass of it declared in the
+strategy's own module.
 """
 from __future__ import annotations
 
