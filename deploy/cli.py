@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("deploy.demo", "the whole loop in one command, with a report"),
     "broker": ("deploy.broker", "start the embedded MQTT broker for one machine"),
     "keys": ("deploy.keys", "generate and inspect manifest signing keys"),
+    "pki": ("deploy.pki_cli", "the fleet's CA: provision cameras and services, revoke them"),
     "bench": ("bench.run_all", "run the benchmarks and write bench/results.json"),
 }
 
