@@ -8,6 +8,13 @@ It does three things and nothing else:
 * ``make_client`` — a paho ``Client`` with the settings every edgeloop client needs (below).
 * ``detect_mqtt5`` — does the broker speak MQTT 5? (shared subscriptions, for trainer ingestion).
 
+Credentials: a TLS identity is three files (CA, client certificate, key — what ``edgeloop pki`` issues, in one
+directory as ``ca.pem``, ``cert.pem``, ``key.pem``). They come from the caller (config keys), else from the URL's
+query options, else from the environment: ``EDGELOOP_MQTT_IDENTITY`` (such a directory) or
+``EDGELOOP_MQTT_CA_FILE`` / ``_CERT_FILE`` / ``_KEY_FILE``; a password from ``EDGELOOP_MQTT_PASSWORD_FILE`` or
+``EDGELOOP_MQTT_PASSWORD``. So every command, including those with only a ``--broker`` flag (the rollout
+controller), authenticates without a secret on its command line, where ``ps`` shows it.
+
 Latency rules (measured; see docs/mqtt-notes.md for the numbers)
 -----------------------------------------------------------------
 1. **TCP_NODELAY on both ends of every connection.** paho leaves Nagle's algorithm on, and so
@@ -32,6 +39,8 @@ Latency rules (measured; see docs/mqtt-notes.md for the numbers)
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import socket
 import ssl
 import statistics
@@ -59,6 +68,14 @@ __all__ = [
     "DEFAULT_MAX_INFLIGHT",
     "DEFAULT_MAX_QUEUED",
     "NAGLE_SUSPECT_S",
+    "certificate_identity",
+    "identity_files",
+    "identity_overrides",
+    "read_secret_file",
+    "resolve_password",
+    "resolve_tls",
+    "refuse_password_in_url",
+    "ENV_IDENTITY",
 ]
 
 Protocol = Literal["auto", "3.1.1", "5"]
@@ -84,8 +101,103 @@ RECONNECT_MAX_S = 30
 NAGLE_SUSPECT_S = 0.020
 
 
+ENV_IDENTITY = "EDGELOOP_MQTT_IDENTITY"
+ENV_CA, ENV_CERT, ENV_KEY = "EDGELOOP_MQTT_CA_FILE", "EDGELOOP_MQTT_CERT_FILE", "EDGELOOP_MQTT_KEY_FILE"
+ENV_PASSWORD, ENV_PASSWORD_FILE = "EDGELOOP_MQTT_PASSWORD", "EDGELOOP_MQTT_PASSWORD_FILE"
+
+
 class MQTTURLError(ValueError):
     """A broker URL that cannot be used. A ``ValueError`` so CLIs can report it plainly."""
+
+
+def identity_files(directory: str | os.PathLike[str]) -> tuple[str, str, str]:
+    """``(ca, cert, key)`` paths of an identity directory (``edgeloop pki``: ca.pem, cert.pem, key.pem)."""
+    paths = tuple(os.path.join(directory, name) for name in ("ca.pem", "cert.pem", "key.pem"))
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise MQTTURLError(f"identity directory {directory}: missing {', '.join(missing)}")
+    return paths  # type: ignore[return-value]
+
+
+def certificate_identity(cert_file: str | os.PathLike[str]) -> str:
+    """The CN of a PEM client certificate: the identity (username, client id) the broker will see."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        with open(cert_file, "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+    except (OSError, ValueError) as exc:
+        raise MQTTURLError(f"client certificate {cert_file}: {exc}") from None
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names:
+        raise MQTTURLError(f"client certificate {cert_file} has no CN")
+    return str(names[0].value)
+
+
+def identity_overrides(directory: str | os.PathLike[str], section: str = "mqtt") -> dict[str, str]:
+    """Config overrides (dotted keys) that point ``section.ca_file/cert_file/key_file`` at an identity directory;
+    for the CLIs' ``--identity DIR``."""
+    ca, cert, key = identity_files(directory)
+    return {f"{section}.ca_file": ca, f"{section}.cert_file": cert, f"{section}.key_file": key}
+
+
+def read_secret_file(path: str | os.PathLike[str]) -> str:
+    """A password from a file (first line, without its newline); refuses a file others may read."""
+    try:
+        mode = os.stat(path).st_mode
+        with open(path, encoding="utf-8") as f:
+            value = f.readline().rstrip("\r\n")
+    except OSError as exc:
+        raise MQTTURLError(f"password file {path}: {exc.strerror or exc}") from None
+    if mode & 0o077:
+        raise MQTTURLError(f"password file {path} is readable by others (mode {mode & 0o777:o}); chmod 600 it")
+    return value
+
+
+def resolve_password(password: str | None, password_file: str | None) -> str | None:
+    """The config's password, else the one in ``password_file``; both set is a mistake worth an error."""
+    if password is not None and password_file:
+        raise MQTTURLError("mqtt.password and mqtt.password_file are both set; keep one")
+    return read_secret_file(password_file) if password_file else password
+
+
+def refuse_password_in_url(url: str | None, flag: str = "--broker") -> None:
+    """Command-line URLs show in ``ps``: a password there is refused with where to put it instead."""
+    if url and url.lower() not in ("none", "") and parse_url(url).password is not None:
+        raise MQTTURLError(f"{flag}: no password in a URL on the command line (other users see it in `ps`); "
+                           f"put it in the config file (mqtt.password or mqtt.password_file) or in "
+                           f"{ENV_PASSWORD_FILE} / {ENV_PASSWORD}")
+
+
+def resolve_tls(url: str | BrokerURL, ca: str | None = None, cert: str | None = None,
+                key: str | None = None) -> tuple[str | None, str | None, str | None]:
+    """The ``(ca, cert, key)`` a client of ``url`` uses: the arguments, else the URL's query options, else the
+    environment (module docstring). All None for a plain ``mqtt://`` URL."""
+    u = url if isinstance(url, BrokerURL) else parse_url(url)
+    ca = ca if ca is not None else u.ca
+    cert = cert if cert is not None else u.cert
+    key = key if key is not None else u.key
+    if (ca or cert or key) and not u.tls:
+        raise MQTTURLError(f"TLS files given for a non-TLS URL {u}")
+    if u.tls and not (ca or cert or key):
+        ca, cert, key = _tls_files_from_env()
+    if (cert is None) != (key is None):
+        raise MQTTURLError("a client certificate and its key must be given together")
+    return ca, cert, key
+
+
+def _tls_files_from_env() -> tuple[str | None, str | None, str | None]:
+    ident = os.environ.get(ENV_IDENTITY)
+    if ident:
+        return identity_files(ident)
+    return os.environ.get(ENV_CA) or None, os.environ.get(ENV_CERT) or None, os.environ.get(ENV_KEY) or None
+
+
+def _password_from_env() -> str | None:
+    if os.environ.get(ENV_PASSWORD_FILE):
+        return read_secret_file(os.environ[ENV_PASSWORD_FILE])
+    return os.environ.get(ENV_PASSWORD)
 
 
 @dataclass(frozen=True)
@@ -223,12 +335,10 @@ def make_client(
     * ``ca``/``cert``/``key``/``insecure`` override the URL's TLS query options.
     """
     u = url if isinstance(url, BrokerURL) else parse_url(url)
-    ca = ca if ca is not None else u.ca
-    cert = cert if cert is not None else u.cert
-    key = key if key is not None else u.key
+    ca, cert, key = resolve_tls(u, ca, cert, key)
     insecure = u.insecure if insecure is None else insecure
-    if (ca or cert or key) and not u.tls:
-        raise MQTTURLError(f"TLS files given for a non-TLS URL {u}")
+    if u.username is not None and u.password is None:
+        u = dataclasses.replace(u, password=_password_from_env())
 
     if protocol == "auto":
         use5 = detect_mqtt5(u, ca=ca, cert=cert, key=key, insecure=insecure)
