@@ -415,8 +415,15 @@ def detect_mqtt5(
     Tries a v5 CONNECT with a throwaway client id; a CONNACK with success means yes; a refusal,
     a dropped connection (amqtt closes on an unknown protocol level) or a timeout means no.
     The answer is cached per (host, port, scheme) for the process; ``refresh=True`` re-probes.
+
+    With a client certificate the broker may take the client id from the certificate (edgeloop's broker
+    does), so a probe that connected would *be* the caller and replace its persistent session — the
+    trainer's queued samples. The probe then asks for an authentication method no broker offers: an MQTT 5
+    broker refuses it with "bad authentication method" (0x8C) before it looks at any session, which still
+    proves it speaks MQTT 5.
     """
     u = url if isinstance(url, BrokerURL) else parse_url(url)
+    ca, cert, key = resolve_tls(u, ca, cert, key)
     cache_key = (u.host, u.port, u.scheme)
     with _mqtt5_lock:
         if not refresh and cache_key in _mqtt5_cache:
@@ -434,10 +441,14 @@ def detect_mqtt5(
     if u.transport == "websockets":
         probe.ws_set_options(path=u.path)
     if u.tls:
-        probe.tls_set(ca_certs=ca or u.ca, certfile=cert or u.cert, keyfile=key or u.key)
+        probe.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
         probe.tls_insecure_set(bool(u.insecure if insecure is None else insecure))
     if u.username is not None:
         probe.username_pw_set(u.username, u.password)
+    props = None
+    if cert:
+        props = Properties(PacketTypes.CONNECT)
+        props.AuthenticationMethod = "edgeloop-protocol-probe"  # refused before any session is touched
 
     def on_connect(c: paho.Client, ud: Any, flags: Any, rc: Any, props: Any = None) -> None:
         # A bad-credentials refusal still proves the broker parsed a v5 CONNECT; only
@@ -454,7 +465,7 @@ def detect_mqtt5(
     probe.on_connect_fail = on_disconnect
     ok = False
     try:
-        probe.connect(u.host, u.port, keepalive=10)
+        probe.connect(u.host, u.port, keepalive=10, properties=props)
         probe.loop_start()
         done.wait(timeout)
         ok = result.get("v5", False)

@@ -428,3 +428,21 @@ def test_insecure_mode_warns(tmp_path: Path) -> None:
 def test_start_broker_refuses_an_anonymous_broker_off_loopback() -> None:
     with pytest.raises(BrokerError, match="loopback"):
         start_broker(host="0.0.0.0", kind="mosquitto")
+
+
+def test_the_mqtt5_probe_does_not_touch_the_identity_s_session(secure: Broker) -> None:
+    """make_client(protocol="auto") probes the broker first, with the caller's certificate: on this broker the
+    probe's client id is the CN, so a probe that connected would replace the trainer's session and lose the
+    samples queued in it. It must be refused before any session is touched."""
+    from protocol.mqtt import detect_mqtt5
+
+    topic = T.samples("cam-a")
+    trainer = Collector(secure, "trainer", topic, clean=False)
+    trainer.close()
+    cam = Collector(secure, "cam-a")
+    cam.publish(topic, b"queued-before-probe")
+    assert detect_mqtt5(secure.client_url("trainer"), refresh=True) is True
+    trainer = Collector(secure, "trainer", clean=False)
+    trainer.wait_for(b"queued-before-probe")
+    trainer.close()
+    cam.close()
