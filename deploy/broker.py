@@ -623,6 +623,20 @@ def _secure_pki(args: argparse.Namespace) -> Path:
     return default
 
 
+def _check_names(pki_dir: Path, host: str) -> None:
+    """Warn when clients will reach the broker by a name its certificate does not carry (their TLS hostname
+    check would fail, with an error far from the cause)."""
+    from deploy.pki import open_pki
+
+    if host in ("0.0.0.0", "::", "") or is_loopback(host):
+        return
+    sans = open_pki(pki_dir).broker_sans()
+    if host not in sans:
+        print(f"edgeloop broker: WARNING: the broker certificate in {pki_dir} is for {', '.join(sans)}, not {host}; "
+              f"clients connecting to {host} will fail the TLS name check (edgeloop pki broker --dir {pki_dir} "
+              f"--host {host} ... --force)", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``edgeloop broker``: run the embedded broker until Ctrl-C or SIGTERM."""
     args = _parser().parse_args(argv)
@@ -640,8 +654,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise BrokerError("amqtt cannot check client certificates or enforce ACLs; it runs only with "
                                   "--insecure (loopback, anonymous)")
             pki = _secure_pki(args)
+            _check_names(Path(pki), args.host)
         if args.kind != "amqtt":
-            state.mkdir(parents=True, exist_ok=True)
+            from deploy.pki import make_private_dir
+
+            make_private_dir(state.resolve())  # queued samples (camera images) are persisted here
         broker = start_broker(args.host, port, args.kind, None if args.kind == "amqtt" else state, pki=pki,
                               prefix=args.prefix, persistence=not args.no_persistence and args.kind != "amqtt")
     except Exception as exc:  # BrokerError, PKIError, bad prefix: one clear line, no traceback

@@ -81,7 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="re-issue (the old certificate is revoked)")
 
     b = with_dir(sub.add_parser("broker", help="re-issue the broker's server certificate"))
-    b.add_argument("--host", action="append", default=[], metavar="NAME")
+    b.add_argument("--host", action="append", default=[], metavar="NAME",
+                   help="every name or address clients use (repeatable; replaces the old list; localhost, "
+                        "127.0.0.1 and ::1 are always in)")
     b.add_argument("--force", action="store_true", help="replace the existing broker certificate")
 
     ls = with_dir(sub.add_parser("list", help="every identity: role or fleet, certificate expiry, revoked"))
