@@ -273,8 +273,12 @@ def reload_brokers(pki_dir: str | Path) -> list[int]:
         if comm != "mosquitto":  # the pid was reused by something else: never signal it
             rec_path.unlink(missing_ok=True)
             continue
-        _write_acl(Path(pki_dir), rec["prefix"], Path(rec["acl"]))
-        os.kill(pid, signal.SIGHUP)
+        try:
+            _write_acl(Path(pki_dir), rec["prefix"], Path(rec["acl"]))
+            os.kill(pid, signal.SIGHUP)
+        except OSError as exc:  # its state dir is gone, or it is another user's: not ours to reload
+            logging.getLogger("edgeloop.broker").warning("cannot reload broker pid %d: %s", pid, exc)
+            continue
         done.append(pid)
     return done
 
