@@ -589,7 +589,7 @@ def _parser() -> argparse.ArgumentParser:
             "by a generated ACL, persistence on. --insecure runs an anonymous loopback broker for development."
         ),
         epilog="Clients connect with --broker mqtts://HOST:PORT and their identity's ca.pem/cert.pem/key.pem "
-               "(edge/trainer config mqtt.identity or mqtt.ca_file/cert_file/key_file; any command: "
+               "(edge and trainer: --identity DIR or config mqtt.ca_file/cert_file/key_file; any command: "
                "EDGELOOP_MQTT_IDENTITY=PKI/services/deploy). Provision cameras with `edgeloop pki device`.",
     )
     ap.add_argument("--pki", metavar="DIR", help="the fleet's PKI (edgeloop pki init); default: STATE_DIR/pki, "

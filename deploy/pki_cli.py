@@ -8,10 +8,10 @@
     edgeloop pki list --dir DIR [--json]                     every identity, its role/fleet, revoked or not
     edgeloop pki acl --dir DIR [--format emqx]               the ACL for this PKI (mosquitto or EMQX syntax)
 
-``--dir`` defaults to ``$EDGELOOP_PKI_DIR``. Changes that affect the broker (device, revoke, service) regenerate
-the ACL of every broker ``edgeloop broker`` runs on this PKI and reload it (SIGHUP: mosquitto re-reads ACL and
+--dir defaults to $EDGELOOP_PKI_DIR. Changes that affect the broker (device, revoke, service) regenerate
+the ACL of every broker `edgeloop broker` runs on this PKI and reload it (SIGHUP: mosquitto re-reads ACL and
 CRL without dropping connections). A broker you run yourself needs the same: regenerate its ACL with
-``edgeloop pki acl`` and ``kill -HUP`` it.
+`edgeloop pki acl` and `kill -HUP` it.
 """
 from __future__ import annotations
 
