@@ -59,12 +59,11 @@ MAX_QUEUED_BYTES = 512 * 1024 * 1024
 # Seconds between saves of the in-memory state (retained messages, sessions, queued QoS 1 messages) to the
 # persistence file. A clean stop (SIGTERM) always saves; a crash loses at most this much.
 AUTOSAVE_INTERVAL_S = 5
-# A persistent session nobody resumes is dropped after this long (mosquitto's unit syntax), so a trainer
-# identity that is gone for good does not hold a queue forever.
-PERSISTENT_CLIENT_EXPIRATION = "14d"
 DEFAULT_TLS_PORT = 8883
 DEFAULT_PLAIN_PORT = 1883
 
+# A reload of a generated config takes milliseconds; wait this long after mosquitto logged it.
+RELOAD_SETTLE_S = 0.2
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 
@@ -225,14 +224,13 @@ class MosquittoBroker(ProcessBroker):
     def acl_path(self) -> Path:
         return self.workdir / "acl.conf"  # type: ignore[operator]
 
-    def reload(self) -> None:
+    def reload(self) -> bool:
         """Regenerate the ACL from the PKI and SIGHUP mosquitto: it re-reads the ACL and the CRL (measured on
         2.0.11: a revoked certificate is refused at the next handshake, and an open connection of a revoked
-        identity loses its rights at once). Connections stay up."""
+        identity loses its rights at once). Connections stay up. True once mosquitto has reloaded."""
         if self.pki_dir is not None:
             _write_acl(self.pki_dir, self.prefix, self.acl_path)
-        if self.alive():
-            self.proc.send_signal(signal.SIGHUP)
+        return self.alive() and _hup_and_wait(self.proc.pid, self.log_path)  # type: ignore[arg-type]
 
     def stop(self) -> None:
         stopped_before = self._stopped
@@ -250,17 +248,48 @@ def _write_acl(pki_dir: Path, prefix: str, path: Path) -> None:
     atomic_write(path, mosquitto_acl(open_pki(pki_dir), Topics(prefix)).encode())
 
 
+def _hup_and_wait(pid: int, log_path: Path, timeout: float = 5.0) -> bool:
+    """SIGHUP mosquitto and wait until it has reloaded. mosquitto 2.0.11 clears its reload flag *after*
+    reloading, so a SIGHUP that arrives during a reload is lost: wait for the "Reloading config" line, give
+    the reload (milliseconds) time to finish, and send again if the line never came."""
+    def reloads() -> int:
+        try:
+            return log_path.read_text(errors="replace").count("Reloading config")
+        except OSError:
+            return 0
+
+    for _ in range(2):
+        before = reloads()
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if reloads() > before:
+                time.sleep(RELOAD_SETTLE_S)
+                return True
+            time.sleep(0.02)
+    return False
+
+
 def _register(pki_dir: Path, b: MosquittoBroker) -> None:
     """Tell later `edgeloop pki device/revoke` runs which broker to reload (see reload_brokers)."""
     d = pki_dir / "brokers"
     d.mkdir(mode=0o700, exist_ok=True)
-    record = {"pid": b.proc.pid, "port": b.port, "acl": str(b.acl_path), "prefix": b.prefix, "started": time.time()}
+    record = {"pid": b.proc.pid, "port": b.port, "acl": str(b.acl_path), "log": str(b.log_path),
+              "prefix": b.prefix, "started": time.time()}
     atomic_write(d / f"{b.proc.pid}.json", json.dumps(record).encode())
 
 
 def reload_brokers(pki_dir: str | Path) -> list[int]:
     """Regenerate the ACL of every running mosquitto that edgeloop started on this PKI and SIGHUP it (after a
-    device was provisioned or an identity revoked). Returns their pids; drops records of brokers gone."""
+    device was provisioned or an identity revoked); returns once they have reloaded, with their pids. Drops
+    records of brokers gone. Holds the PKI's lock, so reloads from parallel commands never overlap."""
+    from deploy.pki import open_pki
+
+    with open_pki(pki_dir).locked():
+        return _reload_brokers(Path(pki_dir))
+
+
+def _reload_brokers(pki_dir: Path) -> list[int]:
     done = []
     for rec_path in sorted((Path(pki_dir) / "brokers").glob("*.json")):
         try:
@@ -275,11 +304,14 @@ def reload_brokers(pki_dir: str | Path) -> list[int]:
             continue
         try:
             _write_acl(Path(pki_dir), rec["prefix"], Path(rec["acl"]))
-            os.kill(pid, signal.SIGHUP)
+            reloaded = _hup_and_wait(pid, Path(rec.get("log") or Path(rec["acl"]).with_name("broker.log")))
         except OSError as exc:  # its state dir is gone, or it is another user's: not ours to reload
             logging.getLogger("edgeloop.broker").warning("cannot reload broker pid %d: %s", pid, exc)
             continue
-        done.append(pid)
+        if reloaded:
+            done.append(pid)
+        else:
+            logging.getLogger("edgeloop.broker").warning("broker pid %d did not log a reload", pid)
     return done
 
 
@@ -326,7 +358,9 @@ def mosquitto_config(host: str, port: int, workdir: Path, persistent: bool = Fal
         lines += ["# Samples queued for the trainer and retained manifests/chunks survive a broker restart.",
                   "persistence true", f"persistence_location {workdir}/", "persistence_file mosquitto.db",
                   f"autosave_interval {AUTOSAVE_INTERVAL_S}",
-                  f"persistent_client_expiration {PERSISTENT_CLIENT_EXPIRATION}"]
+                  "# No persistent_client_expiration: with it, mosquitto 2.0.11 puts every offline session on its",
+                  "# expiry list, and a SIGHUP (ACL/CRL reload) adds it twice -> a freed session on the list, a",
+                  "# wedged broker (docs/NOTES.md 19). Sessions do not expire; their queues are bounded below."]
     else:
         lines += ["# Retained state lives as long as this broker process; the edge outbox is the durable store.",
                   "persistence false"]

@@ -164,8 +164,9 @@ class PKI:
 
     # registry
     @contextmanager
-    def _locked(self) -> Iterator[None]:
-        """One writer at a time (two `edgeloop pki device` runs in parallel must not lose an entry)."""
+    def locked(self) -> Iterator[None]:
+        """One writer at a time (two `edgeloop pki device` runs in parallel must not lose an entry, nor their
+        broker reloads overlap: mosquitto drops a SIGHUP that arrives while it is reloading)."""
         make_private_dir(self.root)
         with open(self.root / ".lock", "a+") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
@@ -264,7 +265,7 @@ class PKI:
         kind: Kind = "device" if role == "device" else "service"
         if kind == "device":
             check_id(fleet or "", "fleet")
-        with self._locked():
+        with self.locked():
             data = self._read_registry()
             old = data["identities"].get(name)
             if old is not None:
@@ -297,7 +298,7 @@ class PKI:
 
     def revoke(self, name: str) -> list[str]:
         """Put every certificate ever issued to ``name`` on the CRL and mark it revoked; returns the serials."""
-        with self._locked():
+        with self.locked():
             data = self._read_registry()
             entry = data["identities"].get(name)
             if entry is None:
@@ -394,7 +395,7 @@ def init_pki(root: str | os.PathLike[str], hosts: list[str] | tuple[str, ...] = 
     atomic_write(pki.ca_cert_path, _pem_cert(ca))
     registry = {"version": REGISTRY_VERSION, "ca": ca.subject.rfc4514_string(), "created": time.time(),
                 "identities": {}, "revoked": {}, "crl_number": 0}
-    with pki._locked():
+    with pki.locked():
         pki._write_registry(registry)
         pki._write_crl(registry)
     pki.issue_broker_cert(tuple(hosts), force=force)

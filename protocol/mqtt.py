@@ -96,6 +96,10 @@ DEFAULT_MAX_QUEUED = 1000
 # Reconnect backoff (paho doubles the delay from min to max after each failed attempt).
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
+# MQTT 5 Session Expiry Interval meaning "never" (as a 3.1.1 persistent session). Also a workaround: mosquitto
+# 2.0.11 keeps sessions with a finite expiry on a list that a SIGHUP (ACL/CRL reload) corrupts when such a
+# session is offline, which can wedge or crash the broker (docs/NOTES.md 19); never-expiring ones stay off it.
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF
 # A median QoS 1 request/response round trip above this on a LAN means Nagle + delayed ACK
 # somewhere (a broker without TCP_NODELAY measures ~44 ms; a healthy one < 2 ms).
 NAGLE_SUSPECT_S = 0.020
@@ -309,7 +313,7 @@ def make_client(
     will: Will | None = None,
     protocol: Protocol = "auto",
     clean_start: bool = True,
-    session_expiry: int = 86400,
+    session_expiry: int = SESSION_NEVER_EXPIRES,
     keepalive: int = 30,
     ca: str | None = None,
     cert: str | None = None,
@@ -331,7 +335,8 @@ def make_client(
     * ``protocol``: "3.1.1", "5", or "auto" = 5 if ``detect_mqtt5`` says so, else 3.1.1
       (also 3.1.1 when the broker cannot be reached now; 3.1.1 works everywhere).
     * ``clean_start=False`` keeps the broker session (subscriptions and queued QoS 1 messages)
-      across reconnects; on MQTT 5 it lives ``session_expiry`` seconds after a disconnect.
+      across reconnects; on MQTT 5 it lives ``session_expiry`` seconds after a disconnect — by default
+      for ever, like a 3.1.1 persistent session (see ``SESSION_NEVER_EXPIRES``).
     * ``ca``/``cert``/``key``/``insecure`` override the URL's TLS query options.
     """
     u = url if isinstance(url, BrokerURL) else parse_url(url)
@@ -420,7 +425,8 @@ def detect_mqtt5(
     does), so a probe that connected would *be* the caller and replace its persistent session — the
     trainer's queued samples. The probe then asks for an authentication method no broker offers: an MQTT 5
     broker refuses it with "bad authentication method" (0x8C) before it looks at any session, which still
-    proves it speaks MQTT 5.
+    proves it speaks MQTT 5. mosquitto closes the connection right behind that CONNACK, and on a loaded
+    machine the close can overtake it; such an answerless attempt is repeated, and never cached.
     """
     u = url if isinstance(url, BrokerURL) else parse_url(url)
     ca, cert, key = resolve_tls(u, ca, cert, key)
@@ -428,7 +434,25 @@ def detect_mqtt5(
     with _mqtt5_lock:
         if not refresh and cache_key in _mqtt5_cache:
             return _mqtt5_cache[cache_key]
+    tls = (ca, cert, key, bool(u.insecure if insecure is None else insecure))
+    answer = None
+    for _ in range(3 if cert else 1):
+        try:
+            answer = _probe_once(u, tls, timeout)
+        except OSError:
+            return False  # unreachable now: report 3.1.1 (works everywhere) but do not cache the guess
+        if answer is not None:
+            break
+    if answer is None and cert:
+        return False  # closed without a CONNACK every time: probably not MQTT 5, but not sure enough to cache
+    with _mqtt5_lock:
+        _mqtt5_cache[cache_key] = bool(answer)
+    return bool(answer)
 
+
+def _probe_once(u: BrokerURL, tls: tuple[str | None, str | None, str | None, bool], timeout: float) -> bool | None:
+    """One MQTT 5 CONNECT: True/False from the CONNACK, None when the connection ended without one."""
+    ca, cert, key, insecure = tls
     result: dict[str, bool] = {}
     done = threading.Event()
     probe = paho.Client(
@@ -442,7 +466,7 @@ def detect_mqtt5(
         probe.ws_set_options(path=u.path)
     if u.tls:
         probe.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
-        probe.tls_insecure_set(bool(u.insecure if insecure is None else insecure))
+        probe.tls_insecure_set(insecure)
     if u.username is not None:
         probe.username_pw_set(u.username, u.password)
     props = None
@@ -456,24 +480,15 @@ def detect_mqtt5(
         result["v5"] = not (rc.is_failure and rc.value in (0x84, 1))
         done.set()
 
-    def on_disconnect(*args: Any) -> None:
-        result.setdefault("v5", False)
-        done.set()
-
     probe.on_connect = on_connect
-    probe.on_disconnect = on_disconnect
-    probe.on_connect_fail = on_disconnect
-    ok = False
+    probe.on_disconnect = lambda *args: done.set()
+    probe.on_connect_fail = lambda *args: done.set()
     try:
         probe.connect(u.host, u.port, keepalive=10, properties=props)
         probe.loop_start()
         done.wait(timeout)
-        ok = result.get("v5", False)
-        if ok:
+        if result.get("v5") and not cert:
             probe.disconnect()
-    except OSError:
-        # Unreachable now: report 3.1.1 (works everywhere) but do not cache the guess.
-        return False
     finally:
         probe.loop_stop()
         try:
@@ -481,9 +496,8 @@ def detect_mqtt5(
         except OSError:
             pass
     if "v5" in result:
-        with _mqtt5_lock:
-            _mqtt5_cache[cache_key] = ok
-    return ok
+        return result["v5"]
+    return None if cert else False  # amqtt closes on an unknown protocol level: that is a no
 
 
 def round_trip_probe(url: str | BrokerURL, n: int = 20, timeout: float = 5.0) -> float:

@@ -105,15 +105,12 @@ def _control(dev: Collector, reader: Collector, device: str) -> None:
 
 def test_anonymous_and_foreign_clients_are_refused(secure: Broker, tmp_path: Path) -> None:
     host, port = "127.0.0.1", secure.port
-    with pytest.raises(ConnectionError):  # TLS with the right CA, but no client certificate
-        start(make_client("anon", f"mqtts://{host}:{port}?ca={secure.pki_dir}/ca.pem", protocol="3.1.1"), 3)
-    with pytest.raises(ConnectionError):  # plain MQTT on the TLS port
-        start(make_client("plain", f"mqtt://{host}:{port}", protocol="3.1.1"), 3)
+    assert _refused(f"mqtts://{host}:{port}?ca={secure.pki_dir}/ca.pem")  # the right CA, no client certificate
+    assert _refused(f"mqtt://{host}:{port}")  # plain MQTT on the TLS port
     other = init_pki(tmp_path / "other")  # a certificate from somebody else's CA, even named "trainer"
     d = other.root / "services" / "trainer"
-    with pytest.raises(ConnectionError):
-        start(make_client("x", f"mqtts://{host}:{port}?ca={secure.pki_dir}/ca.pem&cert={d}/cert.pem&key={d}/key.pem",
-                          protocol="3.1.1"), 3)
+    assert _refused(f"mqtts://{host}:{port}?ca={secure.pki_dir}/ca.pem&cert={d}/cert.pem&key={d}/key.pem")
+    assert not _refused(secure.client_url("trainer"))  # and the same checks accept the real thing
 
 
 # ---------------------------------------------------------------------------------------------- authorisation
@@ -254,14 +251,32 @@ def test_the_trainer_session_cannot_be_taken_over(secure: Broker) -> None:
 
 # ---------------------------------------------------------------------------------------------- provisioning
 
-def _refused(url: str) -> bool:
+def _refused(url: str, timeout: float = 20.0) -> bool:
+    """Try one connection: False once the broker accepted it, True as soon as the attempt failed (TLS
+    handshake or CONNACK refused). The timeout is generous for a loaded machine; a refusal returns at once."""
+    c = make_client("probe", url, protocol="3.1.1")
+    outcome: list[bool] = []
+    ev = threading.Event()
+
+    def settle(refused: bool) -> None:
+        if not outcome:
+            outcome.append(refused)
+        ev.set()
+
+    c.on_connect = lambda cl, u, f, rc, p=None: settle(rc.is_failure)
+    c.on_connect_fail = lambda *a: settle(True)
+    c.on_disconnect = lambda *a: settle(True)
+    c.loop_start()
     try:
-        c = start(make_client("probe", url, protocol="3.1.1"), 3)
-    except ConnectionError:
-        return True
-    c.disconnect()
-    c.loop_stop()
-    return False
+        assert ev.wait(timeout), f"no answer from {url} within {timeout} s"
+        return outcome[0]
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def _reloads(broker: Broker) -> int:
+    return (broker.log_path.read_text(errors="replace") if broker.log_path else "").count("Reloading config")
 
 
 def test_provision_and_revoke_reload_the_running_broker(secure: Broker, pki: PKI) -> None:
@@ -275,16 +290,17 @@ def test_provision_and_revoke_reload_the_running_broker(secure: Broker, pki: PKI
     cam = Collector(secure, "cam-new")
     try:
         _control(cam, reader, "cam-new")  # the new device may publish at once (the ACL was reloaded)
+        reloads = _reloads(secure)
         assert pki_cli.main(["revoke", "cam-new", "--dir", str(pki.root)]) == 0
-        deadline = time.monotonic() + 10
-        while not _refused(secure.client_url("cam-new")):  # the CRL is re-read on SIGHUP
-            assert time.monotonic() < deadline, "revoked certificate still accepted"
-            time.sleep(0.1)
-        cam.publish(T.stats("cam-new"), b"after-revoke")  # its open connection has lost its rights too
+        assert _reloads(secure) > reloads  # the command returns once the broker has reloaded
+        cam.publish(T.stats("cam-new"), b"after-revoke")  # its open connection has lost its rights
         other = Collector(secure, "cam-a")
         _control(other, reader, "cam-a")
         other.close()
         assert b"after-revoke" not in reader.payloads()
+        # and a new connection with its certificate is refused at the handshake (checked last: with client
+        # id = CN, an accepted probe would have replaced the connection above)
+        assert _refused(secure.client_url("cam-new"))
         assert not _refused(secure.client_url("cam-a"))  # everyone else is unaffected
     finally:
         cam.close()
@@ -347,9 +363,11 @@ def test_trainer_ingests_an_edge_link_over_tls(secure: Broker, tmp_path: Path) -
                     key_file=f"{d}/devices/cam-a/key.pem")
         link.start()
         try:
-            deadline = time.monotonic() + 15
+            deadline = time.monotonic() + 40  # generous: TLS handshakes on a loaded 2-core machine
             while ing.stats.received < 1:
-                assert time.monotonic() < deadline, "sample never reached the trainer"
+                assert time.monotonic() < deadline, (f"sample never reached the trainer: link connects "
+                                                     f"{link.connects}, uploads {link.uploads}, outbox "
+                                                     f"{outbox.stats()}; broker log:\n{secure.log_tail(30)}")
                 time.sleep(0.05)
         finally:
             link.stop()
@@ -360,9 +378,7 @@ def test_trainer_ingests_an_edge_link_over_tls(secure: Broker, tmp_path: Path) -
 def test_environment_identity_for_commands_with_only_a_broker_flag(secure: Broker, monkeypatch) -> None:
     """The rollout controller takes only --broker: EDGELOOP_MQTT_IDENTITY gives it its certificate."""
     monkeypatch.setenv("EDGELOOP_MQTT_IDENTITY", str(secure.pki_dir / "services" / "deploy"))
-    c = start(make_client("ctl", secure.url, protocol="3.1.1"), 5)
-    c.disconnect()
-    c.loop_stop()
+    assert not _refused(secure.url)
 
 
 def test_a_device_certificate_must_match_the_device_id(pki: PKI, tmp_path: Path) -> None:
@@ -441,8 +457,33 @@ def test_the_mqtt5_probe_does_not_touch_the_identity_s_session(secure: Broker) -
     trainer.close()
     cam = Collector(secure, "cam-a")
     cam.publish(topic, b"queued-before-probe")
-    assert detect_mqtt5(secure.client_url("trainer"), refresh=True) is True
+    assert detect_mqtt5(secure.client_url("trainer"), refresh=True, timeout=20) is True
     trainer = Collector(secure, "trainer", clean=False)
     trainer.wait_for(b"queued-before-probe")
     trainer.close()
     cam.close()
+
+
+def test_the_broker_survives_reloads_with_offline_sessions(pki: PKI, tmp_path: Path) -> None:
+    """mosquitto 2.0.11 puts an offline session on its expiry list again at every SIGHUP when the listener
+    takes identities from certificates; if the session was on the list already (persistent_client_expiration,
+    or an MQTT 5 session with a finite expiry), a later resume leaves a freed session on the list and the
+    broker wedges or crashes (docs/NOTES.md 19; seen here as "Expiring client <garbage>"). The generated config
+    sets no persistent_client_expiration and make_client's MQTT 5 sessions never expire: reload after reload
+    with sessions going offline and coming back, the broker must keep answering."""
+    from deploy.broker import mosquitto_config
+
+    conf = mosquitto_config("127.0.0.1", 1, tmp_path, True, pki_dir=pki.root)
+    assert not [line for line in conf.splitlines() if line.startswith("persistent_client_expiration")]
+    with start_broker(kind="mosquitto", workdir=tmp_path / "broker", pki=pki.root) as b:
+        for _ in range(8):
+            for identity, protocol in (("trainer", "5"), ("monitor", "3.1.1")):  # make_client's defaults
+                c = start(make_client("x", b.client_url(identity), protocol=protocol, clean_start=False), 20)
+                c.subscribe(f"{P}/dev/+/state", 1)
+                c.disconnect()
+                c.loop_stop()
+            for _ in range(2):
+                assert b.reload(), b.log_tail()  # type: ignore[attr-defined]
+        time.sleep(2.5)  # mosquitto walks its expiry list once a second
+        assert b.alive() and not _refused(b.client_url("deploy")), b.log_tail()
+        assert "Expiring client" not in b.log_path.read_text(errors="replace")  # type: ignore[union-attr]
