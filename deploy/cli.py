@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("deploy.broker", "start the embedded MQTT broker for one machine"),
     "keys": ("deploy.keys", "generate and inspect manifest signing keys"),
     "console": ("deploy.console.cli", "the web console: fleet, rollouts, models, label queue, data in and out"),
+    "pki": ("deploy.pki_cli", "the fleet's CA: provision cameras and services, revoke them"),
     "bench": ("bench.run_all", "run the benchmarks and write bench/results.json"),
 }
 

@@ -21,11 +21,12 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class MqttConfig(_Section):
-    url: str = "mqtt://127.0.0.1:1883"      # mqtt://[user:pass@]host[:port], mqtts://… for TLS
+    url: str = "mqtt://127.0.0.1:1883"      # mqtt://host[:port], mqtts://… for TLS
     username: str | None = None
-    password: str | None = None
+    password: str | None = None              # never printed; prefer password_file or EDGELOOP_EDGE__MQTT__PASSWORD
+    password_file: str | None = None         # first line of this file (mode 0600) is the password
     ca_file: str | None = None               # TLS: CA bundle that signed the broker's certificate
-    cert_file: str | None = None             # TLS client certificate (mutual TLS)
+    cert_file: str | None = None             # TLS client certificate (mutual TLS); its CN must be device_id
     key_file: str | None = None
     topic_prefix: str = "edgeloop/v1"
     keepalive_s: int = 30
@@ -61,6 +62,7 @@ class OutboxConfig(_Section):
 class UpdaterConfig(_Section):
     enabled: bool = True                     # follow signed manifests on fleet/{fleet}/manifest
     trusted_keys: list[str] = []             # public key PEM files whose signatures this device accepts
+    min_manifest_seq: int = 0                # provisioning floor: never accept an older manifest, even after a reset
     limits: UpdaterLimits = msgspec.field(default_factory=UpdaterLimits)
 
 

@@ -21,7 +21,7 @@ import paho.mqtt.client as paho
 
 from edge.outbox import Outbox
 from protocol.messages import State, encode_message
-from protocol.mqtt import make_client, parse_url
+from protocol.mqtt import certificate_identity, make_client, parse_url, resolve_tls
 from protocol.topics import Topics
 
 log = logging.getLogger("edgeloop.edge.link")
@@ -64,6 +64,12 @@ class Link:
         u = parse_url(url)
         if username is not None:
             u = type(u)(**{**u.__dict__, "username": username, "password": password})
+        ca_file, cert_file, key_file = resolve_tls(u, ca_file, cert_file, key_file)
+        if cert_file and certificate_identity(cert_file) != device_id:
+            # The broker knows the device by its certificate's CN and lets it write only dev/<CN>/#: with another
+            # device_id every upload would be silently dropped by the ACL.
+            raise ValueError(f"device_id {device_id!r} does not match the identity in {cert_file} "
+                             f"({certificate_identity(cert_file)!r}); set device_id to the certificate's CN")
         will = (topics.state(device_id), self._state_payload("offline"), 1, True)
         self.client = make_client(device_id, u, will=will, protocol="3.1.1", keepalive=keepalive,
                                   ca=ca_file, cert=cert_file, key=key_file, max_inflight=self._window)

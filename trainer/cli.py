@@ -85,9 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the update in progress; kill -9 is safe too: it resumes from the last checkpoint).")
     r.add_argument("--config", metavar="YAML", help="config file (keys of trainer/config.py); env EDGELOOP_TRAINER__* and flags override")
     r.add_argument("--state-dir", help="trainer state directory (bootstrap it first)")
-    r.add_argument("--broker", metavar="URL", help="MQTT broker, mqtt://host:port ('none' = no ingestion)")
+    r.add_argument("--broker", metavar="URL", help="MQTT broker, mqtt://host:port or mqtts://host:port ('none' = no "
+                   "ingestion); a password goes in the config (mqtt.password_file), never here")
+    r.add_argument("--identity", metavar="DIR", help="TLS identity from `edgeloop pki`: DIR/ca.pem, cert.pem, key.pem "
+                   "(e.g. PKI/services/trainer; the client id becomes the certificate's CN)")
     r.add_argument("--prefix", help="topic prefix (default edgeloop/v1)")
-    r.add_argument("--client-id", help="MQTT client id (fixed, so the broker keeps unacknowledged samples for us)")
+    r.add_argument("--client-id", help="MQTT client id (stable, so the broker keeps unacknowledged samples for us; "
+                   "default: the certificate's CN, else edgeloop-trainer)")
     r.add_argument("--labeller", "--labeler", dest="labeller", choices=["oracle", "queue", "import"],
                    help="where labels come from")
     r.add_argument("--import-csv", metavar="FILE", help="CSV sample_id,label for --labeller import")
@@ -215,9 +219,17 @@ def _run(args: argparse.Namespace) -> int:
 
     from .config import ENV_PREFIX, TrainerConfig
 
+    from protocol.mqtt import MQTTURLError, identity_overrides, refuse_password_in_url, resolve_password
+
     try:
-        cfg = load_config(TrainerConfig, args.config, env_prefix=ENV_PREFIX, overrides=_run_overrides(args))
-    except ConfigError as e:
+        refuse_password_in_url(args.broker)
+        overrides = _run_overrides(args)
+        if args.identity:
+            overrides.update(identity_overrides(args.identity))
+        cfg = load_config(TrainerConfig, args.config, env_prefix=ENV_PREFIX, overrides=overrides)
+        if not args.print_config:
+            cfg.mqtt.password = resolve_password(cfg.mqtt.password, cfg.mqtt.password_file)
+    except (ConfigError, MQTTURLError) as e:
         print(f"edgeloop trainer run: {e}", file=sys.stderr)
         return 2
     if cfg.mqtt.url in ("none", ""):

@@ -24,13 +24,16 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class MqttConfig(_Section):
     url: str | None = "mqtt://127.0.0.1:1883"  # broker; None = no ingestion (labels from import/queue only)
     username: str | None = None
-    password: str | None = None
-    ca_file: str | None = None
-    cert_file: str | None = None
+    password: str | None = None                 # never printed; prefer password_file or EDGELOOP_TRAINER__MQTT__PASSWORD
+    password_file: str | None = None            # first line of this file (mode 0600) is the password
+    ca_file: str | None = None                  # TLS: the CA that signed the broker's certificate
+    cert_file: str | None = None                # TLS client certificate: its CN is the trainer's identity
     key_file: str | None = None
     topic_prefix: str = "edgeloop/v1"
     keepalive_s: int = 30
-    client_id: str = "edgeloop-trainer"         # fixed, so the broker keeps our session (unacked samples) across restarts
+    # Stable, so the broker keeps our session (unacked samples) across restarts. None = the certificate's CN
+    # (one identity per trainer instance; the edgeloop broker enforces client id = CN), else edgeloop-trainer.
+    client_id: str | None = None
     shared_group: str | None = "trainers"       # MQTT 5 shared subscription group; None = plain subscription
 
 
