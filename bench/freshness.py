@@ -275,14 +275,15 @@ class StatusRecorder:
         return self
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        from protocol.messages import ModelStatus, decode_message
+        from protocol.reports import ModelStatus, decode_report
 
         now = time.time()
         try:
-            dev = self.topics.parse(topic).device
+            parsed = self.topics.parse(topic)
+            dev = parsed.device
             if dev not in self.devices or not payload:
                 return
-            msg = decode_message(payload).msg
+            msg = decode_report(payload, parsed.kind)
         except Exception:  # noqa: BLE001 - a malformed status is not this benchmark's business
             return
         if not isinstance(msg, ModelStatus):
