@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -47,6 +48,11 @@ from protocol.signing import load_trusted_keys
 from protocol.topics import Topics
 
 log = logging.getLogger("edgeloop.edge")
+
+
+def _public_url(url: str) -> str:
+    """A source URL fit for retained topics and samples: ``rtsp://user:secret@cam/...`` loses its credentials."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1", url)[:200]
 
 
 def _software() -> str:
@@ -95,6 +101,7 @@ class EdgeNode:
         log.info("model %s loaded from %s", self.slot.get(), path)
 
         self.source = open_source(config.source.url)
+        self._source_url = _public_url(config.source.url)
         self.capture = Capture(self.source, target_fps=config.source.target_fps, queue_size=config.source.queue,
                                stall_timeout_s=config.source.stall_timeout_s)
         self.sampler = Sampler(config.sampler)
@@ -138,7 +145,7 @@ class EdgeNode:
         self.link.start()
         self._start_metrics()
         log.info("edge %s (boot %d) running: source %s, broker %s, outbox %d samples waiting",
-                 self.device_id, self.boot, self.config.source.url, self.config.mqtt.url, self.outbox.depth)
+                 self.device_id, self.boot, self._source_url, self.config.mqtt.url, self.outbox.depth)
         try:
             self._loop()
         finally:
@@ -283,7 +290,7 @@ class EdgeNode:
             sample_id=sample_id, model_version=model.version, topk=pred.topk,
             uncertainty=decision.score, uncertainty_kind=self.config.uncertainty, p_select=decision.p_select,
             reason=decision.reason, frame_index=frame.index, width=width, height=height,
-            roi=tuple(roi) if roi is not None else None, truth=frame.truth, source=self.config.source.url[:200],
+            roi=tuple(roi) if roi is not None else None, truth=frame.truth, source=self._source_url,
         )
         payload = encode_message(sample, buf.tobytes(), device=self.device_id, seq=seq, content_type=content_type)
         try:
@@ -348,9 +355,9 @@ class EdgeNode:
         budget = {k: float(v) for k, v in self.sampler.budget_left().items() if v is not None}
         correct = self.stats.correct
         return {
-            "fps": self.recent_fps,
-            "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else 0.0,
-            "latency_p95_ms": float(np.percentile(lat, 95)) if lat.size else 0.0,
+            "fps": round(self.recent_fps, 3),
+            "latency_p50_ms": round(float(np.percentile(lat, 50)), 3) if lat.size else 0.0,
+            "latency_p95_ms": round(float(np.percentile(lat, 95)), 3) if lat.size else 0.0,
             "outbox_depth": int(ob["depth"]), "outbox_bytes": int(ob["bytes"]), "outbox_dropped": int(ob["dropped"]),
             "outbox_errors": self.stats.outbox_errors + self.link.outbox_write_errors,
             "outbox_error": self.outbox_error, "uploads": self.link.uploads,
@@ -384,7 +391,7 @@ class EdgeNode:
         model = self.slot.get()
         birth = Birth(
             device=self.device_id, capabilities={"threads": self.config.model.threads, "batch": self.config.model.batch,
-                          "uncertainty": self.config.uncertainty, "source": self.config.source.url[:200],
+                          "uncertainty": self.config.uncertainty, "source": self._source_url,
                           "input": [model.size[0], model.size[1], model.channels], "pid": os.getpid()},
             model_version=model.version, config_digest=self._digest, boot=self.boot, software=_software(),
             labels=list(model.labels),

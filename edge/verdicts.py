@@ -98,11 +98,12 @@ class Verdicts:
         if self._rate is not None and not self._take():
             self.rate_limited += 1
             return False
+        topk = pred.topk[: self._topk]  # probabilities rounded: float32 digits beyond 6 are noise to a reader
         report = PredictionReport(
-            device=self.device_id, label=pred.label, confidence=float(pred.confidence), ok=ok,
-            topk=[TopK(label, p) for label, p in pred.topk[: self._topk]], model_version=model_version,
+            device=self.device_id, label=pred.label, confidence=round(topk[0][1], 6), ok=ok,
+            topk=[TopK(label, round(p, 6)) for label, p in topk], model_version=model_version,
             frame_index=frame_index, frame_time=float(frame_time), roi=tuple(roi) if roi is not None else None,
-            latency_ms=float(latency_ms),
+            latency_ms=round(latency_ms, 3),
         )
         if self.link.publish(self.topic, encode_report(report, validate=False), qos=self._qos):
             self.published += 1
