@@ -187,7 +187,7 @@ def _bench_case(arch: str, n_frames: int, repeats: int, workdir: Path, link: Any
         runs["edge_vs_ort"].append(b / a)
         runs["edge_vs_torch"].append(b / c)
     med = {k: statistics.median(v) for k, v in runs.items()}
-    publish_us = _publish_cost_us(pipeline, frames[:50], model, link, arch)
+    reporting_us, publish_us = _reporting_costs_us(pipeline, frames[:50], model, link, arch)
     return {
         "input": f"{meta.width}x{meta.height}x{meta.channels} {meta.color_order}",
         "frames": len(frames),
@@ -201,28 +201,49 @@ def _bench_case(arch: str, n_frames: int, repeats: int, workdir: Path, link: Any
         "wall_fps": {"ort": round(med["ort_wall"], 1), "edge": round(med["edge_wall"], 1), "torch_eager": round(med["torch_wall"], 1)},
         "edge_vs_ort_runs": [round(v, 3) for v in runs["edge_vs_ort"]],
         "verdicts_default": {k: v for k, v in verdicts.stats().items() if k != "frames"},
+        "reporting_us_per_frame": reporting_us,
         "verdict_publish_us": publish_us,
         "met": med["edge_vs_ort"] >= GOAL_VS_ORT and med["edge_vs_torch"] >= GOAL_VS_TORCH,
     }
 
 
-def _publish_cost_us(pipeline: Any, frames: list[np.ndarray], model: Any, link: Any, arch: str) -> float | None:
-    """Frame-loop CPU (thread time) per published verdict: mode ``all``, no rate limit. None when no broker."""
+def _reporting_costs_us(pipeline: Any, frames: list[np.ndarray], model: Any, link: Any, arch: str
+                        ) -> tuple[float, float | None]:
+    """Frame-loop CPU (thread time) of the per-frame reporting, apart from the path it rides on.
+
+    Returns (a frame that publishes nothing: histogram + the verdict decision, here rate-limited; a published
+    verdict: encode + paho's QoS 0 publish, mode ``all`` without a limit, None without a broker). At F frames
+    per second the default settings cost the first on every frame plus the second on at most
+    ``max_per_s`` (10) of them: per frame, first + min(F, 10) / F x second.
+    """
+    from edge.metrics import LatencyHistogram
     from edge.verdicts import PredictionsConfig, Verdicts
 
-    if not link.is_connected:
-        return None
     preds = [pipeline.step(f.copy()).prediction for f in frames]
-    v = Verdicts(PredictionsConfig(mode="all", max_per_s=None), f"bench-{arch}",
-                 f"edgeloop/v1/dev/bench-{arch}/predictions", link)
-    n, c0 = 0, time.thread_time_ns()
-    for _ in range(10):
-        for i, p in enumerate(preds):
-            n += v.offer(p, frame_index=i, frame_time=0.0, model_version=model.version, roi=model.roi,
-                         latency_ms=1.0)
-        time.sleep(0.01)  # let paho's thread drain its queue, as it would between frames
-    cpu = time.thread_time_ns() - c0
-    return round(cpu / 1e3 / max(n, 1), 1)
+    topic = f"edgeloop/v1/dev/bench-{arch}/predictions"
+
+    def loop(v: Verdicts, hist: LatencyHistogram | None, rounds: int) -> tuple[int, int]:
+        n = published = 0
+        c0 = time.thread_time_ns()
+        for _ in range(rounds):
+            for i, p in enumerate(preds):
+                if hist is not None:
+                    hist.observe(1.0)
+                published += v.offer(p, frame_index=i, frame_time=0.0, model_version=model.version, roi=model.roi,
+                                     latency_ms=1.0)
+                n += 1
+            if hist is None:
+                time.sleep(0.01)  # let paho's thread drain its queue, as it would between frames
+        return time.thread_time_ns() - c0, max(published if hist is None else n, 1)
+
+    quiet = Verdicts(PredictionsConfig(), "bench", topic, link, clock=lambda: 0.0)  # the bucket never refills
+    loop(quiet, None, 1)  # spend the burst
+    cpu, n = loop(quiet, LatencyHistogram(), 20)
+    per_frame = round(cpu / 1e3 / n, 2)
+    if not link.is_connected:
+        return per_frame, None
+    cpu, n = loop(Verdicts(PredictionsConfig(mode="all", max_per_s=None), "bench", topic, link), None, 10)
+    return per_frame, round(cpu / 1e3 / n, 1)
 
 
 def _verdict_link(workdir: Path) -> tuple[Any, Any]:
