@@ -193,7 +193,8 @@ class Link:
 
     def _on_publish(self, client: paho.Client, userdata: object, mid: int, reason_code: object = None,
                     properties: object = None) -> None:
-        self._wake.set()  # the pump deletes acknowledged rows; SQLite work stays off paho's thread
+        if self._inflight_items:  # a sample's PUBACK (QoS 0 verdicts and stats end here too: nothing to do)
+            self._wake.set()  # the pump deletes acknowledged rows; SQLite work stays off paho's thread
 
     def _collect_acks(self) -> None:
         with self._lock:
