@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from protocol.messages import State, encode_message
+from protocol.reports import State, encode_report
 from protocol.model_meta import ModelMeta
 from protocol.topics import Topics
 
@@ -263,7 +263,7 @@ class TrainerService:
 
     def _state_payload(self, state: str) -> bytes:
         self._seq += 1
-        return encode_message(State(state=state, boot=self.boot), device="trainer", seq=self._seq)
+        return encode_report(State(device="trainer", state=state, boot=self.boot))
 
     # -- one tick ----------------------------------------------------------------------------------------
     def step(self, force: bool = False) -> bool:
