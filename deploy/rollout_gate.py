@@ -21,11 +21,15 @@ import msgspec
 from .fleet import DeviceInfo
 from .publisher import DEFAULT_EXPIRY_S
 
-__all__ = ["Policy", "WaveDevices", "BREACH_CHECKS", "FAILED_STATES", "count_wave", "evaluate", "wave_done",
-           "parse_duration", "parse_fraction", "parse_waves"]
+__all__ = ["Policy", "WaveDevices", "BREACH_CHECKS", "FAILED_STATES", "RETRYABLE_REASONS", "count_wave", "evaluate",
+           "first_breach", "wave_done", "parse_duration", "parse_fraction", "parse_waves"]
 
 #: Model states a device reports for a version it gave up on (``dev/{id}/model/status``).
 FAILED_STATES = ("failed", "rolled_back", "rejected")
+#: Failure reasons that are not the model's fault: a chunk the device received was wrong or out of range. The
+#: device keeps waiting for that chunk and the controller republishes it (deploy/controller.py), so the device
+#: counts as still working on the wave, not as failed: one corrupt transfer must not roll a good model back.
+RETRYABLE_REASONS = ("chunk_hash", "chunk_range")
 
 
 class Policy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -160,7 +164,7 @@ def count_wave(members: list[DeviceInfo], rollout_id: str, version: str, started
             w.shadowed.append(d)
         if not d.online:
             continue
-        if mine and d.model_state in FAILED_STATES:
+        if mine and d.model_state in FAILED_STATES and d.reason not in RETRYABLE_REASONS:
             w.failed.append(d)
         elif d.version == version:
             w.active.append(d)
@@ -221,10 +225,16 @@ BREACH_CHECKS: tuple[Callable[[WaveDevices, Policy], str | None], ...] = (
 
 def evaluate(w: WaveDevices, p: Policy) -> str | None:
     """The first breach reason of :data:`BREACH_CHECKS`, or None when the wave is within the policy."""
+    found = first_breach(w, p)
+    return found[1] if found else None
+
+
+def first_breach(w: WaveDevices, p: Policy) -> tuple[str, str] | None:
+    """(the check's name, its reason) of the first breach, or None: the name is what metrics count by."""
     for check in BREACH_CHECKS:
         reason = check(w, p)
         if reason is not None:
-            return reason
+            return check.__name__, reason
     return None
 
 
