@@ -130,7 +130,7 @@ class Controller:
         self._tls = dict(tls or {})
         self._client: Any = None
         self.publisher = Publisher(self._publish, self.key, self.topics, chunk_size)
-        self.audit = ChunkAudit(self.topics, self._subscribe, self._unsubscribe)
+        self.audit = ChunkAudit(self.topics, self.subscribe, self.unsubscribe)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._artifacts = ArtifactCache(cache_items, cache_bytes)
@@ -154,20 +154,23 @@ class Controller:
         if info.rc != 0:
             raise RuntimeError(f"publish to {topic} failed: rc={info.rc}")
 
-    def _subscribe(self, topic: str, qos: int = 1) -> None:
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        """A transient subscription on the controller's connection (not renewed after a reconnection)."""
         if self._client is not None:
             self._client.subscribe(topic, qos)
 
-    def _unsubscribe(self, topic: str) -> None:
+    def unsubscribe(self, topic: str) -> None:
         if self._client is not None:
             self._client.unsubscribe(topic)
 
-    def route(self, topic_filter: str, qos: int, handler: Callable[[str, bytes], None]) -> None:
-        """Deliver messages matching ``topic_filter`` to ``handler(topic, payload)`` on the MQTT thread; the
-        subscription is renewed on every reconnection (e.g. the promotion intake's ``trainer/#`` topics)."""
-        self._routes.append((topic_filter, qos, handler))
-        if self.connected:
-            self._subscribe(topic_filter, qos)
+    def route(self, topic_filter: str, qos: int, handler: Callable[[str, bytes], None], *,
+              subscribe: bool = True) -> None:
+        """Deliver messages matching ``topic_filter`` to ``handler(topic, payload)`` on the MQTT thread. With
+        ``subscribe`` the subscription is made now and on every reconnection (e.g. the promotion notices);
+        without, the handler only gets what a transient :meth:`subscribe` brings (e.g. one version's chunks)."""
+        self._routes.append((topic_filter, qos if subscribe else -1, handler))
+        if subscribe and self.connected:
+            self.subscribe(topic_filter, qos)
 
     @property
     def connected(self) -> bool:
@@ -195,7 +198,7 @@ class Controller:
             if getattr(rc, "is_failure", False):
                 log.warning("broker %s refused the controller: %s", self.broker, rc)
                 return
-            c.subscribe(self.fleet.subscriptions() + [(f, q) for f, q, _ in self._routes])
+            c.subscribe(self.fleet.subscriptions() + [(f, q) for f, q, _ in self._routes if q >= 0])
             self.counters["mqtt_connects"] += 1
             self._audit_due = True  # the broker may have restarted without our retained chunks
             self.fleet.changed.set()
@@ -294,15 +297,16 @@ class Controller:
 
     def start_rollout(self, version: str, model_path: str | os.PathLike[str] | None = None,
                       policy: Policy | None = None, *, fleet: str | None = None, model_id: str | None = None,
-                      previous: tuple[str, str | os.PathLike[str]] | None = None,
+                      previous: tuple[str, str | os.PathLike[str]] | str | None = None,
                       await_approval: bool = False) -> str:
-        """Begin rolling ``version`` out; returns the rollout id. Any active rollout on the fleet is superseded.
+        """Begin rolling ``version`` out; returns the rollout id. Any rollout on the fleet that is active or
+        awaits approval is superseded.
 
-        ``previous`` = (version, path) of what the fleet runs now, the rollback target; defaults to the
-        fleet manifest's current target (the last completed rollout's version, or the previous one's after
-        a rollback). ``await_approval``: record it as ``awaiting_approval`` instead (nothing is published and
-        the running rollout is left alone until an operator approves it; an older rollout still waiting on
-        the fleet is superseded by this one).
+        ``previous`` = (version, path) of what the fleet runs now, the rollback target, or the version alone
+        if it is registered already; defaults to the fleet manifest's current target (the last completed
+        rollout's version, or the previous one's after a rollback). ``await_approval``: record it as
+        ``awaiting_approval`` instead (nothing is published and the running rollout is left alone until an
+        operator approves it; an older rollout still waiting on the fleet is superseded by this one).
         """
         fleet = fleet or self.default_fleet
         policy = policy or Policy()
@@ -314,29 +318,34 @@ class Controller:
                 if model_id is None:
                     raise KeyError(f"version {version} is unknown; pass its model file")
                 art = self.artifact(model_id, version)
-            if previous is not None:
-                prev_version: str | None = self.register_model(previous[1], art.model_id, previous[0]).version
+            if isinstance(previous, str):
+                self.artifact(art.model_id, previous)  # must be registered: it is the rollback target
+                prev_version: str | None = previous
+            elif previous is not None:
+                prev_version = self.register_model(previous[1], art.model_id, previous[0]).version
             else:
                 target = self.store.target(fleet)
                 prev_version = target.version if target is not None and target.version != version else None
             if await_approval:
-                for old in self.store.get_waiting(fleet):
-                    if self.store.set_state(old.id, State.SUPERSEDED, f"{version} was promoted before approval"):
-                        self.store.add_event(old.id, "superseded", version)
+                self._supersede(fleet, version, active=False)
                 r = self.store.create_rollout(fleet, art.model_id, version, prev_version, policy,
                                               State.AWAITING_APPROVAL)
                 self.store.add_event(r.id, "awaiting_approval", f"{art.model_id}/{version} prev={prev_version}")
             else:
-                self._supersede_active(fleet, version)
+                self._supersede(fleet, version)
                 r = self.store.create_rollout(fleet, art.model_id, version, prev_version, policy)
                 self.store.add_event(r.id, "started", f"{art.model_id}/{version} waves={policy.waves} "
                                                       f"prev={prev_version}")
         self.fleet.changed.set()
         return r.id
 
-    def _supersede_active(self, fleet: str, version: str) -> None:
-        for old in self.store.get_active(fleet):
-            if self.store.set_state(old.id, State.SUPERSEDED, f"superseded by {version}"):
+    def _supersede(self, fleet: str, version: str, *, active: bool = True, exclude: str | None = None) -> None:
+        """``version`` takes over the fleet: rollouts that await approval (and, with ``active``, those that run)
+        end as superseded."""
+        older = self.store.get_waiting(fleet) + (self.store.get_active(fleet) if active else [])
+        for old in older:
+            why = f"superseded by {version}" if old.active else f"{version} came before approval"
+            if old.id != exclude and self.store.set_state(old.id, State.SUPERSEDED, why):
                 self.store.add_event(old.id, "superseded", version)
 
     def pause(self, rid: str | None = None) -> None:
@@ -434,7 +443,7 @@ class Controller:
     def _approve(self, r: Rollout, detail: str | None) -> Rollout | None:
         """An operator released a waiting rollout: it takes over the fleet now, rolling back (if it must) to
         the version the whole fleet reached last, which may have changed while it waited."""
-        self._supersede_active(r.fleet, r.version)
+        self._supersede(r.fleet, r.version, exclude=r.id)
         prev = self.store.fleet_baseline(r.fleet) or r.prev_version
         if prev == r.version:
             prev = r.prev_version

@@ -442,6 +442,26 @@ class RolloutStore:
             raise ValueError(f"unknown rollout command {cmd!r} (known: {', '.join(COMMANDS)})")
         self._update(rid, "command=?, command_detail=?", (cmd, detail))
 
+    def approve(self, version: str, by: str, fleet: str | None = None) -> Rollout:
+        """Queue the approval of the rollout of ``version`` that awaits it (``edgeloop rollout approve``, the
+        console); KeyError naming what does wait when ``version`` does not."""
+        r = self._waiting_or_raise(version, fleet)
+        self.queue_command(r.id, "approve", f"by {by}")
+        return r
+
+    def reject(self, version: str, by: str, reason: str, fleet: str | None = None) -> Rollout:
+        """Queue the rejection of the waiting rollout of ``version``, with the operator's reason."""
+        r = self._waiting_or_raise(version, fleet)
+        self.queue_command(r.id, "reject", f"by {by}: {reason}" if reason else f"by {by}")
+        return r
+
+    def _waiting_or_raise(self, version: str, fleet: str | None) -> Rollout:
+        r = self.waiting_for(version, fleet)
+        if r is None:
+            waiting = ", ".join(f"{w.version} (fleet {w.fleet})" for w in self.get_waiting(fleet)) or "none"
+            raise KeyError(f"no rollout of {version} awaits approval (waiting: {waiting})")
+        return r
+
     def clear_command(self, rid: str, cmd: str) -> None:
         """The controller took ``cmd``; a command queued since then stays for the next tick."""
         self._update(rid, "command=NULL, command_detail=NULL", where=" AND command=?", where_args=(cmd,))
