@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import Annotated, Callable, ClassVar
 
 import msgspec
+from msgspec import Meta
 
 from .fleet import DeviceInfo
 from .publisher import DEFAULT_EXPIRY_S
@@ -62,17 +63,17 @@ class Policy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     }
 
     waves: list[float] = msgspec.field(default_factory=lambda: [0.05, 0.25, 1.0])
-    soak: float = 60.0
-    max_failed: float = 0.10
-    min_agreement: float = 0.90
-    shadow: int = 0
-    shadow_seconds: float = 60.0
-    shadow_max_confidence_drop: float = 0.25
-    shadow_max_latency_ratio: float = 3.0
-    shadow_latency_slack_ms: float = 5.0
-    health_seconds: float = 30.0
-    wave_timeout: float = 600.0
-    expiry: float = DEFAULT_EXPIRY_S
+    soak: Annotated[float, Meta(ge=0)] = 60.0
+    max_failed: Annotated[float, Meta(ge=0, le=1)] = 0.10
+    min_agreement: Annotated[float, Meta(ge=0, le=1)] = 0.90
+    shadow: Annotated[int, Meta(ge=0)] = 0
+    shadow_seconds: Annotated[float, Meta(gt=0)] = 60.0
+    shadow_max_confidence_drop: Annotated[float, Meta(ge=0, le=1)] = 0.25
+    shadow_max_latency_ratio: Annotated[float, Meta(gt=0)] = 3.0
+    shadow_latency_slack_ms: Annotated[float, Meta(ge=0)] = 5.0
+    health_seconds: Annotated[float, Meta(ge=0)] = 30.0
+    wave_timeout: Annotated[float, Meta(gt=0)] = 600.0
+    expiry: Annotated[float, Meta(gt=60)] = DEFAULT_EXPIRY_S
 
     def __post_init__(self) -> None:
         if not self.waves or any(not 0 < w <= 1 for w in self.waves) or sorted(self.waves) != self.waves:
