@@ -113,6 +113,7 @@ class Controller:
         cache_items: int = 4,
         cache_bytes: int = 256 * 1024 * 1024,
         stall_s: float = STALL_S,
+        stall_audit_every_s: float = STALL_AUDIT_EVERY_S,
     ) -> None:
         self.broker = broker
         self.key = load_private_key(signing_key) if isinstance(signing_key, (str, os.PathLike)) else signing_key
@@ -123,6 +124,7 @@ class Controller:
         self.chunk_size = chunk_size
         self.tick_s = tick_s
         self.stall_s = stall_s
+        self.stall_audit_every_s = stall_audit_every_s
         self.fleet = Fleet(self.topics, clock)
         self.fleet.seed(self.store.devices())
         self._clock = clock
@@ -404,7 +406,6 @@ class Controller:
                 return
             r = stepped
         if r.state == State.RUNNING:
-            self._repair_reported(r)
             self._step_running(r)
         elif r.state == State.ROLLING_BACK:
             self._step_rolling_back(r)
@@ -571,10 +572,12 @@ class Controller:
             self.store.add_event(None, "chunks_cleared", f"{m.model_id}/{m.version}")
 
     def _refresh_manifests(self) -> None:
-        """Re-sign a fleet's retained manifest (new seq, same target) when half its lifetime is gone."""
+        """Re-sign a fleet's retained manifest (new seq, same target) when half its lifetime is gone, and after
+        every reconnection (a broker restarted without persistence has lost it: devices that boot would find no
+        target)."""
         now = time.time()
         for t in self.store.targets():
-            if t.expires - now > t.policy.expiry / 2:
+            if t.expires - now > t.policy.expiry / 2 and not self._audit_due:
                 continue
             try:
                 art = self.artifact(t.model_id, t.version)
@@ -589,11 +592,13 @@ class Controller:
         self.audit.request(art.model_id, art.version, self.publisher.chunk_digests(art), self.chunk_size, reason)
 
     def _check_chunks(self) -> None:
-        """Start read-backs that are due (after a reconnection; periodically) and repair what one found."""
+        """Start read-backs that are due (after a reconnection; periodically; a device's download stalls) and
+        repair what one found, or what a device reported."""
+        self._repair_reported()
         now = time.monotonic()
         published = {(m.model_id, m.version) for m in self.store.published_models()}
         for key in sorted(self._needed() & published):
-            if self._audit_due or now - self._last_audit.get(key, 0.0) > AUDIT_EVERY_S:
+            if self._audit_due or now - self._last_audit.get(key, self.started) > AUDIT_EVERY_S:
                 self._audit_version(key, "reconnected" if self._audit_due else "periodic")
         self._audit_due = False
         result = self.audit.poll()
@@ -631,25 +636,29 @@ class Controller:
         self.counters[f"republish:{reason.split(':')[0]}"] += n
         self.store.add_event(None, "chunks_republished", f"{art.model_id}/{art.version} {indices[:20]} ({reason})")
 
-    def _repair_reported(self, r: Rollout) -> None:
-        """Act on what the wave's devices report about their download of this rollout's version: a corrupt
-        chunk is republished (the device waits for it); a download without progress gets a read-back."""
+    def _repair_reported(self) -> None:
+        """Act on what devices report about downloading a fleet's target (during a rollout, a rollback, or
+        long after, for a device that joins late): a corrupt chunk is republished (the device waits for it),
+        chunks a device names as missing are republished, and a download without progress for ``stall_s``
+        gets a read-back of the version (at most every ``stall_audit_every_s``)."""
         now = time.time()
-        for d in self._members(r, r.below):
-            if d.rollout_id != r.id or d.model_version != r.version or (d.device, d.status_time) in self._handled_reports:
+        targets = {(t.rollout_id, t.version): t for t in self.store.targets()}
+        for d in self.fleet.devices():
+            t = targets.get((d.rollout_id or "", d.model_version or ""))
+            if t is None or not d.online or (d.device, d.status_time) in self._handled_reports:
                 continue
             chunk = d.status_metrics.get("chunk")
             missing = d.status_metrics.get("missing")
             if d.model_state == "failed" and d.reason in gate.RETRYABLE_REASONS and isinstance(chunk, int):
                 self._handled_reports[(d.device, d.status_time)] = None
-                self.republish(self.artifact(r.model_id, r.version), [chunk], f"device:{d.device} {d.reason}")
+                self.republish(self.artifact(t.model_id, t.version), [chunk], f"device:{d.device} {d.reason}")
             elif d.model_state == "downloading" and isinstance(missing, list) and missing:
                 self._handled_reports[(d.device, d.status_time)] = None
                 idx = [i for i in missing if isinstance(i, int)][:1000]
-                self.republish(self.artifact(r.model_id, r.version), idx, f"device:{d.device} missing")
+                self.republish(self.artifact(t.model_id, t.version), idx, f"device:{d.device} missing")
             elif d.model_state == "downloading" and now - d.status_time > self.stall_s:
-                key = (r.model_id, r.version)
-                if time.monotonic() - self._last_audit.get(key, 0.0) > max(self.stall_s, STALL_AUDIT_EVERY_S):
+                key = (t.model_id, t.version)
+                if time.monotonic() - self._last_audit.get(key, 0.0) > self.stall_audit_every_s:
                     self._audit_version(key, f"stalled download on {d.device}")
         if len(self._handled_reports) > 10_000:
             self._handled_reports.clear()
