@@ -5,7 +5,8 @@ import argparse
 import logging
 import sys
 
-from protocol.config import ConfigError, dump_config, load_config
+from protocol.config import dump_config, load_config
+from protocol.state_dir import service_state_dir
 
 ENV_PREFIX = "EDGELOOP_EDGE__"
 
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         from edge.config import EdgeConfig
 
         config = load_config(EdgeConfig, args.config, env_prefix=ENV_PREFIX, overrides=overrides)
-    except ConfigError as exc:
+        config.state_dir = service_state_dir(config.state_dir, "edgeloop edge")  # never relative under systemd
+    except ValueError as exc:  # ConfigError, or a relative state dir in service mode
         print(f"edgeloop edge: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.print_config:
