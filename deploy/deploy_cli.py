@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("onnxruntime",):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not Path(cfg.signing_key).is_file():
-        print(f"edgeloop deploy run: no signing key at {cfg.signing_key} (edgeloop keys generate DIR, then --key "
+        print(f"edgeloop deploy run: no signing key at {cfg.signing_key} (edgeloop keys generate --out DIR, then --key "
               "DIR/signing.key)", file=sys.stderr)
         return 2
     from .service import DeployService

@@ -156,6 +156,8 @@ class RolloutFeeder:
         return path.resolve()
 
     def _announced(self, rec: PromotionRecord) -> None:
+        if rec.parent is None:
+            return  # the trainer's bootstrap version: the fleet's baseline (reported as such), not a promotion
         m = _notice(rec).get("metrics") or {}
         acc = m.get("accuracy")
         text = (f"{rec.version} (held-out accuracy {acc:.3f} on {m.get('n', '?')})"

@@ -162,6 +162,12 @@ class DeployService:
                 log.exception("feeder step failed; trying again")
             self._stop.wait(self.cfg.poll_s)
 
+    def close_feeder(self) -> None:
+        """Stop the loop and report the feeder's last events: no rollout starts after this, the store stays
+        readable (a caller that wants the feeder's records reads them now, then calls :meth:`stop`)."""
+        self._stop_loop()
+        self._close_feeder()
+
     def stop(self) -> None:
         """Stop in reverse order; each step guarded so that one failure cannot leave the others running."""
         for what, step in (("loop", self._stop_loop), ("feeder", self._close_feeder), ("metrics", self._stop_metrics),
