@@ -41,7 +41,7 @@ Every metric, for dashboards (deploy/grafana/edgeloop.json) and alerts:
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
@@ -53,11 +53,24 @@ from .rollout_gate import BREACH_CHECKS
 from .rollout_store import PROMOTION_STATUSES, State
 
 if TYPE_CHECKING:
-    from .service import DeployService
+    from .controller import Controller
+    from .promotions import PromotionIntake
 
-__all__ = ["DeployCollector", "metrics_server", "PREFIX"]
+__all__ = ["DeployCollector", "ServiceView", "metrics_server", "PREFIX"]
 
 PREFIX = "edgeloop_deploy_"
+
+
+class ServiceView(Protocol):
+    """What the collector reads of the running service (deploy.service.DeployService)."""
+
+    ctl: "Controller"
+    fleet: str
+    intake: "PromotionIntake | None"
+
+    def loop_ages(self) -> dict[str, float]: ...
+
+    def health(self) -> tuple[bool, dict[str, Any]]: ...
 
 
 def _family(kind: type, name: str, doc: str, label: str, values: dict[str, float]) -> Metric:
@@ -74,7 +87,7 @@ def _prefixed(counters: Counter[str], prefix: str) -> dict[str, float]:
 class DeployCollector(Collector):
     """Reads the service at scrape time (on the HTTP server's thread; every read is thread-safe)."""
 
-    def __init__(self, service: "DeployService") -> None:
+    def __init__(self, service: ServiceView) -> None:
         self.svc = service
 
     def collect(self) -> Iterator[Metric]:
@@ -165,7 +178,7 @@ class DeployCollector(Collector):
                       {"ok": ic["fetched"], "failed": sum(_prefixed(ic, "failed:").values())})
 
 
-def metrics_server(service: "DeployService", host: str, port: int) -> MetricsServer:
+def metrics_server(service: ServiceView, host: str, port: int) -> MetricsServer:
     """The service's ``/metrics`` (this collector + the process's CPU, memory, fds) and ``/healthz``."""
     registry = CollectorRegistry()
     registry.register(DeployCollector(service))
