@@ -158,6 +158,11 @@ class Fleet:
             d = self._devices.get(device)
             return DeviceInfo(**vars(d)) if d is not None else None
 
+    def forget(self, device: str) -> bool:
+        """Drop a decommissioned device (the controller clears its retained topics first)."""
+        with self._lock:
+            return self._devices.pop(device, None) is not None
+
     def ids(self) -> list[str]:
         with self._lock:
             return sorted(self._devices)

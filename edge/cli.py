@@ -5,7 +5,8 @@ import argparse
 import logging
 import sys
 
-from protocol.config import ConfigError, dump_config, load_config
+from protocol.config import dump_config, load_config
+from protocol.state_dir import service_state_dir
 
 ENV_PREFIX = "EDGELOOP_EDGE__"
 
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             print(dump_config(config), end="")
             return 0
         config.mqtt.password = resolve_password(config.mqtt.password, config.mqtt.password_file)
-    except (ConfigError, MQTTURLError) as exc:
+        config.state_dir = service_state_dir(config.state_dir, "edgeloop edge")  # never relative under systemd
+    except ValueError as exc:  # ConfigError, MQTTURLError, or a relative state dir in service mode
         print(f"edgeloop edge: configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -44,6 +44,7 @@ from protocol.reports import State, encode_report
 from protocol.model_meta import ModelMeta
 from protocol.topics import Topics
 
+from .announce import Announcer
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainerConfig
 from .evaluate import predict, two_slice_gate
@@ -83,8 +84,8 @@ class NotBootstrapped(RuntimeError):
 
 
 def promoted_topic(topics: Topics) -> str:
-    """Retained notice of the newest promoted version (not in protocol/topics.py yet; see the README)."""
-    return f"{topics.prefix}/trainer/promoted"
+    """Retained notice of the newest promoted version (protocol/promotion.py; bytes: trainer/announce.py)."""
+    return topics.trainer_promoted()
 
 
 def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
@@ -185,6 +186,7 @@ class TrainerService:
         self._seq = 0
         self.ingestor = None
         self.label_server = None
+        self.announcer = Announcer(self.topics, self.state_dir, config.model_id)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def open(self) -> "TrainerService":
@@ -201,7 +203,7 @@ class TrainerService:
                 key=m.key_file, max_message_bytes=cfg.ingest.max_message_bytes,
                 max_image_bytes=cfg.ingest.max_image_bytes, batch_max=cfg.ingest.batch_max,
                 linger_ms=cfg.ingest.linger_ms, max_delay_ms=cfg.ingest.max_delay_ms,
-                on_connect=lambda ing: ing.publish(self.topics.trainer_state(), self._state_payload("online"), 1, True),
+                on_connect=self._on_broker_connect,
             ).start()
         api_port = cfg.labeler.api_port
         if cfg.labeler.kind == "queue" and api_port is None:
@@ -260,6 +262,11 @@ class TrainerService:
                 pass
         self._registries.clear()
         self.store.close()
+
+    def _on_broker_connect(self, ing: Any) -> None:
+        """Every (re)connection: say online, and put the kept promoted versions on the broker again."""
+        ing.publish(self.topics.trainer_state(), self._state_payload("online"), 1, True)
+        self.announcer.republish_soon(ing.publish)
 
     def _state_payload(self, state: str) -> bytes:
         self._seq += 1
@@ -521,10 +528,11 @@ class TrainerService:
         return version
 
     def _announce(self, version: str, path: Path, metrics: dict[str, Any], sha256: str) -> None:
-        if self.ingestor is not None:
-            notice = {"model_id": self.config.model_id, "version": version, "path": str(path), "sha256": sha256,
-                      "labels": list(self.labels), "metrics": _scalar_metrics(metrics), "time": time.time()}
-            self.ingestor.publish(promoted_topic(self.topics), json.dumps(notice).encode(), 1, True)
+        if self.ingestor is not None:  # bytes and notice on the broker (trainer/announce.py)
+            try:
+                self.announcer.announce(self.ingestor.publish, version)
+            except Exception:
+                log.exception("announcing %s failed; it is announced again on the next reconnection", version)
         if self.on_promoted is not None:
             try:
                 self.on_promoted(version, path, metrics)
