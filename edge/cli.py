@@ -105,11 +105,11 @@ def main(argv: list[str] | None = None) -> int:
                 overrides[key] = overrides.get(key) or value
             overrides["device_id"] = overrides["device_id"] or certificate_identity(overrides["mqtt.cert_file"])
         config = load_config(EdgeConfig, args.config, env_prefix=ENV_PREFIX, overrides=overrides)
+        config.state_dir = service_state_dir(config.state_dir, "edgeloop edge")  # never relative under systemd
         if args.print_config:
             print(dump_config(config), end="")
             return 0
         config.mqtt.password = resolve_password(config.mqtt.password, config.mqtt.password_file)
-        config.state_dir = service_state_dir(config.state_dir, "edgeloop edge")  # never relative under systemd
     except ValueError as exc:  # ConfigError, MQTTURLError, or a relative state dir in service mode
         print(f"edgeloop edge: configuration error: {exc}", file=sys.stderr)
         return 2
