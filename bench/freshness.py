@@ -450,7 +450,9 @@ class FreshnessRun(DemoApp):
             figures = analyze(raw)
         per_sample = figures.pop("per_sample", [])
         figures.update(self._facts(len(raw.get("samples", []))))
-        result = _result(figures, self.rec.broker.get("kind", "?"), self.drift_at, self.duration - self.tail)
+        kind = self.rec.broker.get("kind", "?")
+        broker = f"{kind} (TLS, client certificates, ACL)" if self.rec.broker.get("secure") else f"{kind} (anonymous)"
+        result = _result(figures, broker, self.drift_at, self.duration - self.tail)
         if self.rec.interrupted:
             result["status"] = "interrupted"
         if self.rec.errors:
