@@ -211,3 +211,18 @@ def test_work_queue_is_bounded_and_refetches_what_it_dropped(models, tmp_path) -
         gate.set()
         up.close()
         pool.shutdown()
+
+
+def test_a_provisioning_floor_survives_a_reset_but_never_lowers_the_state(models, tmp_path) -> None:
+    """``min_seq`` (the edge config's updater.min_manifest_seq): a device without state starts just below it; a
+    device whose persisted highest sequence is above it keeps its own; the floor itself is accepted."""
+    slot = ModelSlot(EdgeModel.load(models["v1"]))
+    fresh = Updater("d1", "f", tmp_path / "reset", {}, slot, FakeBroker(), Topics("t"), min_seq=100)
+    assert fresh.highest_seq == 99
+    fresh.highest_seq = 250
+    fresh._save_state()
+    fresh.close()
+    again = Updater("d1", "f", tmp_path / "reset", {}, slot, FakeBroker(), Topics("t"), min_seq=100)
+    assert again.highest_seq == 250
+    again.close()
+    assert Updater("d2", "f", tmp_path / "none", {}, slot, FakeBroker(), Topics("t")).highest_seq is None
