@@ -450,7 +450,9 @@ class FreshnessRun(DemoApp):
             figures = analyze(raw)
         per_sample = figures.pop("per_sample", [])
         figures.update(self._facts(len(raw.get("samples", []))))
-        result = _result(figures, self.rec.broker.get("kind", "?"), self.drift_at, self.duration - self.tail)
+        kind = self.rec.broker.get("kind", "?")
+        broker = f"{kind} (TLS, client certificates, ACL)" if self.rec.broker.get("secure") else f"{kind} (anonymous)"
+        result = _result(figures, broker, self.drift_at, self.duration - self.tail)
         if self.rec.interrupted:
             result["status"] = "interrupted"
         if self.rec.errors:
@@ -500,17 +502,18 @@ def _result(figures: dict[str, Any], broker: str, drift_at: float, count_window_
 def bench(duration: float = DEFAULT_DURATION_S, cameras: int = DEFAULT_CAMERAS, quick: bool = False, *,
           demo_stream_s: float = DEMO_STREAM_S, drift_at_s: float | None = None, bootstrap_frames: int | None = None,
           bootstrap_budget_s: float | None = None, tail_s: float | None = None, workdir: str | Path | None = None,
-          keep: bool = False, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+          keep: bool = False, say: Callable[[str], None] | None = None, insecure: bool = False) -> dict[str, Any]:
     """Run the loop for at most ``duration`` stream seconds and measure freshness; stops everything it started.
 
     ``tail_s``: samples selected in the last ``tail_s`` seconds do not count (they would have no time to be
     delivered); the run ends as soon as every counted sample has reached the whole fleet after that point.
+    ``insecure``: an anonymous broker instead of the demo's default (TLS, client certificates, ACL).
     """
     say = say or (lambda m: print(f"[freshness] {m}", file=sys.stderr, flush=True))
     out = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="edgeloop-freshness-"))
     # The bootstrap of a default demo run (a budget of the bootstrap share of 180 s, minus rendering): the
     # quality of v0001 decides how often the gate promotes, so it is part of "default demo settings".
-    opts = DemoOptions(cameras=cameras, duration=DEMO_DURATION_S, out=str(out),
+    opts = DemoOptions(cameras=cameras, duration=DEMO_DURATION_S, out=str(out), insecure=insecure,
                        bootstrap_frames=bootstrap_frames or (400 if quick else 2400),
                        bootstrap_budget_s=bootstrap_budget_s if bootstrap_budget_s is not None else (5.0 if quick else None))
     run_ = FreshnessRun(opts, duration=duration, tail=tail_s if tail_s is not None else min(60.0, 0.45 * duration),
@@ -556,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"stream seconds the demo settings are derived from (default {DEMO_STREAM_S:g})")
     ap.add_argument("--bootstrap-frames", type=int, help="bootstrap set size (default 2400 as the demo, quick 400)")
     ap.add_argument("--workdir", help="keep everything (logs, stores, per_sample.json) here")
+    ap.add_argument("--insecure", action="store_true", help="anonymous loopback broker instead of the demo's default "
+                                                            "TLS broker with client certificates and ACLs")
     ap.add_argument("--json", action="store_true", help="print the result JSON on stdout")
     ap.add_argument("--out", type=Path, default=RESULTS, help="result file (default bench/results/freshness.json)")
     ap.add_argument("--no-write", action="store_true", help="do not write the result file")
@@ -566,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = bench(duration, args.cameras or (QUICK_CAMERAS if args.quick else DEFAULT_CAMERAS), args.quick,
                        demo_stream_s=args.demo_stream, drift_at_s=args.drift_at, tail_s=args.tail,
-                       bootstrap_frames=args.bootstrap_frames, workdir=args.workdir, keep=bool(args.workdir))
+                       bootstrap_frames=args.bootstrap_frames, workdir=args.workdir, keep=bool(args.workdir),
+                       insecure=args.insecure)
     except KeyboardInterrupt:
         print("edgeloop bench freshness: interrupted; everything started was stopped", file=sys.stderr)
         return 130

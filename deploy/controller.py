@@ -63,7 +63,7 @@ from protocol.waves import BUCKETS, wave_bucket
 
 from .artifact_cache import ArtifactCache
 from .chunk_audit import AuditResult, ChunkAudit
-from .fleet import DeviceInfo, Fleet
+from .fleet import DeviceInfo, Fleet, Registry
 from .publisher import ModelArtifact, Publisher, read_artifact
 from . import rollout_gate as gate
 from .rollout_gate import Policy, WaveDevices, parse_duration, parse_fraction, parse_waves
@@ -82,6 +82,8 @@ STALL_AUDIT_EVERY_S = 60.0
 AUDIT_EVERY_S = 600.0
 #: Republish-and-check rounds for one version before the controller gives up until the next trigger.
 MAX_REPAIRS = 3
+#: The device registry (provisioned devices) is read again this often.
+REGISTRY_REFRESH_S = 30.0
 
 
 class Controller:
@@ -94,6 +96,9 @@ class Controller:
         ctl.stop()
 
     ``tls``: ``{"ca": path, "cert": path, "key": path}`` for an ``mqtts://`` broker (overrides the URL's query).
+    ``registry``: the devices that exist (:func:`deploy.fleet.registry_source`: the PKI's provisioned devices or
+    a configured list); only they count in waves, each in its own fleet. None: any id that publishes counts (a
+    warning says so; the broker's ACL still ties each report to its sender's certificate).
     ``counters`` (a ``Counter``) and :meth:`health` are what deploy/metrics.py exports.
     """
 
@@ -114,6 +119,7 @@ class Controller:
         cache_bytes: int = 256 * 1024 * 1024,
         stall_s: float = STALL_S,
         stall_audit_every_s: float = STALL_AUDIT_EVERY_S,
+        registry: Registry | None = None,
     ) -> None:
         self.broker = broker
         self.key = load_private_key(signing_key) if isinstance(signing_key, (str, os.PathLike)) else signing_key
@@ -126,6 +132,11 @@ class Controller:
         self.stall_s = stall_s
         self.stall_audit_every_s = stall_audit_every_s
         self.fleet = Fleet(self.topics, clock)
+        self._registry = registry
+        self._registry_read = 0.0
+        if registry is None:
+            log.warning("no device registry (pki_dir or devices in the deploy config): every device id that "
+                        "publishes under %s/dev/ counts in rollout waves", prefix)
         self.fleet.seed(self.store.devices())
         self._clock = clock
         self._client_id = client_id or f"edgeloop-deploy-{uuid.uuid4().hex[:8]}"
@@ -143,10 +154,13 @@ class Controller:
         self._last_audit: dict[tuple[str, str], float] = {}   # (model, version) -> monotonic time of last audit
         self._repairs: Counter[tuple[str, str]] = Counter()   # consecutive republish rounds per version
         self._handled_reports: dict[tuple[str, float], None] = {}  # (device, status time) acted on already
+        self._ignored_reports: dict[tuple[str, float], None] = {}  # (device, status time) counted as ignored
         self._lock = threading.RLock()
         self.counters: Counter[str] = Counter()
         self.last_tick_ok = time.monotonic()    # /healthz: the loop is stalled when this gets old
         self.started = time.monotonic()
+        if registry is not None:
+            self._refresh_registry()
 
     # -- MQTT ------------------------------------------------------------------------------------------------
     def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
@@ -387,6 +401,8 @@ class Controller:
         """One step for every rollout that is active or waits for approval, then the chores: manifest refresh,
         chunk read-backs and repairs, queued requests, the device snapshot (only what changed)."""
         with self._lock:
+            if self._registry is not None and time.monotonic() - self._registry_read > REGISTRY_REFRESH_S:
+                self._refresh_registry()
             for r in self.store.get_waiting() + self.store.get_active():
                 self._step(r)
             self._refresh_manifests()
@@ -456,14 +472,29 @@ class Controller:
         self.counters["promotions_approved"] += 1
         return self.store.rollout(r.id)
 
+    def _refresh_registry(self) -> None:
+        """Read the registry again; a device new to it gets its retained reports delivered again (they were
+        dropped as unknown before), by subscribing once more. A registry that cannot be read keeps the last."""
+        assert self._registry is not None
+        self._registry_read = time.monotonic()
+        try:
+            new = self.fleet.set_registry(self._registry())
+        except Exception as e:  # noqa: BLE001 - a broken PKI directory must not stop rollouts that run
+            self.counters["registry_errors"] += 1
+            log.error("cannot read the device registry (keeping the last one): %s", e)
+            return
+        if new and self.connected:
+            self._client.subscribe(self.fleet.subscriptions())
+            log.info("device registry: %d new device(s), e.g. %s", len(new), new[:5])
+
     def _members(self, r: Rollout, below: int) -> list[DeviceInfo]:
-        return [d for d in self.fleet.devices() if below >= BUCKETS or wave_bucket(r.id, d.device) < below]
+        return [d for d in self.fleet.devices(r.fleet) if below >= BUCKETS or wave_bucket(r.id, d.device) < below]
 
     def _wave_below(self, r: Rollout, fraction: float) -> int:
         """Smallest bucket bound that puts ceil(fraction x known devices) known devices in the wave."""
         if fraction >= 1.0:
             return BUCKETS
-        ids = self.fleet.ids()
+        ids = self.fleet.ids(r.fleet)
         if not ids:
             return max(r.below, int(fraction * BUCKETS))
         buckets = sorted(wave_bucket(r.id, d) for d in ids)
@@ -483,8 +514,8 @@ class Controller:
             targeting.update(shadow_frames=policy.shadow, shadow_seconds=policy.shadow_seconds,
                              min_agreement=policy.min_agreement)
         expires = time.time() + policy.expiry
-        manifest = self.publisher.manifest(art, seq=seq, rollout_id=rid, wave=wave, targeting=targeting,
-                                           expires=expires)
+        manifest = self.publisher.manifest(art, fleet=fleet, seq=seq, rollout_id=rid, wave=wave,
+                                           targeting=targeting, expires=expires)
         self.publisher.publish_manifest(fleet, manifest)
         self.store.set_target(FleetTarget(fleet=fleet, rollout_id=rid, model_id=art.model_id, version=art.version,
                                           wave=wave, below=below, seq=seq, expires=expires, policy=policy))
@@ -500,7 +531,7 @@ class Controller:
             self.store.add_event(r.id, "breach", verdict.breach)
             self._begin_rollback(r, verdict.breach)
             return
-        if gate.wave_done(verdict.wave):
+        if gate.wave_done(verdict.wave, r.policy):
             if r.soak_started is None:
                 self.store.start_soak(r.id)
             elif time.time() - r.soak_started >= r.policy.soak:
@@ -529,7 +560,15 @@ class Controller:
 
     def evaluate(self, r: Rollout) -> Verdict:
         """Count the current wave's devices and ask the gate's breach checks (deploy/rollout_gate.py)."""
-        wave = gate.count_wave(self._members(r, r.below), r.id, r.version, r.wave_started)
+        t = self.store.target(r.fleet)
+        max_seq = t.seq if t is not None and t.rollout_id == r.id else -1
+        wave = gate.count_wave(self._members(r, r.below), r.id, r.version, r.wave_started, max_seq=max_seq)
+        for d, why in wave.ignored:  # each stale or foreign status counted once
+            if (d.device, d.status_time) not in self._ignored_reports:
+                self._ignored_reports[(d.device, d.status_time)] = None
+                self.counters[f"gate:ignored:{why}"] += 1
+        if len(self._ignored_reports) > 10_000:
+            self._ignored_reports.clear()
         found = gate.first_breach(wave, r.policy)
         return Verdict(wave, found[1] if found else None, found[0] if found else None)
 
@@ -544,7 +583,7 @@ class Controller:
         self.store.add_event(r.id, "rollback", f"to {r.prev_version} seq={seq}: {reason}")
 
     def _step_rolling_back(self, r: Rollout) -> None:
-        still = [d for d in self.fleet.devices() if d.online and d.version == r.version]
+        still = [d for d in self.fleet.devices(r.fleet) if d.online and d.version == r.version]
         if not still or time.time() - (r.wave_started or 0) > r.policy.wave_timeout:
             if self.store.set_state(r.id, State.ROLLED_BACK, r.reason):
                 self.store.add_event(r.id, "rolled_back", f"{len(still)} devices still on {r.version}")

@@ -37,6 +37,8 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--cert-file", "mqtt.cert_file", str, "TLS client certificate"),
     ("--key-file", "mqtt.key_file", str, "TLS client key"),
     ("--fleet", "fleet", str, "fleet to roll out to (default 'default')"),
+    ("--pki", "pki_dir", str, "the fleet's PKI directory (edgeloop pki init): only its provisioned devices count "
+                              "in waves (or list them: `devices:` in the config; neither: any id counts, warned)"),
     ("--mode", "mode", str, "auto: promoted versions roll out one at a time, the newest next (default); "
                             "approve: each waits for `edgeloop rollout approve VERSION`"),
     ("--model-id", "model_id", str, "roll out promotions of this model only (default: any)"),
@@ -48,7 +50,10 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--min-agreement", "rollout.min_agreement", float, "halt below this shadow agreement (0..1)"),
     ("--shadow", "rollout.shadow", int, "shadow-run frames per device before the swap (0: none)"),
     ("--health-seconds", "rollout.health_seconds", "duration", "how long each device watches a new model"),
-    ("--wave-timeout", "rollout.wave_timeout", "duration", "halt when a wave's devices do not finish in time"),
+    ("--wave-timeout", "rollout.wave_timeout", "duration", "halt when a wave's devices do not finish in time, or "
+                                                           "too few report (no_reports)"),
+    ("--min-reporting", "rollout.min_reporting", int, "devices per wave that must report the new version healthy "
+                                                      "(default 1; a smaller wave: all of it)"),
     ("--metrics-host", "metrics.host", str, "address of /metrics and /healthz (default 127.0.0.1; another "
                                             "address is reachable without authentication)"),
     ("--metrics-port", "metrics.port", int, "port of /metrics and /healthz (default 9853; 0 = any free port)"),

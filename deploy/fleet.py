@@ -10,6 +10,11 @@ single subscribe - no device needs to re-announce anything.
 The topic, not the payload, names the device (broker ACLs pin a device to ``dev/{its id}/``), so a device
 cannot speak for another one. Malformed payloads, wrong message types and messages whose sender differs
 from the topic's device are counted per reason, logged and dropped.
+
+The registry (issue 12): with one (``{device id: fleet}`` of the provisioned devices, deploy/pki.py, or a
+configured list), messages under ids it does not hold are dropped as ``unknown_device`` - made-up ids cannot
+join a wave - and a device counts only in its own fleet. Without one, every id that publishes counts (the
+controller warns about that at start).
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from protocol.errors import ProtocolError
 from protocol.reports import Birth, ModelStatus, State, Stats, decode_report
@@ -26,7 +31,10 @@ from protocol.waves import BUCKETS, wave_bucket
 
 log = logging.getLogger("edgeloop.deploy.fleet")
 
-__all__ = ["DeviceInfo", "Fleet", "wave_bucket", "BUCKETS"]
+__all__ = ["DeviceInfo", "Fleet", "Registry", "registry_source", "wave_bucket", "BUCKETS"]
+
+#: Reads ``{device id: fleet}`` of the devices that exist, again whenever it is called (new provisions, revocations).
+Registry = Callable[[], Mapping[str, str]]
 
 
 
@@ -45,6 +53,8 @@ class DeviceInfo:
     rollout_id: str | None = None
     status_metrics: dict[str, Any] = field(default_factory=dict)
     status_time: float = 0.0
+    status_seq: int | None = None       # the manifest sequence that status names
+    stats_time: float = 0.0             # when its last stats arrived
     fps: float | None = None
     latency_ms: float | None = None
     outbox_depth: int | None = None
@@ -61,7 +71,8 @@ class DeviceInfo:
             "state": self.model_state, "status_version": self.model_version, "reason": self.reason,
             "rollout_id": self.rollout_id, "last_seen": self.last_seen, "agreement": self.agreement,
             "fps": self.fps, "latency_ms": self.latency_ms, "outbox_depth": self.outbox_depth,
-            "status_time": self.status_time, "metrics": self.status_metrics,
+            "status_time": self.status_time, "status_seq": self.status_seq, "stats_time": self.stats_time,
+            "metrics": self.status_metrics,
         }
 
 
@@ -76,6 +87,24 @@ class Fleet:
         self.dropped = 0
         self.rejected: dict[str, int] = {}  # reason -> count
         self.changed = threading.Event()  # set on every model-status change (wakes the controller)
+        self._registry: dict[str, str] | None = None  # device id -> fleet; None: anyone who publishes counts
+
+    def set_registry(self, registry: Mapping[str, str] | None) -> list[str]:
+        """Use ``{device id: fleet}`` as the devices that exist (None: any id). Devices no longer in it
+        (revoked) are dropped; returns the ids that are new, whose retained messages were dropped before."""
+        with self._lock:
+            old = self._registry
+            self._registry = dict(registry) if registry is not None else None
+            if self._registry is None:
+                return []
+            for gone in [d for d in self._devices if d not in self._registry]:
+                del self._devices[gone]
+            return sorted(set(self._registry) - set(old or ()))
+
+    @property
+    def registry(self) -> dict[str, str] | None:
+        with self._lock:
+            return dict(self._registry) if self._registry is not None else None
 
     def subscriptions(self) -> list[tuple[str, int]]:
         t = self.topics
@@ -96,6 +125,11 @@ class Fleet:
         if parsed.device is None or parsed.kind not in ("state", "birth", "stats", "model_status"):
             return
         if not payload:
+            return
+        with self._lock:
+            unknown = self._registry is not None and parsed.device not in self._registry
+        if unknown:
+            self._reject(topic, "unknown_device", f"{parsed.device!r} is not a provisioned device")
             return
         try:
             msg = decode_report(payload, parsed.kind)  # wrong_type when it is not what the topic carries
@@ -124,10 +158,10 @@ class Fleet:
                 conf = msg.extra.get("confidence") if isinstance(msg.extra, dict) else None
                 d.confidence = float(conf) if isinstance(conf, (int, float)) else d.confidence
                 d.online = True
-                d.last_seen = now
+                d.last_seen = d.stats_time = now
             elif isinstance(msg, ModelStatus):
                 d.model_state, d.model_version, d.reason = msg.state, msg.version, msg.reason
-                d.rollout_id = msg.rollout_id
+                d.rollout_id, d.status_seq = msg.rollout_id, msg.seq
                 d.status_metrics = dict(msg.metrics)
                 d.status_time = now
                 active = msg.metrics.get("active")
@@ -147,11 +181,18 @@ class Fleet:
             log.warning("rejected message on %s: %s: %s (%d so far for this reason)", topic, reason, detail, n)
 
     # -- queries -----------------------------------------------------------------------------------------
-    def devices(self) -> list[DeviceInfo]:
-        """A snapshot (copies) sorted by device id."""
+    def devices(self, fleet: str | None = None) -> list[DeviceInfo]:
+        """A snapshot (copies) sorted by device id; with ``fleet`` and a registry, that fleet's devices only.
+        Registered devices never heard from are in it too, offline: a wave's size counts them."""
         with self._lock:
-            return [DeviceInfo(**{**vars(d), "status_metrics": dict(d.status_metrics)})
-                    for _, d in sorted(self._devices.items())]
+            names = set(self._devices) | set(self._registry or ())
+            return [DeviceInfo(**{**vars(d), "status_metrics": dict(d.status_metrics)}) if d is not None
+                    else DeviceInfo(name)
+                    for name in sorted(names) if self._in(name, fleet)
+                    for d in (self._devices.get(name),)]
+
+    def _in(self, device: str, fleet: str | None) -> bool:
+        return fleet is None or self._registry is None or self._registry.get(device) == fleet
 
     def get(self, device: str) -> DeviceInfo | None:
         with self._lock:
@@ -163,16 +204,38 @@ class Fleet:
         with self._lock:
             return self._devices.pop(device, None) is not None
 
-    def ids(self) -> list[str]:
+    def ids(self, fleet: str | None = None) -> list[str]:
+        """Known device ids: the registry's (of ``fleet``), heard from or not; without one, those heard from."""
         with self._lock:
+            if self._registry is not None:
+                return sorted(d for d, f in self._registry.items() if fleet is None or f == fleet)
             return sorted(self._devices)
 
     def seed(self, rows: Iterable[dict[str, Any]]) -> None:
         """Pre-populate from the controller's SQLite snapshot (devices last seen before a restart)."""
         with self._lock:
             for r in rows:
+                if self._registry is not None and r["device"] not in self._registry:
+                    continue
                 d = self._get(r["device"])
                 if d.last_seen == 0.0:
                     d.version = r.get("version")
                     d.last_seen = float(r.get("last_seen") or 0.0)
                     d.online = False
+
+
+def registry_source(pki_dir: str | None = None, devices: Iterable[str] | None = None,
+                    fleet: str = "default") -> Registry | None:
+    """The controller's device registry: the PKI's provisioned, unrevoked devices (read again on every call),
+    or a fixed list of ``devices`` in ``fleet``; both: their union. None when neither is given."""
+    fixed = {d: fleet for d in devices or ()}
+    if pki_dir is None:
+        return (lambda: fixed) if devices is not None else None
+
+    def read() -> Mapping[str, str]:
+        from .pki import provisioned_devices
+
+        return {**provisioned_devices(pki_dir), **fixed}
+
+    return read
+

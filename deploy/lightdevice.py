@@ -134,7 +134,7 @@ class LightDevice:
                  trusted_keys: Mapping[str, Any], provisioned: str | os.PathLike[str], *,
                  fleet: str = "default", topics: Topics | None = None, frames: list[np.ndarray] | None = None,
                  limits: UpdaterLimits | None = None, executor: Executor | None = None,
-                 fault: Callable[[str], None] | None = None) -> None:
+                 fault: Callable[[str], None] | None = None, min_seq: int = 0) -> None:
         self.device_id = device_id
         self.topics = topics or Topics()
         self.frames = frames if frames is not None else digit_frames(16)
@@ -149,7 +149,7 @@ class LightDevice:
         self.client = mqtt.make_client(f"light-{device_id}", broker, will=will, protocol="3.1.1")
         self.link = _Link(self.client)
         self.updater = Updater(device_id, fleet, self.state_dir, trusted_keys, self.slot, self.link,
-                               self.topics, limits, executor=executor, fault=fault)
+                               self.topics, limits, executor=executor, fault=fault, min_seq=min_seq)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.frame_index = 0
@@ -246,9 +246,11 @@ class LightFleet:
     def __init__(self, n: int, broker: str, root: str | os.PathLike[str], trusted_key_files: list[str],
                  provisioned: str | os.PathLike[str], *, fleet: str = "default", prefix: str = "edgeloop/v1",
                  fps: float = 10.0, infer: bool = True, limits: UpdaterLimits | None = None,
-                 workers: int = 4, id_format: str = "dev{:04d}", first: int = 0) -> None:
+                 workers: int = 4, id_format: str = "dev{:04d}", first: int = 0,
+                 url_for: Callable[[str], str] | None = None) -> None:
         self.root = Path(root)
         self.broker = broker
+        self.url_for = url_for  # device id -> its broker URL (its own TLS identity); default: ``broker`` for all
         self.keys = load_trusted_keys(trusted_key_files)
         self.provisioned = provisioned
         self.fleet = fleet
@@ -264,10 +266,11 @@ class LightFleet:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def add(self, device_id: str, fault: Callable[[str], None] | None = None) -> LightDevice:
-        d = LightDevice(device_id, self.broker, self.root / device_id, self.keys, self.provisioned,
+    def add(self, device_id: str, fault: Callable[[str], None] | None = None, min_seq: int = 0) -> LightDevice:
+        url = self.url_for(device_id) if self.url_for is not None else self.broker
+        d = LightDevice(device_id, url, self.root / device_id, self.keys, self.provisioned,
                         fleet=self.fleet, topics=self.topics, frames=self.frames, limits=self.limits,
-                        executor=self.executor, fault=fault)
+                        executor=self.executor, fault=fault, min_seq=min_seq)
         self.devices[device_id] = d
         return d
 

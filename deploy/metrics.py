@@ -103,6 +103,9 @@ class DeployCollector(Collector):
                        "halt": sum(_prefixed(c, "gate:halt:").values())})
         yield _family(CounterMetricFamily, "gate_breaches", "Halts by the gate's check that found the breach.", "check",
                       {check.__name__: c[f"gate:halt:{check.__name__}"] for check in BREACH_CHECKS})
+        yield _family(CounterMetricFamily, "gate_reports_ignored", "Model statuses of wave members the gate did not "
+                      "count: another rollout's (stale) or naming no manifest sequence it issued (foreign).", "why",
+                      {"stale": c["gate:ignored:stale"], "foreign": c["gate:ignored:foreign"]})
         yield from self._devices()
         yield from self._promotions()
         yield CounterMetricFamily(PREFIX + "chunks_published", "Model chunks published with a version's first wave.",

@@ -114,14 +114,15 @@ class Publisher:
         for i in range(count):
             self._publish(self.topics.chunk(model_id, version, i), b"", 1, True)
 
-    def manifest(self, art: ModelArtifact, *, seq: int, rollout_id: str, wave: int,
+    def manifest(self, art: ModelArtifact, *, fleet: str, seq: int, rollout_id: str, wave: int,
                  targeting: Mapping[str, Any] | None = None, expires: float | None = None) -> Manifest:
-        """A signed manifest for ``art``; ``targeting`` goes to ``compat["rollout"]`` (signed with the rest)."""
+        """A signed manifest of ``art`` for ``fleet``; ``targeting`` goes to ``compat["rollout"]`` (signed with
+        the rest, as is the fleet: devices of another fleet reject it)."""
         compat = dict(art.compat)
         if targeting:
             compat["rollout"] = dict(targeting)
         m = Manifest(
-            model_id=art.model_id, version=art.version, seq=seq, sha256=art.sha256, size=art.size,
+            fleet=fleet, model_id=art.model_id, version=art.version, seq=seq, sha256=art.sha256, size=art.size,
             chunk_size=self.chunk_size, chunk_count=-(-art.size // self.chunk_size),
             chunk_sha256=self.chunk_digests(art), compat=compat, rollout_id=rollout_id, wave=wave,
             expires=float(expires if expires is not None else time.time() + DEFAULT_EXPIRY_S),
@@ -130,6 +131,8 @@ class Publisher:
 
     def publish_manifest(self, fleet: str, manifest: Manifest) -> bytes:
         """Publish a signed manifest retained on the fleet topic; returns the payload (for the audit log)."""
+        if manifest.fleet != fleet:
+            raise ValueError(f"manifest signed for fleet {manifest.fleet!r} cannot go to fleet {fleet!r}")
         payload = encode_message(manifest, device=SENDER, seq=self._next())
         self._publish(self.topics.manifest(fleet), payload, 1, True)
         return payload

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from .controller import Controller, rollout_status
+from .fleet import registry_source
 from .rollout_gate import Policy, parse_duration, parse_fraction, parse_waves
 from .rollout_store import TERMINAL, RolloutStore, SchemaError
 
@@ -34,6 +35,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _controller_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    p.add_argument("--pki", metavar="DIR", help="the fleet's PKI: only its provisioned devices count in waves "
+                                                "(default: any device id that publishes, with a warning)")
     p.add_argument("--prefix", default="edgeloop/v1", help="topic prefix")
     p.add_argument("--key", default=DEFAULT_KEY, help="signing key (edgeloop keys generate)")
     p.add_argument("--chunk-size", type=int, default=256 * 1024)
@@ -53,7 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-failed", default="10%")
     s.add_argument("--min-agreement", type=float, default=0.9)
     s.add_argument("--shadow", type=int, default=0, help="shadow-run frames per device before the swap (0: none)")
-    s.add_argument("--wave-timeout", default="10m")
+    s.add_argument("--wave-timeout", default="10m", help="halt when a wave's devices do not finish in time, or too "
+                                                         "few report (no_reports) (default 10m)")
+    s.add_argument("--min-reporting", type=int, default=1,
+                   help="devices per wave that must report the new version healthy (default 1; a smaller wave: all)")
     s.add_argument("--detach", action="store_true", help="only record the rollout; a running controller takes it")
     _common(s)
     _controller_args(s)
@@ -96,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
 def _policy(args: argparse.Namespace) -> Policy:
     return Policy(waves=parse_waves(args.waves), soak=parse_duration(args.soak),
                   max_failed=parse_fraction(args.max_failed), min_agreement=args.min_agreement,
-                  shadow=args.shadow, wave_timeout=parse_duration(args.wave_timeout))
+                  shadow=args.shadow, wave_timeout=parse_duration(args.wave_timeout), min_reporting=args.min_reporting)
 
 
 def _print_status(st: dict[str, Any]) -> None:
@@ -174,7 +180,8 @@ def _print_promotions(store: RolloutStore, args: argparse.Namespace) -> None:
 
 
 def _run_controller(args: argparse.Namespace, rid: str | None, until_done: bool) -> int:
-    ctl = Controller(args.broker, args.key, args.state_dir, prefix=args.prefix, chunk_size=args.chunk_size)
+    ctl = Controller(args.broker, args.key, args.state_dir, prefix=args.prefix, chunk_size=args.chunk_size,
+                     registry=registry_source(args.pki))
     ctl.start()
     last = ""
     try:
@@ -204,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "start":
             policy = _policy(args)
             # Recording the rollout needs no MQTT; the controller below (or a running one) publishes it.
-            ctl = Controller(args.broker, args.key, args.state_dir, prefix=args.prefix, chunk_size=args.chunk_size)
+            ctl = Controller(args.broker, args.key, args.state_dir, prefix=args.prefix, chunk_size=args.chunk_size,
+                             registry=registry_source(args.pki))
             rid = ctl.start_rollout(args.version, args.model, policy, fleet=args.fleet,
                                     previous=tuple(args.previous) if args.previous else None)  # type: ignore[arg-type]
             ctl.store.close()

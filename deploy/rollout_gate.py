@@ -3,8 +3,17 @@
 A rollout's :class:`Policy` is its wave plan plus the gate's thresholds. Each tick the controller sorts the
 current wave's devices by what they report about this rollout (:func:`count_wave`), then asks every check
 in :data:`BREACH_CHECKS` in turn; the first reason returned halts the rollout and rolls it back. A wave
-advances when none of its online devices is still pending, at least one runs the new version (or none is
-online) and that has lasted the policy's ``soak``.
+advances when none of its online devices is still pending, at least ``min_reporting`` of its devices (at
+least one, at most the wave's size) run the new version and reported it healthy, and that has lasted the
+policy's ``soak``. A wave nobody reports from does not advance: after ``wave_timeout`` it halts with
+``no_reports`` (issue 12: a forged "offline" for every canary device must not let a wave through unchecked).
+
+What counts (issue 12): only a wave's *members*, which the controller takes from its device registry
+(provisioned devices, deploy/pki.py, or the configured list) when it has one; only a model status that names
+this rollout and a manifest sequence the controller issued for it (:func:`count_wave`'s ``max_seq``); other
+statuses of members are ignored (``WaveDevices.ignored``: a stale one from an earlier rollout, or a foreign
+one naming a sequence never issued or none at all), so a status left over from an earlier rollout, or made up,
+cannot advance a wave or fail it.
 
 These are *fleet-level* thresholds over a wave's shadow runs (``shadow_*``). A device also judges a new
 model on its own after the swap, with its own, looser triggers (``health_*`` in
@@ -23,7 +32,7 @@ from .fleet import DeviceInfo
 from .publisher import DEFAULT_EXPIRY_S
 
 __all__ = ["Policy", "WaveDevices", "BREACH_CHECKS", "FAILED_STATES", "RETRYABLE_REASONS", "count_wave", "evaluate",
-           "first_breach", "wave_done", "parse_duration", "parse_fraction", "parse_waves"]
+           "first_breach", "no_reports", "wave_done", "parse_duration", "parse_fraction", "parse_waves"]
 
 #: Model states a device reports for a version it gave up on (``dev/{id}/model/status``).
 FAILED_STATES = ("failed", "rolled_back", "rejected")
@@ -51,6 +60,10 @@ class Policy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     latency exceeds it and the candidate is also ``shadow_latency_slack_ms`` slower (sub-millisecond models
     jitter by more than 3x). ``shadow_seconds``: a device's bound on its shadow run.
 
+    ``min_reporting``: devices of each wave (at least 1; a smaller wave needs all of its members) that must run
+    the new version, have reported it healthy after their health watch (``health_seconds``) and sent stats
+    since, before the wave's soak counts. Fewer than that after ``wave_timeout``: halt with ``no_reports``.
+
     ``health_seconds``: how long each device watches the new model after its swap (sent to devices).
     ``expiry``: lifetime of a signed manifest (the controller re-signs the fleet's at half of it).
     """
@@ -73,6 +86,7 @@ class Policy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     shadow_latency_slack_ms: Annotated[float, Meta(ge=0)] = 5.0
     health_seconds: Annotated[float, Meta(ge=0)] = 30.0
     wave_timeout: Annotated[float, Meta(gt=0)] = 600.0
+    min_reporting: Annotated[int, Meta(ge=1)] = 1
     expiry: Annotated[float, Meta(gt=60)] = DEFAULT_EXPIRY_S
 
     def __post_init__(self) -> None:
@@ -119,7 +133,10 @@ class WaveDevices:
 
     ``active``: online and running the new version; ``failed``: online and reporting this rollout's
     version in a failed state; ``pending``: online and neither yet. ``shadowed``: members (online or not)
-    whose shadow run of this rollout's version finished (they report an ``agreement``).
+    whose shadow run of this rollout's version finished (they report an ``agreement``). ``reporting``: active
+    members whose status about this rollout says the new version passed its health watch (or was running
+    already) and that sent stats since. ``ignored``: (device, ``stale``/``foreign``) for members whose status
+    does not name this rollout and one of its manifest sequences.
     """
 
     members: list[DeviceInfo]
@@ -127,6 +144,8 @@ class WaveDevices:
     failed: list[DeviceInfo] = field(default_factory=list)
     pending: list[DeviceInfo] = field(default_factory=list)
     shadowed: list[DeviceInfo] = field(default_factory=list)
+    reporting: list[DeviceInfo] = field(default_factory=list)
+    ignored: list[tuple[DeviceInfo, str]] = field(default_factory=list)
     started: float | None = None   # when the wave's manifest was published
     now: float = 0.0
 
@@ -151,16 +170,32 @@ class WaveDevices:
         """Mean of one shadow metric over the shadowed devices (missing = 0)."""
         return _mean([float(d.status_metrics.get(metric, 0)) for d in self.shadowed])
 
+    def needed(self, p: Policy) -> int:
+        """Devices that must report healthy on the new version: ``min_reporting``, at most the wave's size, at
+        least one (a wave without members never passes)."""
+        return max(1, min(p.min_reporting, len(self.members)))
+
     def summary(self) -> str:
-        return f"{len(self.active)} active, {len(self.failed)} failed, {self.offline} offline"
+        return (f"{len(self.active)} active ({len(self.reporting)} reported healthy), {len(self.failed)} failed, "
+                f"{self.offline} offline")
 
 
 def count_wave(members: list[DeviceInfo], rollout_id: str, version: str, started: float | None = None,
-               now: float | None = None) -> WaveDevices:
-    """Sort a wave's members; only status reports about *this* rollout's version count as failures."""
+               now: float | None = None, max_seq: int | None = None) -> WaveDevices:
+    """Sort a wave's members; only status reports about *this* rollout's version count as failures.
+
+    ``max_seq``: the sequence of the fleet's current manifest. When given, a status counts only if it names
+    ``rollout_id`` and a sequence no higher (rollout ids are unique, so that is a manifest of this rollout);
+    others are ``ignored``: ``stale`` (another rollout's) or ``foreign`` (a sequence never issued, or none).
+    """
     w = WaveDevices(members, started=started, now=time.time() if now is None else now)
     for d in members:
         mine = d.rollout_id == rollout_id and d.model_version == version
+        if max_seq is not None and d.model_state is not None:
+            why = _ignored(d, rollout_id, max_seq)
+            if why is not None:
+                w.ignored.append((d, why))
+                mine = False
         if mine and "agreement" in d.status_metrics:
             w.shadowed.append(d)
         if not d.online:
@@ -169,9 +204,28 @@ def count_wave(members: list[DeviceInfo], rollout_id: str, version: str, started
             w.failed.append(d)
         elif d.version == version:
             w.active.append(d)
+            if mine and _healthy(d):
+                w.reporting.append(d)
         else:
             w.pending.append(d)
     return w
+
+
+def _ignored(d: DeviceInfo, rollout_id: str, max_seq: int) -> str | None:
+    """Why a member's model status does not count for this rollout (None: it does)."""
+    if d.rollout_id != rollout_id:
+        return "stale"
+    if d.status_seq is None or d.status_seq > max_seq:
+        return "foreign"
+    return None
+
+
+def _healthy(d: DeviceInfo) -> bool:
+    """Active on this rollout's version after a passed health watch (or already running it when the wave's
+    manifest came), and alive since: a stats message after that status."""
+    m = d.status_metrics
+    passed = d.model_state == "active" and (m.get("health") == "ok" or m.get("already") is True)
+    return passed and d.stats_time >= d.status_time > 0
 
 
 # -- the breach checks: each returns a reason to halt, or None ------------------------------------------------
@@ -219,9 +273,18 @@ def wave_timeout(w: WaveDevices, p: Policy) -> str | None:
     return None
 
 
+def no_reports(w: WaveDevices, p: Policy) -> str | None:
+    """Too few of the wave's devices reported the new version healthy in ``wave_timeout``: all offline, say,
+    or only unprovisioned ids. Waiting longer proves nothing, and advancing would check nothing."""
+    if w.started and w.now - w.started > p.wave_timeout and len(w.reporting) < w.needed(p):
+        return (f"no_reports: {len(w.reporting)} of the {w.needed(p)} devices needed reported the new version "
+                f"healthy in {p.wave_timeout:.0f}s ({w.summary()})")
+    return None
+
+
 #: The gate's rules, asked in this order; the first reason halts the rollout.
 BREACH_CHECKS: tuple[Callable[[WaveDevices, Policy], str | None], ...] = (
-    failed_fraction, shadow_agreement, confidence_drop, latency, wave_timeout)
+    failed_fraction, shadow_agreement, confidence_drop, latency, wave_timeout, no_reports)
 
 
 def evaluate(w: WaveDevices, p: Policy) -> str | None:
@@ -239,6 +302,7 @@ def first_breach(w: WaveDevices, p: Policy) -> tuple[str, str] | None:
     return None
 
 
-def wave_done(w: WaveDevices) -> bool:
-    """Nobody online is still working on the wave, and someone runs the new version (or nobody is online)."""
-    return not w.pending and (len(w.active) > 0 or w.online == 0)
+def wave_done(w: WaveDevices, p: Policy) -> bool:
+    """Nobody online is still working on the wave, and enough of its devices reported the new version healthy
+    (:meth:`WaveDevices.needed`). A wave whose devices are all offline is never done: it halts (no_reports)."""
+    return not w.pending and len(w.reporting) >= w.needed(p)

@@ -79,7 +79,7 @@ COMMANDS = ("pause", "resume", "abort", "rollback", "approve", "reject")
 #: Device snapshot: a row whose only change is telemetry (fps, latency, outbox, last seen) is written at most
 #: this often; any other change is written on the next snapshot.
 DEVICE_REFRESH_S = 30.0
-_TELEMETRY = ("last_seen", "fps", "latency_ms", "outbox_depth", "status_time")
+_TELEMETRY = ("last_seen", "fps", "latency_ms", "outbox_depth", "status_time", "stats_time")
 
 
 class Rollout(msgspec.Struct, kw_only=True, frozen=True):

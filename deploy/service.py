@@ -31,6 +31,7 @@ from msgspec import Meta
 from protocol.chunks import DEFAULT_CHUNK_SIZE
 
 from .controller import Controller
+from .fleet import registry_source
 from .promotions import FETCH_TIMEOUT_S, MAX_MODEL_BYTES, PromotionIntake
 from .rollout_feeder import Notify, RolloutFeeder
 from .rollout_gate import Policy
@@ -73,6 +74,8 @@ class DeployServiceConfig(_Section):
     state_dir: str = DEFAULT_STATE              # rollout.sqlite, models/ (fetched from the trainer)
     signing_key: str = DEFAULT_KEY              # manifest signing key (edgeloop keys generate)
     fleet: str = "default"
+    pki_dir: str | None = None                  # the fleet's PKI: its provisioned devices are the ones that count
+    devices: list[str] | None = None            # or/and the fleet's device ids, listed (neither: any id counts)
     mode: Literal["auto", "approve"] = "auto"   # promoted versions roll out by themselves, or wait for approval
     model_id: str | None = None                 # roll out promotions of this model only (default: any)
     baseline: str | None = None                 # what the fleet runs now (default: the trainer's bootstrap version)
@@ -122,7 +125,8 @@ class DeployService:
         self.ctl = Controller(m.url, c.signing_key, c.state_dir, prefix=m.topic_prefix, fleet=c.fleet,
                               chunk_size=c.chunk_size, tick_s=c.tick_s, client_id=m.client_id or f"edgeloop-deploy-{c.fleet}",
                               tls={"ca": m.ca_file, "cert": m.cert_file, "key": m.key_file},
-                              cache_items=c.cache_versions, cache_bytes=c.cache_bytes)
+                              cache_items=c.cache_versions, cache_bytes=c.cache_bytes,
+                              registry=registry_source(c.pki_dir, c.devices, c.fleet))
         self.ctl.start(self.cfg.connect_timeout_s)
 
     def start_intake(self) -> None:

@@ -119,10 +119,8 @@ class EdgeNode:
         if config.updater.enabled:
             trusted = load_trusted_keys(config.updater.trusted_keys) if config.updater.trusted_keys else {}
             self.updater = Updater(self.device_id, config.fleet, self.state_dir, trusted, self.slot, self.link,
-                                   self.topics, config.updater.limits)
-            floor = config.updater.min_manifest_seq  # from provisioning: a reset device accepts nothing older
-            if floor > 0 and (self.updater.highest_seq is None or self.updater.highest_seq < floor - 1):
-                self.updater.highest_seq = floor - 1
+                                   self.topics, config.updater.limits,
+                                   min_seq=config.updater.min_manifest_seq)  # a reset device accepts nothing older
             self.link.on_message = self._route
             self.link.on_connected.append(lambda: self.link.subscribe(self.updater.subscriptions()))
         self.pipeline = Pipeline(self.slot, self.sampler, self.drift, config.uncertainty)

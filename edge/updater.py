@@ -21,7 +21,7 @@ Why it is shaped like this
   broker queue even for big models), and unsubscribes each as it lands.
 * **Distinct reasons.** Every state change is published (retained, QoS 1) on ``dev/{id}/model/status``:
   ``downloading``, ``verified``, ``shadow``, ``active``, ``failed``, ``rolled_back``, ``rejected``, with a
-  short reason (``bad_signature``, ``unknown_key``, ``expired``, ``stale_sequence``, ``too_large``,
+  short reason (``bad_signature``, ``unknown_key``, ``expired``, ``wrong_fleet``, ``replayed``, ``too_large``,
   ``incompatible``, ``chunk_hash``, ``sha256_mismatch``, ``smoke_test``, ``low_agreement``,
   ``health_errors``, ``confidence_collapse``, ``latency`` ...). Retained because it is the device's
   current lifecycle *state*: a restarted controller or ``edgeloop rollout devices`` sees it at once.
@@ -335,6 +335,7 @@ class Updater:
         executor: Executor | None = None,
         clock: Callable[[], float] = time.time,
         fault: Callable[[str], None] | None = None,
+        min_seq: int = 0,
     ) -> None:
         self.device_id = device_id
         self.fleet = fleet
@@ -360,6 +361,11 @@ class Updater:
         # Persistent state: highest accepted seq, the manifest being installed (or done), failed shas.
         st = self._load_state()
         self.highest_seq: int | None = st.get("highest_seq")
+        # ``min_seq``: the provisioning floor (updater.min_manifest_seq, the sequence the fleet ran when the device
+        # was provisioned). A factory-reset device has no state file; without the floor it would take any signed,
+        # unexpired manifest, an older model too. Manifests below it are ``replayed``; the floor itself passes.
+        if min_seq > 0 and (self.highest_seq is None or self.highest_seq < min_seq - 1):
+            self.highest_seq = min_seq - 1
         self._pending: Manifest | None = None
         if st.get("pending"):
             try:
@@ -512,7 +518,8 @@ class Updater:
         clean.setdefault("active", self.active_version)
         msg = ModelStatus(device=self.device_id, model_id=model_id, version=version, state=state,  # type: ignore[arg-type]
                           reason=(reason or None) and reason[:1000],
-                          rollout_id=m.rollout_id if m is not None else None, metrics=clean)
+                          rollout_id=m.rollout_id if m is not None else None,
+                          seq=m.seq if m is not None else None, metrics=clean)
         self.last_status = {"state": state, "version": version, "reason": reason, "metrics": clean,
                             "rollout_id": msg.rollout_id}
         try:
@@ -581,7 +588,7 @@ class Updater:
         if m.signature and m.signature == self._last_manifest_sig:
             return  # retained redelivery after a reconnect: already handled
         try:
-            verify_manifest(m, self.trusted_keys, now=self._clock(), highest_seq=self.highest_seq)
+            verify_manifest(m, self.trusted_keys, now=self._clock(), highest_seq=self.highest_seq, fleet=self.fleet)
         except ProtocolError as e:
             self._status(m, "rejected", e.reason, detail=e.detail[:300])
             return

@@ -34,7 +34,8 @@ REASONS = frozenset(
         "bad_signature",    # signature missing, malformed, wrong key or tampered
         "unknown_key",      # manifest signed by a key we do not trust
         "expired",          # manifest past its expiry time
-        "stale_sequence",   # manifest seq not above the highest accepted
+        "wrong_fleet",      # manifest signed for another fleet than the device's
+        "replayed",         # manifest seq not above the highest accepted (an old manifest again, a downgrade)
         "bad_metadata",     # ONNX metadata_props missing/invalid
         "bad_key",          # key file unreadable or not Ed25519
     }

@@ -110,14 +110,16 @@ class Sample(Message, frozen=True, kw_only=True):
 class Manifest(Message, frozen=True, kw_only=True):
     """Signed description of the model a fleet (wave) should run.
 
-    ``seq`` is the rollout order (devices reject seq <= highest accepted);
-    ``chunk_sha256`` is signed so every chunk is verified on arrival and a
-    download can resume. ``key_id``/``signature`` are filled by ``signing``.
+    ``fleet`` is the fleet it is for: signed with the rest, so a manifest cannot be carried to another
+    fleet's topic (devices reject it as ``wrong_fleet``). ``seq`` is the rollout order (devices reject
+    seq <= highest accepted as ``replayed``); ``chunk_sha256`` is signed so every chunk is verified on
+    arrival and a download can resume. ``key_id``/``signature`` are filled by ``signing``.
     """
 
     TYPE: ClassVar[str] = "manifest"
     _FLOATS: ClassVar[tuple[str, ...]] = ("expires",)
 
+    fleet: Id
     model_id: Id
     version: Id
     seq: NonNegInt

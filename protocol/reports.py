@@ -119,7 +119,12 @@ class Stats(Report, frozen=True, kw_only=True, tag="stats"):
 
 class ModelStatus(Report, frozen=True, kw_only=True, tag="model_status"):
     """A device's model lifecycle event for the rollout controller (retained: it is the device's current
-    model state). ``metrics`` carries shadow-run and health figures and ``active``, the version it runs."""
+    model state). ``metrics`` carries shadow-run and health figures and ``active``, the version it runs.
+
+    ``rollout_id`` and ``seq`` name the manifest the status answers (None when the manifest could not be
+    read at all): the rollout gate counts only statuses about its current rollout and manifest sequence,
+    so a status left over from an earlier wave or rollout cannot advance a wave.
+    """
 
     TYPE: ClassVar[str] = "model_status"
 
@@ -128,6 +133,7 @@ class ModelStatus(Report, frozen=True, kw_only=True, tag="model_status"):
     state: ModelState
     reason: Optional[Text] = None
     rollout_id: Optional[Id] = None
+    seq: Optional[NonNegInt] = None
     metrics: dict[str, Any] = {}
 
 

@@ -4,8 +4,9 @@ Edges install whatever a manifest points at, so the manifest is the trust
 anchor: it is signed over a canonical encoding (sorted-key JSON of every field
 but ``signature``, with ``key_id`` included so a signature cannot be re-labelled),
 and verification fails with a distinct reason per cause so operators can tell
-an attack (``bad_signature``) from a misconfiguration (``unknown_key``), an old
-rollout (``expired``) or a replay (``stale_sequence``).
+an attack (``bad_signature``) from a misconfiguration (``unknown_key``), a manifest
+carried over from another fleet (``wrong_fleet``), an old rollout (``expired``) or a
+replay of an older manifest, such as a downgrade (``replayed``).
 """
 
 from __future__ import annotations
@@ -128,12 +129,15 @@ def verify_manifest(
     *,
     now: float,
     highest_seq: int | None,
+    fleet: str | None = None,
 ) -> None:
-    """Raise ProtocolError unless the manifest is signed by a trusted key, unexpired and newer.
+    """Raise ProtocolError unless the manifest is signed by a trusted key, for ``fleet``, unexpired and newer.
 
-    Order matters: the signature is checked before expiry/sequence so unsigned
+    Order matters: the signature is checked before fleet/expiry/sequence so unsigned
     data never influences anything else. ``highest_seq`` is the highest seq the
-    device has accepted (persisted); None on a fresh device.
+    device has accepted (persisted; a reset device starts from its provisioning
+    floor minus one); None on a fresh device without a floor. ``fleet``: the
+    device's fleet (None: not checked, for tools that only inspect manifests).
     """
     key = trusted_keys.get(manifest.key_id)
     if key is None:
@@ -150,7 +154,10 @@ def verify_manifest(
         raise ProtocolError(
             "bad_signature", f"manifest {manifest.model_id}/{manifest.version} seq {manifest.seq} fails verification"
         ) from None
+    if fleet is not None and manifest.fleet != fleet:
+        raise ProtocolError("wrong_fleet", f"manifest is for fleet {manifest.fleet!r}, this device is in {fleet!r}")
     if manifest.expires <= now:
         raise ProtocolError("expired", f"manifest expired at {manifest.expires:.0f}, now {now:.0f}")
     if highest_seq is not None and manifest.seq <= highest_seq:
-        raise ProtocolError("stale_sequence", f"manifest seq {manifest.seq} <= highest accepted {highest_seq}")
+        raise ProtocolError("replayed", f"manifest seq {manifest.seq} <= highest accepted {highest_seq} "
+                                        f"({manifest.model_id}/{manifest.version}: an older manifest, or a downgrade)")

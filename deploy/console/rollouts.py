@@ -137,7 +137,9 @@ def _device(row: dict[str, Any]) -> DeviceInfo:
                       version=row.get("version"), model_state=row.get("state"), model_version=row.get("status_version"),
                       reason=row.get("reason"), rollout_id=row.get("rollout_id"),
                       status_metrics=dict(row.get("metrics") or {}), fps=row.get("fps"),
-                      latency_ms=row.get("latency_ms"), outbox_depth=row.get("outbox_depth"))
+                      latency_ms=row.get("latency_ms"), outbox_depth=row.get("outbox_depth"),
+                      status_time=float(row.get("status_time") or 0), status_seq=row.get("status_seq"),
+                      stats_time=float(row.get("stats_time") or 0))
 
 
 def gate_numbers(r: Any, members: list[dict[str, Any]]) -> dict[str, Any]:
@@ -147,7 +149,8 @@ def gate_numbers(r: Any, members: list[dict[str, Any]]) -> dict[str, Any]:
     p = r.policy
     out: dict[str, Any] = {
         "members": len(members), "online": w.online, "active": len(w.active), "failed": len(w.failed),
-        "pending": len(w.pending), "failed_fraction": round(len(w.failed) / w.online, 4) if w.online else None,
+        "pending": len(w.pending), "reporting": len(w.reporting), "min_reporting": w.needed(p),
+        "failed_fraction": round(len(w.failed) / w.online, 4) if w.online else None,
         "max_failed": p.max_failed, "min_agreement": p.min_agreement,
         "max_confidence_drop": p.shadow_max_confidence_drop, "max_latency_ratio": p.shadow_max_latency_ratio,
         "agreement": None, "confidence_drop": None, "latency_ratio": None, "failures": w.failures,

@@ -2,9 +2,13 @@
 
 What runs (and why it is wired like this), in the order :meth:`DemoApp.start` starts it
 --------------------------------------------------------------------------------------------
-* **Broker** (:meth:`~DemoApp.start_broker`): the embedded one (mosquitto if installed, else amqtt in a
-  process of its own), or ``--broker URL``. Everything below talks to it over MQTT; nothing is
-  short-circuited in-process.
+* **Broker** (:meth:`~DemoApp.start_broker`): the embedded one, or ``--broker URL``. Everything below talks
+  to it over MQTT; nothing is short-circuited in-process. Secure by default, as ``edgeloop broker`` is: a
+  fresh PKI in ``{out}/pki`` (a CA, the broker's certificate, the trainer, deploy and monitor identities, one
+  device identity per camera) and mosquitto with TLS, client certificates and the generated ACL; every service
+  and camera connects with its own identity, and the rollout gate counts only the PKI's devices.
+  ``--insecure`` (or no mosquitto: amqtt in a process of its own, which checks nothing) runs an anonymous
+  loopback broker and says so.
 * **Keys** (:meth:`~DemoApp.init_keys`): a fresh signing key per run; the cameras trust only it.
 * **Bootstrap** (:meth:`~DemoApp.init_bootstrap`, before anything else competes for the 2 cores): simulated
   frames of the scenario's *initial* conditions (no drift, other seeds than the cameras) rendered as ROI
@@ -150,6 +154,7 @@ class DemoApp:
         self.stop_requested = threading.Event()
         self.broker: Any = None
         self.broker_url = ""
+        self.pki: Any = None  # deploy.pki.PKI of a secure run
         self.signing_key = self.public_key = Path()
         self.boot: Any = None
         self.timeline: Timeline | None = None
@@ -220,19 +225,52 @@ class DemoApp:
         self.state.phase = "streaming"
 
     def start_broker(self) -> None:
-        """``--broker``, or mosquitto when installed, else amqtt in its own process (away from the trainer's GIL)."""
+        """``--broker``; else mosquitto with this run's PKI (TLS, client certificates, ACL); ``--insecure`` or no
+        mosquitto: an anonymous loopback broker (mosquitto, else amqtt in its own process), with a warning."""
         if self.opts.broker:
             self.rec.broker = {"kind": "external", "url": self.opts.broker}
             self.broker_url = self.opts.broker
         else:
             from deploy.broker import find_mosquitto, start_amqtt_process, start_broker
 
-            self.broker = (start_broker(kind="mosquitto", workdir=self.out / "broker") if find_mosquitto()
-                           else start_amqtt_process())
-            self.rec.broker = {"kind": self.broker.kind, "url": self.broker.url}
+            mosquitto = find_mosquitto() is not None
+            if mosquitto and not self.opts.insecure:
+                self.pki = self.init_pki()
+                self.broker = start_broker(kind="mosquitto", workdir=self.out / "broker", pki=self.pki.root,
+                                           prefix=PREFIX)
+            else:
+                why = ("--insecure" if self.opts.insecure else
+                       "mosquitto is not installed and amqtt cannot check certificates or ACLs")
+                log.warning("INSECURE demo broker (%s): anonymous clients on loopback may publish anything, "
+                            "forge device reports and manifests", why)
+                self.events.add("setup", f"INSECURE: anonymous loopback broker ({why})")
+                self.broker = (start_broker(kind="mosquitto", workdir=self.out / "broker") if mosquitto
+                               else start_amqtt_process())
+            self.rec.broker = {"kind": self.broker.kind, "url": self.broker.url, "secure": self.pki is not None}
             self.broker_url = self.broker.url
         self.state.broker = f"{self.rec.broker['kind']} {self.broker_url}"
-        self.events.add("setup", f"broker: {self.rec.broker['kind']} at {self.broker_url}")
+        self.events.add("setup", f"broker: {self.rec.broker['kind']} at {self.broker_url}"
+                                 + (" (TLS, client certificates, ACL)" if self.pki is not None else ""))
+
+    def init_pki(self) -> Any:
+        """A fresh PKI per run (like the signing key): the services' identities and one per camera."""
+        import shutil
+
+        from deploy.pki import init_pki
+
+        shutil.rmtree(self.out / "pki", ignore_errors=True)
+        pki = init_pki(self.out / "pki")
+        for d in self.devices:
+            pki.issue(d, "device", fleet=FLEET)
+        return pki
+
+    def identity(self, name: str) -> dict[str, str]:
+        """``{"ca_file", "cert_file", "key_file"}`` of a PKI identity ({} on an insecure or external broker)."""
+        if self.pki is None:
+            return {}
+        from protocol.mqtt import identity_files
+
+        return dict(zip(("ca_file", "cert_file", "key_file"), identity_files(self.pki.identity_dir(name))))
 
     def init_keys(self) -> None:
         """Fresh signing keys per run: the demo's fleet trusts only this run's controller."""
@@ -303,8 +341,10 @@ class DemoApp:
 
         cfg = DeployServiceConfig(state_dir=str(self.out / "deploy"), signing_key=str(self.signing_key), fleet=FLEET,
                                   mode="auto", model_id=MODEL_ID, rollout=self.policy, tick_s=0.2,
+                                  pki_dir=str(self.pki.root) if self.pki is not None else None,
                                   mqtt=MqttSettings(url=self.broker_url, topic_prefix=PREFIX,
-                                                    client_id=f"{self.client_name}-deploy-{os.getpid()}"),
+                                                    client_id=f"{self.client_name}-deploy-{os.getpid()}",
+                                                    **self.identity("deploy")),
                                   metrics=MetricsSettings(enabled=False))
         self.deploy = DeployService(cfg, notify=self.events.add).start()
         self.ctl, self.feeder = self.deploy.ctl, self.deploy.feeder
@@ -317,11 +357,13 @@ class DemoApp:
         cfg = load_config(TrainerConfig, overrides={
             "state_dir": str(self.out / "trainer"), "model_id": MODEL_ID, "mqtt.url": self.broker_url,
             "mqtt.topic_prefix": PREFIX, "mqtt.client_id": f"{self.client_name}-trainer-{os.getpid()}",
+            **{f"mqtt.{k}": v for k, v in self.identity("trainer").items()},
             **trainer_settings(self.settings_stream_s)})
         self.trainer = TrainerService(cfg).start()
 
     def start_monitor(self) -> None:
-        self.monitor = Monitor(self.broker_url, self.devices, self.events.add,
+        url = self.broker.client_url("monitor") if self.pki is not None else self.broker_url
+        self.monitor = Monitor(url, self.devices, self.events.add,
                                client_id=f"{self.client_name}-monitor-{os.getpid()}").start()
 
     def start_control(self) -> None:
@@ -339,7 +381,8 @@ class DemoApp:
                                     self.out / "cameras" / d, self.out / "logs" / f"{d}.log"))
         self.rec.cameras = [{"device": c.device, "seed": c.seed, "url": c.url} for c in self.cams]
         for c in self.cams:
-            start_camera(c, self.broker_url, self.model0, self.public_key, self.opts, self.timeline.window_frames)
+            start_camera(c, self.broker_url, self.model0, self.public_key, self.opts, self.timeline.window_frames,
+                         identity=self.pki.identity_dir(c.device) if self.pki is not None else None)
             self.rec.pids[c.device] = c.pid  # type: ignore[assignment]
         self.rec.setup_s = round(time.monotonic() - self.t_start, 1)
         self.events.add("setup", f"{len(self.cams)} cameras started ({self.opts.fps:g} fps, budget "

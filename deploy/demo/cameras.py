@@ -38,14 +38,17 @@ class Camera:
 
 
 def start_camera(cam: Camera, broker_url: str, model: Path, trusted_key: Path, opts: DemoOptions,
-                 window_frames: int) -> None:
-    """Launch ``edgeloop edge`` for one camera (its own process, session and state dir)."""
+                 window_frames: int, identity: Path | None = None) -> None:
+    """Launch ``edgeloop edge`` for one camera (its own process, session and state dir); ``identity``: its
+    TLS identity directory (``edgeloop pki device``), for the secure broker."""
     cmd = [sys.executable, "-m", "deploy.cli", "edge", "--device-id", cam.device, "--fleet", FLEET,
            "--state-dir", str(cam.state_dir), "--source", cam.url, "--model", str(model),
            "--broker", broker_url, "--trusted-key", str(trusted_key), "--stats-interval", f"{STATS_INTERVAL_S:g}",
            "--budget-minute", str(opts.budget), "--p-min", f"{P_MIN:g}",
            # the hour/day defaults (600, 5000) would pace a 3-minute demo down to ~3 uploads a minute
            "--budget-hour", "none", "--budget-day", "none", "--seed", str(cam.seed), "--threads", "1", "--log-level", "WARNING"]
+    if identity is not None:
+        cmd += ["--identity", str(identity)]
     env = dict(os.environ)
     env["EDGELOOP_EDGE__ACCURACY_WINDOW"] = str(window_frames)
     env["OMP_NUM_THREADS"] = "1"

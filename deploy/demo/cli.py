@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=15.0, help="frames per second of each camera (default 15)")
     p.add_argument("--budget", type=int, default=40, help="uploads per minute per camera (default 40)")
     p.add_argument("--plain", action="store_true", help="plain event lines even on a terminal")
+    p.add_argument("--insecure", action="store_true",
+                   help="an anonymous plain-MQTT broker on loopback instead of the default TLS broker with client "
+                        "certificates and ACLs (anyone on this machine can then publish anything; it says so)")
     return p
 
 
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     opts = DemoOptions(cameras=args.cameras, duration=args.duration, scenario=args.scenario, data=args.data,
                        broker=args.broker, seed=args.seed, out=args.out, fps=args.fps, budget=args.budget,
-                       plain=args.plain)
+                       plain=args.plain, insecure=args.insecure)
     if opts.duration < 120:
         opts.bootstrap_frames = 1000
     from deploy.demo.app import run  # the loop's imports (controller, trainer, ...) only when it runs

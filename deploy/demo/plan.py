@@ -38,6 +38,7 @@ class DemoOptions:
     fps: float = 15.0
     budget: int = 40              # uploads per minute per camera (the edge's minute budget)
     plain: bool = False
+    insecure: bool = False        # an anonymous loopback broker instead of TLS + client certificates + ACL
     bootstrap_frames: int = 1600
     bootstrap_epochs: int | None = None
     bootstrap_budget_s: float | None = None   # seconds of bootstrap training; None: see bootstrap_budget()

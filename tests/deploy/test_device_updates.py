@@ -54,6 +54,7 @@ class Env:
     def manifest(self, art, pub=None, **kw):
         kw.setdefault("seq", self.next_seq())
         kw.setdefault("rollout_id", "rtest")
+        kw.setdefault("fleet", "default")
         kw.setdefault("wave", 0)
         return (pub or self.pub).manifest(art, **kw)
 
@@ -107,7 +108,7 @@ def test_rejections_have_distinct_reasons(env) -> None:
     env.wait_status("active", version="v0002")
     assert d.updater.active_version == "v0002"
     env.pub.publish_manifest("default", old)  # replay / downgrade attempt
-    env.wait_status("rejected", "stale_sequence")
+    env.wait_status("rejected", "replayed")
 
     big = read_artifact(env.models["good1"], version="v0001")
     limits_size = d.updater.limits.max_model_bytes
@@ -122,7 +123,7 @@ def test_rejections_have_distinct_reasons(env) -> None:
     env.wait_status("rejected", "incompatible")
     assert d.updater.active_version == "v0002"
     reasons = {s.reason for s in env.statuses if s.state == "rejected"}
-    assert {"bad_signature", "unknown_key", "expired", "stale_sequence", "too_large", "incompatible"} <= reasons
+    assert {"bad_signature", "unknown_key", "expired", "replayed", "too_large", "incompatible"} <= reasons
     del topic
 
 

@@ -59,3 +59,28 @@ def test_arbitrary_bytes_never_crash_the_fleet(payload: bytes, kind: str) -> Non
     topic = {"state": T.state, "birth": T.birth, "stats": T.stats, "model_status": T.model_status}[kind]("cam1")
     fleet.on_message(topic, payload)
     assert fleet.get("cam1") is None or fleet.dropped == 0
+
+
+def test_with_a_registry_only_provisioned_devices_count_each_in_its_fleet(tmp_path) -> None:
+    """Issue 12: made-up ids are dropped as unknown_device; a device counts in its own fleet only; registered
+    devices never heard from are there, offline; a revoked device leaves with the next registry."""
+    from deploy.fleet import registry_source
+    from deploy.pki import init_pki
+
+    pki = init_pki(tmp_path / "pki")
+    pki.issue("cam1", "device", fleet="A")
+    pki.issue("cam2", "device", fleet="A")
+    pki.issue("cam9", "device", fleet="B")
+    source = registry_source(str(tmp_path / "pki"), devices=["spare"], fleet="A")
+    fleet = Fleet(T)
+    assert fleet.set_registry(source()) == ["cam1", "cam2", "cam9", "spare"]
+    for d in ("cam1", "cam9", "ghost-1", "ghost-2"):
+        fleet.on_message(T.stats(d), _stats(d))
+    assert fleet.rejected == {"unknown_device": 2} and fleet.get("ghost-1") is None
+    assert [(d.device, d.online) for d in fleet.devices("A")] == [("cam1", True), ("cam2", False), ("spare", False)]
+    assert fleet.ids("B") == ["cam9"] and [d.device for d in fleet.devices("B")] == ["cam9"]
+    pki.revoke("cam1")
+    assert fleet.set_registry(source()) == []
+    assert fleet.get("cam1") is None and fleet.ids("A") == ["cam2", "spare"]
+    assert registry_source() is None  # no registry: any id counts (the controller warns)
+    assert registry_source(devices=["x"], fleet="F")() == {"x": "F"}

@@ -13,13 +13,21 @@ RID, NEW, OLD = "r1", "v2", "v1"
 
 
 def dev(name: str, *, online: bool = True, version: str = OLD, state: str | None = None, reason: str | None = None,
-        mine: bool = True, active_latency_ms: float | None = None, **metrics: float) -> DeviceInfo:
+        mine: bool = True, active_latency_ms: float | None = None, seq: int | None = 5, stats: bool = True,
+        **metrics: object) -> DeviceInfo:
     """A device as the controller sees it; ``mine``: its last model status is about this rollout's version;
     ``metrics``: that status's metrics (a shadow run's ``latency_ms`` is the candidate's); ``active_latency_ms``:
-    the active model's latency from the device's stats."""
+    the active model's latency from the device's stats; ``seq``: the manifest sequence its status names;
+    ``stats``: stats arrived after that status."""
     return DeviceInfo(name, online=online, version=version, model_state=state, reason=reason,
-                      model_version=NEW if mine else OLD, rollout_id=RID if mine else None,
-                      status_metrics=dict(metrics), latency_ms=active_latency_ms)
+                      model_version=NEW if mine else OLD, rollout_id=RID if mine else "r0",
+                      status_metrics=dict(metrics), latency_ms=active_latency_ms, status_seq=seq,
+                      status_time=10.0 if state else 0.0, stats_time=11.0 if stats else 0.0)
+
+
+def healthy(name: str, **kw: object) -> DeviceInfo:
+    """A device that runs the new version and reported it healthy (after its health watch), with stats since."""
+    return dev(name, version=NEW, state="active", health="ok", **kw)
 
 
 def test_count_wave_sorts_devices_by_what_they_report() -> None:
@@ -31,14 +39,48 @@ def test_count_wave_sorts_devices_by_what_they_report() -> None:
     assert [d.device for d in w.failed] == ["b"]
     assert [d.device for d in w.pending] == ["c", "e"]
     assert (w.online, w.offline, w.failures) == (4, 1, {"smoke_test": 1})
-    assert not wave_done(w)
-    assert wave_done(count_wave([dev("a", version=NEW)], RID, NEW))
-    assert wave_done(count_wave([dev("a", online=False)], RID, NEW))  # nobody online: nothing to wait for
+    p = Policy()
+    assert not wave_done(w, p)
+    assert wave_done(count_wave([healthy("a")], RID, NEW), p)
+    assert not wave_done(count_wave([dev("a", online=False)], RID, NEW), p)  # nobody online: nobody reported
+
+
+def test_a_wave_needs_min_reporting_devices_that_reported_healthy() -> None:
+    p = Policy(min_reporting=2)
+    assert not wave_done(count_wave([dev("a", version=NEW)], RID, NEW), Policy())  # runs it, no status: no
+    assert not wave_done(count_wave([healthy("a", stats=False)], RID, NEW), Policy())  # no stats since
+    watching = dev("a", version=NEW, state="active", health="watching")  # health watch not over yet
+    assert not wave_done(count_wave([watching], RID, NEW), Policy())
+    already = dev("a", version=NEW, state="active", already=True)  # ran it already when this wave came
+    assert wave_done(count_wave([already], RID, NEW), Policy())
+    two = [healthy("a"), healthy("b"), dev("c", online=False)]
+    assert not wave_done(count_wave(two[:1] + two[2:], RID, NEW), p)  # 1 of 2 needed
+    assert wave_done(count_wave(two, RID, NEW), p)
+    assert wave_done(count_wave([healthy("a")], RID, NEW), Policy(min_reporting=5))  # a one-device wave: all of it
+    assert count_wave([], RID, NEW).needed(p) == 1  # an empty wave never passes
+
+
+def test_statuses_must_name_this_rollout_and_an_issued_sequence() -> None:
+    members = [healthy("a", seq=5), healthy("b", seq=9), healthy("c", seq=None), healthy("d", mine=False)]
+    w = count_wave(members, RID, NEW, max_seq=7)
+    assert [d.device for d in w.reporting] == ["a"]
+    assert [(d.device, why) for d, why in w.ignored] == [("b", "foreign"), ("c", "foreign"), ("d", "stale")]
+    forged_fail = dev("e", state="failed", reason="smoke_test", seq=99)
+    assert not count_wave([forged_fail], RID, NEW, max_seq=7).failed  # an unissued seq fails nothing either
+
+
+def test_a_wave_nobody_reports_from_halts_with_no_reports() -> None:
+    offline = [dev("a", online=False), dev("b", online=False)]
+    p = Policy(wave_timeout=60)
+    assert evaluate(count_wave(offline, RID, NEW, started=100.0, now=150.0), p) is None  # waits
+    reason = evaluate(count_wave(offline, RID, NEW, started=100.0, now=170.0), p)
+    assert reason is not None and reason.startswith("no_reports: 0 of the 1 devices needed")
+    assert evaluate(count_wave([healthy("a")], RID, NEW, started=100.0, now=170.0), p) is None
 
 
 def test_the_gate_is_a_named_list_of_checks() -> None:
     assert [c.__name__ for c in BREACH_CHECKS] == ["failed_fraction", "shadow_agreement", "confidence_drop",
-                                                   "latency", "wave_timeout"]
+                                                   "latency", "wave_timeout", "no_reports"]
 
 
 def test_failed_fraction_halts_above_max_failed() -> None:
@@ -77,7 +119,7 @@ def test_latency_needs_both_the_ratio_and_the_slack() -> None:
 
 
 def test_wave_timeout_counts_only_pending_devices() -> None:
-    members = [dev("a", state="downloading"), dev("b", version=NEW)]
+    members = [dev("a", state="downloading"), healthy("b")]
     assert evaluate(count_wave(members, RID, NEW, started=100.0, now=150.0), Policy(wave_timeout=60)) is None
     reason = evaluate(count_wave(members, RID, NEW, started=100.0, now=170.0), Policy(wave_timeout=60))
     assert reason == "wave timeout: 1 devices did not finish in 60s"

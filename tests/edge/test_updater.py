@@ -96,7 +96,7 @@ def test_install_then_health_watch_rolls_back(setup) -> None:
     for _ in range(10):
         up.on_frame(frame(), good, 1.0)
     publisher.publish_chunks(art)
-    publisher.publish_manifest("f", publisher.manifest(art, seq=5, rollout_id="r1", wave=0))
+    publisher.publish_manifest("f", publisher.manifest(art, fleet="f", seq=5, rollout_id="r1", wave=0))
     wait_for(lambda: up._ready is not None)
     up.on_frame(frame(), good, 1.0)  # the swap happens here, between frames
     assert up.active_version == "v0002"
@@ -119,7 +119,7 @@ def test_confidence_collapse_rolls_back(setup) -> None:
     for _ in range(10):
         up.on_frame(frame(), sure, 1.0)
     publisher.publish_chunks(art)
-    publisher.publish_manifest("f", publisher.manifest(art, seq=5, rollout_id="r1", wave=0))
+    publisher.publish_manifest("f", publisher.manifest(art, fleet="f", seq=5, rollout_id="r1", wave=0))
     wait_for(lambda: up._ready is not None)
     up.on_frame(frame(), sure, 1.0)
     flat = np.full(10, 0.1, dtype=np.float32)
@@ -133,14 +133,14 @@ def test_device_outside_the_wave_ignores_but_records_sequence(setup) -> None:
     up, broker, publisher, art, slot, tmp = setup
     salt = next(s for s in (f"r{i}" for i in range(1000)) if wave_bucket(s, "d1") > 100)
     publisher.publish_chunks(art)
-    publisher.publish_manifest("f", publisher.manifest(art, seq=7, rollout_id=salt, wave=0,
+    publisher.publish_manifest("f", publisher.manifest(art, fleet="f", seq=7, rollout_id=salt, wave=0,
                                                        targeting={"salt": salt, "below": 100}))
     wait_for(lambda: up.highest_seq == 7)
     time.sleep(0.1)
     assert up.active_version == "v0001" and not broker.status
-    publisher.publish_manifest("f", publisher.manifest(art, seq=6, rollout_id=salt, wave=0,
+    publisher.publish_manifest("f", publisher.manifest(art, fleet="f", seq=6, rollout_id=salt, wave=0,
                                                        targeting={"salt": salt, "below": BUCKETS}))
-    wait_for(lambda: any(s.reason == "stale_sequence" for s in broker.status))
+    wait_for(lambda: any(s.reason == "replayed" for s in broker.status))
 
 
 def test_in_wave_rule() -> None:
@@ -200,7 +200,7 @@ def test_work_queue_is_bounded_and_refetches_what_it_dropped(models, tmp_path) -
         art = read_artifact(models["v2"])
         assert art.size // (64 * 1024) > 2 * 8  # more chunks than the queue holds: some must be dropped and refetched
         publisher.publish_chunks(art)
-        publisher.publish_manifest("f", publisher.manifest(art, seq=5, rollout_id="r1", wave=0))
+        publisher.publish_manifest("f", publisher.manifest(art, fleet="f", seq=5, rollout_id="r1", wave=0))
         dropped_before = up.queue_dropped
         gate.set()
         wait_for(lambda: up._ready is not None, 60)
@@ -211,3 +211,18 @@ def test_work_queue_is_bounded_and_refetches_what_it_dropped(models, tmp_path) -
         gate.set()
         up.close()
         pool.shutdown()
+
+
+def test_a_provisioning_floor_survives_a_reset_but_never_lowers_the_state(models, tmp_path) -> None:
+    """``min_seq`` (the edge config's updater.min_manifest_seq): a device without state starts just below it; a
+    device whose persisted highest sequence is above it keeps its own; the floor itself is accepted."""
+    slot = ModelSlot(EdgeModel.load(models["v1"]))
+    fresh = Updater("d1", "f", tmp_path / "reset", {}, slot, FakeBroker(), Topics("t"), min_seq=100)
+    assert fresh.highest_seq == 99
+    fresh.highest_seq = 250
+    fresh._save_state()
+    fresh.close()
+    again = Updater("d1", "f", tmp_path / "reset", {}, slot, FakeBroker(), Topics("t"), min_seq=100)
+    assert again.highest_seq == 250
+    again.close()
+    assert Updater("d2", "f", tmp_path / "none", {}, slot, FakeBroker(), Topics("t")).highest_seq is None

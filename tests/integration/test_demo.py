@@ -50,6 +50,9 @@ def test_ran_to_the_end_in_time(demo: dict) -> None:
                 "accuracy", "upload_fraction", "broker"):
         assert key in s
     assert s["cameras"] == 4 and s["broker"]["kind"] == "mosquitto"
+    # secure by default: TLS with client certificates, each camera and service with its own identity
+    assert s["broker"]["secure"] is True and s["broker"]["url"].startswith("mqtts://")
+    assert sorted(p.name for p in (demo["out"] / "pki" / "devices").iterdir()) == ["cam-1", "cam-2", "cam-3", "cam-4"]
     # a non-TTY run prints plain event lines
     assert "drift" in demo["proc"].stdout and "promoted" in demo["proc"].stdout
 

@@ -1,4 +1,5 @@
-"""The production shape, as separate processes on loopback with no demo code: ``edgeloop broker`` (mosquitto),
+"""The production shape, as separate processes on loopback with no demo code: ``edgeloop broker --pki`` (mosquitto
+with TLS, client certificates and the generated ACL; every process with its own identity),
 ``edgeloop trainer run`` (oracle labels), ``edgeloop deploy run`` and two ``edgeloop edge`` sim cameras in their
 own state directories. A version the trainer promotes reaches both cameras by itself (mode auto); then, with the
 rollout service restarted in mode approve, the next promoted version waits until ``edgeloop rollout approve``
@@ -24,6 +25,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from deploy.broker import find_mosquitto, free_port
+from deploy.pki import init_pki
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,17 +119,26 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     assert boot.returncode == 0, boot.stderr
     keys = cli("keys", "generate", "--out", str(d / "keys"))
     assert keys.returncode == 0, keys.stderr
+    # Secure, as on a line: a PKI, the broker with TLS + client certificates + ACL, an identity per process, and
+    # the rollout gate counting the PKI's devices only.
+    pki = init_pki(d / "pki")
+    for k in (1, 2):
+        pki.issue(f"cam-{k}", "device", fleet="default")
+    svc = pki.root / "services"
     procs = Procs(d / "logs")
     port, metrics_port = free_port(), free_port()
-    broker = f"mqtt://127.0.0.1:{port}"
+    broker = f"mqtts://127.0.0.1:{port}"
     try:
-        procs.start("broker", "broker", "--port", str(port), "--kind", "mosquitto", "--workdir", str(d / "broker"))
+        procs.start("broker", "broker", "--port", str(port), "--kind", "mosquitto", "--workdir", str(d / "broker"),
+                    "--pki", str(pki.root))
         wait_for(lambda: "listening" in (d / "logs" / "broker.log").read_text(), 30, "the broker", procs)
         deploy = ("deploy", "run", "--state-dir", str(d / "deploy"), "--key", str(d / "keys" / "signing.key"),
                   "--broker", broker, "--waves", "50%,100%", "--soak", "1s", "--health-seconds", "1",
-                  "--metrics-port", str(metrics_port))
+                  "--metrics-port", str(metrics_port), "--pki", str(pki.root), "--ca-file", str(pki.root / "ca.pem"),
+                  "--cert-file", str(svc / "deploy" / "cert.pem"), "--key-file", str(svc / "deploy" / "key.pem"))
         procs.start("deploy", *deploy, "--mode", "auto")
         procs.start("trainer", "trainer", "run", "--state-dir", str(d / "trainer"), "--broker", broker,
+                    "--identity", str(svc / "trainer"),
                     "--labeller", "oracle", "-B", "16", "-T", "4", "-K", "5", "--max-regression", "1.0", "--no-api",
                     "--exporter", "torchscript", "--client-id", f"line-trainer-{os.getpid()}", "--log-level", "INFO",
                     env={"EDGELOOP_TRAINER__EVAL__MAX_FORGETTING": "1.0"})  # promote every update: a fast loop
@@ -136,6 +147,7 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             procs.start(f"cam-{k}", "edge", "--device-id", f"cam-{k}", "--source",
                         f"sim:digits?seed={k}&realtime=1&fps=10", "--model", str(model), "--broker", broker,
                         "--state-dir", str(d / f"cam-{k}"), "--trusted-key", str(d / "keys" / "signing.pub"),
+                        "--identity", str(pki.identity_dir(f"cam-{k}")),
                         "--p-min", "0.5", "--budget-minute", "600", "--budget-hour", "none", "--budget-day", "none",
                         "--stats-interval", "1", "--seed", str(k), "--log-level", "WARNING")
         yield {"dir": d, "procs": procs, "broker": broker, "deploy": deploy,
@@ -152,7 +164,7 @@ def outside_view(line: dict[str, Any]) -> dict[str, Any]:
     state = str(line["dir"] / "deploy")
     out = cli("rollout", "status", "--json", "--state-dir", state)
     view["status"] = json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else {}
-    out = cli("rollout", "promotions", "--json", "--state-dir", state)
+    out = cli("rollout", "promotions", "--json", "--limit", "10000", "--state-dir", state)  # every one, v0001 too
     view["promotions"] = json.loads(out.stdout) if out.returncode == 0 else []
     try:
         with urllib.request.urlopen(line["metrics"] + "/metrics", timeout=5) as r:

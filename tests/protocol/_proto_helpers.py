@@ -25,7 +25,7 @@ def sample(**kw) -> Sample:
 def manifest(**kw) -> Manifest:
     data = b"x" * 1000
     base = dict(
-        model_id="parts", version="v4", seq=7, sha256=hashlib.sha256(data).hexdigest(), size=1000,
+        fleet="default", model_id="parts", version="v4", seq=7, sha256=hashlib.sha256(data).hexdigest(), size=1000,
         chunk_size=400, chunk_count=3,
         chunk_sha256=[hashlib.sha256(data[i:i + 400]).hexdigest() for i in range(0, 1000, 400)],
         compat={"input": {"width": 64, "height": 64, "scale": 1 / 255}, "labels": ["a", "b"], "opset": 17},

@@ -45,7 +45,7 @@ def test_canonical_bytes_deterministic(keys):
     "field, value",
     [("version", "v5"), ("seq", 8), ("sha256", "0" * 64), ("size", 999), ("rollout_id", "r-2"), ("wave", 0),
      ("expires", 2_100_000_000.0), ("compat", {"labels": ["a"]}), ("chunk_sha256", ["0" * 64] * 3),
-     ("model_id", "other")],
+     ("model_id", "other"), ("fleet", "other")],
 )
 def test_tampered_field(keys, field, value):
     priv, _, trusted = keys
@@ -66,9 +66,24 @@ def test_distinct_reasons(keys):
     assert reason(msgspec.structs.replace(signed, signature=""), trusted) == "bad_signature"
     assert reason(msgspec.structs.replace(signed, signature="zz" * 64), trusted) == "bad_signature"
     assert reason(signed, trusted, now=NOW + 61) == "expired"
-    assert reason(signed, trusted, highest_seq=7) == "stale_sequence"
-    assert reason(signed, trusted, highest_seq=100) == "stale_sequence"
+    assert reason(signed, trusted, highest_seq=7) == "replayed"
+    assert reason(signed, trusted, highest_seq=100) == "replayed"
     signing.verify_manifest(signed, trusted, now=NOW, highest_seq=6)
+
+
+def test_a_manifest_binds_its_fleet(keys):
+    """The fleet is signed: a manifest for fleet A carried to fleet B's topic is refused there (issue 12)."""
+    priv, _, trusted = keys
+    signed = signing.sign_manifest(manifest(fleet="A"), priv)
+    assert b'"fleet":"A"' in signing.canonical_bytes(signed)
+    signing.verify_manifest(signed, trusted, now=NOW, highest_seq=None, fleet="A")
+    with pytest.raises(ProtocolError) as e:
+        signing.verify_manifest(signed, trusted, now=NOW, highest_seq=None, fleet="B")
+    assert e.value.reason == "wrong_fleet"
+    relabelled = msgspec.structs.replace(signed, fleet="B")  # and it cannot be re-labelled
+    with pytest.raises(ProtocolError) as e:
+        signing.verify_manifest(relabelled, trusted, now=NOW, highest_seq=None, fleet="B")
+    assert e.value.reason == "bad_signature"
 
 
 def test_key_files(tmp_path):
