@@ -147,8 +147,9 @@ class State(Message, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "state"
 
-    state: Literal["online", "offline"]
+    state: Literal["online", "offline", "degraded"]  # degraded: running but impaired (the trainer), see reason
     boot: NonNegInt
+    reason: Optional[Text] = None
 
 
 class Stats(Message, frozen=True, kw_only=True):

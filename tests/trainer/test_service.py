@@ -39,7 +39,8 @@ def bootstrapped(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _config(state: Path, **over) -> TrainerConfig:
-    base = {"state_dir": str(state), "mqtt.url": None, "labeler.api_port": None, "update.batch": 16,
+    base = {"state_dir": str(state), "mqtt.url": None, "labeler.kind": "oracle", "labeler.api_port": None,
+            "metrics.enabled": False, "update.batch": 16,
             "update.steps": 5, "strategy.replay_batch_size": 16, "strategy.new_batch_size": 16, "update.lr": 0.05, "eval.heldout": 0.25}
     base.update(over)
     return load_config(TrainerConfig, overrides=base)
