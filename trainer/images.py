@@ -123,15 +123,19 @@ def max_image_size(fmt: InputFormat, max_side: int) -> tuple[int, int]:
 def decode(data: bytes, max_pixels: int | None = None, formats: tuple[str, ...] | None = None) -> torch.Tensor:
     """PNG/JPEG bytes -> uint8 tensor (C, H, W), C in {1, 3} (alpha dropped), RGB order.
 
-    ``max_pixels``: refuse (:class:`ImageRejected` ``image_too_large``) an image with more pixels, after
-    reading its header and before decoding (Pillow's own bomb check only warns below 89 Mpx). ``formats``:
+    ``max_pixels``: the image must be a PNG or JPEG of at most this many pixels (:class:`ImageRejected`
+    ``bad_image`` / ``image_too_large``), checked on its header before decoding (Pillow's own bomb check only
+    warns below 179 Mpx). ``formats``:
     the Pillow formats allowed (uploads: PNG and JPEG only). Pillow (torchvision's own dependency) rather
     than ``torchvision.io``, whose codecs are deprecated.
     """
-    with Image.open(io.BytesIO(data), formats=formats) as im:
-        w, h = im.size
-        if max_pixels is not None and w * h > max_pixels:
+    if max_pixels is not None:  # from the header, before Pillow (which warns or raises on bombs its own way)
+        w, h = image_size(data)
+        if w * h > max_pixels:
             raise ImageRejected("image_too_large", f"{w}x{h} pixels > {max_pixels}")
+    with Image.open(io.BytesIO(data), formats=formats) as im:
+        if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:  # a header our parser read otherwise
+            raise ImageRejected("image_too_large", f"{im.size[0]}x{im.size[1]} pixels > {max_pixels}")
         im.load()
         if im.mode not in ("L", "RGB"):
             im = im.convert("L" if im.mode in ("1", "I", "I;16", "F", "LA") else "RGB")
