@@ -55,21 +55,21 @@ def _fill_store(store: Any, n: int) -> None:
 
 def _fleet(n: int) -> Any:
     from deploy.console.live import FleetView
-    from protocol.messages import Birth, State, Stats, encode_message
+    from protocol.reports import Birth, State, Stats, encode_report
     from protocol.topics import Topics
 
     view = FleetView(Topics())
     t = view.topics
     for i in range(n):
         dev = f"cam-{i:04d}"
-        view.on_message(t.state(dev), encode_message(State(state="online", boot=1), device=dev, seq=0))
-        view.on_message(t.birth(dev), encode_message(Birth(capabilities={"source": "sim:parts"}, model_version="v0003",
-                                                           config_digest="x", boot=1, software="bench",
-                                                           labels=["ok", "scratch"]), device=dev, seq=1))
-        stats = Stats(fps=15.0 + i % 7, latency_p50_ms=2.1, latency_p95_ms=4.8, outbox_depth=i % 5, outbox_bytes=0,
+        view.on_message(t.state(dev), encode_report(State(device=dev, state="online", boot=1)))
+        view.on_message(t.birth(dev), encode_report(Birth(device=dev, capabilities={"source": "sim:parts"},
+                                                          model_version="v0003", config_digest="x", boot=1,
+                                                          software="bench", labels=["ok", "scratch"])))
+        stats = Stats(device=dev, fps=15.0 + i % 7, latency_p50_ms=2.1, latency_p95_ms=4.8, outbox_depth=i % 5, outbox_bytes=0,
                       outbox_dropped=0, uploads=i * 3, budget_left={"minute": 20.0}, drift=0.01 * (i % 50),
                       extra={"accuracy": 0.9, "frames": 1000 + i})
-        view.on_message(t.stats(dev), encode_message(stats, device=dev, seq=2))
+        view.on_message(t.stats(dev), encode_report(stats))
     return view
 
 

@@ -17,7 +17,8 @@ copied), with the demo's *default* timing-relevant settings (:mod:`deploy.demo.p
 * :class:`trainer.service.TrainerService` in this process: oracle labeller, the demo's update settings
   (``deploy.demo.plan.trainer_settings``: B=32, min batch 8, K=20 Adam steps, T = max(5 s, stream/15),
   1 torch thread), gate on every update, dynamo ONNX export;
-* :class:`deploy.controller.Controller` fed by :class:`deploy.rollout_feeder.RolloutFeeder` (one rollout at
+* :class:`deploy.service.DeployService` (``edgeloop deploy run``'s controller, promotion intake and
+  :class:`deploy.rollout_feeder.RolloutFeeder`, fed by the trainer's announcements over MQTT; one rollout at
   a time, newer promotions coalesced while one is in progress) with ``deploy.demo.plan.demo_policy``:
   waves 5 %, 25 %, 100 %, soak max(3 s, stream/25);
 * ``--cameras`` real ``edgeloop edge`` processes (the demo's camera phase: 15 fps realtime sim:parts,
@@ -404,7 +405,6 @@ class FreshnessRun(DemoApp):
         next_check = time.time() + 2.0
         while True:
             now = time.time()
-            self.feeder.poll()  # type: ignore[union-attr]
             for c in self.cams:
                 if c.proc is not None and c.proc.poll() is not None:
                     raise RuntimeError(f"{c.device} exited with code {c.proc.returncode} (see {c.log_path})")
@@ -467,7 +467,7 @@ class FreshnessRun(DemoApp):
             "settings": {"demo_stream_s": self.demo_stream_s, "fps": self.opts.fps, "budget_per_min": self.opts.budget,
                          "p_min": P_MIN, "update": {k.split(".", 1)[1]: v for k, v in update.items()
                                                     if k.startswith("update.")},
-                         "rollout": {"feeder": "deploy.rollout_feeder.RolloutFeeder (one at a time, coalesced)",
+                         "rollout": {"feeder": "deploy.service.DeployService, mode auto (one at a time, coalesced)",
                                      "waves": policy.waves, "soak_s": policy.soak, "health_s": policy.health_seconds,
                                      "shadow": policy.shadow},
                          "bootstrap_frames": self.opts.bootstrap_frames},
@@ -482,7 +482,7 @@ def _result(figures: dict[str, Any], broker: str, drift_at: float, count_window_
     met = figures.get("total_p50_s") is not None and figures["total_p50_s"] <= GOAL_S
     load = figures.get("load") or {}
     notes = (f"{figures.get('cameras')} edge processes (15 fps realtime sim:parts, lighting drift at {drift_at:g} s), "
-             f"trainer + controller (demo policy, RolloutFeeder) in-process, {broker} broker. "
+             f"trainer + rollout service (demo policy, mode auto) in-process, {broker} broker. "
              f"total = selected -> every camera active; stages add up to it; dominant = largest share of the "
              f"summed totals ({figures.get('dominant_stage')}). Samples counted: drifted, training split, selected in "
              f"the first {count_window_s:.0f} s; {figures.get('samples_pending')} of {figures.get('samples_eligible')} "

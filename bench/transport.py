@@ -252,12 +252,12 @@ def _edge_main(spec: dict[str, Any]) -> None:
     # mode "link": the real edge path. Selection -> encode (ts = now) -> outbox.put (committed) -> pump.
     from edge.link import Link
     from edge.outbox import Outbox
-    from protocol.messages import Birth
+    from protocol.reports import Birth, encode_report
 
     workdir = Path(spec["workdir"])
     outbox = Outbox(workdir / f"{dev}-outbox.db", synchronous=spec.get("sync", "FULL"))
-    birth = encode_message(Birth(capabilities={"bench": True}, model_version="bench-v1", config_digest="bench",
-                                 boot=1, software="bench"), device=dev, seq=0)
+    birth = encode_report(Birth(device=dev, capabilities={"bench": True}, model_version="bench-v1",
+                                config_digest="bench", boot=1, software="bench"))
     link = Link(device_id=f"{dev}", url=spec["url"], topics=Topics(), outbox=outbox, boot=1,
                 birth=lambda: birth, window=spec["window"])
     link.start()

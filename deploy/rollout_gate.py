@@ -14,18 +14,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import Annotated, Callable, ClassVar
 
 import msgspec
+from msgspec import Meta
 
 from .fleet import DeviceInfo
 from .publisher import DEFAULT_EXPIRY_S
 
-__all__ = ["Policy", "WaveDevices", "BREACH_CHECKS", "FAILED_STATES", "count_wave", "evaluate", "wave_done",
-           "parse_duration", "parse_fraction", "parse_waves"]
+__all__ = ["Policy", "WaveDevices", "BREACH_CHECKS", "FAILED_STATES", "RETRYABLE_REASONS", "count_wave", "evaluate",
+           "first_breach", "wave_done", "parse_duration", "parse_fraction", "parse_waves"]
 
 #: Model states a device reports for a version it gave up on (``dev/{id}/model/status``).
 FAILED_STATES = ("failed", "rolled_back", "rejected")
+#: Failure reasons that are not the model's fault: a chunk the device received was wrong or out of range. The
+#: device keeps waiting for that chunk and the controller republishes it (deploy/controller.py), so the device
+#: counts as still working on the wave, not as failed: one corrupt transfer must not roll a good model back.
+RETRYABLE_REASONS = ("chunk_hash", "chunk_range")
 
 
 class Policy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -58,17 +63,17 @@ class Policy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     }
 
     waves: list[float] = msgspec.field(default_factory=lambda: [0.05, 0.25, 1.0])
-    soak: float = 60.0
-    max_failed: float = 0.10
-    min_agreement: float = 0.90
-    shadow: int = 0
-    shadow_seconds: float = 60.0
-    shadow_max_confidence_drop: float = 0.25
-    shadow_max_latency_ratio: float = 3.0
-    shadow_latency_slack_ms: float = 5.0
-    health_seconds: float = 30.0
-    wave_timeout: float = 600.0
-    expiry: float = DEFAULT_EXPIRY_S
+    soak: Annotated[float, Meta(ge=0)] = 60.0
+    max_failed: Annotated[float, Meta(ge=0, le=1)] = 0.10
+    min_agreement: Annotated[float, Meta(ge=0, le=1)] = 0.90
+    shadow: Annotated[int, Meta(ge=0)] = 0
+    shadow_seconds: Annotated[float, Meta(gt=0)] = 60.0
+    shadow_max_confidence_drop: Annotated[float, Meta(ge=0, le=1)] = 0.25
+    shadow_max_latency_ratio: Annotated[float, Meta(gt=0)] = 3.0
+    shadow_latency_slack_ms: Annotated[float, Meta(ge=0)] = 5.0
+    health_seconds: Annotated[float, Meta(ge=0)] = 30.0
+    wave_timeout: Annotated[float, Meta(gt=0)] = 600.0
+    expiry: Annotated[float, Meta(gt=60)] = DEFAULT_EXPIRY_S
 
     def __post_init__(self) -> None:
         if not self.waves or any(not 0 < w <= 1 for w in self.waves) or sorted(self.waves) != self.waves:
@@ -160,7 +165,7 @@ def count_wave(members: list[DeviceInfo], rollout_id: str, version: str, started
             w.shadowed.append(d)
         if not d.online:
             continue
-        if mine and d.model_state in FAILED_STATES:
+        if mine and d.model_state in FAILED_STATES and d.reason not in RETRYABLE_REASONS:
             w.failed.append(d)
         elif d.version == version:
             w.active.append(d)
@@ -221,10 +226,16 @@ BREACH_CHECKS: tuple[Callable[[WaveDevices, Policy], str | None], ...] = (
 
 def evaluate(w: WaveDevices, p: Policy) -> str | None:
     """The first breach reason of :data:`BREACH_CHECKS`, or None when the wave is within the policy."""
+    found = first_breach(w, p)
+    return found[1] if found else None
+
+
+def first_breach(w: WaveDevices, p: Policy) -> tuple[str, str] | None:
+    """(the check's name, its reason) of the first breach, or None: the name is what metrics count by."""
     for check in BREACH_CHECKS:
         reason = check(w, p)
         if reason is not None:
-            return reason
+            return check.__name__, reason
     return None
 
 

@@ -1,9 +1,10 @@
 """Everything an edge node can be told, with defaults that run on a fresh machine.
 
 Settings come from a YAML file (``--config``), then ``EDGELOOP_EDGE__*`` environment variables (``__``
-between levels, e.g. ``EDGELOOP_EDGE__SAMPLER__P_MIN=0.02``), then flags. The sampler, dedup, drift and
-updater sections are the components' own config classes, so each default is written once, beside the code
-that uses it. ``edgeloop edge --print-config`` shows the effective values.
+between levels, e.g. ``EDGELOOP_EDGE__SAMPLER__P_MIN=0.02``), then flags. The sampler, dedup, drift,
+updater, predictions (verdicts), metrics and homeassistant sections are the components' own config
+classes, so each default is written once, beside the code that uses it. ``edgeloop edge --print-config``
+shows the effective values.
 """
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ import msgspec
 from msgspec import Meta
 
 from edge.drift import DriftConfig
+from edge.homeassistant import HomeAssistantConfig
+from edge.metrics import MetricsConfig
 from edge.sampler import SamplerConfig
 from edge.updater import UpdaterLimits
+from edge.verdicts import PredictionsConfig
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -58,6 +62,7 @@ class OutboxConfig(_Section):
     max_bytes: Annotated[int, Meta(ge=4096, le=2**50)] = 256 * 1024 * 1024       # disk bound of the spool
     policy: Literal["drop_oldest", "drop_lowest_priority", "reject_new"] = "drop_oldest"
     synchronous: Literal["FULL", "NORMAL"] = "FULL"   # FULL survives power loss, NORMAL only kill -9
+    retry_s: Annotated[float, Meta(gt=0, le=86_400)] = 5.0  # disk full: seconds between attempts to spool again
 
 
 class UpdaterConfig(_Section):
@@ -80,6 +85,9 @@ class EdgeConfig(_Section):
     outbox: OutboxConfig = msgspec.field(default_factory=OutboxConfig)
     mqtt: MqttConfig = msgspec.field(default_factory=MqttConfig)
     updater: UpdaterConfig = msgspec.field(default_factory=UpdaterConfig)
+    predictions: PredictionsConfig = msgspec.field(default_factory=PredictionsConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    homeassistant: HomeAssistantConfig = msgspec.field(default_factory=HomeAssistantConfig)
     stats_interval_s: Annotated[float, Meta(ge=0.1, le=86_400)] = 10.0
     accuracy_window: Annotated[int, Meta(ge=1, le=1_000_000)] = 200               # frames in the rolling accuracy vs. ground truth (sim sources)
     max_frames: Annotated[int, Meta(ge=0)] | None = None            # stop after this many frames (tests, benchmarks)

@@ -11,10 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("command,config", [("edge", "deploy/configs/edge.yaml"),
-                                            ("trainer", "deploy/configs/trainer.yaml")])
+                                            ("trainer", "deploy/configs/trainer.yaml"),
+                                            ("deploy", "deploy/configs/deploy.yaml")])
 def test_shipped_config_files_load(command: str, config: str) -> None:
     """The example configs in deploy/configs validate against the current schema (they rot otherwise)."""
-    argv = [sys.executable, "-m", "deploy.cli", command] + (["run"] if command == "trainer" else [])
+    argv = [sys.executable, "-m", "deploy.cli", command] + (["run"] if command in ("trainer", "deploy") else [])
     result = subprocess.run(argv + ["--config", str(ROOT / config), "--print-config"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

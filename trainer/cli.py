@@ -273,7 +273,8 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from protocol.config import ConfigError, dump_config, load_config
+    from protocol.config import dump_config, load_config
+    from protocol.state_dir import service_state_dir
 
     from .config import ENV_PREFIX, TrainerConfig
 
@@ -287,7 +288,8 @@ def _run(args: argparse.Namespace) -> int:
         cfg = load_config(TrainerConfig, args.config, env_prefix=ENV_PREFIX, overrides=overrides)
         if not args.print_config:
             cfg.mqtt.password = resolve_password(cfg.mqtt.password, cfg.mqtt.password_file)
-    except (ConfigError, MQTTURLError) as e:
+        cfg.state_dir = service_state_dir(cfg.state_dir, "edgeloop trainer run")  # never relative under systemd
+    except ValueError as e:  # ConfigError, MQTTURLError, or a relative state dir in service mode
         print(f"edgeloop trainer run: {e}", file=sys.stderr)
         return 2
     if cfg.mqtt.url in ("none", ""):

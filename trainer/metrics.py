@@ -5,27 +5,28 @@ the learner's counters) rather than keeping a second set in step. Names follow d
 ``edgeloop_trainer_*``, base units, ``_total`` counters, breakdowns as low-cardinality labels (``reason``,
 ``outcome``, ``part``, ``state``); per-device figures stay in ``edgeloop trainer status``.
 
-One request at a time, on one thread: the store gives each thread its own SQLite connection, and a thread
-per scrape would open one per scrape. Scrapes are small and a handler that stalls is cut off after
-``TIMEOUT_S``. Read-only (GET); 127.0.0.1 by default, any other address is logged as a warning.
+Served by the shared :class:`protocol.metrics_server.MetricsServer` (read-only GET, 127.0.0.1 by default, any
+other address logged as a warning); the reads themselves run on one worker thread (see :class:`_OneThread`).
 """
 from __future__ import annotations
 
-import json
 import logging
-import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from protocol.metrics_server import MetricsServer
+
 if TYPE_CHECKING:
     from .service import TrainerService
 
 __all__ = ["TrainerCollector", "TrainerMetricsServer", "DEFAULT_PORT"]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -121,67 +122,42 @@ class TrainerCollector(Collector):
                       "chance or predicts a single class.", values=float(h["at_chance"]))
 
 
-class _Handler(WSGIRequestHandler):
-    timeout = TIMEOUT_S  # a client that stops sending cannot hold the one thread
+class _OneThread(Collector):
+    """Runs ``inner.collect`` on one long-lived worker thread.
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        pass
+    The shared :class:`MetricsServer` answers each request on a thread of its own, and the store gives each
+    thread its own SQLite connection (kept until the store closes): a thread per scrape would add one
+    connection per scrape. One worker keeps it to one, and a read stuck on a lock is cut off after
+    ``TIMEOUT_S`` instead of piling up threads.
+    """
+
+    def __init__(self, inner: Collector) -> None:
+        self.inner = inner
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainer-metrics-read")
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.call(lambda: list(self.inner.collect())))
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on the worker thread (TimeoutError after ``TIMEOUT_S``)."""
+        return self._pool.submit(fn).result(TIMEOUT_S)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-class TrainerMetricsServer:
-    """``GET /metrics`` (Prometheus text) and ``GET /healthz`` (JSON; 200 healthy, 503 not) on one port."""
+class TrainerMetricsServer(MetricsServer):
+    """The shared server with the trainer's ``/metrics`` (its collector and the process's CPU/memory) and
+    ``/healthz`` (``service.health``), both read on the collector's one worker thread."""
 
     def __init__(self, service: "TrainerService", host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
-        self.service = service
-        self.host, self.port = host, port
-        self.registry = CollectorRegistry()
-        self.registry.register(TrainerCollector(service))
-        self.registry.register(ProcessCollector(registry=None))
-        self._metrics = make_wsgi_app(self.registry)
-        self._server: WSGIServer | None = None
-
-    def start(self) -> str:
-        """Bind and serve on a daemon thread; returns the base URL (OSError if the port is taken)."""
-        cls = WSGIServer
-        if ":" in self.host:
-            import socket
-
-            cls = type("_Server6", (WSGIServer,), {"address_family": socket.AF_INET6})
-        self._server = make_server(self.host, self.port, self._app, cls, handler_class=_Handler)
-        self.port = self._server.server_port
-        threading.Thread(target=self._server.serve_forever, name="trainer-metrics", daemon=True).start()
-        if self.host not in ("127.0.0.1", "::1", "localhost"):
-            log.warning("trainer metrics listen on %s:%d without authentication (read-only); bind 127.0.0.1 unless "
-                        "that is intended", self.host, self.port)
-        return self.url
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        self._reader = _OneThread(TrainerCollector(service))
+        registry = CollectorRegistry()
+        registry.register(self._reader)
+        registry.register(ProcessCollector(registry=None))  # process_cpu_seconds_total, resident memory, fds
+        super().__init__(make_wsgi_app(registry), lambda: self._reader.call(service.health), host, port,
+                         name="edgeloop trainer")
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def _app(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
-        if method not in ("GET", "HEAD"):
-            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Type", "text/plain")])
-            return [b"read-only\n"]
-        if path == "/metrics":
-            return self._metrics(environ, start_response)
-        if path == "/healthz":
-            try:
-                ok, details = self.service.health()
-            except Exception as e:  # a check that raises is a failed check, not a dead server
-                log.exception("health check failed")
-                ok, details = False, {"reason": f"health check raised {type(e).__name__}: {e}"}
-            body = json.dumps({"status": "ok" if ok else "unhealthy", **details}, sort_keys=True).encode() + b"\n"
-            start_response("200 OK" if ok else "503 Service Unavailable",
-                           [("Content-Type", "application/json"), ("Cache-Control", "no-store")])
-            return [body]
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"edgeloop trainer: /metrics or /healthz\n"]
+        super().stop()
+        self._reader.close()

@@ -56,11 +56,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from protocol.messages import P_SELECT_MIN, State, encode_message
+from protocol.messages import P_SELECT_MIN
 from protocol.model_meta import ModelMeta
+from protocol.reports import State, encode_report
 from protocol.topics import Topics
 
 from . import quarantine, retention
+from .announce import Announcer
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainerConfig
 from .evaluate import chance_check, predict, two_slice_gate
@@ -75,7 +77,7 @@ from .strategies import LabelledBatch, make_strategy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainerService", "HeldOut", "NotBootstrapped", "NoLabeller", "UpdateFailed", "PromotedHook",
+__all__ = ["TrainerService", "HeldOut", "NotBootstrapped", "UpdateFailed", "PromotedHook",
            "promoted_topic", "HISTORY_LIMIT", "TIMELINE_FILE", "HEALTH_FILE"]
 
 #: (version, ONNX path, metrics) -> None; called from the service thread after registration.
@@ -108,17 +110,13 @@ class NotBootstrapped(RuntimeError):
     """The state directory has no checkpoint: run ``edgeloop trainer bootstrap`` first."""
 
 
-class NoLabeller(ValueError):
-    """No labeller chosen (``labeler.kind`` / ``--labeller``): real frames would silently never be labelled."""
-
-
 class UpdateFailed(RuntimeError):
     """An update left the model unusable (a non-finite loss or weight)."""
 
 
 def promoted_topic(topics: Topics) -> str:
-    """Retained notice of the newest promoted version (not in protocol/topics.py yet; see the README)."""
-    return f"{topics.prefix}/trainer/promoted"
+    """Retained notice of the newest promoted version (protocol/promotion.py; bytes: trainer/announce.py)."""
+    return topics.trainer_promoted()
 
 
 def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
@@ -152,10 +150,6 @@ class TrainerService:
         self.topics = Topics(config.mqtt.topic_prefix)
         torch.set_num_threads(max(1, config.torch_threads))
         torch.manual_seed(config.update.seed)
-        if labeller is None and config.labeler.kind is None:
-            raise NoLabeller("no labeller chosen: set labeler.kind (--labeller) to queue (people label through the "
-                             "API or the console), import (a CSV file) or oracle (the ground truth of simulated "
-                             "cameras; real frames have none and would wait for ever)")
         if load_checkpoint(self.state_dir) is None:
             raise NotBootstrapped(f"no checkpoint in {self.state_dir}: run `edgeloop trainer bootstrap` first")
         self._state_lock = StateLock(self.state_dir).acquire()
@@ -245,6 +239,7 @@ class TrainerService:
         self._seq = 0
         self.ingestor = None
         self.label_server = None
+        self.announcer = Announcer(self.topics, self.state_dir, config.model_id)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def open(self) -> "TrainerService":
@@ -263,7 +258,7 @@ class TrainerService:
                 linger_ms=cfg.ingest.linger_ms, max_delay_ms=cfg.ingest.max_delay_ms, max_image_size=self.max_image,
                 queue_max=cfg.ingest.queue_max, queue_max_bytes=cfg.ingest.queue_max_bytes,
                 device_rate=cfg.ingest.device_rate, device_burst=cfg.ingest.device_burst,
-                on_connect=lambda ing: self._publish_state(ing),
+                on_connect=self._on_broker_connect,
                 on_degraded=lambda reason: self._set_degraded("ingest", reason),
             ).start()
         if cfg.metrics.enabled and self.metrics_server is None:
@@ -347,9 +342,15 @@ class TrainerService:
         self.store.close()
         self._state_lock.release()
 
+    def _on_broker_connect(self, ing: Any) -> None:
+        """Every (re)connection: say online (or degraded), and put the kept promoted versions on the broker
+        again."""
+        self._publish_state(ing)
+        self.announcer.republish_soon(ing.publish)
+
     def _state_payload(self, state: str, reason: str | None = None) -> bytes:
         self._seq += 1
-        return encode_message(State(state=state, boot=self.boot, reason=reason), device="trainer", seq=self._seq)
+        return encode_report(State(device="trainer", state=state, boot=self.boot, reason=reason))
 
     # -- degraded state ------------------------------------------------------------------------------------
     @property
@@ -771,10 +772,11 @@ class TrainerService:
         return version
 
     def _announce(self, version: str, path: Path, metrics: dict[str, Any], sha256: str) -> None:
-        if self.ingestor is not None:
-            notice = {"model_id": self.config.model_id, "version": version, "path": str(path), "sha256": sha256,
-                      "labels": list(self.labels), "metrics": _scalar_metrics(metrics), "time": time.time()}
-            self.ingestor.publish(promoted_topic(self.topics), json.dumps(notice).encode(), 1, True)
+        if self.ingestor is not None:  # bytes and notice on the broker (trainer/announce.py)
+            try:
+                self.announcer.announce(self.ingestor.publish, version)
+            except Exception:
+                log.exception("announcing %s failed; it is announced again on the next reconnection", version)
         if self.on_promoted is not None:
             try:
                 self.on_promoted(version, path, metrics)
@@ -860,6 +862,10 @@ class TrainerService:
                             "frames); run with --labeller queue or import to have them labelled", skipped)
             log.info("labels: %d samples wait for a label, %d skipped for lack of ground truth", unlabelled - skipped,
                      skipped)
+            if self.labeller.name == "queue" and unlabelled > self.labels_waiting \
+                    and self.store.count("label IS NULL AND truth IS NOT NULL"):
+                log.info("labels: some samples waiting for people carry simulated ground truth: run with "
+                         "--labeller oracle to have simulated cameras labelled automatically")
         self.labels_waiting, self.labels_skipped = unlabelled - skipped, skipped
 
     def _write_health(self) -> None:

@@ -38,7 +38,7 @@ from starlette.templating import Jinja2Templates
 from . import exchange, plots
 from .auth import ROLES, LoginThrottle, Session, Sessions, Users
 from .live import FleetView
-from .rollouts import ApprovalUnavailable, NoControllerState, Rollouts
+from .rollouts import NoControllerState, Rollouts
 from .trainer_client import TrainerClient, TrainerError
 
 log = logging.getLogger("edgeloop.console")
@@ -151,6 +151,7 @@ class Console:
             r("/rollouts", self.rollouts_page), r("/rollouts/events", self.rollouts_events),
             r("/rollouts/{rid}/{action}", self.rollout_action, methods=["POST"]),
             r("/approve/{version}", self.approve, methods=["POST"]),
+            r("/reject/{version}", self.reject, methods=["POST"]),
             r("/models", self.models_page), r("/models/accuracy.png", self.accuracy_png),
             r("/models/{version}/confusion.png", self.confusion_png),
             r("/label", self.label_page), r("/api/queue", self.api_queue), r("/api/classes", self.api_classes),
@@ -370,11 +371,23 @@ class Console:
         s = self.guard(request, "operator")
         version = request.path_params["version"]
         try:
-            await run_in_threadpool(self.rollouts.approve, version)
-        except (ApprovalUnavailable, KeyError, ValueError, NoControllerState) as e:
-            return RedirectResponse("/rollouts?error=" + quote(str(e)), 303)
+            res = await run_in_threadpool(self.rollouts.approve, version, s.user)
+        except (KeyError, ValueError, NoControllerState) as e:
+            return RedirectResponse("/rollouts?error=" + quote(str(e).strip("'\"")), 303)
         log.info("operator %s approved %s", s.user, version)
-        return RedirectResponse("/rollouts?note=" + quote(f"{version} approved"), 303)
+        note = f"{version} approved" + ("" if res["controller_alive"] else " (no controller running)")
+        return RedirectResponse(f"/rollouts?id={quote(res['id'])}&note=" + quote(note), 303)
+
+    async def reject(self, request: Request) -> Response:
+        form = await self.form(request)
+        s = self.guard(request, "operator")
+        version = request.path_params["version"]
+        try:
+            res = await run_in_threadpool(self.rollouts.reject, version, s.user, str(form.get("reason") or ""))
+        except (KeyError, ValueError, NoControllerState) as e:
+            return RedirectResponse("/rollouts?error=" + quote(str(e).strip("'\"")), 303)
+        log.info("operator %s rejected %s", s.user, version)
+        return RedirectResponse(f"/rollouts?id={quote(res['id'])}&note=" + quote(f"{version} rejected"), 303)
 
     # -- models -------------------------------------------------------------------------------------------------------
     async def models_page(self, request: Request) -> Response:

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from protocol.errors import ProtocolError
-from protocol.messages import Birth, Stats, decode_message
+from protocol.reports import Birth, Stats, decode_report
 from protocol.topics import Topics
 
 from ..fleet import Fleet
@@ -77,15 +77,15 @@ class FleetView:
         extra: dict[str, Any] = {}
         if parsed.kind in ("stats", "birth"):
             try:
-                dec = decode_message(payload, max_size=256 * 1024)
+                msg = decode_report(payload, parsed.kind)
             except ProtocolError:
                 return  # Fleet counted the rejection
-            if dec.header.device != parsed.device:
+            if msg.device != parsed.device:
                 return
-            if isinstance(dec.msg, Stats):
-                extra = _stats_fields(dec.msg)
-            elif isinstance(dec.msg, Birth):
-                extra = {"labels": list(dec.msg.labels), "source": str(dec.msg.capabilities.get("source", ""))}
+            if isinstance(msg, Stats):
+                extra = _stats_fields(msg)
+            elif isinstance(msg, Birth):
+                extra = {"labels": list(msg.labels), "source": str(msg.capabilities.get("source", ""))}
         self._touch(parsed.device, extra)
 
     def _touch(self, device: str, extra: dict[str, Any]) -> None:

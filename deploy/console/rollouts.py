@@ -4,8 +4,9 @@ Everything the console reads about rollouts, and every operator action it takes,
 module (:mod:`deploy.rollout_store`'s typed ``Rollout`` rows, the gate's own ``count_wave``), so a change of
 the controller's storage touches only this file. Actions take the same path as ``edgeloop rollout
 pause|resume|abort|rollback`` (:mod:`deploy.rollout_cli`): ``RolloutStore.queue_command``, applied by the
-running controller within a tick. ``approve(version)`` is the hook for the approval step the controller does not
-have yet: it raises :class:`ApprovalUnavailable` until it is wired to the controller's approve path.
+running controller within a tick. ``approve(version)``/``reject(version)`` take the path of ``edgeloop rollout
+approve|reject``: :meth:`RolloutStore.approve`, applied by the running rollout service (``edgeloop deploy run``
+with ``mode: approve`` records each promoted version as a rollout that awaits approval).
 """
 from __future__ import annotations
 
@@ -20,22 +21,18 @@ from protocol.waves import BUCKETS, wave_bucket
 from ..controller import rollout_status
 from ..fleet import DeviceInfo
 from ..rollout_gate import count_wave
-from ..rollout_store import COMMANDS, TERMINAL, RolloutStore, State
+from ..rollout_store import TERMINAL, WAITING, RolloutStore, State
 
-__all__ = ["Rollouts", "ACTIONS", "ApprovalUnavailable", "APPROVAL_STATES", "NoControllerState", "gate_numbers"]
+__all__ = ["Rollouts", "ACTIONS", "APPROVAL_STATES", "NoControllerState", "gate_numbers"]
 
-#: Operator actions, as the CLI names them.
-ACTIONS = COMMANDS
-#: Rollout states in which a rollout waits for an operator's approval (none exist yet; see approve()).
-APPROVAL_STATES = ("awaiting_approval",)
+#: Operator actions on a rollout that started, as the CLI names them (approve/reject: :meth:`Rollouts.approve`).
+ACTIONS = ("pause", "resume", "abort", "rollback")
+#: Rollout states in which a rollout waits for an operator's approval.
+APPROVAL_STATES = tuple(s.value for s in WAITING)
 #: Which actions make sense in which state (the controller ignores the others; the page offers only these).
 _ACTION_STATES = {"pause": (State.RUNNING,), "resume": (State.PAUSED,),
                   "abort": (State.RUNNING, State.PAUSED, State.ROLLING_BACK),
                   "rollback": (State.RUNNING, State.PAUSED, State.COMPLETED)}
-
-
-class ApprovalUnavailable(RuntimeError):
-    """This controller has no approval step yet."""
 
 
 class NoControllerState(FileNotFoundError):
@@ -111,12 +108,20 @@ class Rollouts:
         db.queue_command(rid, action)
         return {"id": rid, "action": action, "controller_alive": db.controller_alive()}
 
-    def approve(self, version: str) -> dict[str, Any]:
-        """Approve the rollout of ``version`` that waits for an operator (``edgeloop rollout approve vNNNN``).
+    def approve(self, version: str, by: str) -> dict[str, Any]:
+        """Approve the rollout of ``version`` that waits for an operator, as ``edgeloop rollout approve`` does;
+        KeyError (naming what does wait) if none waits for it."""
+        db = self._db()
+        r = db.approve(version, by)
+        return {"id": r.id, "version": version, "controller_alive": db.controller_alive()}
 
-        The hook for the controller's approval step: replace this body with a call to its approve path.
-        """
-        raise ApprovalUnavailable("this controller has no approval step yet: rollouts start without approval")
+    def reject(self, version: str, by: str, reason: str) -> dict[str, Any]:
+        """Refuse the waiting rollout of ``version`` with a reason (``edgeloop rollout reject --reason``)."""
+        if not reason.strip():
+            raise ValueError("a rejection needs a reason")
+        db = self._db()
+        r = db.reject(version, by, reason.strip()[:500])
+        return {"id": r.id, "version": version, "controller_alive": db.controller_alive()}
 
 
 def _in_wave(rid: str, device: str, below: int) -> bool:

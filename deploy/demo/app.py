@@ -11,12 +11,13 @@ What runs (and why it is wired like this), in the order :meth:`DemoApp.start` st
   crops (:mod:`deploy.demo.bootstrap`) and handed to :func:`trainer.bootstrap.bootstrap` -> v0001.
 * **Plan** (:meth:`~DemoApp.init_plan`): the drift script laid out on the time that is left, and the rollout
   policy and trainer settings derived from it (:mod:`deploy.demo.plan`).
-* **Rollout controller** and **feeder** (threads of this process): :class:`deploy.controller.Controller`
-  and :class:`deploy.rollout_feeder.RolloutFeeder`, which rolls every promoted version out with the demo's
-  policy, one rollout at a time.
+* **Rollout service** (threads of this process): :class:`deploy.service.DeployService`, exactly what
+  ``edgeloop deploy run`` runs on a line - the controller, the promotion intake and the feeder in ``auto``
+  mode with the demo's policy (one rollout at a time, the newest promoted version next).
 * **Trainer** (thread of this process): :class:`trainer.service.TrainerService` with oracle labels (the
   simulator's ground truth travels with each sample), buffered importance-weighted updates, held-out gate,
-  ONNX export, registry; its promotions go to the feeder.
+  ONNX export, registry; it announces each promoted version with its bytes on the broker
+  (trainer/announce.py), where the rollout service picks it up - nothing is handed over in-process.
 * **Monitor** (:mod:`deploy.demo.monitor`): every device's stats and model status, as an operator's tool
   would see them; the live view and the report are built from these messages only.
 * **Frozen control** (:mod:`deploy.demo.frozen_control`): v0001, never updated, on exactly the frames each
@@ -57,6 +58,7 @@ from deploy.demo.plan import (FLEET, MIN_STREAM_S, MODEL_ID, PREFIX, SCENARIOS, 
                               Timeline, bootstrap_budget, camera_seed, confusion_seed, demo_policy, plan_timeline,
                               sim_url, trainer_settings)
 from deploy.rollout_feeder import RolloutFeeder
+from deploy.service import DeployService
 
 log = logging.getLogger("edgeloop.demo")
 
@@ -153,6 +155,7 @@ class DemoApp:
         self.timeline: Timeline | None = None
         self.settings_stream_s = 0.0
         self.policy: Any = None
+        self.deploy: DeployService | None = None
         self.ctl: Any = None
         self.feeder: RolloutFeeder | None = None
         self.trainer: Any = None
@@ -209,8 +212,7 @@ class DemoApp:
         self.init_keys()
         self.init_bootstrap()
         self.init_plan()
-        self.start_controller()
-        self.start_feeder()
+        self.start_deploy()
         self.start_trainer()
         self.start_monitor()
         self.start_control()
@@ -294,28 +296,29 @@ class DemoApp:
         self.state.stream_len = timeline.stream_s
         self.state.timeline = timeline.events()
 
-    def start_controller(self) -> None:
-        from deploy.controller import Controller
+    def start_deploy(self) -> None:
+        """The rollout service: promoted versions (announced by the trainer over MQTT) -> rollouts, one at a
+        time, rollback target the last version the whole fleet ran (at first v0001, the trainer's bootstrap)."""
+        from deploy.service import DeployServiceConfig, MetricsSettings, MqttSettings
 
-        self.ctl = Controller(self.broker_url, self.signing_key, self.out / "deploy", prefix=PREFIX, fleet=FLEET,
-                              tick_s=0.2).start()
-
-    def start_feeder(self) -> None:
-        """Promoted versions -> rollouts, one at a time, rollback target the last version the fleet ran."""
-        self.feeder = RolloutFeeder(self.ctl, (self.boot.version, self.boot.path), self.policy, fleet=FLEET,
-                                    model_id=MODEL_ID, notify=self.events.add)
+        cfg = DeployServiceConfig(state_dir=str(self.out / "deploy"), signing_key=str(self.signing_key), fleet=FLEET,
+                                  mode="auto", model_id=MODEL_ID, rollout=self.policy, tick_s=0.2,
+                                  mqtt=MqttSettings(url=self.broker_url, topic_prefix=PREFIX,
+                                                    client_id=f"{self.client_name}-deploy-{os.getpid()}"),
+                                  metrics=MetricsSettings(enabled=False))
+        self.deploy = DeployService(cfg, notify=self.events.add).start()
+        self.ctl, self.feeder = self.deploy.ctl, self.deploy.feeder
 
     def start_trainer(self) -> None:
         from protocol.config import load_config
         from trainer.config import TrainerConfig
         from trainer.service import TrainerService
 
-        assert self.feeder is not None
         cfg = load_config(TrainerConfig, overrides={
             "state_dir": str(self.out / "trainer"), "model_id": MODEL_ID, "mqtt.url": self.broker_url,
             "mqtt.topic_prefix": PREFIX, "mqtt.client_id": f"{self.client_name}-trainer-{os.getpid()}",
             **trainer_settings(self.settings_stream_s)})
-        self.trainer = TrainerService(cfg, on_promoted=self.feeder.on_promoted).start()
+        self.trainer = TrainerService(cfg).start()
 
     def start_monitor(self) -> None:
         self.monitor = Monitor(self.broker_url, self.devices, self.events.add,
@@ -350,7 +353,6 @@ class DemoApp:
         while True:
             snap = self.monitor.snapshot() if self.monitor is not None else {}
             self._mark_drifts(snap, fired)
-            self.feeder.poll()  # type: ignore[union-attr]
             self._check_cameras(fired)
             self._refresh_view(snap)
             if self._streamed_all(snap) or time.monotonic() >= hard_end or self._all_exited():
@@ -420,8 +422,7 @@ class DemoApp:
         each step guarded so that one failure, or a second Ctrl-C, cannot leave the others running."""
         for what, step in (("cameras", self.stop_cameras), ("frozen control", self.stop_control),
                            ("monitor", self.stop_monitor), ("trainer", self.stop_trainer),
-                           ("rollout feeder", self.stop_feeder), ("controller", self.stop_controller),
-                           ("broker", self.stop_broker)):
+                           ("rollout service", self.stop_deploy), ("broker", self.stop_broker)):
             self._guard(what, step)
         self.rec.events = list(self.events.items)
         for c in self.cams:
@@ -478,19 +479,17 @@ class DemoApp:
                                       "created": r.created, "accuracy": r.metrics.get("accuracy"),
                                       "macro_f1": r.metrics.get("macro_f1"), "n": r.metrics.get("n")})
 
-    def stop_feeder(self) -> None:
-        """Report the last rollout events (no new rollout starts now); keep promotions and rollouts."""
-        if self.feeder is None:
+    def stop_deploy(self) -> None:
+        """Stop the rollout service (its feeder reports the last events first); keep promotions and rollouts."""
+        if self.deploy is None:
             return
         try:
-            self.feeder.close()
+            self.deploy.close_feeder()
+            if self.feeder is not None:
+                self.rec.promotions = [p for p in self.feeder.promotions if p["status"] != "baseline"]
+                self.rec.rollouts = self.feeder.records()
         finally:
-            self.rec.promotions = list(self.feeder.promotions)
-            self.rec.rollouts = self.feeder.records()
-
-    def stop_controller(self) -> None:
-        if self.ctl is not None:
-            self.ctl.stop()
+            self.deploy.stop()
 
     def stop_broker(self) -> None:
         if self.broker is not None:

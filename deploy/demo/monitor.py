@@ -65,13 +65,13 @@ class Monitor:
             self._client = None
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        from protocol.messages import ModelStatus, Stats, decode_message
+        from protocol.reports import ModelStatus, Stats, decode_report
 
         try:
             parsed = self.topics.parse(topic)
             if parsed.device not in self.stats or not payload:
                 return
-            msg = decode_message(payload).msg
+            msg = decode_report(payload, parsed.kind)
         except Exception:  # noqa: BLE001 - a malformed message is the device's problem, not the monitor's
             return
         if isinstance(msg, Stats):

@@ -156,8 +156,34 @@ def test_rollout_buttons_take_the_cli_path_and_need_operator_and_csrf(stack: dic
     assert code == 303 and "pause%20queued" in headers["location"] and command() == "pause"
     code, headers, _ = op.form(f"/rollouts/{rid}/resume", {"csrf_token": op.csrf()})  # running, not paused
     assert "error=" in headers["location"]
-    code, headers, _ = op.form("/approve/v0002", {"csrf_token": op.csrf()})
-    assert code == 303 and "no%20approval%20step" in headers["location"]
+    code, headers, _ = op.form("/approve/v0002", {"csrf_token": op.csrf()})  # running, not waiting
+    assert code == 303 and "no%20rollout%20of%20v0002%20awaits%20approval" in headers["location"]
+
+
+def test_approve_and_reject_take_the_cli_path_with_who_and_why(stack: dict) -> None:
+    from deploy.rollout_store import State
+
+    rs = RolloutStore(stack["deploy"] / "rollout.sqlite")
+    try:
+        w3 = rs.create_rollout("default", "edgeloop", "v0003", "v0001", Policy(), State.AWAITING_APPROVAL).id
+        w4 = rs.create_rollout("line-2", "edgeloop", "v0004", "v0001", Policy(), State.AWAITING_APPROVAL).id
+        view, op = logged_in(stack, "view"), logged_in(stack, "admin")
+        page = op.get("/rollouts")[2]
+        assert b'data-version="v0003"' in page and b'action="/approve/v0004"' in page
+        assert b"/approve/" not in view.get("/rollouts")[2]  # viewers see what waits, not the buttons
+        assert view.form("/approve/v0003", {"csrf_token": view.csrf()})[0] == 403
+        assert op.form("/approve/v0003", {"csrf_token": "forged"})[0] == 403
+        assert rs.rollout(w3).command is None
+        code, headers, _ = op.form("/approve/v0003", {"csrf_token": op.csrf()})
+        assert code == 303 and "v0003%20approved" in headers["location"]
+        assert (rs.rollout(w3).command, rs.rollout(w3).command_detail) == ("approve", "by admin")
+        code, headers, _ = op.form("/reject/v0004", {"csrf_token": op.csrf(), "reason": "  "})
+        assert "error=a%20rejection%20needs%20a%20reason" in headers["location"] and rs.rollout(w4).command is None
+        code, headers, _ = op.form("/reject/v0004", {"csrf_token": op.csrf(), "reason": "wrong line"})
+        assert code == 303 and (rs.rollout(w4).command, rs.rollout(w4).command_detail) == ("reject",
+                                                                                          "by admin: wrong line")
+    finally:
+        rs.close()
 
 
 def test_rollouts_adapter_without_controller_state(tmp_path: Path) -> None:

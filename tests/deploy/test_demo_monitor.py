@@ -5,19 +5,20 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import msgspec
 import pytest
 
 from conftest import wait_for  # tests/deploy/conftest.py
 from deploy.demo.monitor import Monitor
 from protocol import mqtt
-from protocol.messages import ModelStatus, Stats, encode_message
+from protocol.reports import ModelStatus, Stats, encode_report
 from protocol.topics import Topics
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def _stats(frames: int, uploads: int, model: str) -> Stats:
-    return Stats(fps=15.0, latency_p50_ms=2.0, latency_p95_ms=3.0, outbox_depth=1, outbox_bytes=10, outbox_dropped=0,
+    return Stats(device="cam-1", fps=15.0, latency_p50_ms=2.0, latency_p95_ms=3.0, outbox_depth=1, outbox_bytes=10, outbox_dropped=0,
                  uploads=uploads, extra={"frames": frames, "accuracy": 0.9, "model_version": model,
                                          "capture": {"frames": frames + 2, "dropped": 1}})
 
@@ -29,25 +30,26 @@ def test_monitor_keeps_stats_and_every_status_and_ignores_bad_messages(mosquitto
     topics = Topics(topic_prefix)
     pub = mqtt.make_client("test-monitor-pub", mosquitto_broker.url, protocol="3.1.1")
     mqtt.start(pub)
-    seq = iter(range(1, 100))
 
     def send(device: str, topic: str, msg: Any) -> None:
-        pub.publish(topic, encode_message(msg, device=device, seq=next(seq)), qos=1).wait_for_publish(5)
+        pub.publish(topic, encode_report(msgspec.structs.replace(msg, device=device)), qos=1).wait_for_publish(5)
 
     try:
         time.sleep(0.5)  # the monitor's subscription
         send("cam-1", topics.stats("cam-1"), _stats(100, 3, "v0001"))
-        pub.publish(topics.stats("cam-1"), b"not an envelope", qos=1).wait_for_publish(5)  # malformed
+        pub.publish(topics.stats("cam-1"), b"not json", qos=1).wait_for_publish(5)  # malformed
         pub.publish(topics.model_status("cam-2"), b"", qos=1).wait_for_publish(5)            # empty (retained clear)
         send("cam-9", topics.stats("cam-9"), _stats(5, 0, "v0001"))                           # not one of ours
-        active = ModelStatus(model_id="m", version="v0002", state="active", rollout_id="r1",
+        active = ModelStatus(device="cam-1", model_id="m", version="v0002", state="active", rollout_id="r1",
                              metrics={"active": "v0002"})
-        send("cam-1", topics.model_status("cam-1"), ModelStatus(model_id="m", version="v0002", state="verified",
-                                                                rollout_id="r1", metrics={"active": "v0001"}))
+        send("cam-1", topics.model_status("cam-1"), ModelStatus(device="cam-1", model_id="m", version="v0002",
+                                                                state="verified", rollout_id="r1",
+                                                                metrics={"active": "v0001"}))
         send("cam-1", topics.model_status("cam-1"), active)
         send("cam-1", topics.model_status("cam-1"), active)   # repeated: logged, not notified twice
-        send("cam-2", topics.model_status("cam-2"), ModelStatus(model_id="m", version="v0003", state="rolled_back",
-                                                                reason="low_agreement", metrics={"active": "v0001"}))
+        send("cam-2", topics.model_status("cam-2"), ModelStatus(device="cam-2", model_id="m", version="v0003",
+                                                                state="rolled_back", reason="low_agreement",
+                                                                metrics={"active": "v0001"}))
         send("cam-1", topics.stats("cam-1"), _stats(130, 4, "v0002"))
         wait_for(lambda: len(mon.statuses()) == 4 and len(mon.series()["cam-1"]) == 2, 10, "messages")
     finally:

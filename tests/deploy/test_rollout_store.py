@@ -6,6 +6,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from deploy.rollout_gate import Policy
@@ -148,3 +149,61 @@ def test_a_newer_releases_state_dir_is_refused_by_name(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(SchemaError, match=f"rollout schema {SCHEMA_VERSION + 1}"):
         RolloutStore(path)
+
+
+def test_a_schema_1_state_dir_gains_the_approval_step(tmp_path: Path) -> None:
+    """Schema 2 adds a command's detail to rollouts (and the promotions and requests tables)."""
+    from deploy.rollout_store import _SCHEMA
+
+    path = tmp_path / "rollout.sqlite"
+    old = _SCHEMA.replace(", command_detail TEXT", "").split("CREATE TABLE IF NOT EXISTS promotions")[0]
+    db = sqlite3.connect(path)
+    db.executescript(old)
+    db.execute("INSERT INTO rollouts(id, fleet, model_id, version, prev_version, state, policy, created, updated) "
+               "VALUES('r-1', 'default', 'parts', 'v2', 'v1', 'running', ?, 90.0, 100.0)",
+               (msgspec.json.encode(Policy()).decode(),))  # schema 1: policies already use the shadow_* names
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    store = RolloutStore(path)
+    try:
+        assert store.rollout("r-1").command_detail is None
+        store.queue_command("r-1", "pause", "by alice")
+        assert store.rollout("r-1").command_detail == "by alice"
+        assert store.record_promotion("parts", "v3", 3, "v2", "a" * 64, 10, 1.0, "{}")
+    finally:
+        store.close()
+
+
+def test_approval_by_version_names_who_and_what_waits(store: RolloutStore) -> None:
+    store.set_baseline("default", "v1")
+    assert store.fleet_baseline("default") == "v1"
+    w = store.create_rollout("default", "parts", "v3", "v1", Policy(), State.AWAITING_APPROVAL)
+    assert store.get_waiting() == [store.rollout(w.id)] and store.get_active() == []
+    with pytest.raises(KeyError, match=r"no rollout of v2 awaits approval \(waiting: v3 \(fleet default\)\)"):
+        store.approve("v2", "alice")
+    assert store.approve("v3", "alice").id == w.id
+    r = store.rollout(w.id)
+    assert (r.command, r.command_detail) == ("approve", "by alice")
+    store.reject("v3", "bob", "wrong line")  # the newer command replaces the one not yet taken
+    assert store.rollout(w.id).command_detail == "by bob: wrong line"
+    assert store.set_state(w.id, State.REJECTED, "by bob: wrong line") and store.rollout(w.id).finished
+    assert not store.set_state(w.id, State.RUNNING)  # rejected is final
+    with pytest.raises(ValueError):
+        store.create_rollout("default", "parts", "v4", "v1", Policy(), State.PAUSED)
+    done = store.create_rollout("default", "parts", "v4", "v1", Policy())
+    store.set_state(done.id, State.COMPLETED)
+    assert store.fleet_baseline("default") == "v4"  # the last version the whole fleet reached
+
+
+def test_promotions_are_recorded_once_and_counted(store: RolloutStore) -> None:
+    assert store.record_promotion("parts", "v2", 2, "v1", "a" * 64, 100, 5.0, '{"version": "v2"}')
+    assert not store.record_promotion("parts", "v2", 2, "v1", "a" * 64, 100, 5.0, "{}")  # retained: repeats
+    store.record_promotion("parts", "v3", 3, "v2", "b" * 64, 100, 6.0, "{}")
+    store.set_promotion("parts", "v2", "skipped", detail="v3 is newer")
+    store.set_promotion("parts", "v3", "ready", path="/x/v3.onnx")
+    with pytest.raises(ValueError):
+        store.set_promotion("parts", "v3", "lost")
+    assert [p.version for p in store.promotions()] == ["v2", "v3"]
+    assert store.promotion("parts", "v3").path == "/x/v3.onnx" and store.promotion("parts", "v2").detail == "v3 is newer"
+    assert store.count_promotions() == {"skipped": 1, "ready": 1}

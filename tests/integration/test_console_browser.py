@@ -1,11 +1,12 @@
 """The console in a real browser against real services: mosquitto, a trainer with the queue labeller, the
-rollout controller, two simulated cameras (``edgeloop edge`` on ``sim:parts``) and ``edgeloop console``,
-each its own process, all on loopback.
+rollout service (``edgeloop deploy run --mode approve``), two simulated cameras (``edgeloop edge`` on
+``sim:parts``) and ``edgeloop console``, each its own process, all on loopback.
 
 In Chromium (Debian's, driven by Selenium): log in; the fleet page updates live without a reload; label 20
 samples with the keyboard (with an undo and a correction) and check that the trainer stored exactly those
 labels; add a new class through its confirmation; a cross-site form post and a request with a bad CSRF
-token change nothing; pause a rollout with the button and see it paused without reloading. Screenshots of
+token change nothing; pause a rollout with the button and see it paused without reloading; approve a promoted
+version that waits for approval and see its waves advance to completion without reloading. Screenshots of
 every page go to ``$EDGELOOP_CONSOLE_SCREENSHOTS`` when set (the README's pictures: docs/img/).
 """
 from __future__ import annotations
@@ -120,8 +121,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, console_broker: Any) -> Iter
         procs.start("trainer", "trainer", "run", "--state-dir", str(d / "trainer"), "--broker", broker, "--labeller",
                     "queue", "--api-port", str(api_port), "--client-id", f"console-test-{os.getpid()}", "-B", "1000",
                     "-T", "100000", "--log-level", "WARNING")
-        procs.start("controller", "rollout", "run", "--state-dir", str(d / "deploy"), "--broker", broker,
-                    "--key", str(key))
+        procs.start("controller", "deploy", "run", "--mode", "approve", "--state-dir", str(d / "deploy"), "--broker",
+                    broker, "--key", str(key), "--waves", "50%,100%", "--soak", "2s", "--health-seconds", "1",
+                    "--metrics-port", "0", "--model-id", "edgeloop")
         for k in (1, 2):
             procs.start(f"cam-{k}", "edge", "--device-id", f"cam-{k}", "--source", f"sim:parts?seed={k}",
                         "--model", str(model), "--broker", broker, "--state-dir", str(d / f"cam-{k}"),
@@ -345,3 +347,63 @@ def test_07_models_and_data_pages(stack: dict[str, Any]) -> None:
     drv.get(stack["url"] + "/data")
     assert "Import labels" in drv.page_source
     shot(drv, "data")
+
+
+def _promote_v0002(stack: dict[str, Any]) -> None:
+    """What the trainer does when it promotes: register v0002 (here: v0001's network under a new version) and
+    announce it with its bytes on the broker (trainer/announce.py)."""
+    import onnx
+
+    from protocol import mqtt
+    from protocol.topics import Topics
+    from trainer.announce import Announcer
+    from trainer.registry import Registry
+
+    model = onnx.load(str(stack["model"]))
+    props = {p.key: p for p in model.metadata_props}
+    props["edgeloop.version"].value = "v0002"
+    if "edgeloop.parent_version" in props:
+        props["edgeloop.parent_version"].value = "v0001"
+    else:
+        model.metadata_props.add(key="edgeloop.parent_version", value="v0001")
+    path = stack["dir"] / "v0002.onnx"
+    onnx.save(model, str(path))
+    state = stack["dir"] / "trainer"
+    with Registry(state) as reg:
+        reg.register("v0002", path=path, labels=reg.get("v0001").labels, parent="v0001", status="promoted",
+                     metrics={"accuracy": 0.9, "n": 50})
+    client = mqtt.start(mqtt.make_client(f"promote-{os.getpid()}", stack["broker"], protocol="3.1.1"))
+    try:
+        Announcer(Topics(), state, "edgeloop").announce(
+            lambda t, p, q, r: client.publish(t, p, qos=q, retain=r).wait_for_publish(10), "v0002")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_08_approve_a_waiting_rollout_and_watch_its_waves(stack: dict[str, Any]) -> None:
+    from selenium.webdriver.common.by import By
+
+    drv = stack["driver"]
+    drv.get(stack["url"] + "/rollouts")
+    js(drv, "window.__marker = 'no reload';")
+    _promote_v0002(stack)
+    wait_for(lambda: js(drv, "return !!document.querySelector('#waiting .waiting[data-version=v0002]')"), 60, 0.2,
+             "v0002 waiting for approval, pushed to the open page")
+    assert js(drv, "return window.__marker") == "no reload"
+    shot(drv, "approve")
+    drv.find_element(By.CSS_SELECTOR, "#waiting button[data-action=approve]").click()
+    wait_for(lambda: js(drv, "return document.getElementById('confirm').open"), 5, what="the confirmation")
+    drv.find_element(By.CSS_SELECTOR, "#confirm button[value=yes]").click()
+    wait_for(lambda: "note=" in drv.current_url and "approved" in drv.current_url, 10, what="the approval to be queued")
+    js(drv, "window.__marker = 'no reload';")
+    state = "return (document.getElementById('current') || {dataset: {}}).dataset"
+    wait_for(lambda: js(drv, state + ".state") == "running" and js(drv, state + ".wave") == "1/2", 30, 0.1,
+             "the approved rollout running its first wave")
+    assert js(drv, "return document.querySelector('#current h2').textContent").count("v0002") == 1
+    wait_for(lambda: js(drv, state + ".wave") == "2/2", 60, 0.1, "the second wave, without a reload")
+    wait_for(lambda: js(drv, state + ".state") == "completed", 60, 0.2, "the rollout to complete")
+    assert js(drv, "return window.__marker") == "no reload"
+    events = js(drv, "return [...document.querySelectorAll('#current .events b')].map(b => b.textContent)")
+    assert "approved" in events and events.count("wave") == 2 and "completed" in events
+    assert "by admin" in js(drv, "return document.querySelector('#current .events').textContent")

@@ -10,11 +10,13 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from protocol.messages import Sample, State, decode_message, encode_message
+from protocol.messages import Sample, encode_message
+from protocol.reports import decode_report
 from protocol.mqtt import make_client, start
 from protocol.topics import Topics
 from trainer.service import TrainerService
@@ -72,9 +74,9 @@ def test_full_disk_degrades_then_resumes_by_itself(small_fs: Path, tmp_path: Pat
     cfg = service_config(state, **{"mqtt.url": mosquitto_broker.url, "mqtt.topic_prefix": prefix,
                                    "mqtt.client_id": f"trainer-{prefix[-10:]}", "update.batch": 100,
                                    "update.wait_s": 0.5, "eval.heldout": 0.25, "metrics.ingest_stall_s": 1})
-    states: list[State] = []
+    states: list[Any] = []
     watch = make_client(f"watch-{prefix[-10:]}", mosquitto_broker.url)
-    watch.on_message = lambda c, u, m: states.append(decode_message(m.payload).msg)  # type: ignore[arg-type]
+    watch.on_message = lambda c, u, m: states.append(decode_report(m.payload))  # type: ignore[arg-type]
     start(watch)
     watch.subscribe(topics.trainer_state(), qos=1)
     pub = make_client(f"pub-{prefix[-10:]}", mosquitto_broker.url)
