@@ -44,15 +44,7 @@ def _fraction(text: str) -> float:
     return v
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="edgeloop trainer",
-        description="The central learner: bootstrap a model, ingest edge samples over MQTT, label them, "
-                    "run buffered importance-weighted continual updates, gate, export and register ONNX versions.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::", 1)[1],
-    )
-    sub = p.add_subparsers(dest="command", metavar="{bootstrap,run,status,versions,classes,quarantine}")
-
+def _add_bootstrap(sub: Any) -> None:
     b = sub.add_parser("bootstrap", help="train the first model from labelled images and register v0001",
                        description="Train the first model from an ImageFolder (root/<class>/*.png|jpg) or MNIST-format "
                                    "IDX files, write the trainer state directory and register the first ONNX version. "
@@ -82,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument("--threads", type=int, default=None, help="torch threads")
 
+
+def _add_run(sub: Any) -> None:
     r = sub.add_parser("run", help="run the service: ingest, label, update, gate, export, register",
                        description="Run the trainer service until interrupted (SIGINT/SIGTERM stop it cleanly after "
                                    "the update in progress; kill -9 is safe too: it resumes from the last checkpoint).")
@@ -95,9 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--client-id", help="MQTT client id (stable, so the broker keeps unacknowledged samples for us; "
                    "default: the certificate's CN, else edgeloop-trainer)")
     r.add_argument("--labeller", "--labeler", dest="labeller", choices=["oracle", "queue", "import"],
-                   help="where labels come from (required, here or as labeler.kind): queue = people (label API, "
-                   "console, `edgeloop label`), import = a CSV file, oracle = the ground truth of simulated cameras "
-                   "only (real frames have none: they are counted as skipped and wait)")
+                   help="where labels come from (labeler.kind; default queue): queue = people (label API, console, "
+                   "`edgeloop label`), import = a CSV file, oracle = the ground truth of simulated cameras only "
+                   "(real frames have none: they are counted as skipped and wait)")
     r.add_argument("--import-csv", metavar="FILE", help="CSV sample_id,label for --labeller import")
     r.add_argument("--label-delay", type=float, metavar="S", help="oracle: seconds before a truth becomes a label")
     r.add_argument("--label-noise", type=float, metavar="P", help="oracle: label-flip probability")
@@ -118,6 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
     r.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
     r.add_argument("--log-level", help="DEBUG, INFO, WARNING")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgeloop trainer",
+        description="The central learner: bootstrap a model, ingest edge samples over MQTT, label them, "
+                    "run buffered importance-weighted continual updates, gate, export and register ONNX versions.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::", 1)[1],
+    )
+    sub = p.add_subparsers(dest="command", metavar="{bootstrap,run,status,versions,classes,quarantine}")
+
+    _add_bootstrap(sub)
+    _add_run(sub)
 
     s = sub.add_parser("status", help="counts: samples, labels, rejections per reason, devices, versions",
                        description="Read-only summary of a trainer state directory (works while the service runs).")
@@ -296,19 +303,20 @@ def _run(args: argparse.Namespace) -> int:
         cfg.mqtt.url = None
     if args.no_api:
         if cfg.labeler.kind == "queue":
-            print("edgeloop trainer run: --labeller queue needs the label API", file=sys.stderr)
+            print("edgeloop trainer run: the labeller queue (the default) needs the label API: drop --no-api, or "
+                  "choose --labeller oracle (simulated cameras) or import", file=sys.stderr)
             return 2
         cfg.labeler.api_port = None
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
     _setup_logging(cfg.log_level)
-    from .service import NoLabeller, NotBootstrapped, TrainerService
+    from .service import NotBootstrapped, TrainerService
     from .statelock import StateLocked
 
     try:
         svc = TrainerService(cfg, exporter=args.exporter)
-    except (NotBootstrapped, NoLabeller, StateLocked) as e:
+    except (NotBootstrapped, StateLocked) as e:
         print(f"edgeloop trainer run: {e}", file=sys.stderr)
         return 2
     stopping = threading.Event()

@@ -78,10 +78,12 @@ class IngestConfig(_Section):
 
 
 class LabelerConfig(_Section):
-    # Required: where labels come from. queue = people (HTTP API, console, `edgeloop label`); import = a CSV
-    # file; oracle = the ground truth simulated sources attach (real frames have none: they are counted as
-    # skipped, and wait unlabelled). `edgeloop trainer run` refuses to start without a choice.
-    kind: Literal["oracle", "queue", "import"] | None = None
+    # Where labels come from. queue (default) = people, through the HTTP label API, the console or
+    # `edgeloop label`: what a real line needs, since real frames carry no ground truth. oracle = the ground
+    # truth simulated cameras attach (the demo, benchmarks; real frames have none: they are counted as skipped
+    # and wait unlabelled). import = a CSV file. Not "oracle by default": a camera could then label its own
+    # samples, and a real deployment would silently never learn.
+    kind: Literal["oracle", "queue", "import"] = "queue"
     delay_s: Seconds = 0.0                      # oracle: a sample's truth becomes its label this long after arrival
     noise: Fraction = 0.0                       # oracle: probability that a label is flipped to another known class
     seed: Seed = 0                              # oracle: label-noise seed (noise is a hash of sample id + seed)

@@ -1,5 +1,5 @@
 """The learner under faults: poison weights, failing updates (quarantine), a checkpoint that cannot be written,
-a second trainer on the same state, no labeller."""
+a second trainer on the same state, the default labeller."""
 from __future__ import annotations
 
 import errno
@@ -209,10 +209,13 @@ def test_one_trainer_per_state_directory(state: Path, tmp_path: Path) -> None:
     StateLock(other).acquire().release()
 
 
-def test_trainer_run_needs_a_labeller(state: Path, capsys) -> None:
+def test_trainer_run_labels_by_people_by_default(state: Path, capsys) -> None:
+    """Without a choice the labeller is queue (real frames have no ground truth), which needs the label API."""
+    assert trainer_cli(["run", "--state-dir", str(state), "--print-config"]) == 0
+    assert "kind: queue" in capsys.readouterr().out
     assert trainer_cli(["run", "--state-dir", str(state), "--broker", "none", "--no-api", "--no-metrics"]) == 2
     err = capsys.readouterr().err
-    assert "no labeller chosen" in err and "queue" in err and "oracle" in err
+    assert "queue (the default) needs the label API" in err and "oracle" in err
 
 
 def test_samples_waiting_for_a_label_and_skipped_for_lack_of_truth_are_counted(state: Path, capsys) -> None:
