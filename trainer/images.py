@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import io
+import struct
 
 import numpy as np
 import torch
@@ -124,7 +125,7 @@ def decode(data: bytes, max_pixels: int | None = None, formats: tuple[str, ...] 
     """PNG/JPEG bytes -> uint8 tensor (C, H, W), C in {1, 3} (alpha dropped), RGB order.
 
     ``max_pixels``: the image must be a PNG or JPEG of at most this many pixels (:class:`ImageRejected`
-    ``bad_image`` / ``image_too_large``), checked on its header before decoding (Pillow's own bomb check only
+    ``bad_image`` / ``image_too_large``; a corrupt file is ``bad_image`` too), checked on its header before decoding (Pillow's own bomb check only
     warns below 179 Mpx). ``formats``:
     the Pillow formats allowed (uploads: PNG and JPEG only). Pillow (torchvision's own dependency) rather
     than ``torchvision.io``, whose codecs are deprecated.
@@ -133,15 +134,25 @@ def decode(data: bytes, max_pixels: int | None = None, formats: tuple[str, ...] 
         w, h = image_size(data)
         if w * h > max_pixels:
             raise ImageRejected("image_too_large", f"{w}x{h} pixels > {max_pixels}")
+    try:
+        arr = _pixels(data, max_pixels, formats)
+    except ImageRejected:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError) as e:
+        # what Pillow raises on a corrupt or truncated file (bench/fuzz.py found each of these)
+        raise ImageRejected("bad_image", f"{type(e).__name__}: {e}") from None
+    t = torch.from_numpy(arr.copy())
+    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+
+
+def _pixels(data: bytes, max_pixels: int | None, formats: tuple[str, ...] | None) -> np.ndarray:
     with Image.open(io.BytesIO(data), formats=formats) as im:
         if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:  # a header our parser read otherwise
             raise ImageRejected("image_too_large", f"{im.size[0]}x{im.size[1]} pixels > {max_pixels}")
         im.load()
         if im.mode not in ("L", "RGB"):
             im = im.convert("L" if im.mode in ("1", "I", "I;16", "F", "LA") else "RGB")
-        arr = np.asarray(im)
-    t = torch.from_numpy(arr.copy())
-    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+        return np.asarray(im)
 
 
 def to_input(img: torch.Tensor, fmt: InputFormat, frame_size: tuple[int, int] | None = None,
