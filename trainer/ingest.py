@@ -168,6 +168,7 @@ class Ingestor:
     ``on_stored`` (optional) is called from the writer thread with the number of new samples.
     """
 
+    # long: 30 keyword parameters (one per ingest config key) and their plain assignments
     def __init__(
         self,
         store: SampleStore,

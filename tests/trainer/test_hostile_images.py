@@ -76,3 +76,16 @@ def test_only_the_allowed_formats_are_decoded() -> None:
 def test_limit_follows_the_model_input_and_roi() -> None:
     assert max_image_size(InputFormat(64, 64), 4096) == (4096, 4096)
     assert max_image_size(InputFormat(64, 64, roi=(5000, 10, 64, 64)), 4096) == (5064, 4096)
+
+
+@pytest.mark.parametrize("broken", ["truncated", "idat"])
+def test_a_corrupt_image_is_bad_image_not_a_pillow_error(broken: str) -> None:
+    """Pillow raises OSError, SyntaxError or ValueError on broken files; decode turns each into a reason."""
+    data = bytearray(encoded("PNG", 16, 16))
+    if broken == "truncated":
+        data = data[:45]
+    else:
+        data[41:49] = b"\xff" * 8  # the compressed pixels after a valid header
+    with pytest.raises(ImageRejected) as e:
+        decode(bytes(data), max_pixels=4096, formats=("PNG", "JPEG"))
+    assert e.value.reason == "bad_image"
