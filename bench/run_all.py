@@ -70,6 +70,8 @@ REGISTRY: list[Bench] = [
     Bench("rollout", "bench.rollout"),
     Bench("freshness", "bench.freshness"),
     Bench("console", "bench.console"),
+    Bench("fuzz", "bench.fuzz"),
+    Bench("chaos", "bench.chaos"),
 ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 
 from edge.drift import DriftConfig
 from edge.homeassistant import HomeAssistantConfig
@@ -33,41 +34,41 @@ class MqttConfig(_Section):
     cert_file: str | None = None             # TLS client certificate (mutual TLS); its CN must be device_id
     key_file: str | None = None
     topic_prefix: str = "edgeloop/v1"
-    keepalive_s: int = 30
-    window: int = 32                         # samples awaiting PUBACK at once
+    keepalive_s: Annotated[int, Meta(ge=5, le=65535)] = 30
+    window: Annotated[int, Meta(ge=1, le=65535)] = 32                         # samples awaiting PUBACK at once
 
 
 class ModelConfig(_Section):
     path: str | None = None                  # the provisioned ONNX model (used until a rollout installs another)
-    threads: int = 1                         # ONNX Runtime intra-op threads
-    batch: int = 1                           # micro-batch up to this many queued frames (throughput over latency)
+    threads: Annotated[int, Meta(ge=1, le=256)] = 1                         # ONNX Runtime intra-op threads
+    batch: Annotated[int, Meta(ge=1, le=1024)] = 1                           # micro-batch up to this many queued frames (throughput over latency)
     roi: list[int] | None = None             # x, y, w, h crop in frame pixels; overrides the model's ROI
 
 
 class SourceConfig(_Section):
     url: str = "sim:parts"                   # 0 | clip.mp4[?loop=1] | rtsp://… | sim:parts?… | sim:digits?…
-    target_fps: float | None = None          # cap the frame rate; None = as fast as the source gives
-    stall_timeout_s: float = 5.0             # no frame this long -> reopen the source (with backoff)
-    queue: int = 2                           # frames waiting for inference; the oldest is dropped beyond
+    target_fps: Annotated[float, Meta(gt=0, le=10_000)] | None = None          # cap the frame rate; None = as fast as the source gives
+    stall_timeout_s: Annotated[float, Meta(gt=0, le=86_400)] = 5.0             # no frame this long -> reopen the source (with backoff)
+    queue: Annotated[int, Meta(ge=1, le=1024)] = 2                           # frames waiting for inference; the oldest is dropped beyond
 
 
 class UploadConfig(_Section):
     image_format: Literal["jpeg", "png"] = "jpeg"
-    jpeg_quality: int = 90
+    jpeg_quality: Annotated[int, Meta(ge=1, le=100)] = 90
     crop_roi: bool = True                    # upload the model's ROI crop rather than the full frame
 
 
 class OutboxConfig(_Section):
-    max_bytes: int = 256 * 1024 * 1024       # disk bound of the spool
+    max_bytes: Annotated[int, Meta(ge=4096, le=2**50)] = 256 * 1024 * 1024       # disk bound of the spool
     policy: Literal["drop_oldest", "drop_lowest_priority", "reject_new"] = "drop_oldest"
     synchronous: Literal["FULL", "NORMAL"] = "FULL"   # FULL survives power loss, NORMAL only kill -9
-    retry_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0  # disk full: seconds between attempts to spool again
+    retry_s: Annotated[float, Meta(gt=0, le=86_400)] = 5.0  # disk full: seconds between attempts to spool again
 
 
 class UpdaterConfig(_Section):
     enabled: bool = True                     # follow signed manifests on fleet/{fleet}/manifest
     trusted_keys: list[str] = []             # public key PEM files whose signatures this device accepts
-    min_manifest_seq: int = 0                # provisioning floor: never accept an older manifest, even after a reset
+    min_manifest_seq: Annotated[int, Meta(ge=0, le=2**63 - 1)] = 0                # provisioning floor: never accept an older manifest, even after a reset
     limits: UpdaterLimits = msgspec.field(default_factory=UpdaterLimits)
 
 
@@ -87,7 +88,7 @@ class EdgeConfig(_Section):
     predictions: PredictionsConfig = msgspec.field(default_factory=PredictionsConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     homeassistant: HomeAssistantConfig = msgspec.field(default_factory=HomeAssistantConfig)
-    stats_interval_s: float = 10.0
-    accuracy_window: int = 200               # frames in the rolling accuracy vs. ground truth (sim sources)
-    max_frames: int | None = None            # stop after this many frames (tests, benchmarks)
+    stats_interval_s: Annotated[float, Meta(ge=0.1, le=86_400)] = 10.0
+    accuracy_window: Annotated[int, Meta(ge=1, le=1_000_000)] = 200               # frames in the rolling accuracy vs. ground truth (sim sources)
+    max_frames: Annotated[int, Meta(ge=0)] | None = None            # stop after this many frames (tests, benchmarks)
     log_level: str = "INFO"

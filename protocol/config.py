@@ -83,7 +83,7 @@ def load_config(cls: type[T], path: str | Path | None = None, *, env_prefix: str
     try:
         return msgspec.convert(data, type=cls, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(_readable(str(exc), path)) from None
+        raise ConfigError(_readable(str(exc), path, data, cls)) from None
 
 
 def _fields(cls: Any) -> dict[str, Any] | None:
@@ -122,14 +122,73 @@ def _check_unknown(data: Any, cls: Any, where: str) -> None:
         return
 
 
-def _readable(message: str, path: Path | str | None) -> str:
-    """msgspec says ``... - at `$.mqtt.port```; operators read ``mqtt.port: ...``."""
+def _readable(message: str, path: Path | str | None, data: Any = None, cls: Any = None) -> str:
+    """msgspec says ``Expected `int` >= 1 - at `$.update.batch```; operators read
+    ``update.batch: 0 is out of range [1, 100000]``: the key, the value and the range."""
     where = ""
     if " - at `$." in message:
         message, _, key = message.rpartition(" - at `$.")
         where = key.rstrip("`")
+    elif message.endswith(" - at `$`"):
+        message = message[: -len(" - at `$`")]
+    if where and data is not None and message.startswith("Expected") and ", got " not in message:
+        found, value = _value_at(data, where)
+        bounds = _range_of(cls, where) if cls is not None else None
+        if found:
+            message = (f"{value!r} is out of range {bounds}" if bounds
+                       else f"{value!r} is out of range (expected{message[len('Expected'):]})")
     prefix = f"{path}: " if path else ""
     return f"{prefix}{where + ': ' if where else ''}{message}"
+
+
+def value_error(exc: Exception, data: Any = None, cls: Any = None) -> str:
+    """A msgspec ``ValidationError`` as ``key: value is out of range [lo, hi]`` (for settings that are
+    converted outside :func:`load_config`, e.g. a strategy's)."""
+    return _readable(str(exc), None, data, cls)
+
+
+def _range_of(cls: Any, dotted: str) -> str | None:
+    """The interval a key's ``msgspec.Meta`` allows, written ``[0, 1)``; None if it has no bounds."""
+    import typing
+
+    node: Any = cls
+    for part in dotted.split("."):
+        if "[" in part or node is None:
+            return None
+        hints = None
+        for candidate in (typing.get_args(node) or (node,)):  # Optional[Section] -> Section
+            if isinstance(candidate, type) and issubclass(candidate, msgspec.Struct):
+                hints = typing.get_type_hints(candidate, include_extras=True)
+                break
+        if hints is None or part not in hints:
+            return None
+        node = hints[part]
+    options = [node] if hasattr(node, "__metadata__") else list(typing.get_args(node))  # Annotated, or X | None
+    metas = [m for arg in options for m in getattr(arg, "__metadata__", ()) if isinstance(m, msgspec.Meta)]
+    for m in metas:
+        if (m.ge, m.gt, m.le, m.lt) == (None, None, None, None):
+            continue
+        lo = f"[{_num(m.ge)}" if m.ge is not None else f"({_num(m.gt)}" if m.gt is not None else "(-inf"
+        hi = f"{_num(m.le)}]" if m.le is not None else f"{_num(m.lt)})" if m.lt is not None else "inf)"
+        return f"{lo}, {hi}"
+    return None
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e16 else f"{v:g}"
+
+
+def _value_at(data: Any, dotted: str) -> tuple[bool, Any]:
+    """The value at ``a.b[0].c`` in plain data, and whether it was there."""
+    node = data
+    for part in dotted.replace("[", ".[").split("."):
+        if not part:
+            continue
+        try:
+            node = node[int(part[1:-1])] if part.startswith("[") else node[part]
+        except (KeyError, IndexError, TypeError, ValueError):
+            return False, None
+    return True, node
 
 
 def _plain(value: Any) -> Any:

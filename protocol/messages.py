@@ -41,7 +41,7 @@ from .reports import MODEL_STATES, Birth, ModelStatus, Report, State, Stats
 __all__ = [
     "SCHEMA", "Message", "Sample", "Birth", "State", "Stats", "ModelStatus", "Manifest", "Chunk",
     "Header", "Decoded", "MESSAGE_TYPES", "encode_message", "decode_message", "new_message_id",
-    "UNCERTAINTY_KINDS", "MODEL_STATES",
+    "UNCERTAINTY_KINDS", "MODEL_STATES", "P_SELECT_MIN",
 ]
 
 SCHEMA = 1
@@ -50,6 +50,11 @@ UncertaintyKind = Literal["least_confidence", "margin", "entropy"]
 UNCERTAINTY_KINDS: tuple[str, ...] = ("least_confidence", "margin", "entropy")
 
 MIB = 1024 * 1024
+
+#: The smallest ``p_select`` a sample may carry. The trainer weighs a sample by ``min(1 / p_select, w_max)``;
+#: a probability of 1e-50 passes "> 0" but is 0 in float32 and infinite as a weight. An edge's own floor
+#: (``sampler.p_min``, 0.01 by default) is ten thousand times above this one, so no honest sample meets it.
+P_SELECT_MIN = 1e-6
 
 
 class Message(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -84,7 +89,7 @@ class Sample(Message, frozen=True, kw_only=True):
     topk: Annotated[list[tuple[Label, Prob]], Meta(min_length=1, max_length=1000)]
     uncertainty: NonNegFloat
     uncertainty_kind: UncertaintyKind
-    p_select: Annotated[float, Meta(gt=0, le=1)]
+    p_select: Annotated[float, Meta(ge=P_SELECT_MIN, le=1)]
     reason: Text
     frame_index: NonNegInt
     width: Dim
@@ -95,9 +100,9 @@ class Sample(Message, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        # p_select feeds w = 1/p_select in the trainer: 0 or >1 would be a bug.
-        if not (0.0 < self.p_select <= 1.0):
-            raise ValueError(f"p_select must be in (0, 1], got {self.p_select}")
+        # p_select feeds w = 1/p_select in the trainer: below the floor or >1 would be a bug.
+        if not (P_SELECT_MIN <= self.p_select <= 1.0):
+            raise ValueError(f"p_select must be in [{P_SELECT_MIN:g}, 1], got {self.p_select}")
         for item in self.topk:
             if not (0.0 <= item[1] <= 1.0):  # also rejects NaN
                 raise ValueError(f"topk probability for {item[0]!r} must be in [0, 1], got {item[1]}")

@@ -4,8 +4,10 @@ Examples::
 
     edgeloop trainer bootstrap data/mnist --arch convnet --epochs 3 --state-dir ./trainer-state
     edgeloop trainer bootstrap frames/ --arch small_cnn --roi 100,80,64,64 --labels ok,scratch,dent
-    edgeloop trainer run --state-dir ./trainer-state --broker mqtt://127.0.0.1:1883 --labeller oracle
+    edgeloop trainer run --state-dir ./trainer-state --broker mqtt://127.0.0.1:1883 --labeller queue
     edgeloop trainer status --state-dir ./trainer-state
+    edgeloop trainer quarantine list --state-dir ./trainer-state
+    edgeloop trainer quarantine retry 3 --state-dir ./trainer-state
     edgeloop trainer versions --state-dir ./trainer-state --json
     edgeloop trainer classes add crack --state-dir ./trainer-state
 """
@@ -42,15 +44,7 @@ def _fraction(text: str) -> float:
     return v
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="edgeloop trainer",
-        description="The central learner: bootstrap a model, ingest edge samples over MQTT, label them, "
-                    "run buffered importance-weighted continual updates, gate, export and register ONNX versions.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::", 1)[1],
-    )
-    sub = p.add_subparsers(dest="command", metavar="{bootstrap,run,status,versions,classes}")
-
+def _add_bootstrap(sub: Any) -> None:
     b = sub.add_parser("bootstrap", help="train the first model from labelled images and register v0001",
                        description="Train the first model from an ImageFolder (root/<class>/*.png|jpg) or MNIST-format "
                                    "IDX files, write the trainer state directory and register the first ONNX version. "
@@ -80,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument("--threads", type=int, default=None, help="torch threads")
 
+
+def _add_run(sub: Any) -> None:
     r = sub.add_parser("run", help="run the service: ingest, label, update, gate, export, register",
                        description="Run the trainer service until interrupted (SIGINT/SIGTERM stop it cleanly after "
                                    "the update in progress; kill -9 is safe too: it resumes from the last checkpoint).")
@@ -93,12 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--client-id", help="MQTT client id (stable, so the broker keeps unacknowledged samples for us; "
                    "default: the certificate's CN, else edgeloop-trainer)")
     r.add_argument("--labeller", "--labeler", dest="labeller", choices=["oracle", "queue", "import"],
-                   help="where labels come from")
+                   help="where labels come from (labeler.kind; default queue): queue = people (label API, console, "
+                   "`edgeloop label`), import = a CSV file, oracle = the ground truth of simulated cameras only "
+                   "(real frames have none: they are counted as skipped and wait)")
     r.add_argument("--import-csv", metavar="FILE", help="CSV sample_id,label for --labeller import")
     r.add_argument("--label-delay", type=float, metavar="S", help="oracle: seconds before a truth becomes a label")
     r.add_argument("--label-noise", type=float, metavar="P", help="oracle: label-flip probability")
     r.add_argument("--api-port", type=int, help="HTTP label API port (0 = any free port; default 8765)")
     r.add_argument("--no-api", action="store_true", help="no HTTP label API (not allowed with --labeller queue)")
+    r.add_argument("--metrics-port", type=int, metavar="PORT", help="Prometheus /metrics and /healthz port "
+                   "(default 9852, 0 = any free port; metrics.host, default 127.0.0.1)")
+    r.add_argument("--no-metrics", action="store_true", help="no /metrics and /healthz endpoint")
     r.add_argument("--strategy", help="naive | er | iw-er | der++ | ewc")
     r.add_argument("-B", "--batch", type=int, help="update after this many new labelled samples")
     r.add_argument("-T", "--wait", type=float, help="... or after this many seconds")
@@ -111,6 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
     r.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
     r.add_argument("--log-level", help="DEBUG, INFO, WARNING")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgeloop trainer",
+        description="The central learner: bootstrap a model, ingest edge samples over MQTT, label them, "
+                    "run buffered importance-weighted continual updates, gate, export and register ONNX versions.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::", 1)[1],
+    )
+    sub = p.add_subparsers(dest="command", metavar="{bootstrap,run,status,versions,classes,quarantine}")
+
+    _add_bootstrap(sub)
+    _add_run(sub)
 
     s = sub.add_parser("status", help="counts: samples, labels, rejections per reason, devices, versions",
                        description="Read-only summary of a trainer state directory (works while the service runs).")
@@ -129,6 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("action", choices=["list", "add"])
     c.add_argument("name", nargs="?", help="with add: the new class")
     c.add_argument("--state-dir", default=DEFAULT_STATE)
+
+    q = sub.add_parser("quarantine", help="batches whose update failed: list, retry or drop them",
+                       description="A batch whose update raised (or left non-finite weights) is set aside with the "
+                                   "reason and the learner goes on without it; it is never retried by itself. "
+                                   "`retry ID` has the running trainer train it at its next tick (it goes back to "
+                                   "the quarantine, with the new reason, if it fails again); `drop ID` gives it up "
+                                   "(samples and labels stay in the store).")
+    q.add_argument("action", choices=["list", "retry", "drop"])
+    q.add_argument("id", nargs="?", type=int, help="with retry/drop: the batch id (from list)")
+    q.add_argument("--all", action="store_true", help="list: also batches already retried or dropped")
+    q.add_argument("--state-dir", default=DEFAULT_STATE)
+    q.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 
@@ -146,7 +172,42 @@ def main(argv: list[str] | None = None) -> int:
         return _status(args)
     if args.command == "classes":
         return _classes(args)
+    if args.command == "quarantine":
+        return _quarantine(args)
     return _versions(args)
+
+
+def _quarantine(args: argparse.Namespace) -> int:
+    from . import quarantine
+    from .store import SampleStore
+
+    state = Path(args.state_dir)
+    if not (state / "samples" / "samples.db").exists():
+        print(f"edgeloop trainer quarantine: {state} has no sample store", file=sys.stderr)
+        return 2
+    with SampleStore(state / "samples") as st:
+        if args.action == "list":
+            found = quarantine.entries(st, None if args.all else ("quarantined", "retry"))
+            if args.json:
+                print(json.dumps([e.as_dict() for e in found], indent=2))
+                return 0
+            if not found:
+                print("no quarantined batches" + ("" if args.all else " (--all shows retried and dropped ones)"))
+            for e in found:
+                print(f"{e.id:>4}  {e.status:<11} label_seq {e.first_seq}..{e.last_seq}  {len(e.samples)} samples  "
+                      f"{e.attempts} attempt(s)  {e.reason}")
+            return 0
+        if args.id is None:
+            print(f"edgeloop trainer quarantine {args.action}: give the batch ID (see `quarantine list`)", file=sys.stderr)
+            return 2
+        try:
+            e = quarantine.request(st, args.id, args.action)
+        except ValueError as err:
+            print(f"edgeloop trainer quarantine {args.action}: {err}", file=sys.stderr)
+            return 2
+    print(f"batch {e.id}: {e.status}" + (" -- the running trainer trains it at its next tick"
+                                         if e.status == "retry" else ""))
+    return 0
 
 
 def _classes(args: argparse.Namespace) -> int:
@@ -211,6 +272,10 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.broker is not None:
         o["mqtt.url"] = args.broker
+    if args.metrics_port is not None:
+        o["metrics.port"] = args.metrics_port
+    if args.no_metrics:
+        o["metrics.enabled"] = False
     return o
 
 
@@ -238,7 +303,8 @@ def _run(args: argparse.Namespace) -> int:
         cfg.mqtt.url = None
     if args.no_api:
         if cfg.labeler.kind == "queue":
-            print("edgeloop trainer run: --labeller queue needs the label API", file=sys.stderr)
+            print("edgeloop trainer run: the labeller queue (the default) needs the label API: drop --no-api, or "
+                  "choose --labeller oracle (simulated cameras) or import", file=sys.stderr)
             return 2
         cfg.labeler.api_port = None
     if args.print_config:
@@ -246,10 +312,11 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     _setup_logging(cfg.log_level)
     from .service import NotBootstrapped, TrainerService
+    from .statelock import StateLocked
 
     try:
         svc = TrainerService(cfg, exporter=args.exporter)
-    except NotBootstrapped as e:
+    except (NotBootstrapped, StateLocked) as e:
         print(f"edgeloop trainer run: {e}", file=sys.stderr)
         return 2
     stopping = threading.Event()
@@ -286,8 +353,12 @@ def _status(args: argparse.Namespace) -> int:
     if ckpt is not None:
         out.update(arch=ckpt.arch, labels=ckpt.labels, counters=ckpt.counters, checkpoint=str(ckpt.path))
     if (state / "samples").is_dir():
+        from . import quarantine
+
         with SampleStore(state / "samples") as st:
             out["store"] = st.stats()
+            out["quarantine"] = [e.as_dict() for e in quarantine.entries(st, ("quarantined", "retry"))]
+    out["live"] = _live(state)
     with Registry(state) as reg:
         latest = reg.latest_promoted()
         out["promoted"] = latest.version if latest else None
@@ -297,7 +368,8 @@ def _status(args: argparse.Namespace) -> int:
         lines = decisions.read_text().strip().splitlines()
         if lines:
             last = json.loads(lines[-1])
-            out["last_decision"] = {k: last.get(k) for k in ("update", "promote", "version", "reason", "n_heldout")}
+            out["last_decision"] = {k: last.get(k) for k in ("update", "promote", "version", "reason", "n_heldout",
+                                                             "deployed")}
     if args.json:
         print(json.dumps(out, indent=2, default=str))
         return 0
@@ -324,7 +396,58 @@ def _status(args: argparse.Namespace) -> int:
     if "last_decision" in out:
         d = out["last_decision"]
         print(f"last gate  update {d['update']}: {'promoted ' + str(d.get('version')) if d['promote'] else 'kept'} -- {d['reason']}")
+    _print_health(out)
     return 0
+
+
+def _live(state: Path) -> dict[str, Any] | None:
+    """The running trainer's ``health.json`` (None when no trainer holds the state), with its age."""
+    import time
+
+    from .service import HEALTH_FILE
+    from .statelock import held
+
+    if not held(state):
+        return None  # nobody holds the state: whatever health.json says is from a trainer that stopped
+    try:
+        live = json.loads((state / HEALTH_FILE).read_text())
+    except (OSError, ValueError):
+        return {"state": "running", "note": "no health.json yet"}
+    live["age_s"] = round(time.time() - float(live.get("time", 0)), 1)
+    return live
+
+
+def _print_health(out: dict[str, Any]) -> None:
+    """The lines an operator must not miss: degraded, quarantine, labels nobody will give, a model at chance."""
+    live, st = out.get("live"), out.get("store") or {}
+    if live is None:
+        print("service    not running")
+    else:
+        state = live.get("state", "running")
+        print(f"service    {state} (pid {live.get('pid', '?')}, figures {live.get('age_s', '?')} s old)")
+        for part, why in (live.get("degraded") or {}).items():
+            print(f"DEGRADED   {part}: {why}")
+        q = live.get("ingest_queue")
+        if q:
+            print(f"ingest     {q['messages']} messages queued ({q['bytes']} bytes), oldest waiting "
+                  f"{q['oldest_wait_s']:.1f} s")
+    if st:
+        skipped = st.get("unlabelled_without_truth", 0)
+        labeller = (live or {}).get("labeller")
+        waiting = st["unlabelled"] - (skipped if labeller == "oracle" else 0)
+        print(f"labels     {waiting} waiting for a label" + (f", {skipped} without ground truth" +
+              (" (skipped by the oracle labeller: use --labeller queue or import)" if labeller == "oracle" else "")
+              if skipped else ""))
+        for dev, reasons in (st.get("device_rejections") or {}).items():
+            print(f"rejected   {dev}: " + ", ".join(f"{k}: {v}" for k, v in reasons.items()))
+    for e in out.get("quarantine") or []:
+        print(f"QUARANTINE batch {e['id']} ({e['status']}, label_seq {e['label_seq'][0]}..{e['label_seq'][1]}, "
+              f"{len(e['samples'])} samples): {e['reason']} -- `edgeloop trainer quarantine retry|drop {e['id']}`")
+    dep = ((live or {}).get("deployed") or (out.get("last_decision") or {}).get("deployed"))
+    if dep and dep.get("at_chance"):
+        print(f"WARNING    deployed {dep['version']} is at chance level: accuracy {dep['accuracy']:.3f} vs "
+              f"{dep['chance']:.3f} for always answering the most frequent class; predicts "
+              f"{dep['classes_predicted']} of {dep['classes']} classes")
 
 
 def _versions(args: argparse.Namespace) -> int:

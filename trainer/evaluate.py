@@ -6,6 +6,7 @@ hand-made arrays and stored per model version (as plain floats/lists) in the reg
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 __all__ = [
     "ForgettingTracker",
     "accuracy",
+    "chance_check",
     "compute_metrics",
     "confusion_matrix",
     "evaluate_model",
@@ -186,6 +188,28 @@ def gate(
                     f"class {c} accuracy {a:.4f} vs best {b:.4f}: regression {b - a:.4f} > allowed {max_class_regression:.4f}"
                 )
     return True, f"{metric} {cand:.4f} vs best {best:.4f} (delta {delta:+.4f}, allowed regression {max_regression:.4f})"
+
+
+#: Below this many held-out samples the chance check says nothing (``at_chance`` False).
+CHANCE_MIN_SAMPLES = 20
+
+
+def chance_check(truth: Sequence[str], predicted: Sequence[str], margin: float = 0.02) -> dict[str, Any]:
+    """Is a model better than the majority-class baseline (always answering the most frequent class)?
+
+    ``at_chance`` when, on at least :data:`CHANCE_MIN_SAMPLES` samples of two or more classes, it predicts a
+    single class, or its accuracy is within ``margin`` of that baseline. On a line where 95 % of parts are
+    fine, a model that always says "ok" scores 0.95 and is at chance: it never finds a defect.
+    """
+    n = len(truth)
+    counts = Counter(truth)
+    classes = sorted(counts)
+    chance = max(counts.values()) / n if n else 0.0
+    acc = sum(t == p for t, p in zip(truth, predicted)) / n if n else 0.0
+    seen = [c for c, _ in Counter(predicted).most_common()]
+    judged = n >= CHANCE_MIN_SAMPLES and len(classes) >= 2
+    return {"n": n, "accuracy": acc, "chance": chance, "classes": len(classes), "classes_predicted": len(seen),
+            "predicted": seen, "at_chance": bool(judged and (len(seen) <= 1 or acc <= chance + margin))}
 
 
 def named_metrics(predicted: Sequence[str], truth: Sequence[str], space: Sequence[str]) -> dict[str, Any]:

@@ -17,13 +17,28 @@ One tick (:meth:`TrainerService.step`):
 5. a promoted candidate is exported (ONNX + metadata: parent, labels, samples seen, metrics), registered,
    announced (callback ``on_promoted`` and a retained ``{prefix}/trainer/promoted`` message);
 6. a checkpoint is written after every update, atomically: model, optimiser, replay memory, strategy
-   state and counters including the last ``label_seq`` trained on.
+   state and counters including the last ``label_seq`` trained on -- *before* the gate, so a version is only
+   ever promoted from a model whose checkpoint is on disk.
 
 Resume after ``kill -9``: the checkpoint and the counters in it are one file, replaced atomically, so the
 learner restarts exactly after its last completed update; labelled samples after that ``label_seq`` (the
 buffer at the time of the kill) are read again from the store and trained once. Nothing labelled is lost
 (labels are in the store, which is durable before the sample is even acknowledged), nothing is trained
 twice.
+
+Faults, each of which used to wedge or repeat work:
+
+- an update that raises or leaves non-finite weights: the learner is restored from its checkpoint (the state
+  before the batch), the batch is *quarantined* with the reason (:mod:`trainer.quarantine`) and the learner
+  moves on; a person may retry or drop it (``edgeloop trainer quarantine``);
+- a checkpoint that cannot be written (a full disk): the update stays done in memory, its batch is not taken
+  again, nothing is evaluated or promoted, and the save is retried every tick until it succeeds; meanwhile
+  the trainer is ``degraded`` (retained ``trainer/state`` with the reason, ``/healthz``, ``trainer status``).
+  Killed before it succeeds, the trainer resumes from the previous checkpoint and trains the batch once;
+- ingestion that cannot store (a full disk) stops acknowledging and reports ``degraded`` the same way
+  (:mod:`trainer.ingest`); both clear by themselves when space returns.
+
+One process per state directory (:mod:`trainer.statelock`); a second one is refused with the holder's pid.
 """
 from __future__ import annotations
 
@@ -31,6 +46,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -40,24 +56,29 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from protocol.reports import State, encode_report
+from protocol.messages import P_SELECT_MIN
 from protocol.model_meta import ModelMeta
+from protocol.reports import State, encode_report
 from protocol.topics import Topics
 
+from . import quarantine, retention
 from .announce import Announcer
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainerConfig
-from .evaluate import predict, two_slice_gate
+from .evaluate import chance_check, predict, two_slice_gate
 from .export import export_onnx
-from .images import InputFormat, preprocess_bytes
+from .images import UPLOAD_FORMATS, InputFormat, max_image_size, preprocess_bytes
+from .ingest import describe_write_error
 from .labelers import Labeller, make_labeller
 from .registry import Registry
+from .statelock import StateLock
 from .store import SampleStore, StoredSample
 from .strategies import LabelledBatch, make_strategy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainerService", "HeldOut", "NotBootstrapped", "PromotedHook", "promoted_topic", "HISTORY_LIMIT", "TIMELINE_FILE"]
+__all__ = ["TrainerService", "HeldOut", "NotBootstrapped", "UpdateFailed", "PromotedHook",
+           "promoted_topic", "HISTORY_LIMIT", "TIMELINE_FILE", "HEALTH_FILE"]
 
 #: (version, ONNX path, metrics) -> None; called from the service thread after registration.
 PromotedHook = Callable[[str, Path, dict[str, Any]], None]
@@ -68,6 +89,11 @@ HISTORY_LIMIT = 10_000
 #: update first trained on a sample and when that update's training, gate, export and announcement ended;
 #: the checkpoint's history has the label_seq ranges but no times. Append-only, a few hundred bytes per update.
 TIMELINE_FILE = "timeline.jsonl"
+#: The running service's live figures (degraded reasons, label queue, quarantine, deployed-model health),
+#: rewritten every few seconds, so that ``edgeloop trainer status`` (another process) can show them.
+HEALTH_FILE = "health.json"
+#: Quarantined batches retried, remembered in the checkpoint (enough to never train one twice).
+RETRIED_LIMIT = 1000
 
 
 class HeldOut(NamedTuple):
@@ -77,10 +103,15 @@ class HeldOut(NamedTuple):
     x: torch.Tensor
     names: list[str]
     n_uploaded: int
+    keys: tuple[Any, ...] = ()  # one per input: ("boot", i) or the sample's rowid (caches key on it)
 
 
 class NotBootstrapped(RuntimeError):
     """The state directory has no checkpoint: run ``edgeloop trainer bootstrap`` first."""
+
+
+class UpdateFailed(RuntimeError):
+    """An update left the model unusable (a non-finite loss or weight)."""
 
 
 def promoted_topic(topics: Topics) -> str:
@@ -119,11 +150,17 @@ class TrainerService:
         self.topics = Topics(config.mqtt.topic_prefix)
         torch.set_num_threads(max(1, config.torch_threads))
         torch.manual_seed(config.update.seed)
-        ckpt = load_checkpoint(self.state_dir)
-        if ckpt is None:
+        if load_checkpoint(self.state_dir) is None:
             raise NotBootstrapped(f"no checkpoint in {self.state_dir}: run `edgeloop trainer bootstrap` first")
-        self._restore(ckpt)
-        self._build(labeller)
+        self._state_lock = StateLock(self.state_dir).acquire()
+        try:
+            ckpt = load_checkpoint(self.state_dir)  # again: read under the lock
+            assert ckpt is not None
+            self._restore(ckpt)
+            self._build(labeller)
+        except BaseException:
+            self._state_lock.release()
+            raise
         log.info("trainer state %s: %s, %d classes %s, checkpoint generation %d, %d samples seen, last label_seq %d",
                  self.state_dir, self.arch, len(self.labels), self.labels, self.generation,
                  self.counters["samples_seen"], self.counters["label_seq"])
@@ -158,6 +195,7 @@ class TrainerService:
         self.counters: dict[str, Any] = {"label_seq": 0, "samples_seen": 0, "updates": 0, "evaluations": 0,
                                          "promotions": 0, **ckpt.counters}
         self.history: list[list[int]] = [list(h) for h in ckpt.extra.get("history", [])]
+        self.retried: list[int] = [int(q) for q in ckpt.extra.get("retried_quarantine", [])]
         self.generation = ckpt.generation
 
     def _build(self, labeller: Labeller | None) -> None:
@@ -174,6 +212,21 @@ class TrainerService:
         self._fetched_seq = int(self.counters["label_seq"])
         self._buffer_since: float | None = None
         self._heldout_cache: dict[int, tuple[torch.Tensor, str]] = {}
+        self._ref_cache: tuple[str, dict[Any, str]] = ("", {})  # deployed version -> its prediction per held-out key
+        self.max_image = max_image_size(self.fmt, config.ingest.max_image_side)
+        self._degraded: dict[str, str] = {}  # what is impaired -> why (published as trainer/state "degraded")
+        self._unsaved: str | None = None     # why the last update's checkpoint could not be written yet
+        self._eval_due = False               # the update waiting for a checkpoint is due for the gate
+        self._retry_marks: list[int] = []    # retried quarantine ids to mark once their checkpoint is written
+        self.last_loop = time.monotonic()    # the update loop's last round (/healthz)
+        self.model_health: dict[str, Any] | None = None  # the deployed version at chance level? (see _check_deployed)
+        self.labels_waiting = self.labels_skipped = 0
+        self._next_retention = self._next_report = 0.0
+        self.retention_report: dict[str, Any] | None = None
+        self.metrics_server = None
+        fixed = quarantine.reconcile(self.store, self.retried)
+        if fixed:
+            log.info("quarantined batches %s were retried before the last stop; marked retried", fixed)
         self._bootstrap_heldout = self._load_bootstrap_heldout()
         self._ort_cache: dict[str, Any] = {}
         self._stop = threading.Event()
@@ -202,9 +255,23 @@ class TrainerService:
                 keepalive=m.keepalive_s, username=m.username, password=m.password, ca=m.ca_file, cert=m.cert_file,
                 key=m.key_file, max_message_bytes=cfg.ingest.max_message_bytes,
                 max_image_bytes=cfg.ingest.max_image_bytes, batch_max=cfg.ingest.batch_max,
-                linger_ms=cfg.ingest.linger_ms, max_delay_ms=cfg.ingest.max_delay_ms,
+                linger_ms=cfg.ingest.linger_ms, max_delay_ms=cfg.ingest.max_delay_ms, max_image_size=self.max_image,
+                queue_max=cfg.ingest.queue_max, queue_max_bytes=cfg.ingest.queue_max_bytes,
+                device_rate=cfg.ingest.device_rate, device_burst=cfg.ingest.device_burst,
                 on_connect=self._on_broker_connect,
+                on_degraded=lambda reason: self._set_degraded("ingest", reason),
             ).start()
+        if cfg.metrics.enabled and self.metrics_server is None:
+            from .metrics import TrainerMetricsServer  # prometheus_client only when serving metrics
+
+            server = TrainerMetricsServer(self, cfg.metrics.host, cfg.metrics.port)
+            try:
+                log.info("metrics on %s/metrics, health on %s/healthz", server.start(), server.url)
+                self.metrics_server = server
+            except OSError as e:  # learning matters more than its metrics: say so loudly and go on
+                log.error("cannot serve metrics on %s:%d (%s): running without /metrics and /healthz; set "
+                          "metrics.port (0 = any free port) or metrics.enabled: false", cfg.metrics.host,
+                          cfg.metrics.port, e)
         api_port = cfg.labeler.api_port
         if cfg.labeler.kind == "queue" and api_port is None:
             api_port = 0
@@ -230,24 +297,35 @@ class TrainerService:
     def _run_loop(self, duration: float | None = None, max_updates: int | None = None) -> None:
         end = None if duration is None else time.monotonic() + duration
         start_updates = self.counters["updates"]
+        backoff = self.config.poll_s
         while not self._stop.is_set():
+            self.last_loop = time.monotonic()
             try:
                 worked = self.step()
-            except Exception:
-                log.exception("trainer step failed; retrying")
-                worked = False
+                self._housekeeping()
+                self._set_degraded("learner", None)
+                backoff = self.config.poll_s
+            except Exception as e:  # a full disk while labelling, an unreadable pack file...: say so, retry
+                reason = describe_write_error(e)
+                if self._degraded.get("learner") != reason:
+                    log.exception("trainer step failed (%s); retrying with backoff", reason)
+                self._set_degraded("learner", reason)
+                worked, backoff = False, min(max(backoff, self.config.poll_s) * 2, 5.0)
             if max_updates is not None and self.counters["updates"] - start_updates >= max_updates:
                 break
             if end is not None and time.monotonic() >= end:
                 break
             if not worked:
-                self._stop.wait(self.config.poll_s)
+                self._stop.wait(backoff)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop the loop (after the update in progress), publish offline, close everything."""
+        """Stop the loop (after the update in progress), publish offline, close everything, release the state."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+            self.metrics_server = None
         if self.label_server is not None:
             self.label_server.stop()
             self.label_server = None
@@ -262,22 +340,57 @@ class TrainerService:
                 pass
         self._registries.clear()
         self.store.close()
+        self._state_lock.release()
 
     def _on_broker_connect(self, ing: Any) -> None:
-        """Every (re)connection: say online, and put the kept promoted versions on the broker again."""
-        ing.publish(self.topics.trainer_state(), self._state_payload("online"), 1, True)
+        """Every (re)connection: say online (or degraded), and put the kept promoted versions on the broker
+        again."""
+        self._publish_state(ing)
         self.announcer.republish_soon(ing.publish)
 
-    def _state_payload(self, state: str) -> bytes:
+    def _state_payload(self, state: str, reason: str | None = None) -> bytes:
         self._seq += 1
-        return encode_report(State(device="trainer", state=state, boot=self.boot))
+        return encode_report(State(device="trainer", state=state, boot=self.boot, reason=reason))
+
+    # -- degraded state ------------------------------------------------------------------------------------
+    @property
+    def degraded(self) -> dict[str, str]:
+        """What is impaired right now and why (empty when healthy)."""
+        return dict(self._degraded)
+
+    def _set_degraded(self, part: str, reason: str | None) -> None:
+        """Record (or clear) why ``part`` (ingest, checkpoint, learner) is impaired; publish on a change."""
+        if self._degraded.get(part) == reason:
+            return
+        if reason is None:
+            del self._degraded[part]
+            log.info("%s recovered%s", part, "" if self._degraded else "; trainer healthy again")
+        else:
+            self._degraded[part] = reason
+            log.warning("trainer degraded: %s: %s", part, reason)
+        if self.ingestor is not None:
+            self._publish_state(self.ingestor)
+
+    def _publish_state(self, ing: Any) -> None:
+        """Retained trainer/state: online, or degraded with every reason."""
+        why = "; ".join(f"{k}: {v}" for k, v in sorted(self._degraded.items()))
+        payload = self._state_payload("degraded", why[:1000]) if why else self._state_payload("online")
+        ing.publish(self.topics.trainer_state(), payload, 1, True)
 
     # -- one tick ----------------------------------------------------------------------------------------
     def step(self, force: bool = False) -> bool:
-        """Label, fill the buffer, and run one update if it is due (or ``force`` and not empty)."""
+        """Label, fill the buffer, and run one update if it is due (or ``force`` and not empty); first, a
+        checkpoint that could not be written is written, and a quarantined batch a person asked to retry is."""
         with self._lock:
+            if self._unsaved is not None:
+                if not self._save_checkpoint():
+                    return False
+                if self._eval_due:
+                    self.evaluate_and_maybe_promote()
             self.labeller.poll(self.store)
             self._fill_buffer()
+            if self._retry_quarantined():
+                return True
             if not self._due() and not (force and self._buffer):
                 return False
             self.update_once()
@@ -318,7 +431,9 @@ class TrainerService:
     # -- the update -----------------------------------------------------------------------------------------
     def _tensor(self, s: StoredSample) -> torch.Tensor:
         data, _ = self.store.image(s)
-        return preprocess_bytes(data, self.fmt, (s.width, s.height), s.roi)
+        w, h = self.max_image
+        return preprocess_bytes(data, self.fmt, (s.width, s.height), s.roi, max_pixels=w * h,
+                                formats=tuple(UPLOAD_FORMATS.values()))
 
     def _class_index(self, label: str) -> int:
         if label not in self.labels:
@@ -328,45 +443,109 @@ class TrainerService:
         return self.labels.index(label)
 
     def update_once(self) -> dict[str, Any]:
-        """Train on the first B buffered samples, maybe evaluate/promote, checkpoint. Returns the update record."""
+        """Train on the first B buffered samples, checkpoint, maybe evaluate/promote. Returns the update record.
+        The batch leaves the buffer whatever happens to it: trained, or quarantined."""
+        rows = self._buffer[: self.config.update.batch]
+        record = self._update(rows)
+        del self._buffer[: len(rows)]
+        self._buffer_since = time.monotonic() if self._buffer else None
+        return record
+
+    def _update(self, rows: list[StoredSample], retry_of: int | None = None) -> dict[str, Any]:
         u = self.config.update
         t_start = time.time()
         self._marks = {}
-        rows = self._buffer[: u.batch]
-        xs, ys, ps = [], [], []
-        for s in rows:
-            try:
-                x = self._tensor(s)
-            except Exception as e:  # an undecodable image cannot be trained on; skip it, but say so
-                log.warning("sample %s: cannot decode its image (%s); skipped", s.sample_id, e)
-                continue
-            xs.append(x)
-            ys.append(self._class_index(str(s.label)))
-            ps.append(s.p_select)
-        t0 = time.perf_counter()
-        result: dict[str, Any] = {"loss": float("nan")}
-        if xs:
-            batch = LabelledBatch(torch.stack(xs), torch.tensor(ys), torch.tensor(ps))
-            result = self.strategy.update(batch, steps=u.steps)
-        t_trained = time.time()
         first, last = int(rows[0].label_seq), int(rows[-1].label_seq)  # type: ignore[arg-type]
-        self.counters["label_seq"] = last
+        t0 = time.perf_counter()
+        try:
+            xs, ys, ps = self._batch_tensors(rows)
+            result = self._train(xs, ys, ps)
+        except Exception as e:
+            return self._quarantine(rows, e, retry_of)
+        t_trained = time.time()
+        self.counters["label_seq"] = max(int(self.counters["label_seq"]), last)  # a retried batch lies behind it
         self.counters["samples_seen"] += len(xs)
         self.counters["updates"] += 1
         self.history.append([self.counters["updates"], first, last, len(rows)])
         self.history = self.history[-HISTORY_LIMIT:]
-        log.info("update %d: %d new samples (label_seq %d..%d), %d steps, loss %.4f, %.2fs",
-                 self.counters["updates"], len(xs), first, last, u.steps, result.get("loss", float("nan")),
-                 time.perf_counter() - t0)
+        if retry_of is not None:
+            self.retried = (self.retried + [retry_of])[-RETRIED_LIMIT:]
+            self._retry_marks.append(retry_of)
+        log.info("update %d: %d new samples (label_seq %d..%d%s), %d steps, loss %.4f, %.2fs",
+                 self.counters["updates"], len(xs), first, last,
+                 f", quarantined batch {retry_of} retried" if retry_of is not None else "", u.steps,
+                 result.get("loss", float("nan")), time.perf_counter() - t0)
+        self._eval_due = self.counters["updates"] % max(1, self.config.eval.every) == 0
         decision = None
-        if self.counters["updates"] % max(1, self.config.eval.every) == 0:
+        if self._save_checkpoint() and self._eval_due:  # never promote what is not on disk
             decision = self.evaluate_and_maybe_promote()
-        self.checkpoint()
         self._write_timeline(t_start, t_trained, first, last, rows, len(xs), decision)
-        del self._buffer[: len(rows)]
-        self._buffer_since = time.monotonic() if self._buffer else None
         return {"update": self.counters["updates"], "first": first, "last": last, "n": len(xs),
                 "loss": result.get("loss"), "decision": decision}
+
+    def _batch_tensors(self, rows: list[StoredSample]) -> tuple[list[torch.Tensor], list[int], list[float]]:
+        xs, ys, ps = [], [], []
+        for s in rows:
+            try:
+                x = self._tensor(s)
+            except Exception as e:  # an undecodable (or oversized) image cannot be trained on; skip it, say so
+                log.warning("sample %s: cannot decode its image (%s); skipped", s.sample_id, e)
+                self.counters["undecodable"] = self.counters.get("undecodable", 0) + 1
+                continue
+            xs.append(x)
+            ys.append(self._class_index(str(s.label)))
+            ps.append(min(max(float(s.p_select), P_SELECT_MIN), 1.0))  # stored before the floor existed: clip
+        return xs, ys, ps
+
+    def _train(self, xs: list[torch.Tensor], ys: list[int], ps: list[float]) -> dict[str, Any]:
+        """The strategy's update; :class:`UpdateFailed` if it leaves a non-finite loss or weight behind."""
+        if not xs:
+            return {"loss": float("nan")}
+        batch = LabelledBatch(torch.stack(xs), torch.tensor(ys), torch.tensor(ps, dtype=torch.float64))
+        result = self.strategy.update(batch, steps=self.config.update.steps)
+        loss = result.get("loss")
+        if (isinstance(loss, float) and not math.isfinite(loss)) or not all(
+                bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise UpdateFailed(f"the update left a non-finite {'loss' if loss is not None else 'weight'} ({loss})")
+        return result
+
+    def _quarantine(self, rows: list[StoredSample], exc: Exception, retry_of: int | None) -> dict[str, Any]:
+        """Set a failed batch aside: restore the learner from its checkpoint (the state before the batch),
+        record the batch and its reason, move ``label_seq`` past it and checkpoint that."""
+        reason = f"{type(exc).__name__}: {exc}"
+        log.error("update on label_seq %d..%d failed (%s): batch quarantined; the learner goes on from its last "
+                  "checkpoint. `edgeloop trainer quarantine list|retry ID|drop ID`", rows[0].label_seq,
+                  rows[-1].label_seq, reason, exc_info=exc)
+        ckpt = load_checkpoint(self.state_dir)
+        if ckpt is None:
+            raise NotBootstrapped(f"checkpoint of {self.state_dir} disappeared") from exc
+        self._restore(ckpt)
+        if retry_of is not None:
+            entry = quarantine.mark(self.store, retry_of, "quarantined", reason, failed=True)
+        else:
+            entry = quarantine.add(self.store, rows, reason)
+        self.counters["label_seq"] = max(int(self.counters["label_seq"]), int(rows[-1].label_seq))  # type: ignore[arg-type]
+        self.counters["quarantined"] = self.counters.get("quarantined", 0) + (retry_of is None)
+        self._save_checkpoint()
+        return {"update": self.counters["updates"], "first": rows[0].label_seq, "last": rows[-1].label_seq, "n": 0,
+                "loss": None, "decision": None, "quarantined": entry.id, "reason": reason}
+
+    def _retry_quarantined(self) -> bool:
+        """Train one batch a person asked to retry (``edgeloop trainer quarantine retry ID``), if any."""
+        for entry in quarantine.entries(self.store, "retry"):
+            if entry.id in self.retried:  # trained already (a crash before its status was updated)
+                quarantine.mark(self.store, entry.id, "retried")
+                continue
+            rows = [r for r in (self.store.get_rowid(rowid) for rowid, _ in entry.samples)
+                    if r is not None and r.label is not None]
+            if not rows:
+                quarantine.mark(self.store, entry.id, "dropped", "its samples are no longer in the store")
+                continue
+            log.info("retrying quarantined batch %d (%d samples, label_seq %d..%d)", entry.id, len(rows),
+                     entry.first_seq, entry.last_seq)
+            self._update(sorted(rows, key=lambda r: r.label_seq or 0), retry_of=entry.id)
+            return True
+        return False
 
     def _write_timeline(self, t_start: float, t_trained: float, first: int, last: int, rows: list[StoredSample],
                         n_trained: int, decision: dict[str, Any] | None) -> None:
@@ -381,7 +560,7 @@ class TrainerService:
         """
         rec: dict[str, Any] = {
             "update": self.counters["updates"], "first": first, "last": last, "n": n_trained,
-            "start": t_start, "trained": t_trained, **self._marks, "checkpointed": time.time(),
+            "start": t_start, "trained": t_trained, **self._marks,
             "promote": None if decision is None else bool(decision.get("promote")),
             "version": None if decision is None else decision.get("version"),
             "samples": [s.sample_id for s in rows],
@@ -399,10 +578,31 @@ class TrainerService:
             self.state_dir, model=self.model, arch=self.arch, labels=self.labels, counters=self.counters,
             optimizer=self.strategy.optimizer, replay=self.strategy.memory,
             extra={"input": self.fmt.as_dict(), "strategy": strat, "optimizer": self.config.update.optimizer,
-                   "history": self.history, "in_channels": self.fmt.channels},
+                   "history": self.history, "in_channels": self.fmt.channels, "retried_quarantine": self.retried},
         )
         self.generation += 1
         return path
+
+    def _save_checkpoint(self) -> bool:
+        """:meth:`checkpoint`, reporting a failure instead of raising: the update stays done in memory (its
+        batch is never taken again) and the save is retried at every tick until it works."""
+        try:
+            self.checkpoint()
+        except Exception as e:
+            reason = describe_write_error(e)
+            if self._unsaved != reason:
+                log.error("cannot write the checkpoint (%s): keeping the update in memory, promoting nothing until "
+                          "it is saved; retrying", reason)
+            self._unsaved = reason
+            self._set_degraded("checkpoint", reason)
+            return False
+        self._marks["checkpointed"] = time.time()
+        self._unsaved = None
+        self._set_degraded("checkpoint", None)
+        for qid in self._retry_marks:
+            quarantine.mark(self.store, qid, "retried")
+        self._retry_marks.clear()
+        return True
 
     # -- evaluation and promotion --------------------------------------------------------------------------
     def _load_bootstrap_heldout(self) -> tuple[torch.Tensor, list[str]] | None:
@@ -422,8 +622,10 @@ class TrainerService:
             bx, bn = self._bootstrap_heldout
             xs.append(bx.float() / 255.0 if bx.dtype == torch.uint8 else bx.float())
             names += bn
+        keys: list[Any] = [("boot", i) for i in range(len(names))]
         fresh = []
-        for s in self.store.heldout():
+        window = self.store.heldout(newest=self.config.eval.max_heldout)
+        for s in window:
             if s.rowid not in self._heldout_cache:
                 try:
                     self._heldout_cache[s.rowid] = (self._tensor(s), str(s.label))
@@ -431,12 +633,16 @@ class TrainerService:
                     log.warning("held-out sample %s: cannot decode (%s); left out", s.sample_id, e)
                     continue
             fresh.append(self._heldout_cache[s.rowid])
+            keys.append(s.rowid)
+        in_window = {s.rowid for s in window}
+        for rowid in [k for k in self._heldout_cache if k not in in_window]:  # bounded: only the window is kept
+            del self._heldout_cache[rowid]
         if fresh:
             xs.append(torch.stack([t for t, _ in fresh]))
             names += [n for _, n in fresh]
         if not xs:
             return HeldOut(torch.zeros(0, self.fmt.channels, self.fmt.height, self.fmt.width), [], 0)
-        return HeldOut(torch.cat(xs), names, len(fresh))
+        return HeldOut(torch.cat(xs), names, len(fresh), tuple(keys))
 
     def _onnx_predict(self, version: str, path: Path, x: torch.Tensor) -> list[str]:
         import onnxruntime as ort
@@ -471,27 +677,65 @@ class TrainerService:
             self._marks["evaluated"] = time.time()
             return self._record(decision)
         ref = self.registry.latest_promoted()
-        ref_pred = self._reference_predictions(ref, held.x)
-        verdict = two_slice_gate(held.names, [self.labels[i] for i in predict(self.model, held.x)], ref_pred,
+        ref_pred = self._reference_predictions(ref, held)
+        cand_pred = [self.labels[i] for i in predict(self.model, held.x)]
+        verdict = two_slice_gate(held.names, cand_pred, ref_pred,
                                  self.labels, min(ev.recent, held.n_uploaded), max_regression=ev.max_regression,
                                  max_forgetting=ev.max_forgetting, min_recent=ev.min_recent)
         if "best" in verdict:
             verdict["best"] = {"version": ref.version, **verdict["best"]}
         decision.update(verdict)
         self._marks["evaluated"] = time.time()
+        self._eval_due = False
         if decision["promote"]:
             decision["version"] = self.promote(verdict["candidate"], ref.version if ref else None)
+        deployed = (decision.get("version"), cand_pred) if decision["promote"] else (ref.version if ref else None, ref_pred)
+        if deployed[0] is not None and deployed[1] is not None:
+            decision["deployed"] = self._check_deployed(deployed[0], held.names, deployed[1])
         return self._record(decision)
 
-    def _reference_predictions(self, ref: Any, x: torch.Tensor) -> list[str] | None:
-        """The deployed version's predictions on the held-out inputs (onnxruntime, the file that shipped)."""
+    def _check_deployed(self, version: str, truth: list[str], predicted: list[str]) -> dict[str, Any]:
+        """Is the deployed version any better than always answering the most frequent class? A loud warning
+        (log, ``trainer status``, metric ``edgeloop_trainer_deployed_at_chance``) when it is not."""
+        health = {"version": version, **chance_check(truth, predicted)}
+        self.model_health = health
+        if health["at_chance"]:
+            log.warning("DEPLOYED MODEL %s IS AT CHANCE LEVEL: accuracy %.3f on %d held-out samples vs %.3f for always "
+                        "answering the most frequent class; it predicts %d of %d classes (%s). Check the labels, "
+                        "the camera and the ROI before trusting its verdicts", version, health["accuracy"],
+                        health["n"], health["chance"], health["classes_predicted"], health["classes"],
+                        ", ".join(health["predicted"][:5]))
+        return health
+
+    def _reference_predictions(self, ref: Any, held: HeldOut) -> list[str] | None:
+        """The deployed version's predictions on the held-out inputs (onnxruntime, the file that shipped).
+
+        Scored incrementally: a version's prediction for a held-out sample never changes, so only inputs it
+        has not seen yet are run (the cache follows the bounded window and is reset when the version changes).
+        """
         if ref is None:
             return None
+        if len(held.keys) != len(held.names):  # a HeldOut built without keys: nothing to cache on
+            try:
+                return self._onnx_predict(ref.version, ref.path, held.x)
+            except Exception as e:
+                log.warning("cannot re-evaluate deployed %s (%s): judging the candidate on its own", ref.version, e)
+                return None
+        version, cache = self._ref_cache
+        if version != ref.version:
+            cache = {}
+        keep = set(held.keys)
+        cache = {k: v for k, v in cache.items() if k in keep}
+        missing = [i for i, k in enumerate(held.keys) if k not in cache]
         try:
-            return self._onnx_predict(ref.version, ref.path, x)
+            if missing:
+                for i, label in zip(missing, self._onnx_predict(ref.version, ref.path, held.x[missing])):
+                    cache[held.keys[i]] = label
         except Exception as e:
             log.warning("cannot re-evaluate deployed %s (%s): judging the candidate on its own", ref.version, e)
             return None
+        self._ref_cache = (ref.version, cache)
+        return [cache[k] for k in held.keys]
 
     def _record(self, decision: dict[str, Any]) -> dict[str, Any]:
         c = decision.get("candidate") or {}
@@ -544,7 +788,7 @@ class TrainerService:
         """Counters, buffer, store and ingestion figures, last gate decision (for CLIs and the demo)."""
         st = {"state_dir": str(self.state_dir), "arch": self.arch, "labels": list(self.labels),
               "counters": dict(self.counters), "buffered": len(self._buffer), "store": self.store.stats(),
-              "last_decision": self.last_decision}
+              "last_decision": self.last_decision, **self.live()}
         if self.ingestor is not None:
             st["ingest"] = self.ingestor.stats.as_dict()
         if self.label_server is not None:
@@ -552,6 +796,86 @@ class TrainerService:
         latest = self.registry.latest_promoted()
         st["promoted"] = latest.version if latest else None
         return st
+
+
+    def live(self) -> dict[str, Any]:
+        """What only the running process knows (also written to ``health.json`` for ``trainer status``)."""
+        q = quarantine.entries(self.store, ("quarantined", "retry"))
+        out: dict[str, Any] = {
+            "pid": os.getpid(), "time": time.time(), "state": "degraded" if self._degraded else "online",
+            "degraded": dict(self._degraded), "labeller": self.labeller.name,
+            "labels": {"waiting": self.labels_waiting, "skipped_no_truth": self.labels_skipped},
+            "quarantine": [e.as_dict() for e in q], "deployed": self.model_health, "retention": self.retention_report,
+        }
+        if self.ingestor is not None:
+            depth, nbytes = self.ingestor.queue_depth()
+            out["ingest_queue"] = {"messages": depth, "bytes": nbytes, "oldest_wait_s": self.ingestor.oldest_wait()}
+        return out
+
+    def quarantine_counts(self) -> dict[str, int]:
+        """Quarantined batches waiting for a decision, and those a person asked to retry."""
+        rows = self.store.connection().execute("SELECT status, COUNT(*) FROM quarantine GROUP BY status").fetchall()
+        counts = dict(rows)
+        return {k: int(counts.get(k, 0)) for k in ("quarantined", "retry")}
+
+    def loop_age(self) -> float:
+        return time.monotonic() - self.last_loop
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """For ``/healthz``: unhealthy when ingestion holds a sample unacknowledged longer than
+        ``metrics.ingest_stall_s`` (wedged, or a full disk) or the update loop has not come round for
+        ``metrics.loop_stall_s``."""
+        m = self.config.metrics
+        problems = []
+        loop_age = time.monotonic() - self.last_loop
+        if loop_age > m.loop_stall_s:
+            problems.append(f"update loop stalled for {loop_age:.0f} s")
+        wait = self.ingestor.oldest_wait() if self.ingestor is not None else 0.0
+        if wait > m.ingest_stall_s:
+            problems.append(f"ingestion has not acknowledged a sample for {wait:.0f} s"
+                            + (f" ({self._degraded['ingest']})" if "ingest" in self._degraded else ""))
+        return not problems, {"reason": "; ".join(problems) or None, "degraded": dict(self._degraded),
+                              "loop_age_s": round(loop_age, 1), "ingest_oldest_wait_s": round(wait, 1)}
+
+    def _housekeeping(self) -> None:
+        """Between ticks: retention (every ``retention.every_s``), the label counts, ``health.json``."""
+        now = time.monotonic()
+        if now >= self._next_retention:
+            self._next_retention = now + self.config.retention.every_s
+            rep = retention.enforce(self.store, self.config.retention)
+            self.retention_report = {"deleted": rep.deleted, "reclaimed_bytes": rep.reclaimed_bytes,
+                                     "compacted": rep.compacted, "over_limit": rep.over_limit, "time": time.time()}
+            self.counters["retention_deleted"] = self.counters.get("retention_deleted", 0) + rep.total_deleted
+        if now >= self._next_report:
+            self._next_report = now + 5.0
+            self._count_labels()
+            self._write_health()
+
+    def _count_labels(self) -> None:
+        """How many samples wait for a label and how many the labeller cannot label (the oracle, without
+        ground truth: real frames). Logged when it changes; a warning when samples are being skipped."""
+        unlabelled = self.store.count("label IS NULL")
+        skipped = self.store.count("label IS NULL AND truth IS NULL") if self.labeller.name == "oracle" else 0
+        if (unlabelled - skipped, skipped) != (self.labels_waiting, self.labels_skipped):
+            if skipped > self.labels_skipped:
+                log.warning("labels: %d samples skipped by the oracle labeller: they carry no ground truth (real "
+                            "frames); run with --labeller queue or import to have them labelled", skipped)
+            log.info("labels: %d samples wait for a label, %d skipped for lack of ground truth", unlabelled - skipped,
+                     skipped)
+            if self.labeller.name == "queue" and unlabelled > self.labels_waiting \
+                    and self.store.count("label IS NULL AND truth IS NOT NULL"):
+                log.info("labels: some samples waiting for people carry simulated ground truth: run with "
+                         "--labeller oracle to have simulated cameras labelled automatically")
+        self.labels_waiting, self.labels_skipped = unlabelled - skipped, skipped
+
+    def _write_health(self) -> None:
+        """``health.json``, atomically; a failure (a full disk) is not the learner's problem."""
+        tmp = self.state_dir / f"{HEALTH_FILE}.tmp"
+        try:
+            tmp.write_text(json.dumps(self.live(), default=_json_default))
+            os.replace(tmp, self.state_dir / HEALTH_FILE)
+        except OSError:
+            pass
 
 
 def _scalar_metrics(m: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,14 @@ increasing ``label_seq``; the service consumes labelled samples in ``label_seq``
 the last one it trained on, which is what makes kill -9 + restart lose nothing and train nothing twice.
 Each labelled sample is assigned once, at labelling time, to training or to the held-out evaluation set
 (class-stratified, see :meth:`SampleStore.set_label`).
+
+A sample is identified by its sender and its id, ``(device, sample_id)``: a device cannot suppress another's
+sample by sending its id first (ids are ``device.boot.seq`` by convention, not by force). Where only the id
+is given (the label API, CSV imports), it names the sample of the device whose namespace it is in
+(``cam-b.1.7`` -> ``cam-b``), else the oldest with that id.
+
+Rows are deleted only by retention (:mod:`trainer.retention`), and then only unlabelled ones; the bytes they
+leave in a pack file are given back by compacting that file (:meth:`SampleStore.compact_segment`).
 """
 from __future__ import annotations
 
@@ -23,7 +31,8 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from operator import attrgetter
 from pathlib import Path
@@ -34,7 +43,7 @@ __all__ = ["SampleStore", "SampleRecord", "StoredSample", "IncomingSample", "Bat
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
     rowid INTEGER PRIMARY KEY,
-    sample_id TEXT NOT NULL UNIQUE,
+    sample_id TEXT NOT NULL,
     device TEXT NOT NULL,
     seq INTEGER NOT NULL,
     msg_id TEXT NOT NULL,
@@ -63,6 +72,9 @@ CREATE TABLE IF NOT EXISTS samples (
     heldout INTEGER
 );
 CREATE INDEX IF NOT EXISTS samples_unlabelled ON samples(rowid) WHERE label IS NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS samples_key ON samples(device, sample_id);
+CREATE INDEX IF NOT EXISTS samples_id ON samples(sample_id);
+CREATE INDEX IF NOT EXISTS samples_segment ON samples(segment);
 CREATE TABLE IF NOT EXISTS devices (
     device TEXT PRIMARY KEY,
     last_seq INTEGER NOT NULL,
@@ -73,9 +85,26 @@ CREATE TABLE IF NOT EXISTS devices (
     duplicates INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS rejections (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS device_rejections (
+    device TEXT NOT NULL, reason TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (device, reason)
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    samples TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    UNIQUE (first_seq, last_seq)
+);
 CREATE TABLE IF NOT EXISTS class_counts (label TEXT PRIMARY KEY, n INTEGER NOT NULL, heldout INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+#: PRAGMA user_version of this schema. 2: samples are unique per (device, sample_id), not per sample_id.
+SCHEMA_VERSION = 2
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SampleRecord:
@@ -197,7 +226,9 @@ class SampleStore:
         self._closed = False
         conn = self._conn()
         with self._write_lock:
+            _migrate(conn)
             conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._segment, self._segment_file = self._open_segment()
 
     # -- connections -----------------------------------------------------------------------------------
@@ -213,6 +244,23 @@ class SampleStore:
             with self._conns_lock:
                 self._conns.append(conn)
         return conn
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, for reads by the modules that keep their own tables here (quarantine)."""
+        return self._conn()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``) under the store's write lock."""
+        with self._write_lock:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
 
     def close(self) -> None:
         """Close every connection and the open pack file (idempotent)."""
@@ -240,12 +288,16 @@ class SampleStore:
     def _segment_path(self, n: int) -> Path:
         return self.images_dir / f"seg-{n:06d}.pack"
 
+    def segments(self) -> list[int]:
+        """The pack files on disk, by number."""
+        return sorted(int(p.stem.split("-")[1]) for p in self.images_dir.glob("seg-*.pack"))
+
     def _open_segment(self) -> tuple[int, Any]:
-        existing = sorted(self.images_dir.glob("seg-*.pack"))
-        n = int(existing[-1].stem.split("-")[1]) if existing else 1
+        existing = self.segments()
+        n = existing[-1] if existing else 1
         path = self._segment_path(n)
         created = not path.exists()
-        f = open(path, "ab")
+        f = open(path, "ab", buffering=0)  # unbuffered: a failed write leaves nothing half-buffered
         if created:
             self._fsync_dir()
         return n, f
@@ -260,45 +312,142 @@ class SampleStore:
     def _append_images(self, images: Sequence[bytes]) -> list[tuple[int, int, int]]:
         """Append ``images`` to the current pack file and fsync once; returns (segment, offset, length) each."""
         f = self._segment_file
-        if f.tell() >= self.segment_bytes:
-            f.close()
-            self._segment += 1
-            f = self._segment_file = open(self._segment_path(self._segment), "ab")
-            self._fsync_dir()
+        if os.fstat(f.fileno()).st_size >= self.segment_bytes:
+            self._roll_segment()
+            f = self._segment_file
+        # The file's real size, not a position kept in memory: after a failed (e.g. disk full) write the tail
+        # holds some unreferenced bytes, and the next batch simply starts after them.
+        offset = os.fstat(f.fileno()).st_size
         where = []
-        offset = f.tell()
         for img in images:
             where.append((self._segment, offset, len(img)))
             offset += len(img)
-        f.write(b"".join(images))
-        f.flush()
+        data = memoryview(b"".join(images))
+        while data:
+            data = data[f.write(data):]
         os.fsync(f.fileno())
         return where
 
-    # -- ingestion -------------------------------------------------------------------------------------
-    def add_batch(self, items: Sequence[IncomingSample], rejections: Counter[str] | None = None) -> BatchResult:
-        """Store new samples durably (images fsynced, then one commit); duplicates by ``sample_id`` are skipped.
+    def _roll_segment(self) -> None:
+        self._segment_file.close()
+        self._segment += 1
+        self._segment_file = open(self._segment_path(self._segment), "ab", buffering=0)
+        self._fsync_dir()
 
-        Also updates per-device sequence tracking and the persistent rejection counters in the same
-        transaction, so the counters survive restarts exactly as the samples do. Returns only after the
+    # -- retention: deleting rows, giving pack-file space back ------------------------------------------------
+    def live_bytes(self) -> int:
+        """Image bytes that rows point at."""
+        return int(self._conn().execute("SELECT COALESCE(SUM(length), 0) FROM samples").fetchone()[0])
+
+    def segment_usage(self) -> dict[int, tuple[int, int]]:
+        """``{segment: (live bytes, file bytes)}`` for every pack file on disk."""
+        live = dict(self._conn().execute("SELECT segment, SUM(length) FROM samples GROUP BY segment").fetchall())
+        out = {}
+        for n in self.segments():
+            try:
+                size = self._segment_path(n).stat().st_size
+            except FileNotFoundError:
+                continue
+            out[n] = (int(live.get(n) or 0), size)
+        return out
+
+    def delete_unlabelled(self, rowids: Sequence[int]) -> tuple[int, int]:
+        """Delete these rows if they are still unlabelled (a label that arrived meanwhile keeps its sample);
+        returns (rows deleted, image bytes they held). The bytes stay in their pack file until it is compacted."""
+        deleted = freed = 0
+        with self.transaction() as conn:
+            for i in range(0, len(rowids), 500):
+                chunk = [int(r) for r in rowids[i:i + 500]]
+                marks = ",".join("?" * len(chunk))
+                n, b = conn.execute(f"SELECT COUNT(*), COALESCE(SUM(length), 0) FROM samples WHERE label IS NULL "
+                                    f"AND rowid IN ({marks})", chunk).fetchone()
+                conn.execute(f"DELETE FROM samples WHERE label IS NULL AND rowid IN ({marks})", chunk)
+                deleted, freed = deleted + int(n), freed + int(b)
+        return deleted, freed
+
+    def compact_segment(self, n: int, chunk_bytes: int = 16 * 1024 * 1024) -> int:
+        """Copy the live images of sealed pack file ``n`` to the current one, point their rows there, then
+        delete the file; returns the bytes given back to the file system. Only the ingesting process calls it.
+
+        Crash-safe in this order: copies are fsynced before the rows move (a row always points at fsynced
+        bytes), and the file is unlinked only after the last rows moved; a file left with no rows (a crash
+        before the unlink) is removed by :meth:`remove_empty_segments`. Works in chunks, so ingestion waits
+        for one chunk at most.
+        """
+        if n == self._segment:
+            raise ValueError("the current pack file is never compacted")
+        path = self._segment_path(n)
+        size = path.stat().st_size if path.exists() else 0
+        after = -1
+        while True:
+            with self._write_lock:
+                rows = self._conn().execute(
+                    "SELECT rowid, offset, length FROM samples WHERE segment=? AND offset > ? ORDER BY offset",
+                    (n, after)).fetchall()
+                batch, total = [], 0
+                for r in rows:
+                    if batch and total + r[2] > chunk_bytes:
+                        break
+                    batch.append(r)
+                    total += r[2]
+                if not batch:
+                    break
+                with open(path, "rb") as f:
+                    images = [os.pread(f.fileno(), length, off) for _, off, length in batch]
+                where = self._append_images(images)
+                with self.transaction() as conn:
+                    conn.executemany("UPDATE samples SET segment=?, offset=? WHERE rowid=?",
+                                     [(seg, off, r[0]) for (seg, off, _), r in zip(where, batch)])
+                after = batch[-1][1]
+        with self._write_lock:
+            left = self._conn().execute("SELECT COUNT(*) FROM samples WHERE segment=?", (n,)).fetchone()[0]
+            if left:
+                return 0  # rows arrived meanwhile (cannot happen for a sealed file; kept safe)
+            path.unlink(missing_ok=True)
+            self._fsync_dir()
+        return size
+
+    def remove_empty_segments(self) -> int:
+        """Delete sealed pack files no row points at (all their rows deleted, or a crash between a compaction's
+        last update and its unlink); returns the bytes given back. Only the process that ingests calls this:
+        under its write lock no batch is between writing its images and committing its rows."""
+        freed = 0
+        with self._write_lock:
+            used = {r[0] for r in self._conn().execute("SELECT DISTINCT segment FROM samples")}
+            for n in self.segments():
+                if n != self._segment and n not in used:
+                    path = self._segment_path(n)
+                    freed += path.stat().st_size
+                    path.unlink(missing_ok=True)
+        return freed
+
+    # -- ingestion -------------------------------------------------------------------------------------
+    def add_batch(self, items: Sequence[IncomingSample], rejections: Counter[str] | None = None,
+                  device_rejections: Counter[tuple[str, str]] | None = None) -> BatchResult:
+        """Store new samples durably (images fsynced, then one commit); duplicates by ``(device, sample_id)``
+        are skipped.
+
+        Also updates per-device sequence tracking and the persistent rejection counters (overall by reason,
+        and by ``(device, reason)`` for messages whose sender is known) in the same transaction, so the counters survive restarts exactly as the samples do. Returns only after the
         data is on disk: the caller may acknowledge the messages then.
         """
         now = time.time()
         with self._write_lock:
             conn = self._conn()
-            ids = [it.sample_id for it in items]
-            known: set[str] = set()
+            ids = list({it.sample_id for it in items})
+            known: set[tuple[str, str]] = set()
             for i in range(0, len(ids), 500):
                 chunk = ids[i:i + 500]
-                q = f"SELECT sample_id FROM samples WHERE sample_id IN ({','.join('?' * len(chunk))})"
-                known.update(r[0] for r in conn.execute(q, chunk))
+                q = f"SELECT device, sample_id FROM samples WHERE sample_id IN ({','.join('?' * len(chunk))})"
+                known.update(conn.execute(q, chunk))
             fresh: list[IncomingSample] = []
             new_flags: list[bool] = []
             for it in items:
-                is_new = it.sample_id not in known
+                key = (it.device, it.sample_id)
+                is_new = key not in known
                 new_flags.append(is_new)
                 if is_new:
-                    known.add(it.sample_id)
+                    known.add(key)
                     fresh.append(it)
             where = self._append_images([it.image for it in fresh]) if fresh else []
             conn.execute("BEGIN IMMEDIATE")
@@ -311,9 +460,15 @@ class SampleStore:
                         "ON CONFLICT(reason) DO UPDATE SET count = count + excluded.count",
                         list(rejections.items()),
                     )
+                if device_rejections:
+                    conn.executemany(
+                        "INSERT INTO device_rejections (device, reason, count) VALUES (?, ?, ?) "
+                        "ON CONFLICT(device, reason) DO UPDATE SET count = count + excluded.count",
+                        [(d, r, n) for (d, r), n in device_rejections.items()],
+                    )
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
         return BatchResult(stored=len(fresh), duplicates=len(items) - len(fresh), new=new_flags)
 
@@ -357,9 +512,25 @@ class SampleStore:
         if rejections:
             self.add_batch([], rejections)
 
+    def device_rejections(self) -> dict[str, dict[str, int]]:
+        """Rejections per device and reason (``quota``, ``image_too_large``, ...), all time."""
+        out: dict[str, dict[str, int]] = {}
+        for d, r, n in self._conn().execute("SELECT device, reason, count FROM device_rejections ORDER BY 1, 2"):
+            out.setdefault(d, {})[r] = n
+        return out
+
     # -- reading -----------------------------------------------------------------------------------------
-    def get(self, sample_id: str) -> StoredSample | None:
-        r = self._conn().execute(f"SELECT {_COLUMNS} FROM samples WHERE sample_id=?", (sample_id,)).fetchone()
+    def get(self, sample_id: str, device: str | None = None) -> StoredSample | None:
+        """The sample ``(device, sample_id)``; without ``device``, the one the id names (module docstring)."""
+        c = self._conn()
+        if device is not None:
+            r = c.execute(f"SELECT {_COLUMNS} FROM samples WHERE device=? AND sample_id=?", (device, sample_id)).fetchone()
+            return _row(r) if r else None
+        rowid = _resolve(c, sample_id)
+        return None if rowid is None else self.get_rowid(rowid)
+
+    def get_rowid(self, rowid: int) -> StoredSample | None:
+        r = self._conn().execute(f"SELECT {_COLUMNS} FROM samples WHERE rowid=?", (rowid,)).fetchone()
         return _row(r) if r else None
 
     def image(self, sample: StoredSample | str) -> tuple[bytes, str]:
@@ -367,11 +538,21 @@ class SampleStore:
         s = self.get(sample) if isinstance(sample, str) else sample
         if s is None:
             raise KeyError(sample)
+        try:
+            return self._read_image(s), s.content_type
+        except FileNotFoundError:
+            # Compaction moved the image since the row was read: read the row again.
+            moved = self.get_rowid(s.rowid)
+            if moved is None:
+                raise KeyError(s.sample_id) from None
+            return self._read_image(moved), moved.content_type
+
+    def _read_image(self, s: StoredSample) -> bytes:
         with open(self._segment_path(s.segment), "rb") as f:
             data = os.pread(f.fileno(), s.length, s.offset)
         if len(data) != s.length:
             raise OSError(f"pack file {s.segment} is truncated at sample {s.sample_id}")
-        return data, s.content_type
+        return data
 
     def unlabelled(self, limit: int = 100, after_rowid: int = 0) -> list[StoredSample]:
         """Samples waiting for a label, oldest first."""
@@ -416,11 +597,14 @@ class SampleStore:
         ).fetchall()
         return [_row(r) for r in rows]
 
-    def heldout(self) -> list[StoredSample]:
-        """Every held-out labelled sample (the evaluation slice), in labelling order."""
-        rows = self._conn().execute(
-            f"SELECT {_COLUMNS} FROM samples WHERE heldout=1 ORDER BY label_seq"
-        ).fetchall()
+    def heldout(self, newest: int | None = None) -> list[StoredSample]:
+        """Held-out labelled samples (the evaluation slice) in labelling order: every one, or the ``newest`` N."""
+        if newest is None:
+            rows = self._conn().execute(f"SELECT {_COLUMNS} FROM samples WHERE heldout=1 ORDER BY label_seq").fetchall()
+        else:
+            rows = self._conn().execute(
+                f"SELECT {_COLUMNS} FROM (SELECT {_COLUMNS} FROM samples WHERE heldout=1 ORDER BY label_seq DESC "
+                "LIMIT ?) ORDER BY label_seq", (int(newest),)).fetchall()
         return [_row(r) for r in rows]
 
     def max_label_seq(self) -> int:
@@ -447,9 +631,12 @@ class SampleStore:
             "SELECT COUNT(*), COUNT(label), COALESCE(SUM(heldout), 0) FROM samples"
         ).fetchone()
         per_class = dict(c.execute("SELECT label, n FROM class_counts ORDER BY label").fetchall())
+        without_truth = c.execute("SELECT COUNT(*) FROM samples WHERE label IS NULL AND truth IS NULL").fetchone()[0]
         return {
             "samples": total, "labelled": labelled, "unlabelled": total - labelled, "heldout": held,
+            "unlabelled_without_truth": without_truth, "bytes": self.live_bytes(),
             "per_class": per_class, "rejected": self.rejections(), "devices": self.devices(),
+            "device_rejections": self.device_rejections(),
         }
 
     # -- labelling ---------------------------------------------------------------------------------------
@@ -483,13 +670,14 @@ class SampleStore:
             try:
                 seq = int(conn.execute("SELECT COALESCE(MAX(label_seq), 0) FROM samples").fetchone()[0])
                 for sample_id, label in pairs:
-                    r = conn.execute("SELECT label FROM samples WHERE sample_id=?", (sample_id,)).fetchone()
+                    rowid = _resolve(conn, sample_id)
+                    r = None if rowid is None else conn.execute("SELECT label FROM samples WHERE rowid=?", (rowid,)).fetchone()
                     if r is None or (r[0] is not None and not overwrite):
                         continue
                     done += 1
                     if r[0] is not None:
-                        conn.execute("UPDATE samples SET label=?, label_source=?, labelled_at=? WHERE sample_id=?",
-                                     (label, source, time.time(), sample_id))
+                        conn.execute("UPDATE samples SET label=?, label_source=?, labelled_at=? WHERE rowid=?",
+                                     (label, source, time.time(), rowid))
                         continue
                     cc = conn.execute("SELECT n, heldout FROM class_counts WHERE label=?", (label,)).fetchone()
                     k, k_held = (cc if cc else (0, 0))
@@ -498,8 +686,8 @@ class SampleStore:
                     seq += 1
                     conn.execute(
                         "UPDATE samples SET label=?, label_source=?, labelled_at=?, label_seq=?, heldout=? "
-                        "WHERE sample_id=?",
-                        (label, source, time.time(), seq, int(held), sample_id),
+                        "WHERE rowid=?",
+                        (label, source, time.time(), seq, int(held), rowid),
                     )
                     conn.execute(
                         "INSERT INTO class_counts (label, n, heldout) VALUES (?, ?, ?) ON CONFLICT(label) "
@@ -508,7 +696,7 @@ class SampleStore:
                     )
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
         return done
 
@@ -528,3 +716,45 @@ class SampleStore:
                 "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                 (key, value),
             )
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """ROLLBACK if a transaction is still open. SQLite ends the transaction itself on some errors (a full
+    disk during COMMIT); an unconditional ROLLBACK then raises "no transaction is active" and hides the
+    error that matters."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+def _resolve(conn: sqlite3.Connection, sample_id: str) -> int | None:
+    """The rowid an id alone names: the row of the device whose namespace the id is in, else the oldest."""
+    rows = conn.execute("SELECT rowid, device FROM samples WHERE sample_id=? ORDER BY rowid", (sample_id,)).fetchall()
+    if not rows:
+        return None
+    for rowid, device in rows:
+        if sample_id.startswith(device + "."):
+            return int(rowid)
+    return int(rows[0][0])
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a store written by an older edgeloop to :data:`SCHEMA_VERSION` (in one transaction).
+
+    1 -> 2: ``sample_id`` was UNIQUE on its own; the key is now ``(device, sample_id)``. SQLite cannot drop a
+    column constraint, so the table is copied (same columns, same order) and swapped.
+    """
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='samples'").fetchone()
+    if row is None or version >= 2 or "sample_id TEXT NOT NULL UNIQUE" not in row[0]:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        create = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS samples"):_SCHEMA.index(");") + 2]
+        conn.execute(create.replace("IF NOT EXISTS samples", "samples_v2"))
+        conn.execute("INSERT INTO samples_v2 SELECT * FROM samples")
+        conn.execute("DROP TABLE samples")
+        conn.execute("ALTER TABLE samples_v2 RENAME TO samples")
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise

@@ -7,15 +7,22 @@ training loss equal to the loss over *all* frames the edge saw. On top of that t
 "importance from the influence on the model" is offered per sample (loss-based or gradient-norm-based),
 and class balance counters a skewed label distribution.
 
+Weights are computed in float64 from a probability clipped to ``[P_SELECT_MIN, 1]`` (the protocol's floor):
+a ``p_select`` of 1e-50 is 0 in float32 and ``1/p`` is then infinite, which used to stop training for good.
+A stored value that is out of range (older data, a bug) therefore costs at most ``w_max``, never an update.
+
 Losses are *self-normalised* per batch (Σ wᵢℓᵢ / Σ wᵢ): the scale of the gradient then does not
 depend on the absolute size of the weights, so the learning rate stays meaningful whatever p_select is.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from protocol.messages import P_SELECT_MIN
 
 __all__ = [
     "class_balance_weights",
@@ -37,14 +44,16 @@ def _as_tensor(values: torch.Tensor | Sequence[float] | float) -> torch.Tensor:
 def selection_weights(p_select: torch.Tensor | Sequence[float], w_max: float = 10.0) -> torch.Tensor:
     """``min(1 / p_select, w_max)``: the capped inverse-propensity correction for the edge's random selection.
 
-    ``p_select`` must lie in (0, 1]; 1.0 means "not selected by an edge" (weight 1).
+    1.0 means "not selected by an edge" (weight 1). Computed in float64 with ``p_select`` clipped to
+    ``[P_SELECT_MIN, 1]`` (NaN counts as 1), so every weight is finite and in ``[1, w_max]``; returned as float32.
+    ``w_max`` below 1 is a configuration error (the config rejects it at load).
     """
-    p = _as_tensor(p_select)
-    if torch.any(p <= 0) or torch.any(p > 1 + 1e-6):
-        raise ValueError("p_select must lie in (0, 1]")
-    if w_max < 1:
-        raise ValueError("w_max must be >= 1")
-    return torch.clamp(1.0 / p, max=float(w_max))
+    if not (w_max >= 1 and math.isfinite(w_max)):
+        raise ValueError(f"w_max must be a finite number >= 1, got {w_max}")
+    p = (p_select if isinstance(p_select, torch.Tensor) else torch.as_tensor(p_select, dtype=torch.float64))
+    p = torch.nan_to_num(p.to(torch.float64).reshape(-1), nan=1.0)
+    w = torch.clamp(1.0 / torch.clamp(p, min=P_SELECT_MIN, max=1.0), max=float(w_max))
+    return w.to(torch.float32)
 
 
 def loss_importance(losses: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = ["codec", "simulator", "edge_path", "venv_size", "mqtt_clients", "learning", "label_budget",
-            "transport", "rollout", "freshness", "console"]
+            "transport", "rollout", "freshness", "console", "fuzz", "chaos"]
+#: Correctness goals (not timings): these must be met even on a busy CI box.
+MUST_MEET = ["fuzz", "chaos"]
 
 
 @pytest.mark.slow
@@ -36,6 +38,8 @@ def test_bench_all_quick_produces_well_formed_results(tmp_path: Path) -> None:
             assert isinstance(entry["figures"], dict) and entry["figures"], name
             assert isinstance(entry["goal"], str) and entry["goal"], name
             assert isinstance(entry["met"], bool), name
+    for name in MUST_MEET:
+        assert by_name[name]["met"] is True, (name, by_name[name]["figures"])
     text = md.read_text()
     assert all(name in text for name in EXPECTED)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -61,7 +61,7 @@ def test_png_sample_and_optional_fields():
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("p_select", 0.0), ("p_select", 1.5), ("p_select", -0.1), ("p_select", "0.5"), ("p_select", None),
+        ("p_select", 0.0), ("p_select", 1e-50), ("p_select", 9e-7), ("p_select", 1.5), ("p_select", -0.1), ("p_select", "0.5"), ("p_select", None),
         ("uncertainty_kind", "vibes"), ("uncertainty", -1.0), ("frame_index", -1), ("width", 0),
         ("topk", []), ("topk", [["a", 1.5]]), ("topk", [["a"]]), ("topk", [[1, 0.5]]),
         ("roi", [0, 0, 0, 10]), ("roi", [600, 0, 100, 10]), ("roi", [1, 2, 3]),

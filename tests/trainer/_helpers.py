@@ -54,3 +54,24 @@ def fill_store(store: SampleStore, labels: list[str], n: int, seed: int = 1, sta
     items = [incoming(f"s{start + i:05d}", labels[i % len(labels)], rng, seq=start + i) for i in range(n)]
     store.add_batch(items)
     return [it.sample_id for it in items]
+
+
+def bootstrap_state(d: Path, labels: list[str]) -> Path:
+    """A small_cnn (16x16) trained on ``labels`` colours in ``d/state`` (tests copy it per test)."""
+    from trainer.bootstrap import bootstrap
+
+    bootstrap(d / "state", image_folder(d / "imgs", labels, 8), arch="small_cnn", input_size=16, epochs=2,
+              batch_size=8, exporter="torchscript", progress=False, replay_size=200, torch_threads=1)
+    return d / "state"
+
+
+def service_config(state: Path, **over):
+    """A TrainerConfig for tests: no broker, no HTTP, oracle labels, small fast updates."""
+    from protocol.config import load_config
+    from trainer.config import TrainerConfig
+
+    base = {"state_dir": str(state), "mqtt.url": "none", "labeler.kind": "oracle", "labeler.api_port": "none",
+            "metrics.enabled": False, "update.batch": 16, "update.steps": 5, "strategy.replay_batch_size": 16,
+            "strategy.new_batch_size": 16, "update.lr": 0.05, "eval.heldout": 0.25}
+    base.update(over)
+    return load_config(TrainerConfig, overrides=base)

@@ -11,19 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protocol.config import load_config
 from protocol.messages import Sample, encode_message
 from protocol.mqtt import make_client, start
 from protocol.topics import Topics
-from trainer.bootstrap import bootstrap
-from trainer.config import TrainerConfig
 from trainer.export import read_meta
 from trainer.registry import Registry
 from trainer.service import NotBootstrapped, TrainerService, promoted_topic
 from trainer.store import SampleStore
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _helpers import fill_store, image_folder, png  # noqa: E402
+from _helpers import bootstrap_state, fill_store, png, service_config  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 BASE = ["red", "green", "blue"]
@@ -31,18 +28,10 @@ BASE = ["red", "green", "blue"]
 
 @pytest.fixture(scope="module")
 def bootstrapped(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One small_cnn (16x16) trained on three colours, shared (copied) by the tests of this module."""
-    d = tmp_path_factory.mktemp("boot")
-    bootstrap(d / "state", image_folder(d / "imgs", BASE, 8), arch="small_cnn", input_size=16, epochs=2,
-              batch_size=8, exporter="torchscript", progress=False, replay_size=200, torch_threads=1)
-    return d / "state"
+    return bootstrap_state(tmp_path_factory.mktemp("boot"), BASE)
 
 
-def _config(state: Path, **over) -> TrainerConfig:
-    base = {"state_dir": str(state), "mqtt.url": None, "labeler.api_port": None, "update.batch": 16,
-            "update.steps": 5, "strategy.replay_batch_size": 16, "strategy.new_batch_size": 16, "update.lr": 0.05, "eval.heldout": 0.25}
-    base.update(over)
-    return load_config(TrainerConfig, overrides=base)
+_config = service_config
 
 
 def test_needs_bootstrap(tmp_path: Path) -> None:

@@ -19,11 +19,21 @@ def test_selection_weights_inverse_and_capped():
     assert w.tolist() == pytest.approx([1.0, 2.0, 4.0, 10.0])  # 1/0.05 = 20 capped at 10
 
 
-def test_selection_weights_reject_bad_p():
-    with pytest.raises(ValueError):
-        selection_weights([0.0])
-    with pytest.raises(ValueError):
-        selection_weights([1.5])
+def test_poison_p_select_gives_a_finite_capped_weight_not_an_error():
+    """p_select = 1e-50 is 0 in float32 and used to raise (and wedge training); now it is clipped."""
+    w = selection_weights([1e-50, 0.0, float("nan"), 1.5, -3.0], w_max=10.0)
+    assert torch.isfinite(w).all() and w.dtype == torch.float32
+    assert w.tolist() == pytest.approx([10.0, 10.0, 1.0, 1.0, 10.0])
+    # float32 input that already underflowed to 0, as LabelledBatch stores it
+    assert selection_weights(torch.tensor([1e-50], dtype=torch.float32), w_max=5.0).tolist() == [5.0]
+    w = importance_weights(torch.tensor([1e-50, 0.5], dtype=torch.float64), w_max=10.0)
+    assert weighted_loss(torch.tensor([1.0, 3.0]), w).item() == pytest.approx((10 * 1 + 2 * 3) / 12)
+
+
+@pytest.mark.parametrize("w_max", [0.5, 0.0, -1.0, float("nan"), float("inf")])
+def test_w_max_below_one_is_refused(w_max):
+    with pytest.raises(ValueError, match="w_max"):
+        selection_weights([0.5], w_max=w_max)
 
 
 def test_importance_multiplies():

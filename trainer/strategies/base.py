@@ -12,18 +12,25 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self
 
 import msgspec
+from msgspec import Meta
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from protocol.config import value_error
 from trainer.nets import Classifier, grow_head
 from trainer.replay import ReplayBatch, ReplayMemory
 
-__all__ = ["LabelledBatch", "LabelledSample", "OptimizerLike", "Strategy", "StrategyConfig"]
+__all__ = ["LabelledBatch", "LabelledSample", "OptimizerLike", "Strategy", "StrategyConfig", "NonNegative", "Positive"]
+
+#: Ranges for settings (checked at load; the error names the key, the value and the range).
+NonNegative = Annotated[float, Meta(ge=0.0, le=1e9)]
+Positive = Annotated[float, Meta(gt=0.0, le=1e9)]
+_BatchSize = Annotated[int, Meta(ge=0, le=1_000_000)]
 
 OptimizerLike = torch.optim.Optimizer | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
@@ -105,10 +112,10 @@ class StrategyConfig(msgspec.Struct, kw_only=True):
     config file, the benchmark's ``--set`` or a test: unknown keys and wrong types fail naming the key.
     """
 
-    replay_batch_size: int = 32         # replayed samples mixed into every step's minibatch
-    new_batch_size: int = 32            # at most this many of the new samples per step (0 = all of them)
+    replay_batch_size: _BatchSize = 32  # replayed samples mixed into every step's minibatch
+    new_batch_size: _BatchSize = 32     # at most this many of the new samples per step (0 = all of them)
     balanced_replay: bool = True        # draw replay round-robin over classes
-    grad_clip: float | None = None      # clip the gradient norm of every step to this (None = no clipping)
+    grad_clip: Positive | None = None   # clip the gradient norm of every step to this (None = no clipping)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None, strategy: str = "") -> Self:
@@ -123,8 +130,7 @@ class StrategyConfig(msgspec.Struct, kw_only=True):
         try:
             return msgspec.convert(values, type=cls, strict=False)
         except msgspec.ValidationError as e:
-            msg, _, where = str(e).rpartition(" - at `$.")
-            raise ValueError(f"{where.rstrip('`')}: {msg}" if msg else str(e)) from None
+            raise ValueError(value_error(e, values, cls)) from None
 
     def as_dict(self) -> dict[str, Any]:
         """Every setting with its value (for configs printed or written back)."""

@@ -11,14 +11,14 @@ from __future__ import annotations
 import torch
 
 from trainer.replay import ReplayBatch
-from trainer.strategies.base import LabelledBatch, Strategy, StrategyConfig, cross_entropy
+from trainer.strategies.base import LabelledBatch, NonNegative, Strategy, StrategyConfig, cross_entropy
 
 
 class DERppConfig(StrategyConfig, kw_only=True):
     """DER++'s settings (Buzzega et al. tune both per benchmark; these are the Split-MNIST values)."""
 
-    alpha: float = 0.3                  # weight of the MSE between replayed and stored logits
-    beta: float = 0.5                   # weight of the CE on replayed labels
+    alpha: NonNegative = 0.3                  # weight of the MSE between replayed and stored logits
+    beta: NonNegative = 0.5                   # weight of the CE on replayed labels
 
 
 class DERpp(Strategy):

@@ -8,20 +8,23 @@ Fisher is a true per-sample mean of squared gradients, not the square of a batch
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
+from msgspec import Meta
 from torch.func import functional_call, grad, vmap
 
 from trainer.replay import ReplayBatch
-from trainer.strategies.base import LabelledBatch, Strategy, StrategyConfig, cross_entropy
+from trainer.strategies.base import LabelledBatch, NonNegative, Strategy, StrategyConfig, cross_entropy
 
 
 class EWCConfig(StrategyConfig, kw_only=True):
     """Online EWC's settings; the values the Split-MNIST benchmark's numbers were measured with."""
 
-    ewc_lambda: float = 100.0           # λ, strength of the quadratic penalty
-    ewc_gamma: float = 1.0              # γ, decay of the running Fisher at each consolidation
-    ewc_window: int = 100               # update calls per Fisher consolidation (a stand-in for a "task")
+    ewc_lambda: NonNegative = 100.0           # λ, strength of the quadratic penalty
+    ewc_gamma: Annotated[float, Meta(ge=0.0, le=1.0)] = 1.0              # γ, decay of the running Fisher at each consolidation
+    ewc_window: Annotated[int, Meta(ge=1, le=1_000_000)] = 100               # update calls per Fisher consolidation (a stand-in for a "task")
 
 
 class EWC(Strategy):

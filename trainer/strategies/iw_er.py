@@ -22,7 +22,9 @@ what reaches the Split-MNIST goal (trainer/learning_bench.py): without them iw-e
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
+
+from msgspec import Meta
 
 import torch
 
@@ -30,6 +32,7 @@ from trainer.replay import ReplayBatch
 from trainer.strategies.base import (
     LabelledBatch,
     Strategy,
+    NonNegative,
     StrategyConfig,
     cross_entropy,
 )
@@ -45,11 +48,11 @@ from trainer.weighting import (
 class IWERConfig(StrategyConfig, kw_only=True):
     """iw-er's settings: the weights (see the module doc) and its two levers."""
 
-    w_max: float = 10.0                 # cap of the 1/p_select weight of a new sample
+    w_max: Annotated[float, Meta(ge=1.0, le=1e6)] = 10.0  # cap of the 1/p_select weight of a new sample (>= 1)
     importance: Literal["loss", "grad"] | None = None  # × a dynamic importance from the current model
     class_balance: bool = True          # × inverse class frequency within the minibatch
     ace: bool = True                    # asymmetric CE on the new samples
-    distill: float = 0.3                # weight of the replayed-logit MSE (0 = off; > 0 stores logits)
+    distill: NonNegative = 0.3                # weight of the replayed-logit MSE (0 = off; > 0 stores logits)
 
 
 class IWER(Strategy):
