@@ -389,6 +389,10 @@ def start_line(d: Path, cameras: int, quick: bool) -> Line:
                    str(pki / "services" / "trainer"), "--labeller", "oracle", "--api-port", "0"]
         line.trainer_config, env = _trainer_config(trainer)
         line.pids["trainer"] = procs.start("trainer", *trainer, env=env).pid
+        # Cameras start once the trainer's session exists: a sample published before the trainer's first-ever
+        # subscription has no subscriber, and mosquitto acknowledges it to the camera and discards it.
+        _wait(lambda: "subscribed to" in (d / "logs" / "trainer.log").read_text(errors="replace"), 300,
+              "the trainer's first subscription", procs)
         line.pids["deploy"] = procs.start(
             "deploy", "deploy", "run", "--state-dir", str(d / "deploy"), "--key", str(keys / "signing.key"),
             "--broker", broker, "--mode", "auto", "--metrics-port", "0",
@@ -461,7 +465,8 @@ def finish(line: Line) -> dict[str, Any]:
             break  # nothing arrived for 30 s: what is missing now is not on its way
         time.sleep(1.0)
     status = json.loads(cli("trainer", "status", "--state-dir", str(line.d / "trainer"), "--json") or "{}")
-    services = line.procs.stop(["deploy", "trainer", "broker"], timeout=120)
+    services = line.procs.stop(["deploy", "trainer"], timeout=120)  # before the broker: a clean disconnect
+    services.update(line.procs.stop(["broker"], timeout=60))
     acc = account(outboxes, store_ids(samples_dir))
     return {"accounting": acc, "trainer_status": status, "exit_codes": {**codes, **services}}
 
