@@ -569,7 +569,7 @@ def result(series: dict[str, list[tuple[float, int]]], store: list[dict[str, Any
     if lost:
         notes.append("lost: " + "; ".join(lost))
     return {"name": NAME, "figures": figures, "goal": GOAL, "met": verdict(per, acc["total"]["lost"], ok_ret),
-            "headline": "max_growth_pct", "notes": " ".join(notes),
+            "headline": "max_growth_pct", "notes": "; ".join(notes),
             "per_process": {n: proc(g) for n, g in per.items()}, "per_camera_samples": acc["per_camera"]}
 
 
@@ -644,8 +644,8 @@ def main(argv: list[str] | None = None) -> int:
     res.update(seconds=round(time.perf_counter() - t0, 2), quick=args.quick, ran_at=started)
     res = run_all.jsonable(res)
     if not args.no_write:
-        md = ROOT / "BENCHMARKS.md" if args.results == ROOT / "bench" / "results.json" else \
-            args.results.parent / "BENCHMARKS.md"
+        default = args.results.resolve() == (ROOT / "bench" / "results.json").resolve()
+        md = ROOT / "BENCHMARKS.md" if default else args.results.parent / "BENCHMARKS.md"
         run_all.write_results([res], args.results, md, args.quick, run_all.REGISTRY, merge=True)
     _summary(res)
     return 1 if res["status"] == "error" else 0
