@@ -393,10 +393,12 @@ def start_line(d: Path, cameras: int, quick: bool) -> Line:
         # subscription has no subscriber, and mosquitto acknowledges it to the camera and discards it.
         _wait(lambda: "subscribed to" in (d / "logs" / "trainer.log").read_text(errors="replace"), 300,
               "the trainer's first subscription", procs)
+        deploy = ["deploy", "run", "--state-dir", str(d / "deploy"), "--key", str(keys / "signing.key"),
+                  "--broker", broker, "--mode", "auto", "--metrics-port", "0"]
+        if "--pki" in cli("deploy", "run", "--help"):  # newer rollout services: the gate counts the PKI's devices
+            deploy += ["--pki", str(pki)]
         line.pids["deploy"] = procs.start(
-            "deploy", "deploy", "run", "--state-dir", str(d / "deploy"), "--key", str(keys / "signing.key"),
-            "--broker", broker, "--mode", "auto", "--metrics-port", "0",
-            env={"EDGELOOP_MQTT_IDENTITY": str(pki / "services" / "deploy")}).pid
+            "deploy", *deploy, env={"EDGELOOP_MQTT_IDENTITY": str(pki / "services" / "deploy")}).pid
         opts = DemoOptions(scenario="digits", fps=CAMERA_FPS)
         for k, name in enumerate(names, 1):
             line.pids[name] = procs.start(
