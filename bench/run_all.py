@@ -7,6 +7,7 @@
     edgeloop bench learning --strategy iw-er --seeds 0     # passthrough to bench.learning.main
     edgeloop bench rollout --devices 50                    # passthrough to bench.rollout.main
     edgeloop bench label_budget --seeds 0                  # = python -m bench.label_budget --seeds 0
+    edgeloop bench soak --quick --out DIR  # only when named (30 min; not in all, not in CI)
 
 Why one harness: every benchmark answers a design claim (codec cost, edge fps, venv size, learning
 quality, rollout time ...). Running them through one entry point with one machine description and
@@ -51,11 +52,15 @@ class Bench:
 
     module: imported lazily; an ImportError *of this module itself* means "not written yet".
     runner: called instead of ``module.run`` (tests use it to stand in for a benchmark).
+    explicit: runs only when named (``edgeloop bench soak``), never in ``all`` (so neither in CI): a benchmark
+        that takes half an hour. ``all`` keeps its last entry in results.json. Given any option, it is always
+        handed to the module's own ``main(argv)``, whose options (``--out DIR``) are not the harness's.
     """
 
     name: str
     module: str
     runner: Callable[[bool], Result] | None = None
+    explicit: bool = False
 
 
 REGISTRY: list[Bench] = [
@@ -72,6 +77,7 @@ REGISTRY: list[Bench] = [
     Bench("console", "bench.console"),
     Bench("fuzz", "bench.fuzz"),
     Bench("chaos", "bench.chaos"),
+    Bench("soak", "bench.soak", explicit=True),
 ]
 
 
@@ -200,17 +206,24 @@ def write_results(
 
     merge: keep entries of benchmarks not run this time from an existing results.json (so running one
     benchmark refreshes its row without erasing the rest); each entry carries its own ran_at/quick.
+    Without merge (``all``), the entries of ``explicit`` benchmarks are kept all the same (``all`` never runs
+    them), or stand as "not run" with how to run them.
     """
     from bench import machine as machine_mod
     from bench import report
 
     by_name: dict[str, Result] = {}
-    if merge and out.exists():
+    explicit = {b.name: b for b in registry if b.explicit}
+    if out.exists() and (merge or explicit):
         try:
             for e in json.loads(out.read_text()).get("benchmarks", []):
-                by_name[e["name"]] = e
+                if merge or e["name"] in explicit:
+                    by_name[e["name"]] = e
         except (ValueError, KeyError, TypeError, AttributeError):
             _log(f"ignoring unreadable {out}")
+    if not merge:
+        for name, b in explicit.items():
+            by_name.setdefault(name, _not_run(b))
     for e in entries:
         by_name[e["name"]] = e
     order = {b.name: i for i, b in enumerate(registry)}
@@ -235,6 +248,15 @@ def write_results(
         md.parent.mkdir(parents=True, exist_ok=True)
         md.write_text(report.render(doc))
     return doc
+
+
+def _not_run(bench: Bench) -> Result:
+    """The entry of an ``explicit`` benchmark that has not been run yet: its goal and how to run it."""
+    module, _ = load(bench)
+    return {"name": bench.name, "status": "not run", "figures": {}, "met": None,
+            "goal": str(getattr(module, "GOAL", "")),
+            "notes": f"outside `edgeloop bench all` and CI; run it by name: `edgeloop bench {bench.name}` "
+                     f"(`edgeloop bench {bench.name} --help` for its options)"}
 
 
 # --------------------------------------------------------------------------- CLI
@@ -299,6 +321,8 @@ def main(argv: list[str] | None = None, registry: Sequence[Bench] | None = None)
         bench, rest = by_name[argv[0]], argv[1:]
         if rest[:1] == ["--"]:
             return _passthrough(bench, rest[1:])
+        if bench.explicit and rest:
+            return _passthrough(bench, rest)
         if any(a in ("-h", "--help") for a in rest):
             module, _ = load(bench)
             if module is not None and own_main(module) is not None:
@@ -313,14 +337,15 @@ def main(argv: list[str] | None = None, registry: Sequence[Bench] | None = None)
             module, failure = load(b)
             state = "present" if failure is None else failure["status"]
             has_main = module is not None and own_main(module) is not None
-            print(f"{b.name:<14} {b.module:<24} {state}{'  (own CLI)' if has_main else ''}")
+            print(f"{b.name:<14} {b.module:<24} {state}{'  (own CLI)' if has_main else ''}"
+                  f"{'  (only when named, not in all)' if b.explicit else ''}")
         return 0
     names = args.names or ["all"]
     if "all" in names:
         if len(names) > 1:
             print("edgeloop bench: 'all' cannot be combined with names", file=sys.stderr)
             return 2
-        selected = reg
+        selected = [b for b in reg if not b.explicit]
     else:
         unknown_names = [n for n in names if n not in by_name]
         if unknown_names:
