@@ -9,6 +9,13 @@ Inputs:
 ``sim:`` scenarios are not read here: the trainer must never import ``edge`` (where the simulator lives).
 ``edgeloop demo`` renders simulated frames into an ImageFolder and then calls :func:`bootstrap` on it.
 
+Robust by construction, because a new user's data set is one nobody tuned for (a digits set that is not
+MNIST ended at chance with a fixed lr=3e-3 and nothing warned): Adam with a short linear warm-up, cosine
+decay and gradient-norm clipping; divergence is watched while training (a non-finite or exploding loss, one
+predicted class) and the held-out result is checked (chance-level accuracy, one predicted class). A failed
+attempt is retried from a fresh initialisation at a third, then a tenth of the learning rate; when every
+attempt fails, :class:`BootstrapDiverged` says what happened in each, and nothing is registered.
+
 What it writes into ``state_dir``: a checkpoint (model, empty optimiser state, replay memory seeded with
 the training set, counters), ``bootstrap_heldout.pt`` (the held-out slice, kept for later evaluations so
 that forgetting of the bootstrap classes is measured), and the first registered ONNX version, promoted.
@@ -16,8 +23,10 @@ that forgetting of the bootstrap classes is measured), and the first registered 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +37,10 @@ import torch.nn.functional as F
 
 from protocol.model_meta import ModelMeta
 
+from .augment import Augment, parse_augment
 from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import read_idx
-from .evaluate import evaluate_model, stratified_split
+from .evaluate import evaluate_model, predict, stratified_split
 from .export import export_onnx
 from .images import InputFormat, preprocess_bytes
 from .nets import ARCH_INPUT, build_model
@@ -39,9 +49,17 @@ from .replay import ReplayMemory
 
 log = logging.getLogger(__name__)
 
-__all__ = ["bootstrap", "BootstrapResult", "load_dataset", "IMAGE_EXTENSIONS"]
+__all__ = ["bootstrap", "BootstrapResult", "BootstrapDiverged", "Attempt", "collapse_reason", "train_classifier",
+           "load_dataset", "IMAGE_EXTENSIONS", "DEFAULT_LR", "RETRY_LR_FACTORS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+DEFAULT_LR = 1e-3
+#: learning rate of attempt k = lr x RETRY_LR_FACTORS[k]; each attempt starts from a fresh initialisation
+RETRY_LR_FACTORS = (1.0, 1 / 3, 1 / 10)
+CLIP_NORM = 10.0           # gradient-norm clip: a spike cannot throw the weights far in one step
+WARMUP_FRACTION = 0.05     # of all steps (at most 200): Adam's first steps are its largest
+MIN_EVIDENCE = 30         # predictions needed before "one class" / "at chance" is judged
+EXPLODED = 4.0             # an epoch's mean loss above this many times chance level (ln K) has exploded
 
 
 @dataclass
@@ -167,13 +185,132 @@ def _parse_names(labels: str | Sequence[str] | None) -> list[str] | None:
     return list(labels)
 
 
+@dataclass
+class Attempt:
+    """One training attempt: its settings and how it ended (``reason`` is None when it was healthy)."""
+
+    lr: float
+    seed: int
+    epochs_run: int
+    final_loss: float | None
+    reason: str | None
+    seconds: float
+    heldout_accuracy: float | None = None
+    heldout_macro_f1: float | None = None
+
+    def describe(self) -> str:
+        what = "ok" if self.reason is None else self.reason
+        acc = f", held-out accuracy {self.heldout_accuracy:.3f}" if self.heldout_accuracy is not None else ""
+        return f"lr {self.lr:.2g} (seed {self.seed}, {self.epochs_run} epochs{acc}): {what}"
+
+
+class BootstrapDiverged(RuntimeError):
+    """Every attempt diverged or collapsed; ``attempts`` says how. Nothing was registered."""
+
+    def __init__(self, attempts: list[Attempt], classes: int) -> None:
+        self.attempts = attempts
+        lines = "; ".join(f"attempt {i + 1}: {a.describe()}" for i, a in enumerate(attempts))
+        super().__init__(
+            f"bootstrap failed: no attempt learnt the {classes} classes ({lines}). Check that the labels match "
+            f"the images (one folder or IDX label per class), that every class has enough samples, and try "
+            f"--lr lower or --epochs higher; no model was registered")
+
+
+def collapse_reason(pred: np.ndarray, y: np.ndarray, num_classes: int) -> str | None:
+    """Why predictions ``pred`` on labels ``y`` look like a dead model, or None.
+
+    Dead = one predicted class (>= 95 % of predictions go to a class that is < 70 % of the truth), or accuracy
+    at chance (no better than always answering the most common class plus 2 points, when that leaves room).
+    Fewer than MIN_EVIDENCE samples say nothing either way (None).
+    """
+    pred, y = np.asarray(pred).reshape(-1), np.asarray(y).reshape(-1)
+    if len(y) < MIN_EVIDENCE or num_classes < 2:
+        return None
+    counts_p = np.bincount(pred, minlength=num_classes) / len(pred)
+    counts_y = np.bincount(y, minlength=num_classes) / len(y)
+    top = int(counts_p.argmax())
+    if counts_p[top] >= 0.95 and counts_y[top] < 0.7:
+        return f"predicts one class ({counts_p[top]:.0%} of predictions are class {top}, which is {counts_y[top]:.0%} of the data)"
+    acc = float((pred == y).mean())
+    majority = float(counts_y.max())
+    if majority < 0.9 and acc <= majority + 0.02:
+        return f"accuracy at chance ({acc:.1%}; always answering the commonest class gives {majority:.1%})"
+    return None
+
+
+def _schedule(total_steps: int) -> Any:
+    """Linear warm-up over WARMUP_FRACTION of the steps, then cosine decay to 10 % of the learning rate."""
+    warm = max(1, min(200, int(WARMUP_FRACTION * total_steps)))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, total_steps - warm)
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+    return factor
+
+
+def train_classifier(model: torch.nn.Module, x_u8: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float,
+                     batch_size: int, seed: int, augment: Augment | None = None, bar: Any = None,
+                     min_batch: int = 1) -> tuple[float | None, str | None, int]:
+    """Train ``model`` in place on uint8 inputs ``x_u8``; returns (last epoch's mean loss, divergence reason or
+    None, epochs run). Stops at the first sign of divergence: a non-finite loss, an epoch loss above EXPLODED x
+    chance level, or -- from the third epoch (or a third of them) on -- an epoch whose training predictions
+    collapse (:func:`collapse_reason`)."""
+    k = int(y.max()) + 1 if len(y) else 1
+    chance = math.log(max(2, k))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps_per_epoch = max(1, -(-len(y) // batch_size))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(epochs * steps_per_epoch))
+    gen = torch.Generator().manual_seed(seed)
+    check_from = max(2, epochs // 3)
+    model.train()
+    mean = None
+    for epoch in range(epochs):
+        perm = torch.randperm(len(y), generator=gen)
+        total, count = 0.0, 0
+        preds, truth = [], []
+        for i in range(0, len(y), batch_size):
+            idx = perm[i:i + batch_size]
+            if len(idx) < min_batch:
+                continue
+            xb = x_u8[idx].float() / 255.0
+            if augment is not None:
+                xb = augment(xb, gen)
+            out = model(xb)
+            loss = F.cross_entropy(out, y[idx])
+            if not torch.isfinite(loss):
+                return None, f"loss is {float(loss)} at epoch {epoch + 1}", epoch + 1
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+            preds.append(out.detach().argmax(1))
+            truth.append(y[idx])
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{total / max(count, 1):.4f}", lr=f"{lr:.1e}")
+        mean = total / max(count, 1)
+        if mean > EXPLODED * chance:
+            return mean, f"loss exploded ({mean:.3g} at epoch {epoch + 1}; chance level is {chance:.3g})", epoch + 1
+        if epoch >= check_from and preds:
+            why = collapse_reason(torch.cat(preds).numpy(), torch.cat(truth).numpy(), k)
+            if why:
+                return mean, f"training {why} at epoch {epoch + 1}", epoch + 1
+    return mean, None, epochs
+
+
 def bootstrap(
     state_dir: str | Path,
     data: str | Path,
     *,
     arch: str = "convnet",
     epochs: int = 3,
-    lr: float = 1e-3,
+    lr: float | None = None,
     batch_size: int = 64,
     labels: str | Sequence[str] | None = None,
     roi: Sequence[int] | None = None,
@@ -189,6 +326,8 @@ def bootstrap(
     progress: bool = True,
     force: bool = False,
     torch_threads: int | None = None,
+    retries: int = len(RETRY_LR_FACTORS) - 1,
+    augment: str | bool | Augment | None = None,
 ) -> BootstrapResult:
     """Train ``arch`` on ``data`` and write the trainer state with the first promoted ONNX version.
 
@@ -197,6 +336,11 @@ def bootstrap(
     architecture's input (convnet is fixed at 28). ``weights`` loads a local ``state_dict`` file (e.g.
     torchvision MobileNet weights) before training; keys that do not fit (the head) are skipped.
     Refuses to overwrite an existing state unless ``force``.
+
+    ``lr`` defaults to :data:`DEFAULT_LR`. Up to ``retries`` more attempts follow one that diverges or
+    collapses (see the module docstring); :class:`BootstrapDiverged` when none is healthy. ``augment``
+    ("photometric", "geometric", "both"/True) trains on randomly changed copies of the inputs
+    (:mod:`trainer.augment`).
     """
     t_start = time.perf_counter()
     state_dir = Path(state_dir)
@@ -224,41 +368,50 @@ def bootstrap(
     log.info("bootstrap %s on %s: %d samples, %d classes %s, %d held out", arch, data, len(y), len(label_names),
              label_names, len(held_idx))
 
-    model = build_model(arch, len(label_names), in_channels=fmt.channels)
-    if weights is not None:
-        _load_weights(model, Path(weights))
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
     xt, yt = x_u8[train_idx], y[train_idx]
-    gen = torch.Generator().manual_seed(seed)
-    steps_per_epoch = max(1, -(-len(yt) // batch_size))
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=epochs * steps_per_epoch, desc=f"bootstrap {arch}", unit="step")
-    model.train()
-    for epoch in range(epochs):
-        perm = torch.randperm(len(yt), generator=gen)
-        total, count = 0.0, 0
-        for i in range(0, len(yt), batch_size):
-            idx = perm[i:i + batch_size]
-            if len(idx) < 2 and arch != "convnet":  # batch norm cannot train on one sample
-                continue
-            loss = F.cross_entropy(model(xt[idx].float() / 255.0), yt[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{total / max(count, 1):.4f}")
-    if bar is not None:
-        bar.close()
-
     xh, yh = x_u8[held_idx], y[held_idx]
     eval_x, eval_y = (xh, yh) if len(yh) else (xt, yt)
-    m = evaluate_model(model, eval_x.float() / 255.0, eval_y, len(label_names))
+    base_lr = DEFAULT_LR if lr is None else float(lr)
+    aug = parse_augment(augment)
+    steps_per_epoch = max(1, -(-len(yt) // batch_size))
+    attempts: list[Attempt] = []
+    model = None
+    m: dict[str, Any] = {}
+    for k, factor in enumerate(RETRY_LR_FACTORS[: max(0, retries) + 1]):
+        t_a = time.perf_counter()
+        torch.manual_seed(seed + 1000 * k)
+        model = build_model(arch, len(label_names), in_channels=fmt.channels)
+        if weights is not None:
+            _load_weights(model, Path(weights))
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=epochs * steps_per_epoch, desc=f"bootstrap {arch}" + (f" (retry {k})" if k else ""),
+                       unit="step")
+        try:
+            loss, why, ran = train_classifier(model, xt, yt, epochs=epochs, lr=base_lr * factor,
+                                              batch_size=batch_size, seed=seed + 1000 * k, augment=aug, bar=bar,
+                                              min_batch=1 if arch == "convnet" else 2)  # batch norm needs 2
+        finally:
+            if bar is not None:
+                bar.close()
+        att = Attempt(base_lr * factor, seed + 1000 * k, ran, loss, why, 0.0)
+        if why is None:
+            m = evaluate_model(model, eval_x.float() / 255.0, eval_y, len(label_names))
+            att.heldout_accuracy, att.heldout_macro_f1 = m["accuracy"], m["macro_f1"]
+            pred = predict(model, eval_x.float() / 255.0)
+            why = collapse_reason(pred, eval_y.numpy(), len(label_names))
+            att.reason = None if why is None else f"{'held-out' if len(yh) else 'training'} {why}"
+        att.seconds = round(time.perf_counter() - t_a, 2)
+        attempts.append(att)
+        if att.reason is None:
+            break
+        log.warning("bootstrap attempt %d diverged: %s%s", k + 1, att.describe(),
+                    "; retrying from a fresh initialisation" if k < retries and k + 1 < len(RETRY_LR_FACTORS) else "")
+    if attempts[-1].reason is not None:
+        raise BootstrapDiverged(attempts, len(label_names))
+    assert model is not None
     metrics: dict[str, Any] = {
         "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"], "forgetting": 0.0,
         "per_class": {label_names[i]: v for i, v in enumerate(m["per_class"]) if v is not None},
@@ -292,10 +445,12 @@ def bootstrap(
         state_dir, model=model, arch=arch, labels=list(label_names), optimizer=None, replay=memory,
         counters={"label_seq": 0, "samples_seen": 0, "updates": 0, "evaluations": 0, "promotions": 0,
                   "bootstrap_samples": int(len(yt))},
-        extra={"input": fmt.as_dict(), "in_channels": fmt.channels, "history": [], "bootstrap_version": version},
+        extra={"input": fmt.as_dict(), "in_channels": fmt.channels, "history": [], "bootstrap_version": version,
+               "bootstrap_attempts": [dataclasses.asdict(a) for a in attempts]},
     )
     seconds = time.perf_counter() - t_start
-    result = BootstrapResult(version, rec.path, list(label_names), metrics, int(len(yt)), int(len(yh)), seconds)
+    result = BootstrapResult(version, rec.path, list(label_names), metrics, int(len(yt)), int(len(yh)), seconds,
+                             extra={"attempts": [dataclasses.asdict(a) for a in attempts]})
     log.info("bootstrap done: %s, accuracy %.4f macro-F1 %.4f on %d %s samples, %.1fs", version,
              metrics["accuracy"], metrics["macro_f1"], metrics["n"], metrics["evaluated_on"], seconds)
     return result
