@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Augment", "AUGMENTS", "augment", "parse_augment"]
+__all__ = ["Augment", "AUGMENTS", "augment", "augmented", "parse_augment"]
 
 
 @dataclass(frozen=True)
@@ -97,3 +98,25 @@ def augment(x: torch.Tensor, a: Augment, gen: torch.Generator | None = None) -> 
         y = y.clamp(min=1e-6).pow(gam)
         out = on * y + (1 - on) * out
     return out.clamp(0.0, 1.0)
+
+
+def augmented(cls: type) -> type:
+    """A subclass of the strategy class ``cls`` whose every optimiser step sees augmented copies of its new and
+    replayed inputs (``config.extra["augment"]``: photometric, geometric or both; default both). Replayed logits
+    (distillation targets) stay those of the stored, unaugmented inputs. The product hook this stands in for is
+    an ``augment`` setting read by the strategies' shared step (trainer/strategies/base.py)."""
+    import dataclasses
+
+    class Augmented(cls):  # type: ignore[valid-type, misc]
+        def _optimise(self, new: Any, replay: Any) -> float:
+            a = parse_augment(self.config.extra.get("augment", "both"))
+            if a is not None:
+                gen = self.__dict__.setdefault("_aug_gen", torch.Generator().manual_seed(self.config.seed + 7))
+                if len(new):
+                    new = dataclasses.replace(new, x=a(new.x, gen))
+                if replay is not None and len(replay):
+                    replay = dataclasses.replace(replay, x=a(replay.x, gen))
+            return super()._optimise(new, replay)
+
+    Augmented.__name__ = Augmented.__qualname__ = f"Augmented{cls.__name__}"
+    return Augmented
