@@ -12,6 +12,7 @@ from typing import Literal
 import msgspec
 
 from edge.drift import DriftConfig
+from edge.model import CalibrationConfig
 from edge.sampler import SamplerConfig
 from edge.updater import UpdaterLimits
 
@@ -73,6 +74,7 @@ class EdgeConfig(_Section):
     model: ModelConfig = msgspec.field(default_factory=ModelConfig)
     sampler: SamplerConfig = msgspec.field(default_factory=SamplerConfig)
     drift: DriftConfig = msgspec.field(default_factory=DriftConfig)
+    calibration: CalibrationConfig = msgspec.field(default_factory=CalibrationConfig)  # test-time input calibration
     upload: UploadConfig = msgspec.field(default_factory=UploadConfig)
     outbox: OutboxConfig = msgspec.field(default_factory=OutboxConfig)
     mqtt: MqttConfig = msgspec.field(default_factory=MqttConfig)
