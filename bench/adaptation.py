@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -187,7 +188,35 @@ def run_one(scenario: str, seed: int, variant: str = "demo", upper: bool = True,
                uploads=int(sum(tr.uploads)), frames=int(sum(len(x) for x in tr.truth)),
                updates=len(tr.updates), promoted=sum(1 for u in tr.updates if u["promoted"]),
                rollouts=sum(1 for e in tr.events if e["kind"] == "rollout"),
-               freshness_p50_s=_q(tr.freshness, 50), freshness_p95_s=_q(tr.freshness, 95), bootstrap=boot)
+               freshness_p50_s=_q(tr.freshness, 50), freshness_p95_s=_q(tr.freshness, 95), bootstrap=boot,
+               stream_s=stream_s, cameras=cameras, upper=upper, decisions=tr.updates)
+    save_row(out)
+    return out
+
+
+def _row_path(variant: str, scenario: str, seed: int, stream_s: float, cameras: int) -> Path:
+    return CACHE / "runs" / f"{variant}-{scenario}-s{seed}-{stream_s:g}s-{cameras}c.json"
+
+
+def save_row(row: dict[str, Any]) -> None:
+    """Keep every finished run (a long matrix that fails late keeps what it measured; ``--collect`` reads them)."""
+    from bench.run_all import jsonable
+
+    path = _row_path(row["variant"], row["scenario"], row["seed"], row["stream_s"], row["cameras"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(jsonable(row)))
+
+
+def load_rows(names: list[str], seeds: list[int], variant_names: list[str], stream_s: float = STREAM_S,
+              cameras: int = 4) -> list[dict[str, Any]]:
+    """The saved rows of these runs (those that exist)."""
+    out = []
+    for v in variant_names:
+        for n in names:
+            for seed in seeds:
+                p = _row_path(v, n, seed, stream_s, cameras)
+                if p.exists():
+                    out.append(json.loads(p.read_text()))
     return out
 
 
@@ -275,8 +304,8 @@ def _med(xs: list[Any]) -> float | None:
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median over seeds per (variant, scenario) and arm; a recovery that never happened counts as the rest of
-    the stream (so the median is an honest 'at least')."""
+    """Median over seeds per (variant, scenario) and arm; a recovery that never happened counts as infinitely
+    late, so the median recovery is None ("not recovered") unless most seeds recovered."""
     out: dict[str, Any] = {}
     for key in sorted({(r["variant"], r["scenario"]) for r in rows}):
         rs = [r for r in rows if (r["variant"], r["scenario"]) == key]
@@ -287,10 +316,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                    "drifts": []}
             for j, d in enumerate(ms[0]["drifts"]):
                 rec = [m["drifts"][j]["recover_s"] for m in ms]
-                seg = [(r["events"][j + 1]["t"] if j + 1 < len(r["events"]) else r["final_window_s"][1])
-                       - r["events"][j]["t"] for r in rs]
+                med = float(np.median([math.inf if x is None else x for x in rec]))
                 arm["drifts"].append({"what": d["what"], "auc": _med([m["drifts"][j]["auc"] for m in ms]),
-                                      "recover_s": _med([x if x is not None else s for x, s in zip(rec, seg)]),
+                                      "recover_s": round(med, 1) if math.isfinite(med) else None,
                                       "recovered": f"{sum(x is not None for x in rec)}/{len(rec)}"})
             arm["recall"] = {lab: _med([m["recall"].get(lab) for m in ms]) for lab in ms[0]["recall"]}
             arms[a] = arm
@@ -385,10 +413,10 @@ def render_png(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path, 
             ax.axvline(e["t"], color="#ff7f0e", ls="--", lw=1.2)
             ax.text(e["t"] + 0.8, 3, e["what"], color="#ff7f0e", fontsize=9, rotation=90, va="bottom")
         s = summary[f"{variant}/{name}"]
-        rec = ", ".join(f"{d['what']}: {d['recover_s']:.0f} s" for d in s["arms"]["loop"]["drifts"]
-                        if d["recover_s"] is not None)
-        ax.set_title(f"{name} ({len(rs)} seeds) - loop recovers in {rec}", fontsize=11 if j else 12,
-                     loc="left")
+        rec = ", ".join(f"{d['what']}: " + (f"{d['recover_s']:.0f} s" if d["recover_s"] is not None else "not recovered")
+                        for d in s["arms"]["loop"]["drifts"])
+        ax.set_title(f"{name} ({len(rs)} seed{'s' if len(rs) > 1 else ''}) - time to recover (loop): {rec}",
+                     fontsize=11 if j else 12, loc="left")
         ax.set_ylim(0, 101)
         ax.set_xlim(0, grid[-1])
         ax.set_xlabel("stream seconds")
@@ -505,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="also write the rows and the summary here")
     ap.add_argument("--save", action="store_true", help="write the result into bench/results.json (variant demo)")
     ap.add_argument("--list-variants", action="store_true")
+    ap.add_argument("--collect", action="store_true", help="do not run: summarise the saved rows of these runs")
     a = ap.parse_args(argv)
     if a.list_variants:
         for name, v in variants().items():
@@ -522,7 +551,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgeloop bench adaptation: unknown scenario/variant {', '.join(unknown)}", file=sys.stderr)
         return 2
     seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
-    rows = run_matrix(names, seeds, vnames, upper=not a.no_upper, stream_s=a.stream, workers=a.workers, **extra)
+    if a.collect:
+        rows = load_rows(names, seeds, vnames, a.stream, int(extra.get("cameras", 4)))
+        if not rows:
+            print("edgeloop bench adaptation: no saved rows for these runs", file=sys.stderr)
+            return 1
+    else:
+        rows = run_matrix(names, seeds, vnames, upper=not a.no_upper, stream_s=a.stream, workers=a.workers, **extra)
     summary = summarise(rows)
     print(format_table(summary))
     for v in vnames:

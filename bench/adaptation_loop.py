@@ -195,8 +195,9 @@ class RunTrace:
 # -- the upper bound ------------------------------------------------------------------------------------------
 class UpperBound:
     """A learner without the continual-learning constraints: every label seen so far is kept and trained on
-    jointly with the whole bootstrap set (class-balanced minibatches of 32, ``steps`` Adam steps per retraining),
-    after every ``every``-th trainer update. It continues from its previous retraining rather than from random
+    jointly with the whole bootstrap set, after every ``every``-th trainer update (``steps`` Adam steps on
+    minibatches of 32 drawn with the edge's selection correction: an upload weighs min(1/p_select, 10), as in
+    the loop, a bootstrap sample 1 -- so the minibatches follow the stream the cameras saw, old and new world). It continues from its previous retraining rather than from random
     weights (a compute saving: its first start, the bootstrap model, *is* a from-scratch training on the first
     part of that data), and nothing it learns is ever thrown away or replayed from a bounded memory.
     """
@@ -220,7 +221,7 @@ class UpperBound:
         self.model.eval()
         self.opt: Any = None
 
-    def retrain(self, xs: list[Any], names: list[str]) -> Any:
+    def retrain(self, xs: list[Any], names: list[str], p_select: list[float]) -> Any:
         import torch
         import torch.nn.functional as F
 
@@ -234,12 +235,12 @@ class UpperBound:
             self.opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         x = self.x0.float() / 255.0 if self.x0.dtype == torch.uint8 else self.x0.float()
         y = self.y0.long()
+        w = torch.ones(len(y))
         if xs:
             x = torch.cat([x, torch.stack(xs)])
             y = torch.cat([y, torch.tensor([self.labels.index(n) for n in names])])
+            w = torch.cat([w, torch.tensor([min(1.0 / max(p, 1e-6), 10.0) for p in p_select])])
         g = torch.Generator().manual_seed(self.seed + len(y))
-        counts = torch.bincount(y, minlength=len(self.labels)).float()
-        w = (1.0 / counts.clamp(min=1))[y]
         model.train()
         for _ in range(self.steps):
             idx = torch.multinomial(w, 32, replacement=True, generator=g)
@@ -468,7 +469,7 @@ def run_loop(state_src: Path, workdir: Path, urls: list[str], s: LoopSettings, s
                         rows = svc.store.labelled_after(0, limit=100000, heldout=False)
                         rows = [r for r in rows if r.label_seq <= upd[2]]
                         xs = [svc._tensor(r) for r in rows]  # noqa: SLF001 - the service's own decoding
-                        m = ub.retrain(xs, [str(r.label) for r in rows])
+                        m = ub.retrain(xs, [str(r.label) for r in rows], [float(r.p_select) for r in rows])
                         ub_pending.append((t + s.update_s + s.evaluate_s + s.export_s + s.wave_delay_s
                                            + (len(s.waves) - 1) * s.soak, m))
             if progress is not None and i % int(10 * s.fps) == 0:

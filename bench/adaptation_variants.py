@@ -147,8 +147,8 @@ VARIANTS: dict[str, Variant] = {
     "react-soak": Variant("react-soak", "react + 1 s canary soak for versions that beat the deployed one by >= 10 "
                                         "points on the recent slice (hook: controller policy from gate margin)",
                           settings={"fast_soak_margin": 10.0}, hooks=_react()),
-    "fewshot": Variant("fewshot", "new-class rows imprinted from the class-mean embedding and new classes "
-                                  "oversampled in their first updates (trainer.fewshot)",
+    "fewshot": Variant("fewshot", "new-class head rows imprinted from the class-mean embedding (trainer.fewshot); "
+                                  "replay is class-balanced already, so the few are oversampled anyway",
                        hooks=_strategy("trainer.fewshot.FewShotIWER")),
     "gate-loose": Variant("gate-loose", "gate: recent slice of 120, 5 points of allowed regression (eval config)",
                           settings={"eval": {"recent": 120, "max_regression": 0.05}}),
@@ -156,4 +156,17 @@ VARIANTS: dict[str, Variant] = {
                       settings={"update": {"lr": 3e-4}}),
     "mer": Variant("mer", "Meta-Experience Replay (trainer/strategies/mer.py) instead of iw-er",
                    hooks=_strategy("trainer.strategies.mer.MER")),
+    "ace-mix": Variant("ace-mix", "iw-er with half asymmetric, half full CE on new samples (bench/learning_mer.py; "
+                                  "hook: an ace_mix setting of iw-er)",
+                       hooks=_strategy("bench.learning_mer.MixIWER", {"ace_mix": 0.5})),
+    # combinations of the directions that earned their place
+    "calib-gate": Variant("calib-gate", "calib + gate-loose", settings={"eval": {"recent": 120, "max_regression": 0.05}},
+                          hooks=_calibration("always")),
+    "calib-gate-react": Variant("calib-gate-react", "calib + gate-loose + react",
+                                settings={"eval": {"recent": 120, "max_regression": 0.05}},
+                                hooks=_chain(_calibration("always"), _react())),
+    "calib-gate-mix": Variant("calib-gate-mix", "calib + gate-loose + ace-mix",
+                              settings={"eval": {"recent": 120, "max_regression": 0.05}},
+                              hooks=_chain(_calibration("always"),
+                                           _strategy("bench.learning_mer.MixIWER", {"ace_mix": 0.5}))),
 }

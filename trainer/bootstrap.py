@@ -58,6 +58,7 @@ DEFAULT_LR = 1e-3
 RETRY_LR_FACTORS = (1.0, 1 / 3, 1 / 10)
 CLIP_NORM = 10.0           # gradient-norm clip: a spike cannot throw the weights far in one step
 WARMUP_FRACTION = 0.05     # of all steps (at most 200): Adam's first steps are its largest
+DECAY_TO = 0.1             # cosine decay of the learning rate to this fraction of the peak (1.0 = none)
 MIN_EVIDENCE = 30         # predictions needed before "one class" / "at chance" is judged
 EXPLODED = 4.0             # an epoch's mean loss above this many times chance level (ln K) has exploded
 
@@ -246,7 +247,7 @@ def _schedule(total_steps: int) -> Any:
         if step < warm:
             return (step + 1) / warm
         t = (step - warm) / max(1, total_steps - warm)
-        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+        return DECAY_TO + (1.0 - DECAY_TO) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
     return factor
 
