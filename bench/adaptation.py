@@ -531,7 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stream", type=float, default=STREAM_S, help="stream seconds (default 127, the demo's)")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--json", help="also write the rows and the summary here")
-    ap.add_argument("--save", action="store_true", help="write the result into bench/results.json (variant demo)")
+    ap.add_argument("--save", action="store_true", help="write the result and bench/results/adaptation.png "
+                    "into bench/results.json (the first variant)")
+    ap.add_argument("--png", help="also draw the first variant's curves into this file")
     ap.add_argument("--list-variants", action="store_true")
     ap.add_argument("--collect", action="store_true", help="do not run: summarise the saved rows of these runs")
     a = ap.parse_args(argv)
@@ -572,10 +574,8 @@ def main(argv: list[str] | None = None) -> int:
                                            for k, c in g["checks"].items()))
     if a.json:
         Path(a.json).write_text(json.dumps({"rows": rows, "summary": summary}, indent=1, default=float))
-    if a.save or "demo" in vnames:
-        png = render_png(rows, summary, ROOT / "bench" / "results" / (
-            "adaptation.png" if a.save else f"adaptation-{'-'.join(vnames)}.png"), vnames[0])
-        print(f"picture: {png}")
+    if a.png:
+        print(f"picture: {render_png(rows, summary, Path(a.png), vnames[0])}")
     if a.save:
         from bench.run_all import REGISTRY, jsonable, write_results
 
