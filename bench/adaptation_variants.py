@@ -154,6 +154,8 @@ VARIANTS: dict[str, Variant] = {
                           settings={"eval": {"recent": 120, "max_regression": 0.05}}),
     "lr-low": Variant("lr-low", "updates at Adam lr 3e-4 instead of 1e-3 (update config)",
                       settings={"update": {"lr": 3e-4}}),
+    "k5": Variant("k5", "5 optimiser steps per update instead of 20: 20 steps on the same <= 32 new samples "
+                        "overfit them (update config)", settings={"update": {"steps": 5}}),
     "mer": Variant("mer", "Meta-Experience Replay (trainer/strategies/mer.py) instead of iw-er",
                    hooks=_strategy("trainer.strategies.mer.MER")),
     "ace-mix": Variant("ace-mix", "iw-er with half asymmetric, half full CE on new samples (bench/learning_mer.py; "
@@ -165,6 +167,7 @@ VARIANTS: dict[str, Variant] = {
     "calib-gate-react": Variant("calib-gate-react", "calib + gate-loose + react",
                                 settings={"eval": {"recent": 120, "max_regression": 0.05}},
                                 hooks=_chain(_calibration("always"), _react())),
+    "calib-k5": Variant("calib-k5", "calib + k5", settings={"update": {"steps": 5}}, hooks=_calibration("always")),
     "calib-gate-mix": Variant("calib-gate-mix", "calib + gate-loose + ace-mix",
                               settings={"eval": {"recent": 120, "max_regression": 0.05}},
                               hooks=_chain(_calibration("always"),
