@@ -8,7 +8,7 @@ Scenarios (stream of 127 s, 4 cameras at 15 fps, like the default demo):
 
 =============  =======================================================================================
 ``default``    the demo's: lighting change at 30 % (darker, colour cast, 4 s ramp), new class ``crack``
-               at 55 % (deploy/demo.py ``SCENARIOS["parts"]`` and ``plan_timeline``)
+               at 55 % (deploy/demo/plan.py ``SCENARIOS["parts"]`` and ``plan_timeline``)
 ``blur``       defocus (sigma 2 px) at 30 %
 ``noise``      sensor noise (sigma 12 grey levels) at 30 %
 ``prior``      class-prior shift at 30 % (``ok`` 55 % -> 25 %, scratches 40 %)
@@ -86,8 +86,8 @@ class Scenario:
 
 
 def scenarios(stream_s: float = STREAM_S) -> dict[str, Scenario]:
-    """The benchmark's scenarios for a stream of ``stream_s`` seconds (the default one from deploy/demo.py)."""
-    from deploy.demo import SCENARIOS, plan_timeline
+    """The benchmark's scenarios for a stream of ``stream_s`` seconds (the default one from deploy/demo/plan.py)."""
+    from deploy.demo.plan import SCENARIOS, plan_timeline
 
     demo = SCENARIOS["parts"]
     tl = plan_timeline(stream_s, FPS, "parts")
@@ -138,7 +138,8 @@ def bootstrap_state(kind: str, seed: int, options: dict[str, Any] | None = None,
         return state / "trainer"
     import shutil
 
-    from deploy.demo import SCENARIOS, DemoOptions, render_bootstrap_set
+    from deploy.demo.bootstrap import render_bootstrap_set
+    from deploy.demo.plan import SCENARIOS, DemoOptions
     from trainer.bootstrap import bootstrap
 
     shutil.rmtree(state, ignore_errors=True)
@@ -164,7 +165,7 @@ def run_one(scenario: str, seed: int, variant: str = "demo", upper: bool = True,
     """One (scenario, seed, variant) run in this process; returns its metrics and its curves. ``boot``
     overrides bootstrap options (on top of the variant's)."""
     from bench.adaptation_loop import LoopSettings, run_loop, stage_times
-    from deploy.demo import camera_seed
+    from deploy.demo.plan import camera_seed
 
     sc = scenarios(stream_s)[scenario]
     var = variants()[variant]

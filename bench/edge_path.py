@@ -14,12 +14,16 @@ just written it). Per model, interleaved in each repeat so background load hits 
 (a) bare ONNX Runtime ``session.run`` on already-preprocessed tensors, batch 1;
 (b) the full edge path per frame: ``edge.pipeline.Pipeline.step``, the code the node runs: ``prepare``
     (crop, resize, colour, normalise) -> ``classify`` (ORT + softmax + top-k) -> entropy -> drift update ->
-    ``Sampler.decide`` (incl. dedup);
+    ``Sampler.decide`` (incl. dedup), then what the node does with the result on every frame: the
+    ``/metrics`` latency histogram and the verdict (``edge.verdicts.Verdicts.offer`` with the default
+    settings, publishing through a real ``edge.link.Link`` connected to mosquitto when it is installed);
 (c) the seed's style in PyTorch eager: torchvision transforms (ToPILImage, Grayscale, Resize, ToTensor,
     Normalize) + ``model(x)`` + softmax, batch 1, ``torch.no_grad``.
 
 Goals: (b) >= 85 % of (a) and (b) >= 2x (c), as medians of per-repeat ratios (>= 5 repeats); and the peak
 RSS of a fresh edge process (imports edge, loads the model, runs frames; /proc VmHWM) <= 200 MB.
+Reported beside them: the frame loop's CPU per *published* verdict (mode ``all``, no rate limit: encode +
+paho's QoS 0 publish), which the default ``defects`` mode with its rate limit pays on few frames.
 Throughput is measured as frames per second of *thread CPU time* (``time.thread_time``) - every path is
 single-threaded, and on a shared machine wall time mostly measures the neighbours; wall-clock fps are
 reported alongside. The bench imports
@@ -28,6 +32,7 @@ torch (for (c) and to export the models); the edge package never does - (b) and 
 """
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import subprocess
@@ -113,14 +118,16 @@ def _fps(fn: Callable[[Any], object], items: list[Any]) -> tuple[float, float]:
     return len(items) / max(cpu * 1e-9, 1e-9), len(items) / max(wall * 1e-9, 1e-9)
 
 
-def _bench_case(arch: str, n_frames: int, repeats: int, workdir: Path) -> dict[str, Any]:
+def _bench_case(arch: str, n_frames: int, repeats: int, workdir: Path, link: Any) -> dict[str, Any]:
     import torch
     import torchvision.transforms as T
 
     from edge.drift import DriftMonitor
+    from edge.metrics import LatencyHistogram
     from edge.model import EdgeModel, ModelSlot
     from edge.pipeline import Pipeline
     from edge.sampler import Sampler, SamplerConfig
+    from edge.verdicts import PredictionsConfig, Verdicts
 
     case = CASES[arch]
     frames, roi = _frames(case["url"], n_frames)
@@ -135,11 +142,22 @@ def _bench_case(arch: str, n_frames: int, repeats: int, workdir: Path) -> dict[s
     def bare(x: np.ndarray) -> object:
         return sess.run(out_names, {in_name: x})
 
-    # (b) the full edge path: the very Pipeline that edge/node.py runs on every frame.
+    # (b) the full edge path: the very Pipeline that edge/node.py runs on every frame, then the node's
+    # per-frame reporting: the latency histogram and the verdict (default settings).
     pipeline = Pipeline(ModelSlot(model), Sampler(SamplerConfig(seed=0)), DriftMonitor(), "entropy")
+    topic = f"edgeloop/v1/dev/bench-{arch}/predictions"
+    verdicts = Verdicts(PredictionsConfig(), f"bench-{arch}", topic, link)  # digits: every label is a "defect"
+    latency = LatencyHistogram()
+    index = itertools.count()
 
     def edge_path(frame: np.ndarray) -> object:
-        return pipeline.step(frame)
+        t0 = time.perf_counter()
+        result = pipeline.step(frame)
+        ms = (time.perf_counter() - t0) * 1000.0
+        latency.observe(ms)
+        verdicts.offer(result.prediction, frame_index=next(index), frame_time=0.0,
+                       model_version=model.version, roi=model.roi, latency_ms=ms)
+        return result
 
     # (c) the seed's loop: torchvision transforms + eager forward.
     torch.set_num_threads(1)
@@ -169,6 +187,7 @@ def _bench_case(arch: str, n_frames: int, repeats: int, workdir: Path) -> dict[s
         runs["edge_vs_ort"].append(b / a)
         runs["edge_vs_torch"].append(b / c)
     med = {k: statistics.median(v) for k, v in runs.items()}
+    reporting_us, publish_us = _reporting_costs_us(pipeline, frames[:50], model, link, arch)
     return {
         "input": f"{meta.width}x{meta.height}x{meta.channels} {meta.color_order}",
         "frames": len(frames),
@@ -181,8 +200,68 @@ def _bench_case(arch: str, n_frames: int, repeats: int, workdir: Path) -> dict[s
         "edge_overhead_us_per_frame": round(1e6 / med["edge"] - 1e6 / med["ort"], 1),
         "wall_fps": {"ort": round(med["ort_wall"], 1), "edge": round(med["edge_wall"], 1), "torch_eager": round(med["torch_wall"], 1)},
         "edge_vs_ort_runs": [round(v, 3) for v in runs["edge_vs_ort"]],
+        "verdicts_default": {k: v for k, v in verdicts.stats().items() if k != "frames"},
+        "reporting_us_per_frame": reporting_us,
+        "verdict_publish_us": publish_us,
         "met": med["edge_vs_ort"] >= GOAL_VS_ORT and med["edge_vs_torch"] >= GOAL_VS_TORCH,
     }
+
+
+def _reporting_costs_us(pipeline: Any, frames: list[np.ndarray], model: Any, link: Any, arch: str
+                        ) -> tuple[float, float | None]:
+    """Frame-loop CPU (thread time) of the per-frame reporting, apart from the path it rides on.
+
+    Returns (a frame that publishes nothing: histogram + the verdict decision, here rate-limited; a published
+    verdict: encode + paho's QoS 0 publish, mode ``all`` without a limit, None without a broker). At F frames
+    per second the default settings cost the first on every frame plus the second on at most
+    ``max_per_s`` (10) of them: per frame, first + min(F, 10) / F x second.
+    """
+    from edge.metrics import LatencyHistogram
+    from edge.verdicts import PredictionsConfig, Verdicts
+
+    preds = [pipeline.step(f.copy()).prediction for f in frames]
+    topic = f"edgeloop/v1/dev/bench-{arch}/predictions"
+
+    def loop(v: Verdicts, hist: LatencyHistogram | None, rounds: int) -> tuple[int, int]:
+        n = published = 0
+        c0 = time.thread_time_ns()
+        for _ in range(rounds):
+            for i, p in enumerate(preds):
+                if hist is not None:
+                    hist.observe(1.0)
+                published += v.offer(p, frame_index=i, frame_time=0.0, model_version=model.version, roi=model.roi,
+                                     latency_ms=1.0)
+                n += 1
+            if hist is None:
+                time.sleep(0.01)  # let paho's thread drain its queue, as it would between frames
+        return time.thread_time_ns() - c0, max(published if hist is None else n, 1)
+
+    quiet = Verdicts(PredictionsConfig(), "bench", topic, link, clock=lambda: 0.0)  # the bucket never refills
+    loop(quiet, None, 1)  # spend the burst
+    cpu, n = loop(quiet, LatencyHistogram(), 20)
+    per_frame = round(cpu / 1e3 / n, 2)
+    if not link.is_connected:
+        return per_frame, None
+    cpu, n = loop(Verdicts(PredictionsConfig(mode="all", max_per_s=None), "bench", topic, link), None, 10)
+    return per_frame, round(cpu / 1e3 / n, 1)
+
+
+def _verdict_link(workdir: Path) -> tuple[Any, Any]:
+    """A real device link (paho client + outbox) to a mosquitto started for the bench; offline without one."""
+    from deploy.broker import find_mosquitto, start_broker
+    from edge.link import Link
+    from edge.outbox import Outbox
+    from protocol.reports import Birth, encode_report
+    from protocol.topics import Topics
+
+    broker = start_broker(kind="mosquitto", workdir=workdir / "broker") if find_mosquitto() else None
+    birth = encode_report(Birth(device="bench", capabilities={}, config_digest="bench", boot=1, software="bench"))
+    link = Link(device_id="bench", url=broker.url if broker else "mqtt://127.0.0.1:9", topics=Topics(),
+                outbox=Outbox(workdir / "outbox.sqlite", synchronous="NORMAL"), boot=1, birth=lambda: birth)
+    link.start()
+    if broker is not None and not link.wait_connected(10):
+        raise RuntimeError("the bench's verdict link did not connect to its broker")
+    return link, broker
 
 
 # The real ``edgeloop edge`` process (capture thread, outbox, MQTT link, updater) runs N frames; a tiny
@@ -215,8 +294,16 @@ def run(quick: bool = False) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="edgeloop-bench-") as tmp:
         work = Path(tmp)
-        for arch in CASES:
-            figures[arch] = _bench_case(arch, n_frames, repeats, work)
+        link, broker = _verdict_link(work)
+        try:
+            for arch in CASES:
+                figures[arch] = _bench_case(arch, n_frames, repeats, work, link)
+        finally:
+            link.stop(timeout=1)
+            link.outbox.close()
+            if broker is not None:
+                broker.stop()
+        figures["verdict_link"] = "mosquitto" if broker is not None else "offline (no mosquitto: verdicts dropped)"
         rss = _peak_rss_mb(work / "small_cnn.onnx", CASES["small_cnn"]["url"], 100 if quick else 300)
     figures["edge_peak_rss_mb"] = round(rss, 1)
     met = all(figures[a]["met"] for a in CASES) and rss <= GOAL_RSS_MB

@@ -8,21 +8,28 @@ drift, and how fast it does is the sum of many small waits spread over three pro
 buffer/update/gate/export, controller waves, device swap). Only a per-sample timeline across all of them says
 which wait matters; tuning any stage without it is guesswork.
 
-What runs -- the real components, wired as ``edgeloop demo`` wires them (deploy/demo.py, whose helpers are
-imported, not copied), with its *default* timing-relevant settings:
+What runs -- ``edgeloop demo``'s own phases (:class:`deploy.demo.app.DemoApp`, subclassed here, not
+copied), with the demo's *default* timing-relevant settings (:mod:`deploy.demo.plan`):
 
 * the embedded broker (mosquitto if installed);
-* a bootstrap ``small_cnn`` on ``sim:parts`` ROI crops (``deploy.demo.render_bootstrap_set`` +
-  ``trainer.bootstrap``), before anything else competes for the CPU;
+* a bootstrap ``small_cnn`` on ``sim:parts`` ROI crops (the demo's bootstrap phase), before anything else
+  competes for the CPU;
 * :class:`trainer.service.TrainerService` in this process: oracle labeller, the demo's update settings
-  (B=32, min batch 8, K=20 Adam steps, T = max(5 s, stream/15), 1 torch thread), gate on every update,
-  dynamo ONNX export;
-* :class:`deploy.controller.Controller` fed by the demo's own ``RolloutFeeder`` (one rollout at a time,
-  newer promotions coalesced while one is in progress) with ``deploy.demo.demo_policy``: waves 5 %, 25 %,
-  100 %, soak max(3 s, stream/25);
-* ``--cameras`` real ``python -m deploy.cli edge`` processes (``deploy.demo.start_camera``: 15 fps realtime
-  sim:parts, 40 uploads/min, p_min 0.03), each with a lighting drift (the demo's: darker + colour cast,
-  2 s ramp) a few seconds into its stream.
+  (``deploy.demo.plan.trainer_settings``: B=32, min batch 8, K=20 Adam steps, T = max(5 s, stream/15),
+  1 torch thread), gate on every update, dynamo ONNX export;
+* :class:`deploy.service.DeployService` (``edgeloop deploy run``'s controller, promotion intake and
+  :class:`deploy.rollout_feeder.RolloutFeeder`, fed by the trainer's announcements over MQTT; one rollout at
+  a time, newer promotions coalesced while one is in progress) with ``deploy.demo.plan.demo_policy``:
+  waves 5 %, 25 %, 100 %, soak max(3 s, stream/25);
+* ``--cameras`` real ``edgeloop edge`` processes (the demo's camera phase: 15 fps realtime sim:parts,
+  40 uploads/min, p_min 0.03), each with the demo's lighting drift (darker + colour cast, 2 s ramp) a few
+  seconds into its stream and no new class;
+* the demo's monitor, whose model-status log gives the delivery times.
+
+What differs from the demo, on purpose: no frozen control (nothing here is compared with v0001, and its CPU
+would be measured as load), its own drift plan, a loop that ends once every counted sample has reached the
+whole fleet, the trainer's store and timeline read instead of a report, and a bootstrap set of 2400 frames
+(the demo's default is 1600; BENCHMARKS.md's figures were measured with 2400).
 
 "Default demo settings" means the settings ``edgeloop demo`` derives for its default 180 s run, whose stream
 is about 120 s (``DEMO_STREAM_S``); they do not shrink with this benchmark's ``--duration``, so quick and
@@ -60,7 +67,6 @@ import logging
 import math
 import os
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -68,6 +74,9 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from deploy.demo.app import DemoApp
+from deploy.demo.plan import P_MIN, SCENARIOS, DemoOptions, Timeline, demo_policy, trainer_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "freshness.json"
@@ -85,25 +94,8 @@ DEMO_DURATION_S = 180.0  # `edgeloop demo`'s default budget, from which its boot
 DRIFT_AT_S = 5.0        # stream seconds (per camera) when the lighting starts to change
 QUICK_DRIFT_AT_S = 3.0
 DRIFT_RAMP_S = 2.0
-PREFIX = "edgeloop/v1"
 
 log = logging.getLogger("edgeloop.bench.freshness")
-
-
-# =========================================================================== settings
-def demo_trainer_overrides(stream_s: float) -> dict[str, Any]:
-    """The trainer settings ``edgeloop demo`` uses (deploy/demo.py, run(), step 5), minus paths and URLs.
-
-    Mirrored, not imported: the demo builds them inline. Keep in step with deploy/demo.py.
-    """
-    return {"labeler.kind": "oracle", "labeler.api_port": None, "update.batch": 32, "update.steps": 20,
-            "update.wait_s": max(5.0, stream_s / 15.0), "update.min_batch": 8, "update.optimizer": "adam",
-            "update.lr": 1e-3, "torch_threads": 1, "log_level": "WARNING"}
-
-
-def drift_items(at_s: float, ramp_s: float, lighting: str) -> str:
-    """The ``drift=`` value: every lighting component of the demo's scenario, from ``at_s`` over ``ramp_s``."""
-    return ",".join(f"{item}@{at_s:.1f}s~{ramp_s:.0f}s" for item in lighting.split("+"))
 
 
 # =========================================================================== statistics
@@ -251,59 +243,6 @@ def analyze(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 # =========================================================================== collection (I/O)
-class StatusRecorder:
-    """Every ``dev/+/model/status`` message with its arrival time -- as an operator's tool would see them."""
-
-    def __init__(self, url: str, devices: Sequence[str]) -> None:
-        from protocol.topics import Topics
-
-        self.url = url
-        self.topics = Topics(PREFIX)
-        self.devices = set(devices)
-        self.rows: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._client: Any = None
-
-    def start(self) -> "StatusRecorder":
-        from protocol import mqtt
-
-        client = mqtt.make_client(f"edgeloop-bench-freshness-{os.getpid()}", self.url, protocol="3.1.1")
-        client.on_connect = lambda c, *a: c.subscribe([(self.topics.all_model_status(), 1)])
-        client.on_message = lambda c, u, msg: self._on_message(msg.topic, msg.payload)
-        self._client = client
-        mqtt.start(client)
-        return self
-
-    def _on_message(self, topic: str, payload: bytes) -> None:
-        from protocol.messages import ModelStatus, decode_message
-
-        now = time.time()
-        try:
-            dev = self.topics.parse(topic).device
-            if dev not in self.devices or not payload:
-                return
-            msg = decode_message(payload).msg
-        except Exception:  # noqa: BLE001 - a malformed status is not this benchmark's business
-            return
-        if not isinstance(msg, ModelStatus):
-            return
-        m = msg.metrics if isinstance(msg.metrics, dict) else {}
-        with self._lock:
-            self.rows.append({"wall": now, "device": dev, "state": msg.state, "version": msg.version,
-                              "rollout": msg.rollout_id, "active": m.get("active"), "health": m.get("health"),
-                              "reason": msg.reason})
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [dict(r) for r in self.rows]
-
-    def stop(self) -> None:
-        if self._client is not None:
-            self._client.disconnect()
-            self._client.loop_stop()
-            self._client = None
-
-
 class LoadSampler:
     """Machine load while the benchmark runs: 1-min load average, and busy cores *not* ours.
 
@@ -365,13 +304,6 @@ class LoadSampler:
                 "cpu_count": os.cpu_count()}
 
 
-class _NullView:
-    """deploy.demo.Events wants a live view; the benchmark has none."""
-
-    def event(self, *_: Any) -> None:
-        pass
-
-
 def read_timeline(state_dir: Path) -> list[dict[str, Any]]:
     """The trainer's timeline.jsonl (one line per update); a torn last line (still being written) is skipped."""
     from trainer.service import TIMELINE_FILE
@@ -396,14 +328,173 @@ def read_samples(store: Any) -> list[dict[str, Any]]:
             for r in store.query("1", limit=1_000_000)]
 
 
-def read_rollouts(store: Any) -> list[dict[str, Any]]:
-    return [{"id": r["id"], "version": r["version"], "created": r["created"], "finished": r["finished"],
-             "state": r["state"]} for r in store.q("SELECT * FROM rollouts ORDER BY created")]
+def rollout_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The feeder's rollout records as :func:`analyze` reads them."""
+    return [{"id": r["id"], "version": r["version"], "created": r["started_wall"], "finished": r["finished_wall"],
+             "state": r["outcome"]} for r in records]
 
 
 # =========================================================================== the run
-class _Stop(Exception):
-    """SIGTERM, turned into an exception so the same cleanup path runs as for Ctrl-C."""
+class _SayView:
+    """The benchmark's live view: the demo's setup, promotion and rollout events as progress lines."""
+
+    KINDS = ("setup", "promoted", "completed", "rollback", "failed", "stopped")
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+
+    def start(self) -> None:
+        pass
+
+    def event(self, t: float, kind: str, text: str) -> None:
+        if kind in self.KINDS:
+            self.say(f"{kind}: {text}")
+
+    def update(self, state: Any) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class FreshnessRun(DemoApp):
+    """``edgeloop demo``'s phases with this benchmark's plan, loop and readings (see the module docstring)."""
+
+    client_name = "edgeloop-bench-freshness"
+
+    def __init__(self, opts: DemoOptions, *, duration: float, tail: float, drift_at: float, demo_stream_s: float,
+                 say: Callable[[str], None]) -> None:
+        super().__init__(opts, _SayView(say))
+        self.say = say
+        self.duration, self.tail, self.drift_at, self.demo_stream_s = duration, tail, drift_at, demo_stream_s
+        self.sampler: LoadSampler | None = None
+        self.load: dict[str, Any] = {}
+        self.samples: list[dict[str, Any]] = []
+        self.raw: dict[str, Any] = {}
+        self.stream_t0 = self.t_stop = time.time()
+        self.ended_early = False
+
+    # -- the demo's phases, where this benchmark differs ---------------------------------------------------
+    def init_plan(self) -> None:
+        """The demo's lighting drift ``drift_at`` seconds into the stream, no new class; the trainer and
+        rollout settings of a default demo (``demo_stream_s``), whatever this run's length."""
+        lighting = SCENARIOS[self.opts.scenario]["lighting"]
+        self.use_timeline(Timeline(stream_s=self.duration, fps=self.opts.fps, lighting_s=self.drift_at,
+                                   newclass_s=0.0, ramp_s=DRIFT_RAMP_S, newclass="", lighting=lighting),
+                          settings_stream_s=self.demo_stream_s)
+
+    def start_control(self) -> None:
+        """No frozen control: nothing here is compared with v0001, and its CPU would be measured as load."""
+
+    def start_cameras(self) -> None:
+        broker_pid = getattr(getattr(self.broker, "proc", None), "pid", None)
+        self.sampler = LoadSampler(lambda: [p for p in [broker_pid, *(c.pid for c in self.cams)] if p]).start()
+        self.stream_t0 = time.time()
+        super().start_cameras()
+        self.say(f"{len(self.cams)} cameras (pids {[c.pid for c in self.cams]}), drift at {self.drift_at:g} s, "
+                 f"counting samples selected in the first {self.duration - self.tail:.0f} s, run <= "
+                 f"{self.duration:.0f} s; policy waves {self.policy.waves} soak {self.policy.soak:g} s; update "
+                 f"wait {trainer_settings(self.demo_stream_s)['update.wait_s']:g} s")
+
+    def stream(self) -> None:
+        """Until ``duration`` seconds of stream, or until every counted sample has reached every camera."""
+        deadline = self.stream_t0 + self.duration
+        cutoff = deadline - self.tail
+        self.raw = {"cameras": self.devices, "baseline": self.boot.version,
+                    "drift_index": int(self.drift_at * self.opts.fps), "cutoff_wall": cutoff, "t0": self.stream_t0}
+        next_check = time.time() + 2.0
+        while True:
+            now = time.time()
+            for c in self.cams:
+                if c.proc is not None and c.proc.poll() is not None:
+                    raise RuntimeError(f"{c.device} exited with code {c.proc.returncode} (see {c.log_path})")
+            if now >= deadline:
+                break
+            if now >= cutoff and now >= next_check:
+                next_check = now + 2.0
+                if self._all_delivered():
+                    self.ended_early = True
+                    break
+            time.sleep(0.25)
+
+    def _all_delivered(self) -> bool:
+        part = analyze({**self.raw, "samples": read_samples(self.trainer.store),
+                        "updates": read_timeline(self.out / "trainer"),
+                        "rollouts": rollout_rows(self.feeder.records()),  # type: ignore[union-attr]
+                        "statuses": self.monitor.statuses()})  # type: ignore[union-attr]
+        return part["samples_eligible"] > 0 and part["samples_pending"] == 0
+
+    # -- what this benchmark reads as the services stop ----------------------------------------------------
+    def stop(self) -> None:
+        self.t_stop = time.time()
+        super().stop()
+
+    def stop_cameras(self) -> None:
+        try:
+            super().stop_cameras()
+        finally:
+            if self.sampler is not None:
+                self.load = self.sampler.stop()
+
+    def record_trainer(self) -> None:
+        self.samples = read_samples(self.trainer.store)
+
+    def finish(self) -> dict[str, Any]:
+        """The figures (:func:`analyze`) and the result entry; per-sample data kept only with --workdir or errors."""
+        raw = self.raw
+        raw["updates"] = read_timeline(self.out / "trainer")
+        figures: dict[str, Any] = {}
+        if "cameras" in raw:
+            raw.update(statuses=self.monitor.statuses() if self.monitor is not None else [],
+                       rollouts=rollout_rows(self.rec.rollouts), samples=self.samples)
+            figures = analyze(raw)
+        per_sample = figures.pop("per_sample", [])
+        figures.update(self._facts(len(raw.get("samples", []))))
+        result = _result(figures, self.rec.broker.get("kind", "?"), self.drift_at, self.duration - self.tail)
+        if self.rec.interrupted:
+            result["status"] = "interrupted"
+        if self.rec.errors:
+            result["errors"] = list(self.rec.errors)
+        return {"result": result, "per_sample": per_sample, "raw": raw}
+
+    def _facts(self, uploaded: int) -> dict[str, Any]:
+        """Run facts beside the figures: lengths, settings, bootstrap, machine load."""
+        policy, update = self.policy or demo_policy(self.demo_stream_s), trainer_settings(self.demo_stream_s)
+        return {
+            "cameras": len(self.devices), "stream_s": round(self.t_stop - self.stream_t0, 1),
+            "duration_limit_s": self.duration, "count_window_s": round(self.duration - self.tail, 1),
+            "ended_early": self.ended_early, "drift_at_s": self.drift_at, "samples_uploaded": uploaded,
+            "settings": {"demo_stream_s": self.demo_stream_s, "fps": self.opts.fps, "budget_per_min": self.opts.budget,
+                         "p_min": P_MIN, "update": {k.split(".", 1)[1]: v for k, v in update.items()
+                                                    if k.startswith("update.")},
+                         "rollout": {"feeder": "deploy.service.DeployService, mode auto (one at a time, coalesced)",
+                                     "waves": policy.waves, "soak_s": policy.soak, "health_s": policy.health_seconds,
+                                     "shadow": policy.shadow},
+                         "bootstrap_frames": self.opts.bootstrap_frames},
+            "bootstrap": {k: self.rec.bootstrap.get(k) for k in ("version", "epochs", "accuracy", "macro_f1", "seconds")}
+            if self.rec.bootstrap else {},
+            "load": self.load,
+            "wall_s": round(time.monotonic() - self.t_start, 1),
+        }
+
+
+def _result(figures: dict[str, Any], broker: str, drift_at: float, count_window_s: float) -> dict[str, Any]:
+    met = figures.get("total_p50_s") is not None and figures["total_p50_s"] <= GOAL_S
+    load = figures.get("load") or {}
+    notes = (f"{figures.get('cameras')} edge processes (15 fps realtime sim:parts, lighting drift at {drift_at:g} s), "
+             f"trainer + rollout service (demo policy, mode auto) in-process, {broker} broker. "
+             f"total = selected -> every camera active; stages add up to it; dominant = largest share of the "
+             f"summed totals ({figures.get('dominant_stage')}). Samples counted: drifted, training split, selected in "
+             f"the first {count_window_s:.0f} s; {figures.get('samples_pending')} of {figures.get('samples_eligible')} "
+             f"never reached every camera (count as infinitely late in total_*); delivered ones: p50 "
+             f"{figures.get('delivered_p50_s')} s, p95 {figures.get('delivered_p95_s')} s. Samples whose own update "
+             f"was promoted (no gate rejection): p50 "
+             f"{figures.get('first_try_total_p50_s')} s over {figures.get('first_try_samples')}; updates kept by the "
+             f"gate {figures.get('updates_kept_by_gate')}/{figures.get('updates')}. "
+             f"Load: 1-min loadavg median {load.get('loadavg_1m_median')}, other jobs "
+             f"{load.get('other_load_cores_median')} cores (median) on {os.cpu_count()} cores.")
+    return {"name": "freshness", "figures": figures, "goal": GOAL, "met": bool(met), "headline": "total_p50_s",
+            "units": {"total_p50_s": "s", "total_p95_s": "s"}, "notes": notes}
 
 
 def bench(duration: float = DEFAULT_DURATION_S, cameras: int = DEFAULT_CAMERAS, quick: bool = False, *,
@@ -416,202 +507,25 @@ def bench(duration: float = DEFAULT_DURATION_S, cameras: int = DEFAULT_CAMERAS, 
     delivered); the run ends as soon as every counted sample has reached the whole fleet after that point.
     """
     say = say or (lambda m: print(f"[freshness] {m}", file=sys.stderr, flush=True))
-    from deploy import demo
-
-    t_begin = time.monotonic()
-    drift_at = drift_at_s if drift_at_s is not None else (QUICK_DRIFT_AT_S if quick else DRIFT_AT_S)
-    tail = tail_s if tail_s is not None else min(60.0, 0.45 * duration)
-    # The demo's bootstrap for its default run (2400 frames, a time budget of 22 % of 180 s minus rendering):
-    # the quality of v0001 decides how often the gate promotes, so it is part of "default demo settings".
-    opts = demo.DemoOptions(cameras=cameras, bootstrap_frames=bootstrap_frames or (400 if quick else 2400))
     out = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="edgeloop-freshness-"))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "logs").mkdir(exist_ok=True)
-    scen = demo.SCENARIOS["parts"]
-
-    broker = ctl = trainer = recorder = sampler = None
-    cams: list[Any] = []
-    old_term = None
-    if threading.current_thread() is threading.main_thread():
-        def on_term(*_: Any) -> None:
-            raise _Stop()
-
-        old_term = signal.signal(signal.SIGTERM, on_term)
-    raw: dict[str, Any] = {}
-    load: dict[str, Any] = {}
-    errors: list[str] = []
-    interrupted = False
-    stream_t0 = time.time()
-    policy = demo.demo_policy(demo_stream_s)
-    overrides = demo_trainer_overrides(demo_stream_s)
-    ended_early = False
-    boot_info: dict[str, Any] = {}
-    try:
-        from deploy.broker import start_broker
-        from deploy.keys import generate
-
-        broker = start_broker(kind="auto", workdir=out / "broker")
-        say(f"broker {broker.kind} {broker.url}; work dir {out}")
-        priv, pub = generate(out / "keys")
-
-        from trainer.bootstrap import bootstrap
-
-        t_b = time.monotonic()
-        labels, roi = demo.render_bootstrap_set(opts, out / "bootstrap" / "images")
-        boot_budget = bootstrap_budget_s if bootstrap_budget_s is not None else (
-            5.0 if quick else max(8.0, demo.BOOTSTRAP_SHARE * DEMO_DURATION_S - (time.monotonic() - t_b) - 4.0))
-        epochs, _ = demo.bootstrap_epochs(scen["arch"], int(0.8 * opts.bootstrap_frames), boot_budget)
-        boot = bootstrap(out / "trainer", out / "bootstrap" / "images", arch=scen["arch"], epochs=epochs,
-                         labels=labels, roi=list(roi), progress=False, seed=0, torch_threads=2, lr=3e-3,
-                         batch_size=32)
-        model0 = out / "v0001.onnx"
-        shutil.copyfile(boot.path, model0)
-        boot_info.update(version=boot.version, epochs=epochs, accuracy=boot.metrics.get("accuracy"),
-                         macro_f1=boot.metrics.get("macro_f1"), seconds=round(time.monotonic() - t_b, 1))
-        say(f"bootstrap {boot.version}: {opts.bootstrap_frames} frames, {epochs} epochs, held-out accuracy "
-            f"{boot.metrics.get('accuracy', 0):.3f} ({time.monotonic() - t_b:.0f} s)")
-
-        from deploy.controller import Controller
-        from protocol.config import load_config
-        from trainer.config import TrainerConfig
-        from trainer.service import TrainerService
-
-        events = demo.Events(_NullView())
-        ctl = Controller(broker.url, priv, out / "deploy", prefix=PREFIX, fleet=demo.FLEET, tick_s=0.2).start()
-        feeder = demo.RolloutFeeder(ctl, policy, (boot.version, Path(boot.path)), events)
-        cfg = load_config(TrainerConfig, overrides={
-            "state_dir": str(out / "trainer"), "model_id": demo.MODEL_ID, "mqtt.url": broker.url,
-            "mqtt.topic_prefix": PREFIX, "mqtt.client_id": f"edgeloop-bench-freshness-trainer-{os.getpid()}",
-            **overrides})
-        trainer = TrainerService(cfg, on_promoted=feeder.on_promoted).start()
-
-        devices = [f"cam-{k + 1}" for k in range(cameras)]
-        recorder = StatusRecorder(broker.url, devices).start()
-        drift = drift_items(drift_at, DRIFT_RAMP_S, scen["lighting"])
-        for k, d in enumerate(devices):
-            seed = demo.camera_seed(0, k)
-            url = f"sim:parts?seed={seed}&realtime=1&fps={opts.fps:g}&drift={drift}"
-            cams.append(demo.Camera(d, seed, url, out / "cameras" / d, out / "logs" / f"{d}.log"))
-        broker_pid = getattr(getattr(broker, "proc", None), "pid", None)
-        sampler = LoadSampler(lambda: [p for p in [broker_pid, *(c.pid for c in cams)] if p]).start()
-        stream_t0 = time.time()
-        for c in cams:
-            demo.start_camera(c, broker.url, model0, pub, opts)
-        say(f"{cameras} cameras (pids {[c.pid for c in cams]}), drift at {drift_at:g} s, counting samples selected "
-            f"in the first {duration - tail:.0f} s, run <= {duration:.0f} s; policy waves {policy.waves} soak "
-            f"{policy.soak:g} s; update wait {overrides['update.wait_s']:g} s")
-
-        deadline = stream_t0 + duration
-        cutoff = deadline - tail
-        raw = {"cameras": devices, "baseline": boot.version, "drift_index": int(drift_at * opts.fps),
-               "cutoff_wall": cutoff, "t0": stream_t0}
-        next_check = time.time() + 2.0
-        while True:
-            now = time.time()
-            feeder.poll()
-            for c in cams:
-                if c.proc is not None and c.proc.poll() is not None:
-                    raise RuntimeError(f"{c.device} exited with code {c.proc.returncode} (see {c.log_path})")
-            if now >= deadline:
-                break
-            if now >= cutoff and now >= next_check:
-                next_check = now + 2.0
-                part = analyze({**raw, "samples": read_samples(trainer.store),
-                                "updates": read_timeline(out / "trainer"), "rollouts": read_rollouts(ctl.store),
-                                "statuses": recorder.snapshot()})
-                if part["samples_eligible"] > 0 and part["samples_pending"] == 0:
-                    ended_early = True
-                    break
-            time.sleep(0.25)
-    except (KeyboardInterrupt, _Stop):
-        interrupted = True
-        say("interrupted: stopping everything started")
-    except Exception as exc:
-        log.exception("freshness run failed")
-        errors.append(f"{type(exc).__name__}: {exc}")
-        say(f"error: {errors[-1]}")
-    finally:
-        t_stop = time.time()
-
-        def guard(what: str, fn: Callable[[], Any]) -> Any:
-            try:
-                return fn()
-            except BaseException as exc:  # noqa: BLE001 - a second Ctrl-C must not skip the rest
-                errors.append(f"stopping {what}: {type(exc).__name__}: {exc}")
-                return None
-
-        guard("cameras", lambda: demo.stop_cameras(cams))
-        if recorder is not None:
-            raw["statuses"] = guard("status snapshot", recorder.snapshot) or []
-            guard("status recorder", recorder.stop)
-        if sampler is not None:
-            load = guard("load sampler", sampler.stop) or {}
-        if ctl is not None:
-            raw["rollouts"] = guard("rollout records", lambda: read_rollouts(ctl.store)) or []
-        if trainer is not None:
-            raw["samples"] = guard("sample records", lambda: read_samples(trainer.store)) or []
-            guard("trainer", trainer.stop)
-        if ctl is not None:
-            guard("controller", ctl.stop)
-        if broker is not None:
-            guard("broker", broker.stop)
-        raw["updates"] = read_timeline(out / "trainer")
-        still = [c.device for c in cams if c.proc is not None and c.proc.poll() is None]
-        if still:
-            errors.append(f"still running after stop: {still}")
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
-
-    figures: dict[str, Any] = {}
-    if "cameras" in raw:
-        raw.setdefault("statuses", [])
-        raw.setdefault("rollouts", [])
-        raw.setdefault("samples", [])
-        figures = analyze(raw)
-    per_sample = figures.pop("per_sample", [])
-    figures.update({
-        "cameras": cameras, "stream_s": round(t_stop - stream_t0, 1), "duration_limit_s": duration,
-        "count_window_s": round(duration - tail, 1), "ended_early": ended_early, "drift_at_s": drift_at,
-        "samples_uploaded": len(raw.get("samples", [])),
-        "settings": {"demo_stream_s": demo_stream_s, "fps": opts.fps, "budget_per_min": opts.budget,
-                     "p_min": demo.P_MIN, "update": {k.split(".", 1)[1]: v for k, v in overrides.items()
-                                                     if k.startswith("update.")},
-                     "rollout": {"feeder": "deploy.demo.RolloutFeeder (one at a time, coalesced)",
-                                 "waves": policy.waves, "soak_s": policy.soak, "health_s": policy.health_seconds,
-                                 "shadow": policy.shadow},
-                     "bootstrap_frames": opts.bootstrap_frames},
-        "bootstrap": boot_info,
-        "load": load,
-        "wall_s": round(time.monotonic() - t_begin, 1),
-    })
-    met = figures.get("total_p50_s") is not None and figures["total_p50_s"] <= GOAL_S
-    dom = figures.get("dominant_stage")
-    notes = (f"{cameras} edge processes (15 fps realtime sim:parts, lighting drift at {drift_at:g} s), trainer + "
-             f"controller (demo policy, RolloutFeeder) in-process, {broker.kind if broker else '?'} broker. "
-             f"total = selected -> every camera active; stages add up to it; dominant = largest share of the "
-             f"summed totals ({dom}). Samples counted: drifted, training split, selected in the first "
-             f"{duration - tail:.0f} s; {figures.get('samples_pending')} of {figures.get('samples_eligible')} never "
-             f"reached every camera (count as infinitely late in total_*); delivered ones: p50 "
-             f"{figures.get('delivered_p50_s')} s, p95 {figures.get('delivered_p95_s')} s. Samples whose own update "
-             f"was promoted (no gate rejection): p50 "
-             f"{figures.get('first_try_total_p50_s')} s over {figures.get('first_try_samples')}; updates kept by the "
-             f"gate {figures.get('updates_kept_by_gate')}/{figures.get('updates')}. "
-             f"Load: 1-min loadavg median {load.get('loadavg_1m_median')}, other jobs "
-             f"{load.get('other_load_cores_median')} cores (median) on {os.cpu_count()} cores.")
-    result: dict[str, Any] = {"name": "freshness", "figures": figures, "goal": GOAL, "met": bool(met),
-                              "headline": "total_p50_s", "units": {"total_p50_s": "s", "total_p95_s": "s"},
-                              "notes": notes}
-    if interrupted:
-        result["status"] = "interrupted"
-    if errors:
-        result["errors"] = errors
-    if keep or errors:
-        (out / "per_sample.json").write_text(json.dumps(per_sample, indent=1))
-        (out / "raw.json").write_text(json.dumps(raw))  # analyze(json.load(...)) re-derives the figures
+    # The bootstrap of a default demo run (a budget of the bootstrap share of 180 s, minus rendering): the
+    # quality of v0001 decides how often the gate promotes, so it is part of "default demo settings".
+    opts = DemoOptions(cameras=cameras, duration=DEMO_DURATION_S, out=str(out),
+                       bootstrap_frames=bootstrap_frames or (400 if quick else 2400),
+                       bootstrap_budget_s=bootstrap_budget_s if bootstrap_budget_s is not None else (5.0 if quick else None))
+    run_ = FreshnessRun(opts, duration=duration, tail=tail_s if tail_s is not None else min(60.0, 0.45 * duration),
+                        drift_at=drift_at_s if drift_at_s is not None else (QUICK_DRIFT_AT_S if quick else DRIFT_AT_S),
+                        demo_stream_s=demo_stream_s, say=say)
+    say(f"work dir {out}")
+    done = run_.run()
+    result = done["result"]
+    if keep or result.get("errors"):
+        (out / "per_sample.json").write_text(json.dumps(done["per_sample"], indent=1))
+        (out / "raw.json").write_text(json.dumps(done["raw"]))  # analyze(json.load(...)) re-derives the figures
         result["workdir"] = str(out)
     else:
         shutil.rmtree(out, ignore_errors=True)
-    if interrupted:
+    if run_.rec.interrupted:
         raise KeyboardInterrupt
     return result
 

@@ -84,11 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     peer_parser.add_argument("--buffer", type=int, default=500)
     peer_parser.add_argument("--images")
     peer_parser.add_argument("--labels")
+    if "--budget" in argv:  # the label-budget experiment: its own module (it runs the edge's selection code)
+        from bench import label_budget
+
+        return label_budget.main([a for a in argv if a != "--budget"])
     known, _ = peer_parser.parse_known_args(argv)
     if known.peer is None or "-h" in argv or "--help" in argv:
         if "-h" in argv or "--help" in argv:
             print("  --peer avalanche     also run Avalanche's Naive, Replay and DER++ on the same stream "
-                  "(needs: python -m bench.avalanche_env --create)\n")
+                  "(needs: python -m bench.avalanche_env --create)\n"
+                  "  --budget             the label-budget experiment instead (edgeloop bench label_budget --help)\n")
         return trainer_main([a for a in argv if a != "--peer" and a != "avalanche"])
 
     from bench.avalanche_peer import PeerUnavailable, run_peer

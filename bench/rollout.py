@@ -138,7 +138,7 @@ def measure(n: int, work: Path, models: tuple[Path, Path], timeout: float = 600.
         observer = _Observer(broker.url, prefix)
         try:
             deadline = time.monotonic() + 60
-            while store.get_meta("heartbeat") is None:
+            while store.heartbeat() is None:
                 if time.monotonic() > deadline or ctl.poll() is not None:
                     raise RuntimeError(f"controller did not start: {ctl.stderr.read().decode()[-2000:] if ctl.stderr else ''}")
                 time.sleep(0.05)
@@ -173,7 +173,7 @@ def measure(n: int, work: Path, models: tuple[Path, Path], timeout: float = 600.
                 except subprocess.TimeoutExpired:
                     proc.kill()
     return {"devices": n, "seconds": round(done_at, 2) if done_at is not None else None,
-            "connect_s": round(connect_s, 2), "rollout_state": r["state"] if r else None,
+            "connect_s": round(connect_s, 2), "rollout_state": str(r.state) if r else None,
             "bytes_per_device": new.stat().st_size, **mem}
 
 

@@ -6,7 +6,7 @@
     edgeloop bench --list                  # the registry and what is importable
     edgeloop bench learning --strategy iw-er --seeds 0     # passthrough to bench.learning.main
     edgeloop bench rollout --devices 50                    # passthrough to bench.rollout.main
-    edgeloop bench label_budget --seeds 0                  # = python -m trainer.learning_bench --budget --seeds 0
+    edgeloop bench label_budget --seeds 0                  # = python -m bench.label_budget --seeds 0
     edgeloop bench adaptation --scenarios default --variant demo,calib   # passthrough to bench.adaptation.main
 
 Why one harness: every benchmark answers a design claim (codec cost, edge fps, venv size, learning
@@ -71,6 +71,7 @@ REGISTRY: list[Bench] = [
     Bench("rollout", "bench.rollout"),
     Bench("freshness", "bench.freshness"),
     Bench("adaptation", "bench.adaptation"),
+    Bench("console", "bench.console"),
 ]
 
 

@@ -29,6 +29,11 @@ no session, queue or retained state leaks from one measurement into the next):
   now; the trainer records ``stored time - ts`` right after the batch holding it commits. It is measured
   at a moderate offered load, because latency at saturation is just queueing delay.
 
+* **tls**: the same edges and the same trainer through a broker that runs edgeloop's secure configuration
+  (``edgeloop broker``: TLS 1.2+, client certificates from a PKI made for the run, identity = CN, the generated
+  ACL checked on every publish and delivery). The goal: TLS costs at most 20 % of the plain-TCP ingestion
+  rate (``tls_ratio_1kb`` = TLS / plain, per repetition, median >= 0.80).
+
 Rates are samples stored (or messages received) / (time of the last one - "go"). CPU per sample is the
 trainer process's user+sys time over that window / samples stored (psutil), with the per-thread split
 (paho network thread vs ingest writer). Load from other jobs on the machine is reported as
@@ -57,7 +62,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "transport.json"
 
 GOAL_RATIO = 0.40
-GOAL = "trainer ingestion >= 40% of the raw paho ceiling (QoS 1, same payloads, same run)"
+GOAL_TLS_RATIO = 0.80  # TLS with client certificates and ACLs may cost at most 20 % of plain-TCP ingestion
+GOAL = ("trainer ingestion >= 40% of the raw paho ceiling (QoS 1, same payloads, same run); "
+        "TLS with client certificates costs <= 20% of plain-TCP ingestion")
 SIZES: dict[str, int] = {"1kb": 1024, "20kb": 20 * 1024}
 WINDOW = 32  # edge.link.Link's default in-flight window
 DEFAULT_EDGES = 4
@@ -245,12 +252,12 @@ def _edge_main(spec: dict[str, Any]) -> None:
     # mode "link": the real edge path. Selection -> encode (ts = now) -> outbox.put (committed) -> pump.
     from edge.link import Link
     from edge.outbox import Outbox
-    from protocol.messages import Birth
+    from protocol.reports import Birth, encode_report
 
     workdir = Path(spec["workdir"])
     outbox = Outbox(workdir / f"{dev}-outbox.db", synchronous=spec.get("sync", "FULL"))
-    birth = encode_message(Birth(capabilities={"bench": True}, model_version="bench-v1", config_digest="bench",
-                                 boot=1, software="bench"), device=dev, seq=0)
+    birth = encode_report(Birth(device=dev, capabilities={"bench": True}, model_version="bench-v1",
+                                config_digest="bench", boot=1, software="bench"))
     link = Link(device_id=f"{dev}", url=spec["url"], topics=Topics(), outbox=outbox, boot=1,
                 birth=lambda: birth, window=spec["window"])
     link.start()
@@ -478,18 +485,31 @@ def _busy_s(ct: Any) -> float:
     return ct.user + ct.nice + ct.system + getattr(ct, "irq", 0.0) + getattr(ct, "softirq", 0.0) + getattr(ct, "steal", 0.0)
 
 
+def make_pki(directory: Path, edges: int) -> Path:
+    """A PKI for a TLS run: the trainer identity and one device identity per edge process (bench-e{i})."""
+    from deploy.pki import init_pki
+
+    pki = init_pki(directory / "pki")
+    for i in range(edges):
+        pki.issue(f"bench-e{i}", "device", fleet="bench")
+    return pki.root
+
+
 def measure(consumer: str, size: int, images: list[Path], *, edges: int, per_edge: int, window: int = WINDOW,
             edge_mode: str = "paho", rate: float = 0.0, sync: str = "NORMAL", profile: str | None = None,
-            ingest_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One measurement on a fresh mosquitto: ``consumer`` "trainer" or "raw"; returns rates and CPU figures."""
+            ingest_kwargs: dict[str, Any] | None = None, pki: Path | None = None) -> dict[str, Any]:
+    """One measurement on a fresh mosquitto: ``consumer`` "trainer" or "raw"; returns rates and CPU figures.
+
+    ``pki`` (from :func:`make_pki`): the broker runs edgeloop's secure configuration and every client connects
+    with TLS and its certificate (edges as bench-e{i}, the trainer as "trainer")."""
     from deploy.broker import start_broker
 
     tag = uuid.uuid4().hex[:8]
     work = Path(tempfile.mkdtemp(prefix="edgeloop-transport-", dir=os.environ.get("EDGELOOP_BENCH_TMP")))
-    broker = start_broker(kind="mosquitto")
+    broker = start_broker(kind="mosquitto", pki=pki)
     children: list[_Child] = []
     try:
-        url = broker.url
+        url = broker.client_url("trainer" if consumer == "trainer" else "monitor")
         total = edges * per_edge
         cspec: dict[str, Any] = {"url": url, "tag": tag, "expected": total, "workdir": str(work),
                                  "broker_pid": broker.proc.pid}  # type: ignore[attr-defined]
@@ -503,7 +523,8 @@ def measure(consumer: str, size: int, images: list[Path], *, edges: int, per_edg
             raise RuntimeError("consumer not ready")
         eds = []
         for i in range(edges):
-            spec = {"url": url, "device": f"bench-e{i}", "tag": tag, "count": per_edge, "size": size,
+            spec = {"url": broker.client_url(f"bench-e{i}"), "device": f"bench-e{i}", "tag": tag, "count": per_edge,
+                    "size": size,
                     "images": [str(p) for p in images], "mode": edge_mode, "window": window,
                     "rate": rate, "sync": sync, "workdir": str(work)}
             eds.append(_Child("edge", spec, work))
@@ -534,7 +555,8 @@ def measure(consumer: str, size: int, images: list[Path], *, edges: int, per_edg
     ours = broker_cpu + edges_cpu + res["cpu_s"]
     snap_s = max(1e-6, s1["t"] - s0["t"])
     out: dict[str, Any] = {
-        "consumer": consumer, "edge_mode": edge_mode, "size": size, "n": n, "seconds": round(window_s, 3),
+        "consumer": consumer, "edge_mode": edge_mode, "tls": pki is not None, "size": size, "n": n,
+        "seconds": round(window_s, 3),
         "per_s": round(n / window_s, 1),
         "consumer_cpu_us_per_msg": round(res["cpu_s"] / max(1, n) * 1e6, 1),
         "broker_cpu_us_per_msg": round(broker_cpu / max(1, n) * 1e6, 1),
@@ -580,16 +602,18 @@ def bench(*, edges: int = DEFAULT_EDGES, messages: int = DEFAULT_MESSAGES, reps:
     try:
         images = {k: make_images(img_dir, SIZES[k]) for k in sizes}
         body_bytes = {k: round(statistics.fmean(p.stat().st_size for p in images[k])) for k in sizes}
+        pki = make_pki(img_dir, edges)
         for rep in range(reps):
             for k in sizes:
-                # Alternate the order so a load spike from other jobs does not always hit the same consumer.
-                order = ("trainer", "raw") if rep % 2 == 0 else ("raw", "trainer")
-                for consumer in order:
-                    r = measure(consumer, SIZES[k], images[k], edges=edges, per_edge=messages)
-                    r.update(rep=rep, size_key=k, phase="throughput")
+                # Rotate the order so a load spike from other jobs does not always hit the same consumer.
+                order = [("trainer", None), ("raw", None), ("trainer", pki)]
+                order = order[rep % 3:] + order[:rep % 3]
+                for consumer, tls in order:
+                    r = measure(consumer, SIZES[k], images[k], edges=edges, per_edge=messages, pki=tls)
+                    r.update(rep=rep, size_key=k, phase="throughput_tls" if tls else "throughput")
                     runs.append(r)
-                    say(f"rep {rep} {k} {consumer}: {r['per_s']:.0f}/s, consumer {r['consumer_cpu_us_per_msg']} µs/msg,"
-                        f" other load {r['other_load_cores']} cores")
+                    say(f"rep {rep} {k} {consumer}{' TLS' if tls else ''}: {r['per_s']:.0f}/s, consumer "
+                        f"{r['consumer_cpu_us_per_msg']} µs/msg, other load {r['other_load_cores']} cores")
             if link_throughput and "1kb" in sizes:
                 r = measure("trainer", SIZES["1kb"], images["1kb"], edges=edges, per_edge=messages,
                             edge_mode="link", sync="NORMAL")
@@ -639,6 +663,23 @@ def bench(*, edges: int = DEFAULT_EDGES, messages: int = DEFAULT_MESSAGES, reps:
             prefix = "latency" if k == "1kb" else f"latency_{k}"
             figures[f"{prefix}_p50_ms"] = _med([r["latency"]["p50_ms"] for r in lat])
             figures[f"{prefix}_p99_ms"] = _med([r["latency"]["p99_ms"] for r in lat])
+        # TLS vs plain TCP, the same trainer and edges: ratio per repetition, then the median.
+        tls_ratios = []
+        for rep in range(reps):
+            plain = [r["per_s"] for r in runs if r["phase"] == "throughput" and r["consumer"] == "trainer"
+                     and r["size_key"] == k and r["rep"] == rep]
+            tls = [r["per_s"] for r in runs if r["phase"] == "throughput_tls" and r["size_key"] == k and r["rep"] == rep]
+            if plain and tls and plain[0]:
+                tls_ratios.append(tls[0] / plain[0])
+        tls_ratio = round(statistics.median(tls_ratios), 3) if tls_ratios else None
+        met = met and tls_ratio is not None and tls_ratio >= GOAL_TLS_RATIO
+        figures.update({
+            f"ingest_tls_{k}_per_s": pick("throughput_tls", k, "trainer", "per_s"),
+            f"tls_ratio_{k}": tls_ratio,
+            f"tls_cost_{k}": round(1 - tls_ratio, 3) if tls_ratio is not None else None,
+            f"cpu_us_per_sample_tls_{k}": pick("throughput_tls", k, "trainer", "consumer_cpu_us_per_msg"),
+            f"broker_cpu_us_per_msg_tls_{k}": pick("throughput_tls", k, "trainer", "broker_cpu_us_per_msg"),
+        })
     link = [r for r in runs if r["phase"] == "throughput_link"]
     if link:
         figures["ingest_1kb_edge_link_per_s"] = _med([r["per_s"] for r in link])
@@ -658,7 +699,8 @@ def bench(*, edges: int = DEFAULT_EDGES, messages: int = DEFAULT_MESSAGES, reps:
         "headline": "ratio_1kb",
         "notes": (f"{edges} edge processes (pre-encoded Sample+JPEG, plain paho QoS 1, window {WINDOW}) -> "
                   "mosquitto (fresh per measurement) -> real Ingestor+SampleStore (FULL fsync) vs a counting "
-                  "paho subscriber; latency: real Outbox(FULL)+Link edges at "
+                  "paho subscriber, and the same trainer through edgeloop's secure broker (TLS, client "
+                  "certificates, ACL) vs plain TCP; latency: real Outbox(FULL)+Link edges at "
                   f"{rate * edges:.0f}/s offered, selection -> committed. Medians of {reps} rep(s); "
                   f"{time.perf_counter() - t_start:.0f} s. 2-core VM shared with other jobs: see other_load_cores."),
     }
@@ -723,7 +765,8 @@ def main(argv: list[str] | None = None) -> int:
         f = result["figures"]
         print(f"transport: met={result['met']}  " + "  ".join(
             f"{k}={f.get(k)}" for k in ("ingest_1kb_per_s", "raw_1kb_per_s", "ratio_1kb", "ingest_20kb_per_s",
-                                         "raw_20kb_per_s", "ratio_20kb", "cpu_us_per_sample_1kb",
+                                         "raw_20kb_per_s", "ratio_20kb", "ingest_tls_1kb_per_s", "tls_ratio_1kb",
+                                         "tls_ratio_20kb", "cpu_us_per_sample_1kb",
                                          "latency_p50_ms", "latency_p99_ms") if k in f))
     return 0
 

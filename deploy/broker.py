@@ -1,21 +1,26 @@
 """The embedded default broker for one machine (`edgeloop broker`).
 
-``start_broker()`` runs ``mosquitto`` when the binary is on PATH (fast, MQTT 5, shared
-subscriptions) and otherwise the pure-Python amqtt broker in a background thread of this
-process (MQTT 3.1.1 only, a few thousand msg/s — enough for a demo, not for a fleet).
-Production points every component at its own broker URL instead.
+Secure by default: ``edgeloop broker`` runs mosquitto with a TLS listener that requires a client certificate
+from the fleet's PKI (deploy/pki.py), takes each client's identity from its certificate's CN (as username
+*and* client id, so no one can take over another's session), and enforces the trust model of DESIGN.md with
+an ACL generated from the PKI's registry (deploy/acl.py). ``--insecure`` keeps an anonymous plain-TCP
+broker on loopback for development, and says so. The pure-Python amqtt broker (when mosquitto is not
+installed) can check neither certificates nor ACLs: it only ever runs anonymous on loopback.
 
-The generated mosquitto config is the part that matters for performance:
-``set_tcp_nodelay true`` (without it a request/response exchange runs at ~23/s instead of
-thousands — Nagle on the broker side plus the client's 40 ms delayed ACK; docs/mqtt-notes.md),
-packet limits that fit 256 KiB model chunks, and in-flight/queue limits high enough that a
-QoS 1 burst to a slow subscriber is queued rather than silently dropped.
+The generated mosquitto config is also the part that matters for performance and for not losing data:
+``set_tcp_nodelay true`` (without it a request/response exchange runs at ~23/s instead of thousands — Nagle
+on the broker side plus the client's 40 ms delayed ACK; docs/mqtt-notes.md), packet limits that fit 256 KiB
+model chunks, in-flight/queue limits high enough that a QoS 1 burst to a slow subscriber is queued rather
+than silently dropped, and persistence (samples queued for the trainer and retained manifests and chunks
+survive a broker restart).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
+import json
 import logging
 import os
 import shutil
@@ -29,10 +34,14 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
+from urllib.parse import urlencode
 
 from deploy.children import die_with_parent
+from protocol.durable import atomic_write
+from protocol.topics import DEFAULT_PREFIX, Topics
 
-__all__ = ["Broker", "BrokerError", "start_broker", "find_mosquitto", "free_port", "main"]
+__all__ = ["Broker", "BrokerError", "start_broker", "find_mosquitto", "free_port", "main", "mosquitto_config",
+           "reload_brokers", "is_loopback"]
 
 Kind = Literal["auto", "mosquitto", "amqtt"]
 
@@ -47,7 +56,14 @@ MAX_INFLIGHT = 100
 # bounded by bytes so one stuck client cannot eat the machine's memory.
 MAX_QUEUED_MESSAGES = 100_000
 MAX_QUEUED_BYTES = 512 * 1024 * 1024
+# Seconds between saves of the in-memory state (retained messages, sessions, queued QoS 1 messages) to the
+# persistence file. A clean stop (SIGTERM) always saves; a crash loses at most this much.
+AUTOSAVE_INTERVAL_S = 5
+DEFAULT_TLS_PORT = 8883
+DEFAULT_PLAIN_PORT = 1883
 
+# A reload of a generated config takes milliseconds; wait this long after mosquitto logged it.
+RELOAD_SETTLE_S = 0.2
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 
@@ -100,23 +116,49 @@ def _wait_port(host: str, port: int, timeout: float, alive: "callable[[], bool]"
     return False
 
 
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (an anonymous broker may listen on nothing else)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Broker:
     """A running broker. ``url`` is what to pass to ``edgeloop edge/trainer/rollout --broker``."""
 
-    def __init__(self, kind: str, host: str, port: int, supports_mqtt5: bool, workdir: Path | None) -> None:
+    def __init__(self, kind: str, host: str, port: int, supports_mqtt5: bool, workdir: Path | None,
+                 pki_dir: Path | None = None) -> None:
         self.kind = kind
         self.host = host
         self.port = port
         self.supports_mqtt5 = supports_mqtt5
         self.workdir = workdir
+        self.pki_dir = pki_dir  # set: TLS with client certificates and ACLs from this PKI
         self._stopped = False
 
     @property
+    def tls(self) -> bool:
+        return self.pki_dir is not None
+
+    @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else ("::1" if self.host == "::" else self.host)
         if ":" in host:
             host = f"[{host}]"
-        return f"mqtt://{host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
+
+    def client_url(self, identity: str) -> str:
+        """The URL a client with PKI identity ``identity`` (a device id or service name) connects with: the
+        broker URL plus its CA, certificate and key as query options. Plain ``url`` for an anonymous broker."""
+        if self.pki_dir is None:
+            return self.url
+        from deploy.pki import open_pki
+
+        d = open_pki(self.pki_dir).identity_dir(identity)
+        return f"{self.url}?" + urlencode({"ca": d / "ca.pem", "cert": d / "cert.pem", "key": d / "key.pem"})
 
     @property
     def log_path(self) -> Path | None:
@@ -148,8 +190,8 @@ class ProcessBroker(Broker):
     """A broker running as a child process: alive while the process runs; stop = SIGTERM, then SIGKILL."""
 
     def __init__(self, proc: subprocess.Popen[bytes], kind: str, host: str, port: int, supports_mqtt5: bool,
-                 workdir: Path | None) -> None:
-        super().__init__(kind, host, port, supports_mqtt5, workdir)
+                 workdir: Path | None, pki_dir: Path | None = None) -> None:
+        super().__init__(kind, host, port, supports_mqtt5, workdir, pki_dir)
         self.proc = proc
 
     def alive(self) -> bool:
@@ -172,37 +214,157 @@ class ProcessBroker(Broker):
 class MosquittoBroker(ProcessBroker):
     """mosquitto as a child process with a generated config in ``workdir`` (removed on stop if ours)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], host: str, port: int, workdir: Path, own_workdir: bool) -> None:
-        super().__init__(proc, "mosquitto", host, port, True, workdir)
+    def __init__(self, proc: subprocess.Popen[bytes], host: str, port: int, workdir: Path, own_workdir: bool,
+                 pki_dir: Path | None = None, prefix: str = DEFAULT_PREFIX) -> None:
+        super().__init__(proc, "mosquitto", host, port, True, workdir, pki_dir)
         self._own_workdir = own_workdir
+        self.prefix = prefix
+
+    @property
+    def acl_path(self) -> Path:
+        return self.workdir / "acl.conf"  # type: ignore[operator]
+
+    def reload(self) -> bool:
+        """Regenerate the ACL from the PKI and SIGHUP mosquitto: it re-reads the ACL and the CRL (measured on
+        2.0.11: a revoked certificate is refused at the next handshake, and an open connection of a revoked
+        identity loses its rights at once). Connections stay up. True once mosquitto has reloaded."""
+        if self.pki_dir is not None:
+            _write_acl(self.pki_dir, self.prefix, self.acl_path)
+        return self.alive() and _hup_and_wait(self.proc.pid, self.log_path)  # type: ignore[arg-type]
 
     def stop(self) -> None:
         stopped_before = self._stopped
         super().stop()
+        if not stopped_before and self.pki_dir is not None:
+            (self.pki_dir / "brokers" / f"{self.proc.pid}.json").unlink(missing_ok=True)
         if not stopped_before and self._own_workdir and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def mosquitto_config(host: str, port: int, workdir: Path, persistent: bool = False) -> str:
-    """The generated mosquitto.conf; each line says why it is there."""
-    lines = [
-        "# generated by edgeloop (deploy/broker.py)",
-        f"listener {port} {host}",
-        "# one machine, demo/dev: no credentials. Production brokers set their own auth/ACLs.",
-        "allow_anonymous true",
+def _write_acl(pki_dir: Path, prefix: str, path: Path) -> None:
+    from deploy.acl import mosquitto_acl
+    from deploy.pki import open_pki
+
+    atomic_write(path, mosquitto_acl(open_pki(pki_dir), Topics(prefix)).encode())
+
+
+def _hup_and_wait(pid: int, log_path: Path, timeout: float = 5.0) -> bool:
+    """SIGHUP mosquitto and wait until it has reloaded. mosquitto 2.0.11 clears its reload flag *after*
+    reloading, so a SIGHUP that arrives during a reload is lost: wait for the "Reloading config" line, give
+    the reload (milliseconds) time to finish, and send again if the line never came."""
+    def reloads() -> int:
+        try:
+            return log_path.read_text(errors="replace").count("Reloading config")
+        except OSError:
+            return 0
+
+    for _ in range(2):
+        before = reloads()
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if reloads() > before:
+                time.sleep(RELOAD_SETTLE_S)
+                return True
+            time.sleep(0.02)
+    return False
+
+
+def _register(pki_dir: Path, b: MosquittoBroker) -> None:
+    """Tell later `edgeloop pki device/revoke` runs which broker to reload (see reload_brokers)."""
+    d = pki_dir / "brokers"
+    d.mkdir(mode=0o700, exist_ok=True)
+    record = {"pid": b.proc.pid, "port": b.port, "acl": str(b.acl_path), "log": str(b.log_path),
+              "prefix": b.prefix, "started": time.time()}
+    atomic_write(d / f"{b.proc.pid}.json", json.dumps(record).encode())
+
+
+def reload_brokers(pki_dir: str | Path) -> list[int]:
+    """Regenerate the ACL of every running mosquitto that edgeloop started on this PKI and SIGHUP it (after a
+    device was provisioned or an identity revoked); returns once they have reloaded, with their pids. Drops
+    records of brokers gone. Holds the PKI's lock, so reloads from parallel commands never overlap."""
+    from deploy.pki import open_pki
+
+    with open_pki(pki_dir).locked():
+        return _reload_brokers(Path(pki_dir))
+
+
+def _reload_brokers(pki_dir: Path) -> list[int]:
+    done = []
+    for rec_path in sorted((Path(pki_dir) / "brokers").glob("*.json")):
+        try:
+            rec = json.loads(rec_path.read_text())
+            pid = int(rec["pid"])
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except (OSError, ValueError, KeyError):
+            rec_path.unlink(missing_ok=True)  # the broker is gone (or the record is junk)
+            continue
+        if comm != "mosquitto":  # the pid was reused by something else: never signal it
+            rec_path.unlink(missing_ok=True)
+            continue
+        try:
+            _write_acl(Path(pki_dir), rec["prefix"], Path(rec["acl"]))
+            reloaded = _hup_and_wait(pid, Path(rec.get("log") or Path(rec["acl"]).with_name("broker.log")))
+        except OSError as exc:  # its state dir is gone, or it is another user's: not ours to reload
+            logging.getLogger("edgeloop.broker").warning("cannot reload broker pid %d: %s", pid, exc)
+            continue
+        if reloaded:
+            done.append(pid)
+        else:
+            logging.getLogger("edgeloop.broker").warning("broker pid %d did not log a reload", pid)
+    return done
+
+
+def mosquitto_config(host: str, port: int, workdir: Path, persistent: bool = False, *,
+                     pki_dir: Path | None = None) -> str:
+    """The generated mosquitto.conf; each line says why it is there.
+
+    With ``pki_dir``: a TLS listener that requires a certificate from that PKI, identities from the CN, the
+    ACL in ``workdir/acl.conf`` (written by the caller) and the PKI's CRL. Without: anonymous plain TCP.
+    """
+    lines = ["# generated by edgeloop (deploy/broker.py)", f"listener {port} {host}"]
+    if pki_dir is not None:
+        lines += [
+            "# TLS only; every client shows a certificate from the fleet's CA (edgeloop pki).",
+            f"cafile {pki_dir / 'ca.pem'}",
+            f"certfile {pki_dir / 'broker' / 'cert.pem'}",
+            f"keyfile {pki_dir / 'broker' / 'key.pem'}",
+            "# Revoked certificates (edgeloop pki revoke); SIGHUP re-reads it.",
+            f"crlfile {pki_dir / 'crl.pem'}",
+            "tls_version tlsv1.2",
+            "require_certificate true",
+            "# The certificate's CN is the username the ACL is written for ...",
+            "use_identity_as_username true",
+            "# ... and the client id: nobody can take over another identity's session (the trainer's queue).",
+            "use_username_as_clientid true",
+            "allow_anonymous false",
+            f"acl_file {workdir / 'acl.conf'}",
+        ]
+    else:
+        lines += ["# --insecure: anonymous, loopback only (deploy.broker refuses any other address).",
+                  "allow_anonymous true"]
+    lines += [
         "# Nagle on the broker side stalls request/response flows by the 40 ms delayed ACK.",
         "set_tcp_nodelay true",
         "# 256 KiB model chunks + envelope must fit; the limit still rejects garbage.",
         f"max_packet_size {MAX_PACKET_SIZE}",
-        "# QoS 1 bursts (samples, model chunks) must be queued, not silently dropped.",
+        "# QoS 1 bursts (samples, model chunks) must be queued, not silently dropped: beyond these limits",
+        "# mosquitto drops further QoS 1 messages for that client and logs it (README, 'The broker').",
         f"max_inflight_messages {MAX_INFLIGHT}",
         f"max_queued_messages {MAX_QUEUED_MESSAGES}",
         f"max_queued_bytes {MAX_QUEUED_BYTES}",
-        *(["# A given workdir keeps retained manifests/chunks and the trainer's session across restarts.",
-            "persistence true", f"persistence_location {workdir}/", "autosave_interval 5"]
-          if persistent else
-          ["# Temp dir: retained state lives as long as the broker; the edge outbox is the durable store.",
-           "persistence false"]),
+    ]
+    if persistent:
+        lines += ["# Samples queued for the trainer and retained manifests/chunks survive a broker restart.",
+                  "persistence true", f"persistence_location {workdir}/", "persistence_file mosquitto.db",
+                  f"autosave_interval {AUTOSAVE_INTERVAL_S}",
+                  "# No persistent_client_expiration: with it, mosquitto 2.0.11 puts every offline session on its",
+                  "# expiry list, and a SIGHUP (ACL/CRL reload) adds it twice -> a freed session on the list, a",
+                  "# wedged broker (docs/NOTES.md 19). Sessions do not expire; their queues are bounded below."]
+    else:
+        lines += ["# Retained state lives as long as this broker process; the edge outbox is the durable store.",
+                  "persistence false"]
+    lines += [
         f"log_dest file {workdir / 'broker.log'}",
         "log_type error",
         "log_type warning",
@@ -214,16 +376,19 @@ def mosquitto_config(host: str, port: int, workdir: Path, persistent: bool = Fal
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         import pwd
 
-        # As root, mosquitto drops to user "mosquitto" and then cannot write its log in our
-        # temp dir; stay as the invoking user instead.
+        # As root, mosquitto drops to user "mosquitto" and then can read neither the 0600 root-owned keys
+        # of the PKI nor write its log in our directory; stay as the invoking user instead.
         lines.append(f"user {pwd.getpwuid(os.geteuid()).pw_name}")
     return "\n".join(lines) + "\n"
 
 
-def _start_mosquitto(binary: str, host: str, port: int, workdir: Path | None) -> MosquittoBroker:
+def _start_mosquitto(binary: str, host: str, port: int, workdir: Path | None, *, pki_dir: Path | None = None,
+                     prefix: str = DEFAULT_PREFIX, persistent: bool | None = None) -> MosquittoBroker:
     own = workdir is None
-    wd = Path(tempfile.mkdtemp(prefix="edgeloop-broker-")) if own else Path(workdir)  # type: ignore[arg-type]
+    wd = Path(tempfile.mkdtemp(prefix="edgeloop-broker-")) if own else Path(workdir).resolve()  # type: ignore[arg-type]
     wd.mkdir(parents=True, exist_ok=True)
+    if pki_dir is not None:
+        _write_acl(pki_dir, prefix, wd / "acl.conf")
     attempts = 3 if port == 0 else 1  # a free port can be taken between probe and bind: retry
     last_err = ""
     for _ in range(attempts):
@@ -235,7 +400,8 @@ def _start_mosquitto(binary: str, host: str, port: int, workdir: Path | None) ->
                 shutil.rmtree(wd, ignore_errors=True)
             raise
         conf = wd / "mosquitto.conf"
-        conf.write_text(mosquitto_config(host, p, wd, persistent=not own))
+        conf.write_text(mosquitto_config(host, p, wd, persistent=(not own) if persistent is None else persistent,
+                                         pki_dir=pki_dir))
         (wd / "broker.log").unlink(missing_ok=True)
         with open(wd / "stdout.log", "wb") as out:
             proc = subprocess.Popen(
@@ -248,8 +414,10 @@ def _start_mosquitto(binary: str, host: str, port: int, workdir: Path | None) ->
                 start_new_session=True,
                 preexec_fn=die_with_parent(),
             )
-        b = MosquittoBroker(proc, host, p, wd, own)
+        b = MosquittoBroker(proc, host, p, wd, own, pki_dir, prefix)
         if _wait_port(host, p, START_TIMEOUT_S, b.alive) and b.alive():
+            if pki_dir is not None:
+                _register(pki_dir, b)
             return b
         rc = proc.poll()
         tail = b.log_tail() or (wd / "stdout.log").read_text(errors="replace")[-2000:]
@@ -351,6 +519,8 @@ class AmqttBroker(Broker):
 
 
 def _start_amqtt(host: str, port: int) -> AmqttBroker:
+    if not is_loopback(host):
+        raise BrokerError(f"amqtt cannot authenticate clients: it listens on loopback only, not {host}")
     try:
         import amqtt  # noqa: F401
     except ImportError as exc:
@@ -385,7 +555,10 @@ def start_amqtt_process(host: str = "127.0.0.1", port: int = 0) -> AmqttProcessB
     """Start amqtt in a child process that dies with this one; return once it accepts connections."""
     p = port or free_port(host)
     _check_port_free(host, p)
-    proc = subprocess.Popen([sys.executable, "-m", "deploy.broker", "--kind", "amqtt", "--host", host, "--port", str(p)],
+    if not is_loopback(host):
+        raise BrokerError(f"amqtt cannot authenticate clients: it listens on loopback only, not {host}")
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.broker", "--kind", "amqtt", "--insecure", "--host", host,
+                             "--port", str(p)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, preexec_fn=die_with_parent())
     b = AmqttProcessBroker(proc, host, p)
@@ -395,47 +568,144 @@ def start_amqtt_process(host: str = "127.0.0.1", port: int = 0) -> AmqttProcessB
     return b
 
 
-def start_broker(host: str = "127.0.0.1", port: int = 0, kind: Kind = "auto", workdir: str | Path | None = None) -> Broker:
+def start_broker(host: str = "127.0.0.1", port: int = 0, kind: Kind = "auto", workdir: str | Path | None = None,
+                 *, pki: str | Path | None = None, prefix: str = DEFAULT_PREFIX,
+                 persistence: bool | None = None) -> Broker:
     """Start a broker and return once it accepts TCP connections.
 
-    ``port=0`` picks a free port. ``kind="auto"`` prefers mosquitto, then amqtt. ``workdir``
-    (mosquitto only) keeps the config, log and persistence file there instead of a temp dir removed on
-    stop: retained messages and persistent sessions then survive a broker restart.
-    Raises ``BrokerError`` with the reason (and mosquitto's log tail) on failure.
+    ``pki`` (a directory made by ``edgeloop pki init``) gives the secure broker: mosquitto with TLS, client
+    certificates, identities from the CN and the ACL for topic ``prefix``; its ``url`` is ``mqtts://…`` and
+    ``client_url(identity)`` adds an identity's files. Without ``pki`` the broker is anonymous plain TCP and
+    must listen on a loopback address (BrokerError otherwise).
+
+    ``port=0`` picks a free port. ``kind="auto"`` prefers mosquitto, then amqtt (anonymous only). ``workdir``
+    (mosquitto only) keeps config, ACL, log and persistence file there instead of a temp dir removed on stop;
+    ``persistence`` defaults to on when a ``workdir`` is given, so that retained messages and persistent
+    sessions survive a broker restart. Raises ``BrokerError`` with the reason (and mosquitto's log tail).
     """
     if kind not in ("auto", "mosquitto", "amqtt"):
         raise ValueError(f"kind must be auto, mosquitto or amqtt, not {kind!r}")
+    pki_dir = None
+    if pki is not None:
+        from deploy.pki import PKIError, open_pki
+
+        try:
+            pki_dir = open_pki(pki).root
+        except PKIError as exc:
+            raise BrokerError(str(exc)) from None
+        Topics(prefix)  # a bad prefix fails here, not as an unreadable ACL
+    elif not is_loopback(host):
+        raise BrokerError(f"an anonymous broker listens on loopback only, not {host}: give it a PKI (TLS with "
+                          "client certificates) to accept other machines")
+    if persistence and workdir is None:
+        raise BrokerError("persistence needs a workdir that outlives the broker")
     if kind in ("auto", "mosquitto"):
         binary = find_mosquitto()
         if binary:
-            return _start_mosquitto(binary, host, port, Path(workdir) if workdir else None)
-        if kind == "mosquitto":
-            raise BrokerError("mosquitto is not installed (apt install mosquitto / brew install mosquitto)")
+            return _start_mosquitto(binary, host, port, Path(workdir) if workdir else None, pki_dir=pki_dir,
+                                    prefix=prefix, persistent=persistence)
+        if kind == "mosquitto" or pki_dir is not None:
+            raise BrokerError("mosquitto is not installed (apt install mosquitto / brew install mosquitto)"
+                              + ("; the fallback amqtt cannot check client certificates or enforce ACLs, so it only "
+                                 "runs anonymous on loopback (edgeloop broker --insecure)" if pki_dir else ""))
+    if pki_dir is not None:
+        raise BrokerError("amqtt cannot check client certificates or enforce ACLs: the secure broker is mosquitto")
     return _start_amqtt(host, port)
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="edgeloop broker",
+        description=(
+            "Run the MQTT broker for edgeloop on this machine until Ctrl-C / SIGTERM, and print the URL to pass "
+            "to the other commands' --broker option. Secure by default: mosquitto with TLS, a client "
+            "certificate required from the fleet's PKI (edgeloop pki), each identity limited to its own topics "
+            "by a generated ACL, persistence on. --insecure runs an anonymous loopback broker for development."
+        ),
+        epilog="Clients connect with --broker mqtts://HOST:PORT and their identity's ca.pem/cert.pem/key.pem "
+               "(edge and trainer: --identity DIR or config mqtt.ca_file/cert_file/key_file; any command: "
+               "EDGELOOP_MQTT_IDENTITY=PKI/services/deploy). Provision cameras with `edgeloop pki device`.",
+    )
+    ap.add_argument("--pki", metavar="DIR", help="the fleet's PKI (edgeloop pki init); default: STATE_DIR/pki, "
+                    "created on first start")
+    ap.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (0.0.0.0 for other machines: TLS only; default %(default)s)")
+    ap.add_argument("--port", type=int, default=None,
+                    help=f"TCP port, 0 = any free port (default {DEFAULT_TLS_PORT}; --insecure {DEFAULT_PLAIN_PORT})")
+    ap.add_argument("--state-dir", "--workdir", dest="state_dir", default="./edgeloop-broker",
+                    help="config, ACL, log and persistence file (and the PKI if no --pki); default %(default)s")
+    ap.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix the ACL is written for (default %(default)s)")
+    ap.add_argument("--no-persistence", action="store_true",
+                    help="keep retained messages and queued samples in memory only (lost on restart)")
+    ap.add_argument("--insecure", action="store_true",
+                    help="anonymous plain TCP on loopback, no ACL (development only; prints a warning)")
+    ap.add_argument("--kind", choices=["auto", "mosquitto", "amqtt"], default="auto",
+                    help="which broker to run; amqtt only with --insecure (default %(default)s)")
+    return ap
+
+
+def _secure_pki(args: argparse.Namespace) -> Path:
+    """The PKI the broker serves: --pki, or STATE_DIR/pki (created the first time, with this host's names)."""
+    from deploy.pki import PKI, init_pki
+
+    if args.pki:
+        return Path(args.pki)
+    default = Path(args.state_dir) / "pki"
+    if not PKI(default).exists():
+        hosts = [] if is_loopback(args.host) else [args.host]
+        if args.host in ("0.0.0.0", "::", ""):
+            hosts = [socket.gethostname(), socket.getfqdn()]
+        init_pki(default, [h for h in dict.fromkeys(hosts) if h and h not in ("0.0.0.0", "::")])
+        print(f"# created a PKI in {default} (CA, broker certificate, trainer/deploy/monitor identities)",
+              file=sys.stderr)
+    return default
+
+
+def _check_names(pki_dir: Path, host: str) -> None:
+    """Warn when clients will reach the broker by a name its certificate does not carry (their TLS hostname
+    check would fail, with an error far from the cause)."""
+    from deploy.pki import open_pki
+
+    if host in ("0.0.0.0", "::", "") or is_loopback(host):
+        return
+    sans = open_pki(pki_dir).broker_sans()
+    if host not in sans:
+        print(f"edgeloop broker: WARNING: the broker certificate in {pki_dir} is for {', '.join(sans)}, not {host}; "
+              f"clients connecting to {host} will fail the TLS name check (edgeloop pki broker --dir {pki_dir} "
+              f"--host {host} ... --force)", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``edgeloop broker``: run the embedded broker until Ctrl-C or SIGTERM."""
-    ap = argparse.ArgumentParser(
-        prog="edgeloop broker",
-        description=(
-            "Run a local MQTT broker for edgeloop on this machine: mosquitto if installed "
-            "(MQTT 5, fast), else the built-in amqtt (MQTT 3.1.1). Prints the URL to pass "
-            "to the other commands' --broker option, then runs until Ctrl-C / SIGTERM."
-        ),
-    )
-    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for other machines; default %(default)s)")
-    ap.add_argument("--port", type=int, default=1883, help="TCP port, 0 = any free port (default %(default)s)")
-    ap.add_argument("--kind", choices=["auto", "mosquitto", "amqtt"], default="auto", help="which broker to run (default %(default)s)")
-    ap.add_argument("--workdir", default=None, help="keep mosquitto's config and log here (default: a temp dir)")
-    args = ap.parse_args(argv)
-
+    args = _parser().parse_args(argv)
+    port = args.port if args.port is not None else (DEFAULT_PLAIN_PORT if args.insecure else DEFAULT_TLS_PORT)
+    state = Path(args.state_dir)
     try:
-        broker = start_broker(args.host, args.port, args.kind, args.workdir)
-    except BrokerError as exc:
+        if args.insecure:
+            if args.pki:
+                raise BrokerError("--insecure and --pki contradict each other")
+            print("edgeloop broker: WARNING: --insecure: anonymous clients, no TLS, no ACL — any local process may "
+                  "publish manifests and samples as anyone. Development only.", file=sys.stderr, flush=True)
+            pki = None
+        else:
+            if args.kind == "amqtt":
+                raise BrokerError("amqtt cannot check client certificates or enforce ACLs; it runs only with "
+                                  "--insecure (loopback, anonymous)")
+            pki = _secure_pki(args)
+            _check_names(Path(pki), args.host)
+        if args.kind != "amqtt":
+            from deploy.pki import make_private_dir
+
+            make_private_dir(state.resolve())  # queued samples (camera images) are persisted here
+        broker = start_broker(args.host, port, args.kind, None if args.kind == "amqtt" else state, pki=pki,
+                              prefix=args.prefix, persistence=not args.no_persistence and args.kind != "amqtt")
+    except Exception as exc:  # BrokerError, PKIError, bad prefix: one clear line, no traceback
         print(f"edgeloop broker: {exc}", file=sys.stderr)
         return 1
+    return _serve(broker)
 
+
+def _serve(broker: Broker) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -445,7 +715,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     v = "MQTT 5 + 3.1.1" if broker.supports_mqtt5 else "MQTT 3.1.1"
     print(broker.url, flush=True)
-    print(f"# {broker.kind} broker ({v}) listening; pass --broker {broker.url}. Ctrl-C to stop.", file=sys.stderr, flush=True)
+    if broker.tls:
+        print(f"# {broker.kind} broker ({v}, TLS, client certificates from {broker.pki_dir}, ACL, persistence in "
+              f"{broker.workdir}) listening; pass --broker {broker.url} and an identity from the PKI. "
+              "Ctrl-C to stop.", file=sys.stderr, flush=True)
+    else:
+        why = " — amqtt cannot check certificates or ACLs" if broker.kind == "amqtt" else ""
+        print(f"# {broker.kind} broker ({v}, anonymous, loopback only{why}) listening; pass --broker {broker.url}. "
+              "Ctrl-C to stop.", file=sys.stderr, flush=True)
     try:
         while not stop.wait(0.5):
             if not broker.alive():

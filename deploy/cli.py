@@ -13,10 +13,13 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "edge": ("edge.cli", "run the edge node on a camera: frames -> ONNX -> uncertain samples over MQTT"),
     "trainer": ("trainer.cli", "the central learner: bootstrap a model, ingest samples, update, export"),
     "label": ("trainer.label_cli", "label queued samples in the terminal"),
-    "rollout": ("deploy.rollout_cli", "roll a model version out to the fleet in canary waves"),
-    "demo": ("deploy.demo", "the whole loop in one command, with a report"),
+    "deploy": ("deploy.deploy_cli", "the rollout service: roll out what the trainer promotes (auto or on approval)"),
+    "rollout": ("deploy.rollout_cli", "roll a model version out, approve, watch and steer rollouts, list devices"),
+    "demo": ("deploy.demo.cli", "the whole loop in one command, with a report"),
     "broker": ("deploy.broker", "start the embedded MQTT broker for one machine"),
     "keys": ("deploy.keys", "generate and inspect manifest signing keys"),
+    "console": ("deploy.console.cli", "the web console: fleet, rollouts, models, label queue, data in and out"),
+    "pki": ("deploy.pki_cli", "the fleet's CA: provision cameras and services, revoke them"),
     "bench": ("bench.run_all", "run the benchmarks and write bench/results.json"),
 }
 
@@ -53,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         extra = {"torch": "trainer", "torchvision": "trainer", "onnx": "trainer", "cv2": "edge",
                  "onnxruntime": "edge", "paho": "edge", "amqtt": "deploy", "rich": "deploy",
-                 "matplotlib": "deploy"}.get((exc.name or "").split(".")[0])
+                 "matplotlib": "deploy", "starlette": "console", "uvicorn": "console", "jinja2": "console",
+                 "prometheus_client": "deploy"}.get((exc.name or "").split(".")[0])
         hint = f" (pip install 'edgeloop[{extra}]')" if extra else ""
         print(f"edgeloop {name}: missing dependency {exc.name!r}{hint}", file=sys.stderr)
         return 2

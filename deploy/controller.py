@@ -1,16 +1,20 @@
 """The rollout controller: canary waves with thresholds, automatic advance, halt and rollback.
 
-State machine of one rollout (persisted in SQLite after every transition, so a restarted controller
-continues where the last one stopped)::
+State machine of one rollout (states and allowed moves: ``State``/``TRANSITIONS`` in
+deploy/rollout_store.py; persisted in SQLite after every transition, so a restarted controller continues
+where the last one stopped)::
 
+    awaiting_approval --approve--> running ...        --reject--> rejected
+       (a newer version promoted while it waits --> superseded)
     running --(wave healthy for `soak`)--> running (next wave) ... --> completed
-       |  ^                                                     
+       |  ^
        v  |  pause / resume
      paused
-    running --(breach: failed fraction, shadow agreement, confidence drop, latency, wave timeout)
+    running --(breach: a check of deploy/rollout_gate.py's BREACH_CHECKS)
             --> rolling_back --(no online device runs the bad version)--> rolled_back
     any --abort--> aborted (stop publishing; devices keep what they run)
     any --rollback--> rolling_back (operator)
+    any --start_rollout (or an approval) on the same fleet--> superseded
 
 Targeting: one *retained* manifest per fleet (``fleet/{fleet}/manifest``) always carries the fleet's
 current target. Wave k's manifest (new seq, signed) has ``compat.rollout = {"salt": rollout_id, "below":
@@ -23,250 +27,74 @@ has ``below = 10000`` (everyone). A rollback is a new manifest (higher seq) for 
 Sequence numbers: ``max(last + 1, unix time in ms)`` - monotonic across restarts even if the SQLite file
 is lost, so devices (which reject seq <= highest accepted) never lock out a rebuilt controller.
 
-Threading: paho's loop thread feeds :class:`deploy.fleet.Fleet`; one controller thread ticks every
-``tick_s`` (and immediately when a model status arrives) and owns all SQLite writes and publishes of
-manifests. CLI commands (``pause``/``resume``/``abort``/``rollback``) are written to the ``rollouts.command``
-column by other processes and picked up on the next tick.
+Chunks on the broker (issue: faults): chunks are retained, and "paho queued them" proves nothing about what
+the broker holds later. So the controller reads them back (deploy/chunk_audit.py) after publishing, after
+every reconnection, when a device's download stalls and periodically, and republishes any that is missing or
+wrong; a device that reports a corrupt chunk (``failed``/``chunk_hash`` with the chunk's index) gets that chunk
+republished and keeps counting as pending, not failed. Chunks of versions that no fleet target, active
+rollout or rollback target needs any more are cleared (an empty retained payload), whatever way the rollout
+ended. Model bytes in memory are a small LRU (deploy/artifact_cache.py); the files are on disk.
+
+Threading: paho's loop thread feeds :class:`deploy.fleet.Fleet` (and the chunk read-back, and any topic routed
+with :meth:`Controller.route`); one controller thread ticks every ``tick_s`` (and immediately when a model
+status arrives) and owns all SQLite writes and publishes of manifests. CLI commands
+(``pause``/``resume``/``abort``/``rollback``/``approve``/``reject``) are queued in the store by other
+processes (:meth:`RolloutStore.queue_command`) and picked up on the next tick, as are requests that need the
+MQTT connection (``forget`` a decommissioned device: clear its retained topics).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import sqlite3
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import msgspec
 
 from protocol.chunks import DEFAULT_CHUNK_SIZE
 from protocol.signing import load_private_key
 from protocol.topics import Topics
-
 from protocol.waves import BUCKETS, wave_bucket
 
+from .artifact_cache import ArtifactCache
+from .chunk_audit import AuditResult, ChunkAudit
 from .fleet import DeviceInfo, Fleet
-from .publisher import DEFAULT_EXPIRY_S, ModelArtifact, Publisher, read_artifact
+from .publisher import ModelArtifact, Publisher, read_artifact
+from . import rollout_gate as gate
+from .rollout_gate import Policy, WaveDevices, parse_duration, parse_fraction, parse_waves
+from .rollout_store import ACTIVE, TERMINAL, WAITING, FleetTarget, Rollout, RolloutStore, State
 
-__all__ = ["Policy", "DeployConfig", "Controller", "RolloutStore", "TERMINAL", "parse_duration", "parse_waves"]
+__all__ = ["Policy", "Controller", "Verdict", "RolloutStore", "Rollout", "State", "TERMINAL", "ACTIVE", "WAITING",
+           "rollout_status", "parse_duration", "parse_fraction", "parse_waves"]
 
 log = logging.getLogger("edgeloop.controller")
 
-TERMINAL = ("completed", "rolled_back", "aborted", "superseded")
-ACTIVE_STATES = ("running", "paused", "rolling_back")
-FAILED_STATES = ("failed", "rolled_back", "rejected")
+#: A device whose download shows no progress this long makes the controller read the version's chunks back.
+STALL_S = 30.0
+#: At most one stall-triggered read-back per version this often (a read-back costs the model's size).
+STALL_AUDIT_EVERY_S = 60.0
+#: Every fleet target's chunks are read back this often even when nothing looks wrong.
+AUDIT_EVERY_S = 600.0
+#: Republish-and-check rounds for one version before the controller gives up until the next trigger.
+MAX_REPAIRS = 3
 
 
-class Policy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """How a rollout proceeds and when it stops. Defaults = the automatic policy for promoted versions.
-
-    ``shadow``: frames the candidate runs beside the active model on each device before swapping (0 = no
-    shadow); devices refuse to swap below ``min_agreement`` themselves, and the controller halts the wave if
-    the wave's mean agreement is below it. ``max_confidence_drop``: halt if candidates' mean top-1
-    confidence is this fraction below the active model's (shadow) or the device's health watch reports a
-    collapse. ``max_latency_ratio``: halt if candidate latency / active latency exceeds it and the
-    candidate is also ``latency_slack_ms`` slower (sub-millisecond models jitter by more than 3x).
-    ``wave_timeout``: devices of a wave that neither finish nor fail in time count as failed.
-    """
-
-    waves: list[float] = msgspec.field(default_factory=lambda: [0.05, 0.25, 1.0])
-    soak: float = 60.0
-    max_failed: float = 0.10
-    min_agreement: float = 0.90
-    shadow: int = 0
-    shadow_seconds: float = 60.0
-    max_confidence_drop: float = 0.25
-    max_latency_ratio: float = 3.0
-    latency_slack_ms: float = 5.0
-    health_seconds: float = 30.0
-    wave_timeout: float = 600.0
-    expiry: float = DEFAULT_EXPIRY_S
-
-    def __post_init__(self) -> None:
-        if not self.waves or any(not 0 < w <= 1 for w in self.waves) or sorted(self.waves) != self.waves:
-            raise ValueError(f"waves must be increasing fractions in (0, 1], got {self.waves}")
-        if self.waves[-1] != 1.0:
-            self.waves = [*self.waves, 1.0]
-        if not 0 <= self.max_failed <= 1:
-            raise ValueError("max_failed must be a fraction in [0, 1]")
-
-
-class DeployConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Deploy settings for callers that hand promoted versions over automatically (trainer, demo).
-
-    ``auto_rollout`` is the switch: when true, ``Controller.start_rollout(version, path)`` is called with
-    ``policy`` for every promoted version.
-    """
-
-    broker: str = "mqtt://127.0.0.1:1883"
-    prefix: str = "edgeloop/v1"
-    fleet: str = "default"
-    state_dir: str = ".edgeloop/deploy"
-    signing_key: str = ".edgeloop/keys/signing.key"
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    auto_rollout: bool = True
-    policy: Policy = msgspec.field(default_factory=Policy)
-
-
-def parse_duration(text: str | float) -> float:
-    """``"60s"``, ``"5m"``, ``"1h"``, ``"250ms"`` or a number of seconds."""
-    if isinstance(text, (int, float)):
-        return float(text)
-    t = text.strip().lower()
-    for suffix, mult in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
-        if t.endswith(suffix):
-            return float(t[: -len(suffix)]) * mult
-    return float(t)
-
-
-def parse_fraction(text: str | float) -> float:
-    """``"10%"`` or ``0.1``."""
-    if isinstance(text, (int, float)):
-        return float(text)
-    t = text.strip()
-    return float(t[:-1]) / 100.0 if t.endswith("%") else float(t)
-
-
-def parse_waves(text: str) -> list[float]:
-    """``"5%,25%,100%"`` -> [0.05, 0.25, 1.0]."""
-    return [parse_fraction(p) for p in text.split(",") if p.strip()]
-
-
-# -- persistence -------------------------------------------------------------------------------------------
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS models (
-    model_id TEXT NOT NULL, version TEXT NOT NULL, sha256 TEXT NOT NULL, path TEXT NOT NULL,
-    size INTEGER NOT NULL, chunk_size INTEGER NOT NULL, published INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (model_id, version));
-CREATE TABLE IF NOT EXISTS rollouts (
-    id TEXT PRIMARY KEY, fleet TEXT NOT NULL, model_id TEXT NOT NULL, version TEXT NOT NULL,
-    prev_version TEXT, state TEXT NOT NULL, wave INTEGER NOT NULL DEFAULT 0,
-    below INTEGER NOT NULL DEFAULT 0, wave_published INTEGER NOT NULL DEFAULT 0,
-    wave_started REAL, soak_started REAL, policy TEXT NOT NULL, reason TEXT,
-    command TEXT, created REAL NOT NULL, updated REAL NOT NULL, finished REAL);
-CREATE TABLE IF NOT EXISTS fleets (
-    fleet TEXT PRIMARY KEY, rollout_id TEXT, model_id TEXT, version TEXT, wave INTEGER,
-    below INTEGER, seq INTEGER, expires REAL, policy TEXT);
-CREATE TABLE IF NOT EXISTS events (
-    ts REAL NOT NULL, rollout_id TEXT, kind TEXT NOT NULL, detail TEXT);
-CREATE TABLE IF NOT EXISTS devices (
-    device TEXT PRIMARY KEY, row TEXT NOT NULL, updated REAL NOT NULL);
-"""
-
-
-class RolloutStore:
-    """SQLite (WAL) rollout state; every method is one short transaction, safe across processes."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        self.db.close()
-
-    def q(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self.db.execute(sql, args).fetchall()
-
-    def x(self, sql: str, args: tuple[Any, ...] = ()) -> None:
-        with self._lock:
-            self.db.execute(sql, args)
-
-    def get_meta(self, key: str, default: str | None = None) -> str | None:
-        rows = self.q("SELECT value FROM meta WHERE key=?", (key,))
-        return rows[0]["value"] if rows else default
-
-    def set_meta(self, key: str, value: str) -> None:
-        self.x("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-               (key, value))
-
-    def next_seq(self) -> int:
-        """Monotonic manifest sequence: max(last + 1, now in ms), persisted before use."""
-        with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self.db.execute("SELECT value FROM meta WHERE key='seq'").fetchone()
-                seq = max((int(row[0]) + 1) if row else 0, int(time.time() * 1000))
-                self.db.execute("INSERT INTO meta(key, value) VALUES('seq', ?) "
-                                "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(seq),))
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-        return seq
-
-    def event(self, rollout_id: str | None, kind: str, detail: str = "") -> None:
-        self.x("INSERT INTO events(ts, rollout_id, kind, detail) VALUES(?, ?, ?, ?)",
-               (time.time(), rollout_id, kind, detail))
-        log.info("rollout %s: %s %s", rollout_id, kind, detail)
-
-    def rollout(self, rid: str) -> dict[str, Any] | None:
-        rows = self.q("SELECT * FROM rollouts WHERE id=?", (rid,))
-        return dict(rows[0]) if rows else None
-
-    def latest(self, fleet: str | None = None) -> dict[str, Any] | None:
-        if fleet is None:
-            rows = self.q("SELECT * FROM rollouts ORDER BY created DESC LIMIT 1")
-        else:
-            rows = self.q("SELECT * FROM rollouts WHERE fleet=? ORDER BY created DESC LIMIT 1", (fleet,))
-        return dict(rows[0]) if rows else None
-
-    def active(self) -> list[dict[str, Any]]:
-        marks = ",".join("?" * len(ACTIVE_STATES))
-        return [dict(r) for r in self.q(f"SELECT * FROM rollouts WHERE state IN ({marks}) ORDER BY created",
-                                        ACTIVE_STATES)]
-
-    def update(self, rid: str, **fields: Any) -> None:
-        fields["updated"] = time.time()
-        cols = ", ".join(f"{k}=?" for k in fields)
-        self.x(f"UPDATE rollouts SET {cols} WHERE id=?", (*fields.values(), rid))
-
-    def command(self, rid: str, cmd: str) -> None:
-        """Queue an operator command for the running controller (from any process)."""
-        self.x("UPDATE rollouts SET command=?, updated=? WHERE id=?", (cmd, time.time(), rid))
-
-    def events(self, rid: str, limit: int = 50) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.q("SELECT * FROM events WHERE rollout_id=? ORDER BY ts DESC LIMIT ?",
-                                        (rid, limit))][::-1]
-
-    def model(self, model_id: str, version: str) -> dict[str, Any] | None:
-        rows = self.q("SELECT * FROM models WHERE model_id=? AND version=?", (model_id, version))
-        return dict(rows[0]) if rows else None
-
-    def devices(self) -> list[dict[str, Any]]:
-        return [json.loads(r["row"]) for r in self.q("SELECT row FROM devices ORDER BY device")]
-
-    def save_devices(self, rows: list[dict[str, Any]]) -> None:
-        now = time.time()
-        with self._lock:
-            self.db.execute("BEGIN")
-            self.db.executemany(
-                "INSERT INTO devices(device, row, updated) VALUES(?, ?, ?) "
-                "ON CONFLICT(device) DO UPDATE SET row=excluded.row, updated=excluded.updated",
-                [(r["device"], json.dumps(r, default=str), now) for r in rows])
-            self.db.execute("COMMIT")
-
-
-# -- the controller ----------------------------------------------------------------------------------------
 class Controller:
     """Runs rollouts against one broker. Programmatic API for the trainer/demo::
 
-        ctl = Controller(broker_url, signing_key_path, state_dir)   # or from_config(DeployConfig)
+        ctl = Controller(broker_url, signing_key_path, state_dir)
         ctl.start()                                                  # connect + background thread
         rid = ctl.start_rollout("v0007", "registry/v0007.onnx")      # default Policy
         ctl.wait(rid, timeout=600)                                   # -> final state
         ctl.stop()
+
+    ``tls``: ``{"ca": path, "cert": path, "key": path}`` for an ``mqtts://`` broker (overrides the URL's query).
+    ``counters`` (a ``Counter``) and :meth:`health` are what deploy/metrics.py exports.
     """
 
     def __init__(
@@ -281,6 +109,11 @@ class Controller:
         tick_s: float = 0.2,
         client_id: str | None = None,
         clock: Callable[[], float] = time.time,
+        tls: dict[str, str | None] | None = None,
+        cache_items: int = 4,
+        cache_bytes: int = 256 * 1024 * 1024,
+        stall_s: float = STALL_S,
+        stall_audit_every_s: float = STALL_AUDIT_EVERY_S,
     ) -> None:
         self.broker = broker
         self.key = load_private_key(signing_key) if isinstance(signing_key, (str, os.PathLike)) else signing_key
@@ -290,22 +123,30 @@ class Controller:
         self.default_fleet = fleet
         self.chunk_size = chunk_size
         self.tick_s = tick_s
+        self.stall_s = stall_s
+        self.stall_audit_every_s = stall_audit_every_s
         self.fleet = Fleet(self.topics, clock)
         self.fleet.seed(self.store.devices())
         self._clock = clock
         self._client_id = client_id or f"edgeloop-deploy-{uuid.uuid4().hex[:8]}"
+        self._tls = dict(tls or {})
         self._client: Any = None
         self.publisher = Publisher(self._publish, self.key, self.topics, chunk_size)
+        self.audit = ChunkAudit(self.topics, self.subscribe, self.unsubscribe)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._artifacts: dict[tuple[str, str], ModelArtifact] = {}
+        self._artifacts = ArtifactCache(cache_items, cache_bytes)
+        self._routes: list[tuple[str, int, Callable[[str, bytes], None]]] = []
+        self._models_prefix = f"{self.topics.prefix}/models/"
         self._last_snapshot = 0.0
+        self._audit_due = False                 # set on every (re)connection: read every needed version back
+        self._last_audit: dict[tuple[str, str], float] = {}   # (model, version) -> monotonic time of last audit
+        self._repairs: Counter[tuple[str, str]] = Counter()   # consecutive republish rounds per version
+        self._handled_reports: dict[tuple[str, float], None] = {}  # (device, status time) acted on already
         self._lock = threading.RLock()
-
-    @classmethod
-    def from_config(cls, cfg: DeployConfig) -> "Controller":
-        return cls(cfg.broker, cfg.signing_key, cfg.state_dir, prefix=cfg.prefix, fleet=cfg.fleet,
-                   chunk_size=cfg.chunk_size)
+        self.counters: Counter[str] = Counter()
+        self.last_tick_ok = time.monotonic()    # /healthz: the loop is stalled when this gets old
+        self.started = time.monotonic()
 
     # -- MQTT ------------------------------------------------------------------------------------------------
     def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
@@ -315,17 +156,57 @@ class Controller:
         if info.rc != 0:
             raise RuntimeError(f"publish to {topic} failed: rc={info.rc}")
 
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        """A transient subscription on the controller's connection (not renewed after a reconnection)."""
+        if self._client is not None:
+            self._client.subscribe(topic, qos)
+
+    def unsubscribe(self, topic: str) -> None:
+        if self._client is not None:
+            self._client.unsubscribe(topic)
+
+    def route(self, topic_filter: str, qos: int, handler: Callable[[str, bytes], None], *,
+              subscribe: bool = True) -> None:
+        """Deliver messages matching ``topic_filter`` to ``handler(topic, payload)`` on the MQTT thread. With
+        ``subscribe`` the subscription is made now and on every reconnection (e.g. the promotion notices);
+        without, the handler only gets what a transient :meth:`subscribe` brings (e.g. one version's chunks)."""
+        self._routes.append((topic_filter, qos if subscribe else -1, handler))
+        if subscribe and self.connected:
+            self.subscribe(topic_filter, qos)
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.is_connected()
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        from paho.mqtt.client import topic_matches_sub
+
+        if topic.startswith(self._models_prefix):
+            self.audit.on_message(topic, payload)
+            return
+        for filt, _, handler in self._routes:
+            if topic_matches_sub(filt, topic):
+                handler(topic, payload)
+                return
+        self.fleet.on_message(topic, payload)
+
     def connect(self, timeout: float = 10.0) -> None:
         from protocol import mqtt
 
-        client = mqtt.make_client(self._client_id, self.broker, protocol="3.1.1", max_queued=0)
-        subs = self.fleet.subscriptions()
+        client = mqtt.make_client(self._client_id, self.broker, protocol="3.1.1", max_queued=0,
+                                  ca=self._tls.get("ca"), cert=self._tls.get("cert"), key=self._tls.get("key"))
 
         def on_connect(c: Any, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-            c.subscribe(subs)
+            if getattr(rc, "is_failure", False):
+                log.warning("broker %s refused the controller: %s", self.broker, rc)
+                return
+            c.subscribe(self.fleet.subscriptions() + [(f, q) for f, q, _ in self._routes if q >= 0])
+            self.counters["mqtt_connects"] += 1
+            self._audit_due = True  # the broker may have restarted without our retained chunks
+            self.fleet.changed.set()
 
         client.on_connect = on_connect
-        client.on_message = lambda c, u, msg: self.fleet.on_message(msg.topic, msg.payload)
+        client.on_message = lambda c, u, msg: self._on_message(msg.topic, msg.payload)
         self._client = client
         mqtt.start(client, timeout)
 
@@ -334,6 +215,7 @@ class Controller:
         if self._client is None:
             self.connect(timeout)
         self._stop.clear()
+        self.last_tick_ok = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="rollout-controller", daemon=True)
         self._thread.start()
         return self
@@ -372,42 +254,61 @@ class Controller:
         while not self._stop.is_set():
             try:
                 self.tick()
+                self.last_tick_ok = time.monotonic()
             except Exception:
+                self.counters["tick_errors"] += 1
                 log.exception("controller tick failed")
             self.fleet.changed.wait(self.tick_s)
             self.fleet.changed.clear()
+
+    def health(self, stall_s: float = 30.0) -> tuple[bool, str]:
+        """(healthy, why): unhealthy when no tick completed for ``stall_s`` seconds (loop wedged or failing)."""
+        age = time.monotonic() - self.last_tick_ok
+        if self._thread is None or not self._thread.is_alive():
+            return False, "the controller loop is not running"
+        if age > stall_s:
+            return False, f"no controller tick completed for {age:.0f}s (limit {stall_s:.0f}s)"
+        return True, f"last tick {age:.1f}s ago; MQTT {'connected' if self.connected else 'disconnected'}"
 
     # -- API ------------------------------------------------------------------------------------------------
     def register_model(self, path: str | os.PathLike[str], model_id: str | None = None,
                        version: str | None = None) -> ModelArtifact:
         """Read a model file and remember it (the previous version must be known to roll back to it)."""
         art = read_artifact(path, model_id, version)
-        self._artifacts[(art.model_id, art.version)] = art
-        self.store.x(
-            "INSERT INTO models(model_id, version, sha256, path, size, chunk_size) VALUES(?,?,?,?,?,?) "
-            "ON CONFLICT(model_id, version) DO UPDATE SET sha256=excluded.sha256, path=excluded.path, "
-            "size=excluded.size",
-            (art.model_id, art.version, art.sha256, str(Path(path).resolve()), art.size, self.chunk_size))
+        self._artifacts.put(art)
+        self.store.save_model(art.model_id, art.version, art.sha256, str(Path(path).resolve()), art.size,
+                              self.chunk_size)
         return art
 
     def artifact(self, model_id: str, version: str) -> ModelArtifact:
-        art = self._artifacts.get((model_id, version))
+        """A registered version's bytes: from the LRU, else read again from its file (checked against the store)."""
+        art = self._artifacts.get(model_id, version)
         if art is None:
-            row = self.store.model(model_id, version)
-            if row is None:
+            m = self.store.model(model_id, version)
+            if m is None:
                 raise KeyError(f"model {model_id}/{version} is not registered")
-            art = self.register_model(row["path"], model_id, version)
-            if art.sha256 != row["sha256"]:
-                raise ValueError(f"{row['path']} changed since {version} was registered")
+            art = read_artifact(m.path, model_id, version)
+            if art.sha256 != m.sha256:
+                raise ValueError(f"{m.path} changed since {version} was registered")
+            self._artifacts.put(art)
         return art
+
+    @property
+    def cache(self) -> ArtifactCache:
+        return self._artifacts
 
     def start_rollout(self, version: str, model_path: str | os.PathLike[str] | None = None,
                       policy: Policy | None = None, *, fleet: str | None = None, model_id: str | None = None,
-                      previous: tuple[str, str | os.PathLike[str]] | None = None) -> str:
-        """Begin rolling ``version`` out; returns the rollout id. Any active rollout on the fleet is superseded.
+                      previous: tuple[str, str | os.PathLike[str]] | str | None = None,
+                      await_approval: bool = False) -> str:
+        """Begin rolling ``version`` out; returns the rollout id. Any rollout on the fleet that is active or
+        awaits approval is superseded.
 
-        ``previous`` = (version, path) of what the fleet runs now, the rollback target; defaults to the last
-        completed rollout's version (or the previous one's, after a rollback).
+        ``previous`` = (version, path) of what the fleet runs now, the rollback target, or the version alone
+        if it is registered already; defaults to the fleet manifest's current target (the last completed
+        rollout's version, or the previous one's after a rollback). ``await_approval``: record it as
+        ``awaiting_approval`` instead (nothing is published and the running rollout is left alone until an
+        operator approves it; an older rollout still waiting on the fleet is superseded by this one).
         """
         fleet = fleet or self.default_fleet
         policy = policy or Policy()
@@ -415,32 +316,39 @@ class Controller:
             if model_path is not None:
                 art = self.register_model(model_path, model_id, version)
             else:
-                rows = self.store.q("SELECT model_id FROM models WHERE version=? ORDER BY rowid DESC", (version,))
-                if not rows:
+                model_id = model_id or self.store.model_id_of(version)
+                if model_id is None:
                     raise KeyError(f"version {version} is unknown; pass its model file")
-                art = self.artifact(model_id or rows[0]["model_id"], version)
-            prev_version = None
-            if previous is not None:
+                art = self.artifact(model_id, version)
+            if isinstance(previous, str):
+                self.artifact(art.model_id, previous)  # must be registered: it is the rollback target
+                prev_version: str | None = previous
+            elif previous is not None:
                 prev_version = self.register_model(previous[1], art.model_id, previous[0]).version
             else:
-                row = self.store.q("SELECT version FROM fleets WHERE fleet=?", (fleet,))
-                if row and row[0]["version"] != version:
-                    prev_version = row[0]["version"]
-            for r in self.store.active():
-                if r["fleet"] == fleet:
-                    self.store.update(r["id"], state="superseded", finished=time.time(),
-                                      reason=f"superseded by {version}")
-                    self.store.event(r["id"], "superseded", version)
-            rid = f"r{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
-            now = time.time()
-            self.store.x(
-                "INSERT INTO rollouts(id, fleet, model_id, version, prev_version, state, policy, created, updated) "
-                "VALUES(?,?,?,?,?,?,?,?,?)",
-                (rid, fleet, art.model_id, version, prev_version, "running",
-                 msgspec.json.encode(policy).decode(), now, now))
-            self.store.event(rid, "started", f"{art.model_id}/{version} waves={policy.waves} prev={prev_version}")
+                target = self.store.target(fleet)
+                prev_version = target.version if target is not None and target.version != version else None
+            if await_approval:
+                self._supersede(fleet, version, active=False)
+                r = self.store.create_rollout(fleet, art.model_id, version, prev_version, policy,
+                                              State.AWAITING_APPROVAL)
+                self.store.add_event(r.id, "awaiting_approval", f"{art.model_id}/{version} prev={prev_version}")
+            else:
+                self._supersede(fleet, version)
+                r = self.store.create_rollout(fleet, art.model_id, version, prev_version, policy)
+                self.store.add_event(r.id, "started", f"{art.model_id}/{version} waves={policy.waves} "
+                                                      f"prev={prev_version}")
         self.fleet.changed.set()
-        return rid
+        return r.id
+
+    def _supersede(self, fleet: str, version: str, *, active: bool = True, exclude: str | None = None) -> None:
+        """``version`` takes over the fleet: rollouts that await approval (and, with ``active``, those that run)
+        end as superseded."""
+        older = self.store.get_waiting(fleet) + (self.store.get_active(fleet) if active else [])
+        for old in older:
+            why = f"superseded by {version}" if old.active else f"{version} came before approval"
+            if old.id != exclude and self.store.set_state(old.id, State.SUPERSEDED, why):
+                self.store.add_event(old.id, "superseded", version)
 
     def pause(self, rid: str | None = None) -> None:
         self._command(rid, "pause")
@@ -458,7 +366,7 @@ class Controller:
         r = self.store.rollout(rid) if rid else self.store.latest()
         if r is None:
             raise KeyError("no such rollout")
-        self.store.command(r["id"], cmd)
+        self.store.queue_command(r.id, cmd)
         self.fleet.changed.set()
 
     def status(self, rid: str | None = None) -> dict[str, Any]:
@@ -469,215 +377,319 @@ class Controller:
         deadline = time.monotonic() + timeout
         while True:
             r = self.store.rollout(rid)
-            state = r["state"] if r else "unknown"
+            state = r.state if r else "unknown"
             if state in states or time.monotonic() > deadline:
                 return state
             time.sleep(0.05)
 
     # -- the state machine ------------------------------------------------------------------------------------
     def tick(self) -> None:
-        """One evaluation step for every active rollout (+ manifest refresh, + device snapshot)."""
+        """One step for every rollout that is active or waits for approval, then the chores: manifest refresh,
+        chunk read-backs and repairs, queued requests, the device snapshot (only what changed)."""
         with self._lock:
-            for r in self.store.active():
+            for r in self.store.get_waiting() + self.store.get_active():
                 self._step(r)
             self._refresh_manifests()
+            self._check_chunks()
+            self._take_requests()
             now = time.time()
             if now - self._last_snapshot > 1.0:
                 self._last_snapshot = now
-                self.store.save_devices([d.to_row() for d in self.fleet.devices()])
-                self.store.set_meta("heartbeat", str(now))
+                self.counters["device_rows_written"] += self.store.save_devices(
+                    [d.to_row() for d in self.fleet.devices()])
+                self.store.beat(now)
 
-    def _policy(self, r: dict[str, Any]) -> Policy:
-        return msgspec.json.decode(r["policy"], type=Policy)
-
-    def _step(self, r: dict[str, Any]) -> None:
-        rid, cmd = r["id"], r["command"]
-        if cmd:
-            self.store.update(rid, command=None)
-            self.store.event(rid, f"command:{cmd}")
-            if cmd == "pause" and r["state"] == "running":
-                self.store.update(rid, state="paused")
+    def _step(self, r: Rollout) -> None:
+        if r.command:
+            stepped = self._apply_command(r)
+            if stepped is None:
                 return
-            if cmd == "resume" and r["state"] == "paused":
-                self.store.update(rid, state="running", soak_started=None)
-                r = self.store.rollout(rid) or r
-            elif cmd == "abort":
-                self.store.update(rid, state="aborted", finished=time.time(), reason="aborted by operator")
-                return
-            elif cmd == "rollback":
-                self._begin_rollback(r, "rollback requested by operator")
-                return
-        if r["state"] == "running":
-            self._step_running(r, self._policy(r))
-        elif r["state"] == "rolling_back":
+            r = stepped
+        if r.state == State.RUNNING:
+            self._step_running(r)
+        elif r.state == State.ROLLING_BACK:
             self._step_rolling_back(r)
 
-    def _members(self, r: dict[str, Any], below: int) -> list[DeviceInfo]:
-        return [d for d in self.fleet.devices() if below >= BUCKETS or wave_bucket(r["id"], d.device) < below]
+    def _apply_command(self, r: Rollout) -> Rollout | None:
+        """Apply a queued operator command; returns the rollout to step on this tick, or None."""
+        cmd, detail = r.command or "", r.command_detail
+        self.store.clear_command(r.id, cmd)
+        self.store.add_event(r.id, f"command:{cmd}", detail or "")
+        if r.state == State.AWAITING_APPROVAL:
+            if cmd == "approve":
+                return self._approve(r, detail)
+            if cmd == "reject":
+                if self.store.set_state(r.id, State.REJECTED, detail or "rejected by an operator"):
+                    self.store.add_event(r.id, "rejected", detail or "")
+                    self.counters["promotions_rejected"] += 1
+                return None
+            if cmd == "abort":
+                self.store.set_state(r.id, State.ABORTED, "aborted by operator before approval")
+            return None  # pause/resume/rollback mean nothing before it started
+        if cmd == "pause" and r.state == State.RUNNING:
+            self.store.set_state(r.id, State.PAUSED)
+            return None
+        if cmd == "resume" and r.state == State.PAUSED:
+            self.store.set_state(r.id, State.RUNNING)
+            return self.store.rollout(r.id) or r
+        if cmd == "abort":
+            self.store.set_state(r.id, State.ABORTED, "aborted by operator")
+            self._gc_chunks(set())
+            return None
+        if cmd == "rollback":
+            self._begin_rollback(r, "rollback requested by operator")
+            return None
+        return r  # pause while paused, resume while running, approve while running: nothing to do
 
-    def _wave_below(self, r: dict[str, Any], fraction: float) -> int:
+    def _approve(self, r: Rollout, detail: str | None) -> Rollout | None:
+        """An operator released a waiting rollout: it takes over the fleet now, rolling back (if it must) to
+        the version the whole fleet reached last, which may have changed while it waited."""
+        self._supersede(r.fleet, r.version, exclude=r.id)
+        prev = self.store.fleet_baseline(r.fleet) or r.prev_version
+        if prev == r.version:
+            prev = r.prev_version
+        if prev != r.prev_version:
+            self.store.set_prev_version(r.id, prev)
+        if not self.store.set_state(r.id, State.RUNNING):
+            return None
+        self.store.add_event(r.id, "approved", (detail or "") + f" prev={prev}")
+        self.counters["promotions_approved"] += 1
+        return self.store.rollout(r.id)
+
+    def _members(self, r: Rollout, below: int) -> list[DeviceInfo]:
+        return [d for d in self.fleet.devices() if below >= BUCKETS or wave_bucket(r.id, d.device) < below]
+
+    def _wave_below(self, r: Rollout, fraction: float) -> int:
         """Smallest bucket bound that puts ceil(fraction x known devices) known devices in the wave."""
         if fraction >= 1.0:
             return BUCKETS
         ids = self.fleet.ids()
         if not ids:
-            return max(r["below"], int(fraction * BUCKETS))
-        buckets = sorted(wave_bucket(r["id"], d) for d in ids)
+            return max(r.below, int(fraction * BUCKETS))
+        buckets = sorted(wave_bucket(r.id, d) for d in ids)
         k = max(1, math.ceil(fraction * len(buckets)))
-        return max(r["below"], min(BUCKETS, buckets[k - 1] + 1))
+        return max(r.below, min(BUCKETS, buckets[k - 1] + 1))
 
     def _publish_manifest(self, fleet: str, rid: str, art: ModelArtifact, wave: int, below: int,
                           policy: Policy) -> int:
-        row = self.store.model(art.model_id, art.version)
-        if row is None or not row["published"]:
-            self.publisher.publish_chunks(art)
-            self.store.x("UPDATE models SET published=1 WHERE model_id=? AND version=?", (art.model_id, art.version))
+        m = self.store.model(art.model_id, art.version)
+        if m is None or not m.published:
+            self.counters["chunks_published"] += self.publisher.publish_chunks(art)
+            self.store.set_published(art.model_id, art.version, True)
+            self._request_audit(art, "published")
         seq = self.store.next_seq()
         targeting: dict[str, Any] = {"salt": rid, "below": below, "health_seconds": policy.health_seconds}
         if policy.shadow > 0:
             targeting.update(shadow_frames=policy.shadow, shadow_seconds=policy.shadow_seconds,
                              min_agreement=policy.min_agreement)
         expires = time.time() + policy.expiry
-        m = self.publisher.manifest(art, seq=seq, rollout_id=rid, wave=wave, targeting=targeting, expires=expires)
-        self.publisher.publish_manifest(fleet, m)
-        self.store.x(
-            "INSERT INTO fleets(fleet, rollout_id, model_id, version, wave, below, seq, expires, policy) "
-            "VALUES(?,?,?,?,?,?,?,?,?) ON CONFLICT(fleet) DO UPDATE SET rollout_id=excluded.rollout_id, "
-            "model_id=excluded.model_id, version=excluded.version, wave=excluded.wave, below=excluded.below, "
-            "seq=excluded.seq, expires=excluded.expires, policy=excluded.policy",
-            (fleet, rid, art.model_id, art.version, wave, below, seq, expires, msgspec.json.encode(policy).decode()))
+        manifest = self.publisher.manifest(art, seq=seq, rollout_id=rid, wave=wave, targeting=targeting,
+                                           expires=expires)
+        self.publisher.publish_manifest(fleet, manifest)
+        self.store.set_target(FleetTarget(fleet=fleet, rollout_id=rid, model_id=art.model_id, version=art.version,
+                                          wave=wave, below=below, seq=seq, expires=expires, policy=policy))
         return seq
 
-    def _step_running(self, r: dict[str, Any], policy: Policy) -> None:
-        rid, wave, now = r["id"], r["wave"], time.time()
-        if not r["wave_published"]:
-            below = self._wave_below(r, policy.waves[wave])
-            art = self.artifact(r["model_id"], r["version"])
-            seq = self._publish_manifest(r["fleet"], rid, art, wave, below, policy)
-            self.store.update(rid, below=below, wave_published=1, wave_started=now, soak_started=None)
-            self.store.event(rid, "wave", f"wave {wave + 1}/{len(policy.waves)} {policy.waves[wave]:.0%} "
-                                          f"below={below} seq={seq}")
+    def _step_running(self, r: Rollout) -> None:
+        if not r.wave_published:
+            self._publish_wave(r)
             return
-        ev = self.evaluate(r, policy)
-        if ev["breach"]:
-            self.store.event(rid, "breach", ev["breach"])
-            self._begin_rollback(r, ev["breach"])
+        verdict = self.evaluate(r)
+        if verdict.breach:
+            self.counters[f"gate:halt:{verdict.check}"] += 1
+            self.store.add_event(r.id, "breach", verdict.breach)
+            self._begin_rollback(r, verdict.breach)
             return
-        if ev["pending"] == 0 and (ev["active"] > 0 or ev["online"] == 0):
-            if r["soak_started"] is None:
-                self.store.update(rid, soak_started=now)
-            elif now - r["soak_started"] >= policy.soak:
-                if wave + 1 >= len(policy.waves):
-                    self.store.update(rid, state="completed", finished=now, reason=None)
-                    self.store.event(rid, "completed", f"{ev['active']} active, {ev['failed']} failed, "
-                                                       f"{ev['offline']} offline")
-                    self._gc_chunks(keep={(r["model_id"], r["version"]), (r["model_id"], r["prev_version"])})
-                else:
-                    self.store.update(rid, wave=wave + 1, wave_published=0, soak_started=None)
-        elif r["soak_started"] is not None:
-            self.store.update(rid, soak_started=None)
+        if gate.wave_done(verdict.wave):
+            if r.soak_started is None:
+                self.store.start_soak(r.id)
+            elif time.time() - r.soak_started >= r.policy.soak:
+                self._finish_wave(r, verdict.wave)
+        elif r.soak_started is not None:
+            self.store.reset_soak(r.id)
 
-    def evaluate(self, r: dict[str, Any], policy: Policy) -> dict[str, Any]:
-        """Count the current wave's devices and check the thresholds; ``breach`` is a reason or ''."""
-        target = r["version"]
-        members = self._members(r, r["below"])
-        online = [d for d in members if d.online]
-        active, failed, pending = [], [], []
-        for d in online:
-            mine = d.rollout_id == r["id"] and d.model_version == target
-            if mine and d.model_state in FAILED_STATES:
-                failed.append(d)
-            elif d.version == target:
-                active.append(d)
-            else:
-                pending.append(d)
-        out: dict[str, Any] = {"members": len(members), "online": len(online), "offline": len(members) - len(online),
-                               "active": len(active), "failed": len(failed), "pending": len(pending), "breach": ""}
-        reasons = {}
-        for d in failed:
-            reasons[d.reason or d.model_state or "?"] = reasons.get(d.reason or d.model_state or "?", 0) + 1
-        out["failures"] = reasons
-        decided = len(active) + len(failed) + len(pending)
-        if failed and len(failed) / max(decided, 1) > policy.max_failed:
-            out["breach"] = f"failed {len(failed)}/{decided} > {policy.max_failed:.0%} ({reasons})"
-            return out
-        # Shadow metrics of devices that finished their shadow run for this rollout.
-        shadowed = [d for d in members if d.rollout_id == r["id"] and "agreement" in d.status_metrics
-                    and d.model_version == target]
-        if policy.shadow > 0 and shadowed:
-            agree = sum(float(d.status_metrics["agreement"]) for d in shadowed) / len(shadowed)
-            out["agreement"] = round(agree, 4)
-            if agree < policy.min_agreement:
-                out["breach"] = f"shadow agreement {agree:.3f} < {policy.min_agreement:.3f}"
-                return out
-            conf = [(float(d.status_metrics.get("confidence", 0)), float(d.status_metrics.get("active_confidence", 0)))
-                    for d in shadowed]
-            c_new = sum(c for c, _ in conf) / len(conf)
-            c_old = sum(a for _, a in conf) / len(conf)
-            out["confidence"], out["active_confidence"] = round(c_new, 4), round(c_old, 4)
-            if c_old > 0 and c_new < c_old * (1 - policy.max_confidence_drop):
-                out["breach"] = f"confidence {c_new:.3f} vs active {c_old:.3f} dropped > {policy.max_confidence_drop:.0%}"
-                return out
-            lat = [(float(d.status_metrics.get("latency_ms", 0)), d.latency_ms) for d in shadowed if d.latency_ms]
-            if lat:
-                cand, act = sum(a for a, _ in lat) / len(lat), sum(b for _, b in lat) / len(lat)
-                ratio = cand / max(act, 1e-6)
-                out["latency_ratio"] = round(ratio, 3)
-                if ratio > policy.max_latency_ratio and cand - act > policy.latency_slack_ms:
-                    out["breach"] = f"latency ratio {ratio:.2f} > {policy.max_latency_ratio:.2f}"
-                    return out
-        if pending and r["wave_started"] and time.time() - r["wave_started"] > policy.wave_timeout:
-            out["breach"] = f"wave timeout: {len(pending)} devices did not finish in {policy.wave_timeout:.0f}s"
-        return out
+    def _publish_wave(self, r: Rollout) -> None:
+        waves = r.policy.waves
+        below = self._wave_below(r, waves[r.wave])
+        seq = self._publish_manifest(r.fleet, r.id, self.artifact(r.model_id, r.version), r.wave, below, r.policy)
+        self.store.mark_wave_published(r.id, below)
+        self.counters["waves_published"] += 1
+        self.store.add_event(r.id, "wave", f"wave {r.wave + 1}/{len(waves)} {waves[r.wave]:.0%} below={below} seq={seq}")
+        self._gc_chunks(set())  # a version this rollout superseded may not be needed any more
 
-    def _begin_rollback(self, r: dict[str, Any], reason: str) -> None:
-        rid = r["id"]
-        prev = r["prev_version"]
-        if not prev:
-            self.store.update(rid, state="aborted", finished=time.time(),
-                              reason=f"{reason}; no previous version known to roll back to")
-            self.store.event(rid, "halted", "no previous version")
+    def _finish_wave(self, r: Rollout, wave: WaveDevices) -> None:
+        """The wave soaked healthy: on to the next one, or done."""
+        if r.wave + 1 < len(r.policy.waves):
+            self.counters["gate:advance"] += 1
+            self.store.next_wave(r.id)
+        elif self.store.set_state(r.id, State.COMPLETED):
+            self.counters["gate:complete"] += 1
+            self.store.add_event(r.id, "completed", wave.summary())
+            self._gc_chunks({(r.model_id, r.version), (r.model_id, r.prev_version)})
+
+    def evaluate(self, r: Rollout) -> Verdict:
+        """Count the current wave's devices and ask the gate's breach checks (deploy/rollout_gate.py)."""
+        wave = gate.count_wave(self._members(r, r.below), r.id, r.version, r.wave_started)
+        found = gate.first_breach(wave, r.policy)
+        return Verdict(wave, found[1] if found else None, found[0] if found else None)
+
+    def _begin_rollback(self, r: Rollout, reason: str) -> None:
+        if not r.prev_version:
+            self.store.set_state(r.id, State.ABORTED, f"{reason}; no previous version known to roll back to")
+            self.store.add_event(r.id, "halted", "no previous version")
             return
-        art = self.artifact(r["model_id"], prev)
-        policy = self._policy(r)
-        seq = self._publish_manifest(r["fleet"], rid, art, r["wave"], BUCKETS,
-                                     msgspec.structs.replace(policy, shadow=0))
-        self.store.update(rid, state="rolling_back", reason=reason, wave_started=time.time())
-        self.store.event(rid, "rollback", f"to {prev} seq={seq}: {reason}")
+        art = self.artifact(r.model_id, r.prev_version)
+        seq = self._publish_manifest(r.fleet, r.id, art, r.wave, BUCKETS, msgspec.structs.replace(r.policy, shadow=0))
+        self.store.set_state(r.id, State.ROLLING_BACK, reason)
+        self.store.add_event(r.id, "rollback", f"to {r.prev_version} seq={seq}: {reason}")
 
-    def _step_rolling_back(self, r: dict[str, Any]) -> None:
-        still = [d for d in self.fleet.devices() if d.online and d.version == r["version"]]
-        if not still or time.time() - (r["wave_started"] or 0) > self._policy(r).wave_timeout:
-            self.store.update(r["id"], state="rolled_back", finished=time.time())
-            self.store.event(r["id"], "rolled_back", f"{len(still)} devices still on {r['version']}")
-            self._gc_chunks(keep={(r["model_id"], r["prev_version"])})
+    def _step_rolling_back(self, r: Rollout) -> None:
+        still = [d for d in self.fleet.devices() if d.online and d.version == r.version]
+        if not still or time.time() - (r.wave_started or 0) > r.policy.wave_timeout:
+            if self.store.set_state(r.id, State.ROLLED_BACK, r.reason):
+                self.store.add_event(r.id, "rolled_back", f"{len(still)} devices still on {r.version}")
+                self._gc_chunks({(r.model_id, r.prev_version)})
+
+    def _needed(self) -> set[tuple[str, str]]:
+        """Versions whose chunks devices may still fetch: every fleet target, and each active rollout's
+        version and rollback target."""
+        keep = {(t.model_id, t.version) for t in self.store.targets()}
+        for r in self.store.get_active():
+            keep.add((r.model_id, r.version))
+            if r.prev_version:
+                keep.add((r.model_id, r.prev_version))
+        return keep
 
     def _gc_chunks(self, keep: set[tuple[str, str | None]]) -> None:
-        """Clear retained chunks of every published version that neither the fleet target nor a rollback needs."""
-        for f in self.store.q("SELECT model_id, version FROM fleets"):
-            keep.add((f["model_id"], f["version"]))
-        for row in self.store.q("SELECT * FROM models WHERE published=1"):
-            if (row["model_id"], row["version"]) in keep:
+        """Clear retained chunks of every published version that nothing needs (:meth:`_needed`, ``keep``)."""
+        keep = keep | self._needed()
+        for m in self.store.published_models():
+            if (m.model_id, m.version) in keep:
                 continue
-            count = -(-row["size"] // row["chunk_size"])
-            self.publisher.clear_chunks(row["model_id"], row["version"], count)
-            self.store.x("UPDATE models SET published=0 WHERE model_id=? AND version=?",
-                         (row["model_id"], row["version"]))
-            self.store.event(None, "chunks_cleared", f"{row['model_id']}/{row['version']}")
+            self.publisher.clear_chunks(m.model_id, m.version, m.chunks)
+            self.store.set_published(m.model_id, m.version, False)
+            self.counters["chunks_cleared"] += m.chunks
+            self.store.add_event(None, "chunks_cleared", f"{m.model_id}/{m.version}")
 
     def _refresh_manifests(self) -> None:
-        """Re-sign a fleet's retained manifest (new seq, same target) when half its lifetime is gone."""
+        """Re-sign a fleet's retained manifest (new seq, same target) when half its lifetime is gone, and after
+        every reconnection (a broker restarted without persistence has lost it: devices that boot would find no
+        target)."""
         now = time.time()
-        for f in self.store.q("SELECT * FROM fleets"):
-            policy = msgspec.json.decode(f["policy"], type=Policy)
-            if f["expires"] - now > policy.expiry / 2:
+        for t in self.store.targets():
+            if t.expires - now > t.policy.expiry / 2 and not self._audit_due:
                 continue
             try:
-                art = self.artifact(f["model_id"], f["version"])
+                art = self.artifact(t.model_id, t.version)
             except (KeyError, OSError, ValueError):
                 continue
-            self._publish_manifest(f["fleet"], f["rollout_id"], art, f["wave"], f["below"], policy)
-            self.store.event(f["rollout_id"], "refreshed", f"fleet {f['fleet']}")
+            self._publish_manifest(t.fleet, t.rollout_id, art, t.wave, t.below, t.policy)
+            self.store.add_event(t.rollout_id, "refreshed", f"fleet {t.fleet}")
+
+    # -- chunks on the broker: read back, repair ------------------------------------------------------------
+    def _request_audit(self, art: ModelArtifact, reason: str) -> None:
+        self._last_audit[(art.model_id, art.version)] = time.monotonic()
+        self.audit.request(art.model_id, art.version, self.publisher.chunk_digests(art), self.chunk_size, reason)
+
+    def _check_chunks(self) -> None:
+        """Start read-backs that are due (after a reconnection; periodically; a device's download stalls) and
+        repair what one found, or what a device reported."""
+        self._repair_reported()
+        now = time.monotonic()
+        published = {(m.model_id, m.version) for m in self.store.published_models()}
+        for key in sorted(self._needed() & published):
+            if self._audit_due or now - self._last_audit.get(key, self.started) > AUDIT_EVERY_S:
+                self._audit_version(key, "reconnected" if self._audit_due else "periodic")
+        self._audit_due = False
+        result = self.audit.poll()
+        if result is not None:
+            self._repair(result)
+
+    def _audit_version(self, key: tuple[str, str], reason: str) -> None:
+        try:
+            self._request_audit(self.artifact(*key), reason)
+        except (KeyError, OSError, ValueError) as e:
+            log.warning("cannot read %s/%s back (%s): %s", key[0], key[1], reason, e)
+
+    def _repair(self, res: AuditResult) -> None:
+        key = (res.model_id, res.version)
+        if not res.missing:
+            self._repairs.pop(key, None)
+            return
+        self.counters["audits_missing"] += 1
+        if key not in self._needed() or self.store.model(*key) is None:
+            return  # cleared meanwhile: nothing to repair
+        self._repairs[key] += 1
+        if self._repairs[key] > MAX_REPAIRS:
+            log.error("%s/%s: chunks still missing after %d republishes (broker retained-message limits?); "
+                      "trying again on the next trigger", res.model_id, res.version, MAX_REPAIRS)
+            self._repairs.pop(key, None)
+            return
+        art = self.artifact(*key)
+        self.republish(art, res.missing, f"readback:{res.reason}")
+        self._request_audit(art, "verify")
+
+    def republish(self, art: ModelArtifact, indices: list[int], reason: str) -> None:
+        """Publish some of a version's chunks again (retained), counted by ``reason``."""
+        n = self.publisher.publish_chunks(art, indices)
+        self.counters["chunks_republished"] += n
+        self.counters[f"republish:{reason.split(':')[0]}"] += n
+        self.store.add_event(None, "chunks_republished", f"{art.model_id}/{art.version} {indices[:20]} ({reason})")
+
+    def _repair_reported(self) -> None:
+        """Act on what devices report about downloading a fleet's target (during a rollout, a rollback, or
+        long after, for a device that joins late): a corrupt chunk is republished (the device waits for it),
+        chunks a device names as missing are republished, and a download without progress for ``stall_s``
+        gets a read-back of the version (at most every ``stall_audit_every_s``)."""
+        now = time.time()
+        targets = {(t.rollout_id, t.version): t for t in self.store.targets()}
+        for d in self.fleet.devices():
+            t = targets.get((d.rollout_id or "", d.model_version or ""))
+            if t is None or not d.online or (d.device, d.status_time) in self._handled_reports:
+                continue
+            chunk = d.status_metrics.get("chunk")
+            missing = d.status_metrics.get("missing")
+            if d.model_state == "failed" and d.reason in gate.RETRYABLE_REASONS and isinstance(chunk, int):
+                self._handled_reports[(d.device, d.status_time)] = None
+                self.republish(self.artifact(t.model_id, t.version), [chunk], f"device:{d.device} {d.reason}")
+            elif d.model_state == "downloading" and isinstance(missing, list) and missing:
+                self._handled_reports[(d.device, d.status_time)] = None
+                idx = [i for i in missing if isinstance(i, int)][:1000]
+                self.republish(self.artifact(t.model_id, t.version), idx, f"device:{d.device} missing")
+            elif d.model_state == "downloading" and now - d.status_time > self.stall_s:
+                key = (t.model_id, t.version)
+                if time.monotonic() - self._last_audit.get(key, 0.0) > self.stall_audit_every_s:
+                    self._audit_version(key, f"stalled download on {d.device}")
+        if len(self._handled_reports) > 10_000:
+            self._handled_reports.clear()
+
+    # -- requests from other processes that need the MQTT connection ---------------------------------------------
+    def _take_requests(self) -> None:
+        for request_id, kind, arg in self.store.pending_requests():
+            if kind == "forget":
+                self.forget_device(arg)
+            else:
+                log.warning("unknown controller request %r (%s): dropped", kind, arg)
+            self.store.done_request(request_id)
+
+    def forget_device(self, device: str) -> None:
+        """A decommissioned device: clear its retained state, birth and model status on the broker and drop
+        it from the fleet table, so that no wave counts it and no restart brings it back."""
+        for topic in (self.topics.state(device), self.topics.birth(device), self.topics.model_status(device)):
+            self._publish(topic, b"", 1, True)
+        self.fleet.forget(device)
+        self.store.forget_device(device)
+        self.counters["devices_forgotten"] += 1
+        self.store.add_event(None, "forgotten", device)
+
+
+class Verdict(NamedTuple):
+    """What :meth:`Controller.evaluate` found: the wave's devices, the first breach (None: within policy) and
+    the name of the check that found it."""
+
+    wave: WaveDevices
+    breach: str | None
+    check: str | None = None
 
 
 def rollout_status(store: RolloutStore, rid: str | None, devices: list[DeviceInfo] | None = None
@@ -686,22 +698,22 @@ def rollout_status(store: RolloutStore, rid: str | None, devices: list[DeviceInf
     r = store.rollout(rid) if rid else store.latest()
     if r is None:
         return {}
-    policy = msgspec.json.decode(r["policy"], type=Policy)
-    out = {k: r[k] for k in ("id", "fleet", "model_id", "version", "prev_version", "state", "reason",
-                             "created", "finished", "command")}
-    out["wave"] = f"{min(r['wave'] + 1, len(policy.waves))}/{len(policy.waves)}"
-    out["wave_fraction"] = policy.waves[min(r["wave"], len(policy.waves) - 1)]
-    out["policy"] = msgspec.to_builtins(policy)
+    waves = r.policy.waves
+    out: dict[str, Any] = {k: getattr(r, k) for k in ("id", "fleet", "model_id", "version", "prev_version",
+                                                       "state", "reason", "created", "finished", "command")}
+    out["state"] = str(r.state)  # a plain string for JSON readers
+    out["wave"] = f"{min(r.wave + 1, len(waves))}/{len(waves)}"
+    out["wave_fraction"] = waves[min(r.wave, len(waves) - 1)]
+    out["policy"] = msgspec.to_builtins(r.policy)
     rows = [d.to_row() for d in devices] if devices is not None else store.devices()
     counts: dict[str, int] = {}
     for d in rows:
-        if d.get("rollout_id") == r["id"] or d.get("version") in (r["version"], r["prev_version"]):
-            key = "on_target" if d.get("version") == r["version"] else (d.get("state") or "unknown")
+        if d.get("rollout_id") == r.id or d.get("version") in (r.version, r.prev_version):
+            key = "on_target" if d.get("version") == r.version else (d.get("state") or "unknown")
             if not d.get("online"):
                 key = "offline"
             counts[key] = counts.get(key, 0) + 1
     out["devices"] = counts
-    out["events"] = store.events(r["id"], 20)
-    hb = store.get_meta("heartbeat")
-    out["controller_alive"] = hb is not None and time.time() - float(hb) < 5.0
+    out["events"] = [msgspec.to_builtins(e) for e in store.events(r.id, 20)]
+    out["controller_alive"] = store.controller_alive()
     return out

@@ -1,6 +1,7 @@
 """What the controller knows about each device, built only from what devices publish.
 
-Sources (all under ``dev/{id}/``): ``state`` (retained online/offline + boot counter; also the Will),
+Sources (all under ``dev/{id}/``, plain-JSON reports, ``protocol.reports``): ``state`` (retained
+online/offline + boot counter; also the Will),
 ``birth`` (retained; active model version), ``stats`` (fps, latency, outbox depth), and
 ``model/status`` (retained by the updater: the device's model lifecycle state with metrics). Because the
 state, birth and model status are retained, a controller that restarts rebuilds the fleet picture from a
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from protocol.errors import ProtocolError
-from protocol.messages import Birth, ModelStatus, State, Stats, decode_message
+from protocol.reports import Birth, ModelStatus, State, Stats, decode_report
 from protocol.topics import Topics
 from protocol.waves import BUCKETS, wave_bucket
 
@@ -97,19 +98,13 @@ class Fleet:
         if not payload:
             return
         try:
-            decoded = decode_message(payload, max_size=256 * 1024)
+            msg = decode_report(payload, parsed.kind)  # wrong_type when it is not what the topic carries
         except ProtocolError as exc:
             self._reject(topic, exc.reason, str(exc))
             return
-        msg = decoded.msg
-        expected = {"state": State, "birth": Birth, "stats": Stats, "model_status": ModelStatus}[parsed.kind]
-        if not isinstance(msg, expected):
-            self._reject(topic, "wrong_type", f"a {type(msg).__name__} message on a {parsed.kind} topic")
-            return
-        if decoded.header.device != parsed.device:
+        if msg.device != parsed.device:
             # A device's credentials may only write under its own topics; a mismatch is a spoof or a bug.
-            self._reject(topic, "device_mismatch", f"sender {decoded.header.device!r} publishing as "
-                                                   f"{parsed.device!r}")
+            self._reject(topic, "device_mismatch", f"sender {msg.device!r} publishing as {parsed.device!r}")
             return
         now = self._clock()
         with self._lock:
@@ -117,7 +112,7 @@ class Fleet:
             if isinstance(msg, State):
                 if msg.boot < d.boot and msg.state == "offline":
                     return  # a late Will from an earlier boot must not mark a live device offline
-                d.online = msg.state == "online"
+                d.online = msg.state != "offline"  # degraded is still there
                 d.boot = max(d.boot, msg.boot)
                 d.last_seen = now
             elif isinstance(msg, Birth):
@@ -162,6 +157,11 @@ class Fleet:
         with self._lock:
             d = self._devices.get(device)
             return DeviceInfo(**vars(d)) if d is not None else None
+
+    def forget(self, device: str) -> bool:
+        """Drop a decommissioned device (the controller clears its retained topics first)."""
+        with self._lock:
+            return self._devices.pop(device, None) is not None
 
     def ids(self) -> list[str]:
         with self._lock:

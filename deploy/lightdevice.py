@@ -36,7 +36,7 @@ import numpy as np
 from edge.model import EdgeModel, ModelError, ModelSlot
 from edge.updater import PowerLoss, Updater, UpdaterLimits, select_boot_model
 from protocol import mqtt
-from protocol.messages import Birth, State, Stats, encode_message
+from protocol.reports import Birth, Report, State, Stats, encode_report
 from protocol.signing import load_trusted_keys
 from protocol.topics import Topics
 
@@ -144,9 +144,8 @@ class LightDevice:
         assert boot_path is not None
         self.slot = SharedSlot(_CACHE.load(boot_path, self.frames), self.frames)
         self.boot = int(time.time() * 1000) % (2**31) + next(self._boots)
-        self._seq = itertools.count(1)
-        will = (self.topics.state(device_id), encode_message(State(state="offline", boot=self.boot),
-                                                             device=device_id, seq=0), 1, True)
+        offline = encode_report(State(device=device_id, state="offline", boot=self.boot))
+        will = (self.topics.state(device_id), offline, 1, True)
         self.client = mqtt.make_client(f"light-{device_id}", broker, will=will, protocol="3.1.1")
         self.link = _Link(self.client)
         self.updater = Updater(device_id, fleet, self.state_dir, trusted_keys, self.slot, self.link,
@@ -158,16 +157,17 @@ class LightDevice:
         self.alive = True
 
     # -- MQTT ---------------------------------------------------------------------------------------------
-    def _msg(self, msg: Any) -> bytes:
-        return encode_message(msg, device=self.device_id, seq=next(self._seq))
+    def _msg(self, msg: Report) -> bytes:
+        return encode_report(msg)
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         client.subscribe(self.updater.subscriptions())
-        client.publish(self.topics.state(self.device_id), self._msg(State(state="online", boot=self.boot)), 1, True)
+        online = State(device=self.device_id, state="online", boot=self.boot)
+        client.publish(self.topics.state(self.device_id), self._msg(online), 1, True)
         self.publish_birth()
 
     def publish_birth(self) -> None:
-        birth = Birth(capabilities={"sim": "light"}, model_version=self.updater.active_version,
+        birth = Birth(device=self.device_id, capabilities={"sim": "light"}, model_version=self.updater.active_version,
                       config_digest="light", boot=self.boot, software="lightdevice")
         self.client.publish(self.topics.birth(self.device_id), self._msg(birth), 1, True)
 
@@ -209,8 +209,9 @@ class LightDevice:
     def publish_stats(self, fps: float) -> None:
         lat = sorted(self._lat[-100:]) or [0.0]
         self._lat = self._lat[-100:]
-        stats = Stats(fps=fps, latency_p50_ms=lat[len(lat) // 2], latency_p95_ms=lat[int(len(lat) * 0.95)],
-                      outbox_depth=0, outbox_bytes=0, outbox_dropped=0, uploads=0)
+        stats = Stats(device=self.device_id, fps=fps, latency_p50_ms=lat[len(lat) // 2],
+                      latency_p95_ms=lat[int(len(lat) * 0.95)], outbox_depth=0, outbox_bytes=0, outbox_dropped=0,
+                      uploads=0)
         self.client.publish(self.topics.stats(self.device_id), self._msg(stats), 0, False)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
@@ -219,8 +220,8 @@ class LightDevice:
         self.alive = False
         self.updater.close(wait=False)
         try:
-            self.client.publish(self.topics.state(self.device_id),
-                                self._msg(State(state="offline", boot=self.boot)), 1, True).wait_for_publish(2)
+            offline = State(device=self.device_id, state="offline", boot=self.boot)
+            self.client.publish(self.topics.state(self.device_id), self._msg(offline), 1, True).wait_for_publish(2)
         except (RuntimeError, ValueError):
             pass
         self.client.disconnect()

@@ -94,14 +94,20 @@ class Publisher:
     def chunk_digests(self, art: ModelArtifact) -> list[str]:
         return [h for _, _, h in split_chunks(art.data, self.chunk_size)]
 
-    def publish_chunks(self, art: ModelArtifact) -> int:
-        """Publish every chunk retained (QoS 1); returns the count. Idempotent (same bytes, same topics)."""
+    def publish_chunks(self, art: ModelArtifact, indices: list[int] | None = None) -> int:
+        """Publish every chunk (or those at ``indices``) retained, QoS 1; returns how many. Idempotent (same
+        bytes, same topics), so republishing a chunk the broker lost is the same call."""
         pieces = split_chunks(art.data, self.chunk_size)
-        for i, piece, digest in pieces:
+        if indices is not None:
+            wanted = set(indices)
+            pieces_out = [p for p in pieces if p[0] in wanted]
+        else:
+            pieces_out = pieces
+        for i, piece, digest in pieces_out:
             msg = Chunk(model_id=art.model_id, version=art.version, index=i, count=len(pieces), sha256=digest)
             payload = encode_message(msg, piece, device=SENDER, seq=self._next(), validate=False)
             self._publish(self.topics.chunk(art.model_id, art.version, i), payload, 1, True)
-        return len(pieces)
+        return len(pieces_out)
 
     def clear_chunks(self, model_id: str, version: str, count: int) -> None:
         """Remove a version's retained chunks (empty retained payload = delete on every MQTT broker)."""

@@ -1,22 +1,26 @@
-"""``edgeloop rollout``: start, watch and steer model rollouts.
+"""``edgeloop rollout``: start, approve, watch and steer model rollouts.
 
-How the commands relate: the controller is a process (``start`` runs one in the foreground until the
-rollout ends; ``run`` runs one as a service that continues whatever rollout is active and picks up new
-ones). All state lives in SQLite (``--state-dir``/rollout.sqlite), so the other commands work from any
-shell: ``status`` and ``devices`` read it (the controller writes a device snapshot every second),
-``pause``/``resume``/``abort``/``rollback`` write a command that the running controller applies within a
-tick. A controller killed mid-rollout is simply started again (``edgeloop rollout run``) and continues.
+How the commands relate: the controller is a process. ``edgeloop deploy run`` is the service that rolls out
+what the trainer promotes; ``start`` runs a controller in the foreground for one version you name until the
+rollout ends; ``run`` continues whatever rollout is active (no promotions). All state lives in SQLite
+(``--state-dir``/rollout.sqlite), so the other commands work from any shell: ``status``, ``devices`` and
+``promotions`` read it; ``pause``/``resume``/``abort``/``rollback``/``approve``/``reject`` and
+``devices --forget`` write a command that the running controller applies within a tick. A controller killed
+mid-rollout is simply started again and continues.
 """
 from __future__ import annotations
 
 import argparse
+import getpass
+import json
 import logging
 import sys
 import time
 from typing import Any
 
-from .controller import (TERMINAL, Controller, Policy, RolloutStore, parse_duration, parse_fraction,
-                         parse_waves, rollout_status)
+from .controller import Controller, rollout_status
+from .rollout_gate import Policy, parse_duration, parse_fraction, parse_waves
+from .rollout_store import TERMINAL, RolloutStore, SchemaError
 
 __all__ = ["main"]
 
@@ -53,20 +57,39 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--detach", action="store_true", help="only record the rollout; a running controller takes it")
     _common(s)
     _controller_args(s)
-    r = sub.add_parser("run", help="run the controller service (continues an interrupted rollout)")
+    r = sub.add_parser("run", help="run a controller that continues an interrupted rollout (promotions: "
+                                   "edgeloop deploy run)")
     r.add_argument("--until-done", action="store_true", help="exit when no rollout is active")
     _common(r)
     _controller_args(r)
     for name, text in (("status", "show the latest (or --id) rollout"),
                        ("pause", "stop advancing waves"), ("resume", "continue a paused rollout"),
                        ("abort", "stop the rollout; devices keep what they run"),
-                       ("rollback", "publish the previous version to the whole fleet"),
-                       ("devices", "per-device table")):
+                       ("rollback", "publish the previous version to the whole fleet")):
         c = sub.add_parser(name, help=text)
         c.add_argument("--id", help="rollout id (default: the latest)")
         _common(c)
         if name == "status":
             c.add_argument("--json", action="store_true")
+    a = sub.add_parser("approve", help="release the rollout of VERSION that awaits approval (deploy mode approve)")
+    a.add_argument("version")
+    j = sub.add_parser("reject", help="refuse the rollout of VERSION that awaits approval")
+    j.add_argument("version")
+    j.add_argument("--reason", required=True, help="why (kept with the rollout's history)")
+    for c in (a, j):
+        c.add_argument("--fleet", help="the fleet (default: whichever waits for VERSION)")
+        c.add_argument("--by", default=getpass.getuser(), help="who decides (default: the login name)")
+        _common(c)
+    d = sub.add_parser("devices", help="per-device table; --forget ID clears a decommissioned device")
+    d.add_argument("--forget", metavar="ID", action="append",
+                   help="drop device ID: the controller clears its retained state, birth and model status on the "
+                        "broker and forgets it (stop the device and revoke its certificate first); repeatable")
+    d.add_argument("--json", action="store_true")
+    _common(d)
+    pr = sub.add_parser("promotions", help="promoted versions the controller received, and what became of them")
+    pr.add_argument("--json", action="store_true")
+    pr.add_argument("--limit", type=int, default=20)
+    _common(pr)
     return p
 
 
@@ -111,6 +134,45 @@ def _print_devices(rows: list[dict[str, Any]]) -> None:
     Console().print(t)
 
 
+def _no_controller(store: RolloutStore) -> str:
+    return "" if store.controller_alive() else " (no controller running: `edgeloop deploy run` applies it when it starts)"
+
+
+def _devices(store: RolloutStore, args: argparse.Namespace) -> int:
+    if args.forget:
+        known = {d["device"] for d in store.devices()}
+        for device in args.forget:
+            store.queue_request("forget", device)
+            note = "" if device in known else " (not in the device table; its retained topics are cleared anyway)"
+            print(f"forget {device} queued{note}{_no_controller(store)}")
+        return 0
+    if args.json:
+        print(json.dumps(store.devices(), indent=2, default=str))
+    else:
+        _print_devices(store.devices())
+    return 0
+
+
+def _print_promotions(store: RolloutStore, args: argparse.Namespace) -> None:
+    rows = store.promotions(limit=args.limit)
+    if args.json:
+        print(json.dumps([{k: getattr(p, k) for k in ("model_id", "version", "seq", "parent", "sha256", "size",
+                                                       "status", "detail", "rollout_id", "received", "path")}
+                          for p in rows], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{len(rows)} promotions (newest last)")
+    for col in ("version", "model", "status", "rollout", "received", "detail"):
+        t.add_column(col)
+    for p in rows:
+        r = store.rollout(p.rollout_id) if p.rollout_id else None
+        t.add_row(p.version, p.model_id, p.status, f"{r.id} {r.state}" if r else "-",
+                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p.received)), p.detail or "")
+    Console().print(t)
+
+
 def _run_controller(args: argparse.Namespace, rid: str | None, until_done: bool) -> int:
     ctl = Controller(args.broker, args.key, args.state_dir, prefix=args.prefix, chunk_size=args.chunk_size)
     ctl.start()
@@ -126,7 +188,7 @@ def _run_controller(args: argparse.Namespace, rid: str | None, until_done: bool)
             if rid is not None and st.get("state") in TERMINAL:
                 print(f"rollout {rid}: {st['state']}" + (f" ({st['reason']})" if st.get("reason") else ""))
                 return 0 if st["state"] == "completed" else 1
-            if rid is None and until_done and not ctl.store.active():
+            if rid is None and until_done and not ctl.store.get_active():
                 return 0
     except KeyboardInterrupt:
         print("controller stopped; `edgeloop rollout run` continues the rollout", file=sys.stderr)
@@ -155,26 +217,27 @@ def main(argv: list[str] | None = None) -> int:
             if args.cmd == "status":
                 st = rollout_status(store, args.id)
                 if args.json:
-                    import json
-
                     print(json.dumps(st, indent=2, default=str))
                 else:
                     _print_status(st)
             elif args.cmd == "devices":
-                _print_devices(store.devices())
+                return _devices(store, args)
+            elif args.cmd == "promotions":
+                _print_promotions(store, args)
+            elif args.cmd in ("approve", "reject"):
+                r = (store.approve(args.version, args.by, args.fleet) if args.cmd == "approve"
+                     else store.reject(args.version, args.by, args.reason, args.fleet))
+                print(f"{args.cmd} of {args.version} queued for {r.id} (fleet {r.fleet}){_no_controller(store)}")
             else:
                 r = store.rollout(args.id) if args.id else store.latest()
                 if r is None:
                     print("no such rollout", file=sys.stderr)
                     return 1
-                store.command(r["id"], args.cmd)
-                hb = store.get_meta("heartbeat")
-                alive = hb is not None and time.time() - float(hb) < 5.0
-                print(f"{args.cmd} queued for {r['id']}" +
-                      ("" if alive else " (no controller running: start one with `edgeloop rollout run`)"))
+                store.queue_command(r.id, args.cmd, f"by {getpass.getuser()}")
+                print(f"{args.cmd} queued for {r.id}{_no_controller(store)}")
         finally:
             store.close()
-    except (KeyError, ValueError, FileNotFoundError) as e:
+    except (KeyError, ValueError, FileNotFoundError, SchemaError) as e:
         print(f"edgeloop rollout: {e}", file=sys.stderr)
         return 1
     return 0

@@ -5,7 +5,8 @@ import argparse
 import logging
 import sys
 
-from protocol.config import ConfigError, dump_config, load_config
+from protocol.config import dump_config, load_config
+from protocol.state_dir import service_state_dir
 
 ENV_PREFIX = "EDGELOOP_EDGE__"
 
@@ -13,6 +14,10 @@ ENV_PREFIX = "EDGELOOP_EDGE__"
 def int_or_none(text: str) -> int | str:
     """Budgets take a number or ``none`` (unlimited)."""
     return "none" if text.strip().lower() == "none" else int(text)
+
+
+def comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 FLAGS: list[tuple[str, str, object, str]] = [
@@ -24,8 +29,9 @@ FLAGS: list[tuple[str, str, object, str]] = [
     ("--model", "model.path", str, "provisioned ONNX model exported by the trainer"),
     ("--threads", "model.threads", int, "ONNX Runtime intra-op threads (default 1)"),
     ("--batch", "model.batch", int, "micro-batch up to N queued frames per inference call (default 1)"),
-    ("--broker", "mqtt.url", str, "broker URL mqtt://[user:pass@]host[:port] or mqtts://... (default mqtt://127.0.0.1:1883)"),
-    ("--username", "mqtt.username", str, "MQTT username (prefer EDGELOOP_EDGE__MQTT__PASSWORD for the password)"),
+    ("--broker", "mqtt.url", str, "broker URL mqtt://host[:port] or mqtts://... (default mqtt://127.0.0.1:1883)"),
+    ("--username", "mqtt.username", str, "MQTT username (password: mqtt.password_file or EDGELOOP_EDGE__MQTT__PASSWORD)"),
+    ("--password-file", "mqtt.password_file", str, "file whose first line is the MQTT password (mode 0600)"),
     ("--ca-file", "mqtt.ca_file", str, "TLS CA bundle for mqtts:// brokers"),
     ("--cert-file", "mqtt.cert_file", str, "TLS client certificate"),
     ("--key-file", "mqtt.key_file", str, "TLS client key"),
@@ -41,6 +47,12 @@ FLAGS: list[tuple[str, str, object, str]] = [
      "(engage when the drift signal fires) | always (default off)"),
     ("--outbox-bytes", "outbox.max_bytes", int, "disk bound of the sample outbox in bytes"),
     ("--outbox-policy", "outbox.policy", str, "drop_oldest | drop_lowest_priority | reject_new"),
+    ("--predictions", "predictions.mode", str,
+     "verdicts on dev/{id}/predictions: defects (default) | changes | all | off"),
+    ("--ok-labels", "predictions.ok_labels", comma_list, "labels that are not defects, comma-separated (default ok)"),
+    ("--metrics-host", "metrics.host", str,
+     "address of /metrics and /healthz (default 127.0.0.1; any other address is reachable without authentication)"),
+    ("--metrics-port", "metrics.port", int, "port of /metrics and /healthz (default 9851; 0 = any free port)"),
     ("--stats-interval", "stats_interval_s", float, "seconds between stats messages (default 10)"),
     ("--max-frames", "max_frames", int, "stop after N frames"),
     ("--log-level", "log_level", str, "DEBUG | INFO | WARNING (default INFO)"),
@@ -62,7 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(flag, dest=key, type=typ, help=text, metavar=key.split(".")[-1].upper())
     parser.add_argument("--trusted-key", dest="trusted_keys", action="append", metavar="PEM",
                         help="public key whose manifest signatures this device accepts (repeatable)")
+    parser.add_argument("--identity", metavar="DIR", help="TLS identity from `edgeloop pki device`: DIR/ca.pem, "
+                        "cert.pem, key.pem (device id defaults to the certificate's CN)")
     parser.add_argument("--no-updater", action="store_true", help="ignore fleet manifests (no model rollouts)")
+    parser.add_argument("--no-metrics", action="store_true", help="serve no /metrics and /healthz")
+    parser.add_argument("--homeassistant", action="store_true",
+                        help="publish Home Assistant MQTT discovery configs (retained) on every connect")
     parser.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
     return parser
 
@@ -74,16 +91,30 @@ def main(argv: list[str] | None = None) -> int:
         overrides["updater.trusted_keys"] = args.trusted_keys
     if args.no_updater:
         overrides["updater.enabled"] = False
+    if args.no_metrics:
+        overrides["metrics.enabled"] = False
+    if args.homeassistant:
+        overrides["homeassistant.enabled"] = True
+    from protocol.mqtt import MQTTURLError, certificate_identity, identity_overrides, refuse_password_in_url, \
+        resolve_password
+
     try:
         from edge.config import EdgeConfig
 
+        refuse_password_in_url(overrides["mqtt.url"])
+        if args.identity:
+            for key, value in identity_overrides(args.identity).items():
+                overrides[key] = overrides.get(key) or value
+            overrides["device_id"] = overrides["device_id"] or certificate_identity(overrides["mqtt.cert_file"])
         config = load_config(EdgeConfig, args.config, env_prefix=ENV_PREFIX, overrides=overrides)
-    except ConfigError as exc:
+        config.state_dir = service_state_dir(config.state_dir, "edgeloop edge")  # never relative under systemd
+        if args.print_config:
+            print(dump_config(config), end="")
+            return 0
+        config.mqtt.password = resolve_password(config.mqtt.password, config.mqtt.password_file)
+    except ValueError as exc:  # ConfigError, MQTTURLError, or a relative state dir in service mode
         print(f"edgeloop edge: configuration error: {exc}", file=sys.stderr)
         return 2
-    if args.print_config:
-        print(dump_config(config), end="")
-        return 0
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from edge.model import ModelError
@@ -91,7 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     from edge.outbox import OutboxError
     from edge.sources import SourceError
     from protocol.errors import ProtocolError
-    from protocol.mqtt import MQTTURLError
 
     try:
         node = EdgeNode(config)

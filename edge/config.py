@@ -1,20 +1,24 @@
 """Everything an edge node can be told, with defaults that run on a fresh machine.
 
 Settings come from a YAML file (``--config``), then ``EDGELOOP_EDGE__*`` environment variables (``__``
-between levels, e.g. ``EDGELOOP_EDGE__SAMPLER__P_MIN=0.02``), then flags. The sampler, dedup, drift and
-updater sections are the components' own config classes, so each default is written once, beside the code
-that uses it. ``edgeloop edge --print-config`` shows the effective values.
+between levels, e.g. ``EDGELOOP_EDGE__SAMPLER__P_MIN=0.02``), then flags. The sampler, dedup, drift,
+updater, predictions (verdicts), metrics and homeassistant sections are the components' own config
+classes, so each default is written once, beside the code that uses it. ``edgeloop edge --print-config``
+shows the effective values.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 from edge.drift import DriftConfig
+from edge.homeassistant import HomeAssistantConfig
+from edge.metrics import MetricsConfig
 from edge.model import CalibrationConfig
 from edge.sampler import SamplerConfig
 from edge.updater import UpdaterLimits
+from edge.verdicts import PredictionsConfig
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -22,11 +26,12 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class MqttConfig(_Section):
-    url: str = "mqtt://127.0.0.1:1883"      # mqtt://[user:pass@]host[:port], mqtts://… for TLS
+    url: str = "mqtt://127.0.0.1:1883"      # mqtt://host[:port], mqtts://… for TLS
     username: str | None = None
-    password: str | None = None
+    password: str | None = None              # never printed; prefer password_file or EDGELOOP_EDGE__MQTT__PASSWORD
+    password_file: str | None = None         # first line of this file (mode 0600) is the password
     ca_file: str | None = None               # TLS: CA bundle that signed the broker's certificate
-    cert_file: str | None = None             # TLS client certificate (mutual TLS)
+    cert_file: str | None = None             # TLS client certificate (mutual TLS); its CN must be device_id
     key_file: str | None = None
     topic_prefix: str = "edgeloop/v1"
     keepalive_s: int = 30
@@ -57,11 +62,13 @@ class OutboxConfig(_Section):
     max_bytes: int = 256 * 1024 * 1024       # disk bound of the spool
     policy: Literal["drop_oldest", "drop_lowest_priority", "reject_new"] = "drop_oldest"
     synchronous: Literal["FULL", "NORMAL"] = "FULL"   # FULL survives power loss, NORMAL only kill -9
+    retry_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0  # disk full: seconds between attempts to spool again
 
 
 class UpdaterConfig(_Section):
     enabled: bool = True                     # follow signed manifests on fleet/{fleet}/manifest
     trusted_keys: list[str] = []             # public key PEM files whose signatures this device accepts
+    min_manifest_seq: int = 0                # provisioning floor: never accept an older manifest, even after a reset
     limits: UpdaterLimits = msgspec.field(default_factory=UpdaterLimits)
 
 
@@ -79,6 +86,9 @@ class EdgeConfig(_Section):
     outbox: OutboxConfig = msgspec.field(default_factory=OutboxConfig)
     mqtt: MqttConfig = msgspec.field(default_factory=MqttConfig)
     updater: UpdaterConfig = msgspec.field(default_factory=UpdaterConfig)
+    predictions: PredictionsConfig = msgspec.field(default_factory=PredictionsConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    homeassistant: HomeAssistantConfig = msgspec.field(default_factory=HomeAssistantConfig)
     stats_interval_s: float = 10.0
     accuracy_window: int = 200               # frames in the rolling accuracy vs. ground truth (sim sources)
     max_frames: int | None = None            # stop after this many frames (tests, benchmarks)

@@ -48,8 +48,9 @@ class SequenceLease:
         self._extend()
 
     def _extend(self) -> None:
-        self._limit = self._next + self.block
-        _write_int(self.path, self._limit)
+        limit = self._next + self.block
+        _write_int(self.path, limit)  # may raise OSError (disk full): then nothing was handed out
+        self._limit = limit
 
     def next(self) -> int:
         with self._lock:
@@ -58,3 +59,9 @@ class SequenceLease:
             value = self._next
             self._next += 1
             return value
+
+    def give_back(self, value: int) -> None:
+        """Return the number just taken, when what it numbered was never stored (no gap for the receiver)."""
+        with self._lock:
+            if value == self._next - 1:
+                self._next = value

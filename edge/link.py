@@ -7,8 +7,8 @@ re-sends un-acknowledged QoS 1 messages after a reconnect; across a crash or ``k
 in the outbox and go out again at the next start. A redelivered sample carries the same sample id, so the
 trainer stores it once.
 
-Presence follows Sparkplug's idea: the MQTT Will publishes ``state = offline`` (retained) with the boot
-counter, and every (re)connect publishes ``state = online`` and the retained birth message again.
+Presence follows Sparkplug's idea: the MQTT Will publishes ``state = offline`` (retained, plain JSON) with the
+boot counter, and every (re)connect publishes ``state = online`` and the retained birth message again.
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from typing import Callable
 
 import paho.mqtt.client as paho
 
-from edge.outbox import Outbox
-from protocol.messages import State, encode_message
-from protocol.mqtt import make_client, parse_url
+from edge.outbox import Outbox, OutboxWriteError
+from protocol.mqtt import certificate_identity, make_client, parse_url, resolve_tls
+from protocol.reports import State, encode_report
 from protocol.topics import Topics
 
 log = logging.getLogger("edgeloop.edge.link")
@@ -53,6 +53,9 @@ class Link:
         # Samples handed to paho and not yet acknowledged. paho marks an info as published when the PUBACK
         # arrives; matching on the info object (not on mids) has no race with publish() and no mid reuse.
         self._inflight_items: list[tuple[paho.MQTTMessageInfo, int]] = []
+        self._unacked: list[int] = []     # acknowledged by the broker, row not yet deleted (the disk was full)
+        self._unmarked: set[int] = set()  # in flight, but the outbox could not record it (the disk was full)
+        self.outbox_write_errors = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._connected = threading.Event()
@@ -64,6 +67,12 @@ class Link:
         u = parse_url(url)
         if username is not None:
             u = type(u)(**{**u.__dict__, "username": username, "password": password})
+        ca_file, cert_file, key_file = resolve_tls(u, ca_file, cert_file, key_file)
+        if cert_file and certificate_identity(cert_file) != device_id:
+            # The broker knows the device by its certificate's CN and lets it write only dev/<CN>/#: with another
+            # device_id every upload would be silently dropped by the ACL.
+            raise ValueError(f"device_id {device_id!r} does not match the identity in {cert_file} "
+                             f"({certificate_identity(cert_file)!r}); set device_id to the certificate's CN")
         will = (topics.state(device_id), self._state_payload("offline"), 1, True)
         self.client = make_client(device_id, u, will=will, protocol="3.1.1", keepalive=keepalive,
                                   ca=ca_file, cert=cert_file, key=key_file, max_inflight=self._window)
@@ -133,6 +142,14 @@ class Link:
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         return info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN)
 
+    def announce(self) -> None:
+        """Publish the retained birth again now (it names the model, which changed); connects do it anyway."""
+        if self.is_connected:
+            try:
+                self.client.publish(self.topics.birth(self.device_id), self._birth(), qos=1, retain=True)
+            except Exception:
+                log.exception("could not publish birth message")
+
     def next_seq(self) -> int:
         with self._lock:
             self._seq += 1
@@ -144,7 +161,7 @@ class Link:
 
     # -- internals --------------------------------------------------------------------------------------------
     def _state_payload(self, state: str) -> bytes:
-        return encode_message(State(state=state, boot=self.boot), device=self.device_id, seq=self.boot)
+        return encode_report(State(device=self.device_id, state=state, boot=self.boot))
 
     def _inflight(self) -> int:
         with self._lock:
@@ -182,15 +199,32 @@ class Link:
 
     def _on_publish(self, client: paho.Client, userdata: object, mid: int, reason_code: object = None,
                     properties: object = None) -> None:
-        self._wake.set()  # the pump deletes acknowledged rows; SQLite work stays off paho's thread
+        if self._inflight_items:  # a sample's PUBACK (QoS 0 verdicts and stats end here too: nothing to do)
+            self._wake.set()  # the pump deletes acknowledged rows; SQLite work stays off paho's thread
 
     def _collect_acks(self) -> None:
         with self._lock:
             done = [item_id for info, item_id in self._inflight_items if info.is_published()]
             self._inflight_items = [(i, item_id) for i, item_id in self._inflight_items if not i.is_published()]
-        for item_id in done:
-            if self.outbox.ack(item_id):
+        done, self._unacked = self._unacked + done, []
+        for n, item_id in enumerate(done):
+            try:
+                deleted = self.outbox.ack(item_id)
+            except OutboxWriteError as exc:
+                # Delivered, but the row cannot be deleted yet: retry on the next round (kept in memory; after a
+                # restart it would go out once more, which the sample id makes harmless).
+                self._unacked = done[n:]
+                self._write_failed(exc)
+                return
+            self._unmarked.discard(item_id)
+            if deleted:
                 self.uploads += 1
+
+    def _write_failed(self, exc: Exception) -> None:
+        self.outbox_write_errors += 1
+        if self.outbox_write_errors == 1 or self.outbox_write_errors % 100 == 0:
+            log.error("%s (%d outbox write errors so far); uploads continue, acknowledged rows are deleted when "
+                      "the disk has room again", exc, self.outbox_write_errors)
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         handler = self.on_message
@@ -205,22 +239,38 @@ class Link:
         while not self._stop.is_set():
             self._wake.wait(0.5)
             self._wake.clear()
+            try:
+                self._pump_once()
+            except Exception:  # the pump must outlive any one failure; what it did not send stays in the outbox
+                log.exception("outbox pump failed; retrying in 1 s")
+                self._stop.wait(1.0)
+        try:
             self._collect_acks()
-            if not self.is_connected:
-                continue
-            room = self._window - self._inflight()
-            if room <= 0:
-                continue
-            for item in self.outbox.peek_batch(room):
-                if self._stop.is_set() or not self.is_connected:
-                    break
-                info = self.client.publish(item.topic, item.payload, qos=1)
-                if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
-                    log.warning("publish of sample %s failed (rc=%s); it stays in the outbox", item.sample_id,
-                                info.rc)
-                    break
-                # NO_CONN: paho keeps the QoS 1 message and sends it after the reconnect, so it is in flight.
-                self.outbox.mark_inflight(item.id, info.mid)
-                with self._lock:
-                    self._inflight_items.append((info, item.id))
+        except Exception:
+            log.exception("could not record the last acknowledgements; those samples go out again at next start")
+
+    def _pump_once(self) -> None:
         self._collect_acks()
+        if not self.is_connected:
+            return
+        room = self._window - self._inflight()
+        if room <= 0:
+            return
+        for item in self.outbox.peek_batch(room + len(self._unmarked)):
+            if self._stop.is_set() or not self.is_connected or room <= 0:
+                break
+            if item.id in self._unmarked:
+                continue  # already in flight; only its mark is missing
+            info = self.client.publish(item.topic, item.payload, qos=1)
+            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+                log.warning("publish of sample %s failed (rc=%s); it stays in the outbox", item.sample_id, info.rc)
+                break
+            # NO_CONN: paho keeps the QoS 1 message and sends it after the reconnect, so it is in flight.
+            with self._lock:
+                self._inflight_items.append((info, item.id))
+            room -= 1
+            try:
+                self.outbox.mark_inflight(item.id, info.mid)
+            except OutboxWriteError as exc:
+                self._unmarked.add(item.id)
+                self._write_failed(exc)

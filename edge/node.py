@@ -1,13 +1,20 @@
-"""The edge node: camera -> ONNX inference -> uncertainty -> budgeted sampling -> durable outbox -> MQTT.
+"""The edge node: camera -> ONNX inference -> verdict + uncertainty -> budgeted sampling -> durable outbox -> MQTT.
 
-One frame loop thread does the per-frame work (nothing in it waits on the network); a capture thread keeps
-the camera read at its pace; paho's thread and the link's pump move samples from the outbox to the broker;
-the updater's worker downloads and verifies new models, which the loop swaps in between frames.
+One frame loop thread does the per-frame work (nothing in it waits on the network: verdicts go out with
+QoS 0, which paho only queues); a capture thread keeps the camera read at its pace; paho's thread and the
+link's pump move samples from the outbox to the broker; the updater's worker downloads and verifies new
+models, which the loop swaps in between frames; the metrics server answers /metrics and /healthz from its
+own thread.
+
+Faults: when the outbox cannot be written (a full disk) the loop keeps classifying and publishing verdicts,
+pauses spooling (counted: ``outbox_errors``; the cause in ``outbox_error`` and one log line naming SQLite's
+error) and tries again every ``outbox.retry_s`` until it works.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -23,20 +30,29 @@ from edge.capture import Capture
 from edge.config import EdgeConfig
 from edge.counters import SequenceLease, next_boot
 from edge.drift import DriftMonitor
+from edge.homeassistant import discovery_messages
 from edge.link import Link
+from edge.metrics import LatencyHistogram, MetricsServer
 from edge.model import EdgeModel, InputCalibration, ModelError, ModelSlot, Prediction
-from edge.outbox import Outbox
+from edge.outbox import Outbox, OutboxWriteError
 from edge.pipeline import Pipeline
 from edge.sampler import Decision, Sampler
 from edge.sources import open_source
 from edge.sources.base import Frame
 from edge.updater import Updater, select_boot_model
+from edge.verdicts import Verdicts
 from protocol.config import config_digest
-from protocol.messages import Birth, Sample, Stats, encode_message
+from protocol.messages import Sample, encode_message
+from protocol.reports import Birth, Stats, encode_report
 from protocol.signing import load_trusted_keys
 from protocol.topics import Topics
 
 log = logging.getLogger("edgeloop.edge")
+
+
+def _public_url(url: str) -> str:
+    """A source URL fit for retained topics and samples: ``rtsp://user:secret@cam/...`` loses its credentials."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1", url)[:200]
 
 
 def _software() -> str:
@@ -53,11 +69,15 @@ class LoopStats:
     frames: int = 0
     selected: int = 0
     stored: int = 0
-    refused: int = 0
+    refused: int = 0         # selected, refused by the outbox bound
+    unspooled: int = 0       # selected, not stored because the outbox could not be written (disk full)
+    outbox_errors: int = 0   # failed attempts to write a sample to the outbox
     errors: int = 0
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # since start, for /metrics
     correct: deque[int] = field(default_factory=lambda: deque(maxlen=200))
     started: float = field(default_factory=time.monotonic)
+    last_frame: float = field(default_factory=time.monotonic)  # when a frame was last classified
 
 
 class EdgeNode:
@@ -82,6 +102,7 @@ class EdgeNode:
         log.info("model %s loaded from %s", self.slot.get(), path)
 
         self.source = open_source(config.source.url)
+        self._source_url = _public_url(config.source.url)
         self.capture = Capture(self.source, target_fps=config.source.target_fps, queue_size=config.source.queue,
                                stall_timeout_s=config.source.stall_timeout_s)
         self.sampler = Sampler(config.sampler)
@@ -100,12 +121,25 @@ class EdgeNode:
             trusted = load_trusted_keys(config.updater.trusted_keys) if config.updater.trusted_keys else {}
             self.updater = Updater(self.device_id, config.fleet, self.state_dir, trusted, self.slot, self.link,
                                    self.topics, config.updater.limits)
+            floor = config.updater.min_manifest_seq  # from provisioning: a reset device accepts nothing older
+            if floor > 0 and (self.updater.highest_seq is None or self.updater.highest_seq < floor - 1):
+                self.updater.highest_seq = floor - 1
             self.link.on_message = self._route
             self.link.on_connected.append(lambda: self.link.subscribe(self.updater.subscriptions()))
         self.pipeline = Pipeline(self.slot, self.sampler, self.drift, config.uncertainty)
+        self.verdicts = Verdicts(config.predictions, self.device_id, self.topics.predictions(self.device_id),
+                                 self.link)
+        if config.homeassistant.enabled:
+            self.link.on_connected.append(self._announce_to_homeassistant)
+        self.outbox_error: str | None = None  # why spooling is paused (a full disk), None while it works
+        self._spool_retry_at = 0.0
         self._digest = config_digest(config)
+        self._birth_generation = self.slot.generation
         self._next_stats = time.monotonic() + config.stats_interval_s
+        self._fps_mark = (time.monotonic(), 0)
+        self.recent_fps = 0.0
         self.last_snapshot: dict = {}
+        self.metrics_server = MetricsServer.for_node(self, config.metrics) if config.metrics.enabled else None
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     def run(self) -> LoopStats:
@@ -113,8 +147,9 @@ class EdgeNode:
         self.capture.open()
         self.capture.start()
         self.link.start()
+        self._start_metrics()
         log.info("edge %s (boot %d) running: source %s, broker %s, outbox %d samples waiting",
-                 self.device_id, self.boot, self.config.source.url, self.config.mqtt.url, self.outbox.depth)
+                 self.device_id, self.boot, self._source_url, self.config.mqtt.url, self.outbox.depth)
         try:
             self._loop()
         finally:
@@ -124,8 +159,22 @@ class EdgeNode:
     def stop(self) -> None:
         self._stop.set()
 
+    def _start_metrics(self) -> None:
+        """Serve /metrics and /healthz; a port that is taken costs the endpoint, never the camera."""
+        if self.metrics_server is None:
+            return
+        try:
+            log.info("metrics on %s/metrics, health on %s/healthz", self.metrics_server.start(),
+                     self.metrics_server.url)
+        except OSError as exc:
+            log.warning("metrics endpoint not started: cannot listen on %s:%d (%s); set metrics.port (0 = any free "
+                        "port) or metrics.enabled: false", self.config.metrics.host, self.config.metrics.port, exc)
+            self.metrics_server = None
+
     def close(self) -> None:
         self.capture.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         self._publish_stats()  # also keeps the final figures in self.last_snapshot
         if self.updater is not None:
             self.updater.close(wait=False)
@@ -201,9 +250,13 @@ class EdgeNode:
                 self.updater.on_error(exc)
             return []
         latency_ms = (time.perf_counter() - t0) * 1000.0 / len(frames)
+        self.stats.last_frame = time.monotonic()
         for frame, result in zip(frames, results):
             self.stats.frames += 1
             self.stats.latencies_ms.append(latency_ms)
+            self.stats.latency.observe(latency_ms)
+            self.verdicts.offer(result.prediction, frame_index=frame.index, frame_time=frame.t,
+                                model_version=model.version, roi=model.roi, latency_ms=latency_ms)
             self.slot.observe(frame.image)
             if frame.truth is not None:
                 self.stats.correct.append(int(result.prediction.label == frame.truth))
@@ -215,6 +268,9 @@ class EdgeNode:
         return [r.decision for r in results]
 
     def _spool(self, frame: Frame, model: EdgeModel, pred: Prediction, decision: Decision) -> None:
+        if self.outbox_error is not None and time.monotonic() < self._spool_retry_at:
+            self.stats.unspooled += 1  # paused: the disk is full (see _outbox_failed)
+            return
         image, roi = frame.image, None
         if self.config.upload.crop_roi and model.roi is not None:
             image, roi = model.crop(frame.image), model.roi
@@ -228,21 +284,45 @@ class EdgeNode:
         if not ok:
             log.warning("could not encode frame %d; not uploaded", frame.index)
             return
-        seq = self.seq.next()
+        try:
+            seq = self.seq.next()
+        except OSError as exc:  # the sequence lease could not be extended: the disk is full too
+            self._outbox_failed(exc)
+            return
         sample_id = f"{self.device_id}.{self.boot}.{seq}"
         height, width = frame.image.shape[:2]
         sample = Sample(
             sample_id=sample_id, model_version=model.version, topk=pred.topk,
             uncertainty=decision.score, uncertainty_kind=self.config.uncertainty, p_select=decision.p_select,
             reason=decision.reason, frame_index=frame.index, width=width, height=height,
-            roi=tuple(roi) if roi is not None else None, truth=frame.truth, source=self.config.source.url[:200],
+            roi=tuple(roi) if roi is not None else None, truth=frame.truth, source=self._source_url,
         )
         payload = encode_message(sample, buf.tobytes(), device=self.device_id, seq=seq, content_type=content_type)
-        if self.outbox.put(sample_id, self.topics.samples(self.device_id), payload, priority=decision.score):
+        try:
+            stored = self.outbox.put(sample_id, self.topics.samples(self.device_id), payload, priority=decision.score)
+        except OutboxWriteError as exc:
+            self.seq.give_back(seq)  # never stored: no gap in the sequence the trainer watches
+            self._outbox_failed(exc)
+            return
+        if self.outbox_error is not None:
+            log.warning("outbox writable again: spooling resumed (%d selected samples were not stored while it "
+                        "was paused)", self.stats.unspooled)
+            self.outbox_error = None
+        if stored:
             self.stats.stored += 1
             self.link.notify()
         else:
             self.stats.refused += 1
+
+    def _outbox_failed(self, exc: Exception) -> None:
+        """Pause spooling for ``outbox.retry_s``; inference and verdicts go on. Logged once per pause."""
+        self.stats.outbox_errors += 1
+        self.stats.unspooled += 1
+        self._spool_retry_at = time.monotonic() + self.config.outbox.retry_s
+        if self.outbox_error is None:
+            log.error("%s; spooling paused (inference and verdicts go on), retrying every %g s", exc,
+                      self.config.outbox.retry_s)
+        self.outbox_error = str(exc)[:1000]
 
     # -- periodic work ----------------------------------------------------------------------------------------
     def _tick(self) -> None:
@@ -250,30 +330,52 @@ class EdgeNode:
         if now >= self._next_stats:
             self._next_stats = now + self.config.stats_interval_s
             self._publish_stats()
+        if self.slot.generation != self._birth_generation:
+            self._birth_generation = self.slot.generation
+            self.link.announce()  # the retained birth names the model now running
+
+    def last_frame_age(self) -> float:
+        return time.monotonic() - self.stats.last_frame
+
+    def health(self) -> tuple[bool, dict]:
+        """For /healthz: unhealthy when no frame was classified for ``metrics.stall_s`` (a wedged frame loop or
+        a source that stays down beyond its reconnects)."""
+        age, limit = self.last_frame_age(), self.config.metrics.stall_s
+        details = {"device": self.device_id, "frames": self.stats.frames, "last_frame_age_s": round(age, 3),
+                   "stall_s": limit, "model_version": self.slot.get().version,
+                   "mqtt_connected": self.link.is_connected, "outbox_error": self.outbox_error}
+        if age > limit:
+            details["reason"] = f"no frame classified for {age:.1f} s (limit {limit:g} s)"
+        return age <= limit, details
 
     def snapshot(self) -> dict:
         """Everything the stats message carries, as a dict (also logged and used by tests)."""
         lat = np.asarray(self.stats.latencies_ms, dtype=np.float64)
-        elapsed = max(1e-9, time.monotonic() - self.stats.started)
+        now = time.monotonic()
+        since, frames_then = self._fps_mark
+        self._fps_mark = (now, self.stats.frames)
+        self.recent_fps = (self.stats.frames - frames_then) / max(1e-9, now - since)
         ob = self.outbox.stats()
         cap = self.capture.stats
         budget = {k: float(v) for k, v in self.sampler.budget_left().items() if v is not None}
         correct = self.stats.correct
         return {
-            "fps": self.stats.frames / elapsed,
-            "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else 0.0,
-            "latency_p95_ms": float(np.percentile(lat, 95)) if lat.size else 0.0,
+            "fps": round(self.recent_fps, 3),
+            "latency_p50_ms": round(float(np.percentile(lat, 50)), 3) if lat.size else 0.0,
+            "latency_p95_ms": round(float(np.percentile(lat, 95)), 3) if lat.size else 0.0,
             "outbox_depth": int(ob["depth"]), "outbox_bytes": int(ob["bytes"]), "outbox_dropped": int(ob["dropped"]),
-            "uploads": self.link.uploads, "budget_left": budget, "drift": float(self.drift.score),
+            "outbox_errors": self.stats.outbox_errors + self.link.outbox_write_errors,
+            "outbox_error": self.outbox_error, "uploads": self.link.uploads,
+            "defect_rate": self.verdicts.defect_rate(), "budget_left": budget, "drift": float(self.drift.score),
             "extra": {
                 "frames": self.stats.frames, "selected": self.stats.selected, "stored": self.stats.stored,
-                "refused": self.stats.refused, "errors": self.stats.errors,
+                "refused": self.stats.refused, "unspooled": self.stats.unspooled, "errors": self.stats.errors,
                 "model_version": self.slot.get().version, "boot": self.boot,
                 "capture": {"frames": cap.frames, "dropped": cap.dropped, "reconnects": cap.reconnects,
                             "stalls": cap.stalls},
                 "outbox": ob, "sampler": self.sampler.stats()["reasons"], "drift_active": bool(self.drift.active),
                 "accuracy": (sum(correct) / len(correct)) if correct else None,
-                "updater": getattr(self.updater, "state", None),
+                "updater": getattr(self.updater, "state", None), "predictions": self.verdicts.stats(),
                 "calibration": self.slot.calibration.stats() if self.slot.calibration is not None else None,
             },
         }
@@ -281,7 +383,7 @@ class EdgeNode:
     def _publish_stats(self) -> None:
         snap = self.last_snapshot = self.snapshot()
         try:
-            payload = encode_message(Stats(**snap), device=self.device_id, seq=self.link.next_seq())
+            payload = encode_report(Stats(device=self.device_id, **snap))
         except Exception:
             log.exception("could not encode stats")
             return
@@ -294,13 +396,19 @@ class EdgeNode:
     def _birth_payload(self) -> bytes:
         model = self.slot.get()
         birth = Birth(
-            capabilities={"threads": self.config.model.threads, "batch": self.config.model.batch,
-                          "uncertainty": self.config.uncertainty, "source": self.config.source.url[:200],
+            device=self.device_id, capabilities={"threads": self.config.model.threads, "batch": self.config.model.batch,
+                          "uncertainty": self.config.uncertainty, "source": self._source_url,
                           "input": [model.size[0], model.size[1], model.channels], "pid": os.getpid()},
             model_version=model.version, config_digest=self._digest, boot=self.boot, software=_software(),
             labels=list(model.labels),
         )
-        return encode_message(birth, device=self.device_id, seq=self.link.next_seq())
+        return encode_report(birth)
+
+    def _announce_to_homeassistant(self) -> None:
+        """Link callback on every connect: retained discovery configs (``homeassistant.enabled``)."""
+        for topic, payload in discovery_messages(self.device_id, self.topics, self.config.homeassistant.prefix,
+                                                 _software()):
+            self.link.publish(topic, payload, qos=1, retain=True)
 
     def _route(self, topic: str, payload: bytes) -> None:
         if self.updater is not None and self.updater.wants(topic):

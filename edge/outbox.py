@@ -21,6 +21,12 @@ Bounded in payload bytes (``max_bytes``) with a policy when full:
 
 Thread-safety: one connection (``check_same_thread=False``) guarded by one lock: the frame loop puts
 while paho's network thread acks; SQLite would serialise writers anyway, and one lock is simple.
+
+A write that fails (a full disk: SQLite's "database or disk is full"; an I/O error) raises
+``OutboxWriteError`` carrying SQLite's own message, and leaves the outbox as it was: the failed transaction
+is rolled back (SQLite may already have rolled it back itself; then nothing is left to undo), every row
+committed before is intact, and the next write succeeds once there is space again. The node pauses
+spooling meanwhile and keeps classifying (``edge/node.py``).
 """
 from __future__ import annotations
 
@@ -59,6 +65,10 @@ _COUNTERS = ("put", "acked", "dropped_oldest", "dropped_lowest_priority", "rejec
 
 class OutboxError(RuntimeError):
     """The outbox could not be opened or is corrupt."""
+
+
+class OutboxWriteError(OutboxError):
+    """A write failed (disk full, I/O error); the message is SQLite's. Nothing committed before is lost."""
 
 
 @dataclass(frozen=True)
@@ -110,15 +120,29 @@ class Outbox:
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
-        """One write transaction under the lock; on error roll back and re-read the byte count."""
+        """One write transaction under the lock; on error roll back and re-read the byte count.
+
+        On SQLITE_FULL and some I/O errors SQLite rolls the transaction back by itself, and a second
+        ``ROLLBACK`` would fail with "cannot rollback - no transaction is active", hiding the real error:
+        roll back only what is still open, and raise the original (as ``OutboxWriteError`` for SQLite's).
+        """
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._db.execute("BEGIN IMMEDIATE")
                 yield
                 self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                self._bytes = int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0])
+            except BaseException as exc:
+                if self._db.in_transaction:
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # the error that matters is exc
+                try:
+                    self._bytes = int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0])
+                except sqlite3.Error:
+                    pass
+                if isinstance(exc, sqlite3.Error):
+                    raise OutboxWriteError(f"cannot write to the outbox {self.path}: {exc}") from exc
                 raise
 
     def _delete(self, row_id: int, size: int) -> None:
@@ -183,7 +207,7 @@ class Outbox:
 
     def mark_inflight(self, item_id: int, mid: int) -> None:
         """Record that row ``item_id`` was published with MQTT message id ``mid`` (awaiting PUBACK)."""
-        with self._lock:
+        with self._tx():
             self._db.execute(
                 "UPDATE outbox SET inflight_mid = ?, attempts = attempts + 1 WHERE id = ?", (int(mid), int(item_id))
             )
@@ -209,9 +233,9 @@ class Outbox:
 
     def reset_inflight(self) -> int:
         """Make every in-flight row pending again (call on (re)connect); returns how many."""
-        with self._lock:
+        with self._tx():
             cur = self._db.execute("UPDATE outbox SET inflight_mid = NULL WHERE inflight_mid IS NOT NULL")
-            return cur.rowcount
+        return cur.rowcount
 
     # -- figures -------------------------------------------------------------------------------------------
     @property

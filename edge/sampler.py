@@ -97,17 +97,35 @@ class Decision:
     fingerprint: object = None
 
 
-def g_logistic(score: np.ndarray, threshold: float, temperature: float) -> np.ndarray:
-    """``1 / (1 + exp(-(s - threshold) / temperature))``, numerically safe for tiny temperatures."""
-    t = max(float(temperature), 1e-9)
-    z = np.clip((np.asarray(score, dtype=np.float64) - threshold) / t, -60.0, 60.0)
-    return 1.0 / (1.0 + np.exp(-z))
+def selection_curve(kind: GKind, threshold: float, temperature: float, p_min: float = 0.0,
+                    p_max: float = 1.0) -> Callable[[float], float]:
+    """``p_base(score) = clip(g(score), p_min, p_max)`` as a plain-Python function of one score; with the
+    default bounds it is ``g`` itself. The one implementation of the curve: :class:`Sampler` calls it for
+    every frame, the label-budget benchmark (bench/label_budget.py) over its minibatches.
 
-
-def g_linear(score: np.ndarray, threshold: float, temperature: float) -> np.ndarray:
-    """Linear ramp from 0 at ``threshold - temperature`` to 1 at ``threshold + temperature``."""
+    ``g`` is ``1 / (1 + exp(-(s - threshold) / temperature))`` (logistic, exponent clipped to ±60 so tiny
+    temperatures stay finite) or a ramp from 0 at ``threshold - temperature`` to 1 at ``threshold +
+    temperature`` (linear). Plain floats and a closure over the constants, because this runs per frame:
+    numpy on a scalar costs ~5 us a call, a method reading its constants from ``self`` ~0.2 us more.
+    """
     t = max(float(temperature), 1e-9)
-    return np.clip((np.asarray(score, dtype=np.float64) - (threshold - t)) / (2 * t), 0.0, 1.0)
+    lo, hi = float(p_min), max(float(p_min), float(p_max))
+    if kind == "linear":
+        start, width = threshold - t, 2.0 * t
+
+        def p_base(score: float) -> float:
+            g = (score - start) / width
+            g = 0.0 if g < 0.0 else (1.0 if g > 1.0 else g)
+            return lo if g < lo else (hi if g > hi else g)
+    elif kind == "logistic":
+        def p_base(score: float) -> float:
+            z = (score - threshold) / t
+            z = -60.0 if z < -60.0 else (60.0 if z > 60.0 else z)
+            g = 1.0 / (1.0 + math.exp(-z))
+            return lo if g < lo else (hi if g > hi else g)
+    else:
+        raise ValueError(f"unknown selection curve {kind!r}; use logistic or linear")
+    return p_base
 
 
 class _Demand:
@@ -151,9 +169,9 @@ class Sampler:
         self.rng = rng if rng is not None else np.random.default_rng(self.config.seed)
         self.dedup = Deduplicator(self.config.dedup)
         self._demand = _Demand(self.config.rate_tau_s, self.config.fps_hint)
-        c = self.config  # the curve's constants, read once per frame as one tuple
-        self._curve = (c.p_min, max(c.p_min, c.p_max), c.threshold, max(c.temperature, 1e-9))
-        self._linear = c.g == "linear"
+        c = self.config
+        #: ``p_base(score)``: the probability before drift boost, dedup and budget (:func:`selection_curve`).
+        self.p_base = selection_curve(c.g, c.threshold, c.temperature, c.p_min, c.p_max)
         self._window_start: dict[str, float] = {}
         self._t0: float | None = None  # time of the first decision
         self._next_roll = -math.inf  # earliest window end: no calendar arithmetic until then
@@ -169,30 +187,6 @@ class Sampler:
         self.selected = 0
         self.reasons: dict[str, int] = {}
         self._sum_p = 0.0
-
-    # -- the selection curve -------------------------------------------------------------------------
-    def g(self, scores: np.ndarray | float) -> np.ndarray:
-        """The raw curve g(score), vectorised."""
-        c = self.config
-        fn = g_linear if c.g == "linear" else g_logistic
-        return fn(np.asarray(scores, dtype=np.float64), c.threshold, c.temperature)
-
-    def p_base(self, scores: np.ndarray | float) -> np.ndarray:
-        """``clip(g(score), p_min, p_max)`` - the probability before drift boost, dedup and budget."""
-        c = self.config
-        return np.clip(self.g(scores), c.p_min, max(c.p_min, c.p_max))
-
-    def _p_base_one(self, score: float) -> float:
-        """Scalar ``p_base`` in plain Python (the per-frame path; numpy on scalars costs ~5 us a call)."""
-        lo, hi, thr, t = self._curve
-        if self._linear:
-            g = (score - (thr - t)) / (2.0 * t)
-            g = 0.0 if g < 0.0 else (1.0 if g > 1.0 else g)
-        else:
-            z = (score - thr) / t
-            z = -60.0 if z < -60.0 else (60.0 if z > 60.0 else z)
-            g = 1.0 / (1.0 + math.exp(-z))
-        return lo if g < lo else (hi if g > hi else g)
 
     # -- budgets ---------------------------------------------------------------------------------------
     def _roll(self, now: float) -> None:
@@ -272,7 +266,7 @@ class Sampler:
         c = self.config
         now = self.clock() if now is None else now
         s = float(score)
-        p0 = self._p_base_one(s)
+        p0 = self.p_base(s)
         p = min(1.0, p0 * boost) if boost != 1.0 else p0
         dedup = self.dedup
         fp, dup = fingerprint, False

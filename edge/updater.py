@@ -4,7 +4,8 @@
 Why it is shaped like this
 --------------------------
 * **Nothing heavy on the MQTT thread or the frame loop.** ``on_message`` only appends to a per-device
-  serial work queue; decoding, hashing, disk writes, ORT loading and shadow inference run on a worker
+  serial work queue (bounded in messages and bytes: ``queue_max_messages``, ``queue_max_bytes``; what a
+  full queue drops is retained on the broker and fetched again once the worker has caught up); decoding, hashing, disk writes, ORT loading and shadow inference run on a worker
   (a private single thread by default, or a shared pool when many simulated devices live in one
   process). ``on_frame`` costs a few attribute reads unless a swap is due, and the swap itself is one
   ``ModelSlot.swap`` of an already loaded and smoke-tested model - so it lands between two frames.
@@ -40,7 +41,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import itertools
 import json
 import logging
 import math
@@ -52,15 +52,16 @@ from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Annotated, Any, Callable, ClassVar, Mapping, Protocol
 
 import msgspec
 import numpy as np
 
 from protocol.durable import atomic_write, sha256_file as _sha256_file
 from protocol.errors import ProtocolError
-from protocol.messages import Chunk, Manifest, ModelStatus, decode_message, encode_message
+from protocol.messages import Chunk, Manifest, decode_message
 from protocol.model_meta import COLOR_ORDERS, LAYOUTS
+from protocol.reports import ModelStatus, encode_report
 from protocol.signing import verify_manifest
 from protocol.waves import BUCKETS, in_wave, wave_bucket  # noqa: F401 (re-exported for tests)
 from protocol.topics import Topics
@@ -143,12 +144,22 @@ def _finite(x: float, default: float = 0.0) -> float:
 class UpdaterLimits:
     """Device-side limits and default policy (the manifest's ``compat.rollout`` may tighten the policy).
 
-    Health watch after a swap: the new model is rolled back by the device itself if, within
-    ``health_seconds``, it raises/returns non-finite output ``max_errors`` times, or its mean top-1
-    confidence over at least ``health_min_frames`` frames falls below ``(1 - max_confidence_drop)`` x
-    the old model's, or its median latency exceeds ``max_latency_ratio`` x the old model's (and by
-    more than ``latency_slack_ms``).
+    Health watch after a swap (``health_*``): the new model is rolled back by the device itself if, within
+    ``health_seconds``, it raises/returns non-finite output ``health_max_errors`` times, or its mean top-1
+    confidence over at least ``health_min_frames`` frames falls below ``(1 - health_max_confidence_drop)``
+    x the old model's, or its median latency exceeds ``health_max_latency_ratio`` x the old model's (and by
+    more than ``health_latency_slack_ms``). These are one device's last-resort triggers on live frames, so
+    they are looser than the fleet gate's ``shadow_*`` thresholds (``deploy.rollout_gate.Policy``), which
+    judge a whole wave's shadow runs before anyone swaps.
     """
+
+    #: Keys of earlier releases -> their names now (a config file using an old key fails naming the new one).
+    renamed_keys: ClassVar[dict[str, str]] = {
+        "max_errors": "health_max_errors",
+        "max_confidence_drop": "health_max_confidence_drop",
+        "max_latency_ratio": "health_max_latency_ratio",
+        "latency_slack_ms": "health_latency_slack_ms",
+    }
 
     max_model_bytes: int = 64 * 1024 * 1024
     max_chunk_bytes: int = 4 * 1024 * 1024
@@ -163,11 +174,13 @@ class UpdaterLimits:
     min_agreement: float = 0.0
     health_seconds: float = 30.0
     health_min_frames: int = 20
-    max_errors: int = 3
-    max_confidence_drop: float = 0.5
-    max_latency_ratio: float = 4.0
-    latency_slack_ms: float = 20.0
+    health_max_errors: int = 3
+    health_max_confidence_drop: float = 0.5
+    health_max_latency_ratio: float = 4.0
+    health_latency_slack_ms: float = 20.0
     status_retain: bool = True
+    queue_max_messages: Annotated[int, msgspec.Meta(ge=1)] = 64          # network messages waiting for the worker
+    queue_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 64 * 1024 * 1024  # and their bytes
 
 
 class UpdaterLink(Protocol):
@@ -187,28 +200,47 @@ class _Serial:
 
     Lets a thousand simulated devices share a small pool while each device's work stays strictly
     ordered, exactly as on a real device with its own worker thread.
+
+    Bounded: a submission that carries a ``size`` (a message from the network) is refused when
+    ``max_items`` steps are waiting or its bytes would pass ``max_bytes`` (a flood, or a worker stuck in a
+    slow step, cannot grow memory without bound); ``submit`` then returns False and counts it in
+    ``dropped``. The updater's own follow-up steps carry no size and are always queued: there are a few
+    per message at most.
     """
 
-    def __init__(self, executor: Executor) -> None:
+    def __init__(self, executor: Executor, max_items: int | None = None, max_bytes: int | None = None) -> None:
         self._executor = executor
-        self._q: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._q: deque[tuple[Callable[..., None], tuple[Any, ...], int]] = deque()
         self._lock = threading.Lock()
         self._running = False
+        self._bytes = 0
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.dropped = 0
         self.closed = False
 
-    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+    def __len__(self) -> int:
+        return len(self._q)
+
+    def submit(self, fn: Callable[..., None], *args: Any, size: int = 0) -> bool:
         with self._lock:
             if self.closed:
-                return
-            self._q.append((fn, args))
+                return False
+            if size and ((self.max_items is not None and len(self._q) >= self.max_items)
+                         or (self.max_bytes is not None and self._bytes + size > self.max_bytes)):
+                self.dropped += 1
+                return False
+            self._q.append((fn, args, size))
+            self._bytes += size
             if self._running:
-                return
+                return True
             self._running = True
         try:
             self._executor.submit(self._drain)
         except RuntimeError:  # executor shut down
             with self._lock:
                 self._running = False
+        return True
 
     def _drain(self) -> None:
         while True:
@@ -216,13 +248,15 @@ class _Serial:
                 if not self._q or self.closed:
                     self._running = False
                     return
-                fn, args = self._q.popleft()
+                fn, args, size = self._q.popleft()
+                self._bytes -= size
             try:
                 fn(*args)
             except PowerLoss:
                 with self._lock:
                     self.closed = True
                     self._q.clear()
+                    self._bytes = 0
                     self._running = False
                 return
             except Exception:  # a bug in one step must not kill the worker for good
@@ -314,8 +348,10 @@ class Updater:
         self._fault = fault
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix=f"updater-{device_id}")
-        self._serial = _Serial(self._executor)
-        self._seq = itertools.count(int(time.time() * 1000) % (2**40))
+        self._serial = _Serial(self._executor, self.limits.queue_max_messages, self.limits.queue_max_bytes)
+        self._dropped_topics: set[str] = set()  # messages refused by the full queue, fetched again afterwards
+        self._recovery_queued = False
+        self.rejections: dict[str, int] = {}  # reason -> models refused or given up (metrics)
         self._lock = threading.Lock()  # guards the fields the frame loop and the worker both touch
         (self.state_dir / "models").mkdir(parents=True, exist_ok=True)
         (self.state_dir / "download").mkdir(parents=True, exist_ok=True)
@@ -374,13 +410,49 @@ class Updater:
         return topic == self._manifest_topic or topic.startswith(f"{self.topics.prefix}/models/")
 
     def on_message(self, topic: str, payload: bytes) -> None:
-        """MQTT thread: queue and return (all parsing/verification happens on the worker)."""
+        """MQTT thread: queue and return (all parsing/verification happens on the worker).
+
+        When the queue is full the message is dropped and counted; manifests and chunks are retained on the
+        broker, so once the worker has caught up it subscribes to the dropped topics again and gets them.
+        """
         if not payload:
             return  # an empty retained payload is a cleared chunk/manifest, not a message
         if topic == self._manifest_topic:
-            self._serial.submit(self._handle_manifest, bytes(payload))
+            queued = self._serial.submit(self._handle_manifest, bytes(payload), size=len(payload))
         else:
-            self._serial.submit(self._handle_chunk, topic, bytes(payload))
+            queued = self._serial.submit(self._handle_chunk, topic, bytes(payload), size=len(payload))
+        if queued or self._serial.closed:
+            return
+        with self._lock:
+            self._dropped_topics.add(topic)
+            schedule, self._recovery_queued = not self._recovery_queued, True
+        if self._serial.dropped == 1 or self._serial.dropped % 100 == 0:
+            log.warning("updater queue full (%d messages, %d bytes at most): dropped a message on %s (%d so far); "
+                        "it is fetched again when the worker has caught up", self.limits.queue_max_messages,
+                        self.limits.queue_max_bytes, topic, self._serial.dropped)
+        if schedule:
+            self._serial.submit(self._refetch_dropped)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._serial)
+
+    @property
+    def queue_dropped(self) -> int:
+        return self._serial.dropped
+
+    def _refetch_dropped(self) -> None:
+        """Worker, behind the backlog: subscribe again to dropped topics still wanted (the broker re-sends
+        their retained messages); a chunk of a superseded download is not wanted any more."""
+        with self._lock:
+            dropped, self._dropped_topics, self._recovery_queued = self._dropped_topics, set(), False
+            m, inflight = self._pending, set(self._inflight)
+        chunks = ({self.topics.chunk(m.model_id, m.version, i) for i in inflight}
+                  if m is not None and self._phase == "downloading" else set())
+        wanted = [t for t in sorted(dropped) if t == self._manifest_topic or t in chunks]
+        if wanted:
+            self.link.unsubscribe(wanted)
+            self.link.subscribe([(t, 1) for t in wanted])
 
     def on_frame(self, frame: np.ndarray | None, active_probs: np.ndarray | None,
                  latency_ms: float | None = None) -> None:
@@ -428,6 +500,9 @@ class Updater:
     def _status(self, m: Manifest | None, state: str, reason: str | None = None,
                 **metrics: Any) -> None:
         self.state = state
+        if state in ("rejected", "failed", "rolled_back"):
+            key = (reason or state).split("/")[0][:64]
+            self.rejections[key] = self.rejections.get(key, 0) + 1
         model_id = m.model_id if m is not None else "unknown"
         version = m.version if m is not None else (self.active_version or "unknown")
         clean = {k: (_finite(v) if isinstance(v, float) else v) for k, v in metrics.items()}
@@ -435,13 +510,13 @@ class Updater:
             clean.setdefault("seq", m.seq)
             clean.setdefault("wave", m.wave)
         clean.setdefault("active", self.active_version)
-        msg = ModelStatus(model_id=model_id, version=version, state=state,  # type: ignore[arg-type]
+        msg = ModelStatus(device=self.device_id, model_id=model_id, version=version, state=state,  # type: ignore[arg-type]
                           reason=(reason or None) and reason[:1000],
                           rollout_id=m.rollout_id if m is not None else None, metrics=clean)
         self.last_status = {"state": state, "version": version, "reason": reason, "metrics": clean,
                             "rollout_id": msg.rollout_id}
         try:
-            payload = encode_message(msg, device=self.device_id, seq=next(self._seq))
+            payload = encode_report(msg)
             self.link.publish(self.topics.model_status(self.device_id), payload, 1, self.limits.status_retain)
         except Exception:  # reporting must never break the update itself
             log.exception("cannot publish model status")
@@ -803,15 +878,15 @@ class Updater:
             if latency_ms is not None:
                 h.lats.append(float(latency_ms))
         reason = None
-        if h.errors >= lim.max_errors:
+        if h.errors >= lim.health_max_errors:
             reason = "health_errors"
         elif h.frames >= lim.health_min_frames:
             mean_conf = h.conf_sum / h.frames
-            if h.base_conf is not None and mean_conf < h.base_conf * (1.0 - lim.max_confidence_drop):
+            if h.base_conf is not None and mean_conf < h.base_conf * (1.0 - lim.health_max_confidence_drop):
                 reason = "confidence_collapse"
             elif h.base_lat is not None and len(h.lats) >= lim.health_min_frames:
                 med = float(np.median(h.lats[-lim.health_min_frames:]))
-                if med > h.base_lat * lim.max_latency_ratio and med > h.base_lat + lim.latency_slack_ms:
+                if med > h.base_lat * lim.health_max_latency_ratio and med > h.base_lat + lim.health_latency_slack_ms:
                     reason = "latency"
         if reason is not None:
             self._health = None

@@ -110,8 +110,12 @@ def _check_unknown(data: Any, cls: Any, where: str) -> None:
         fields = _fields(candidate)
         if fields is None:
             continue
+        renamed = getattr(candidate, "renamed_keys", {})  # a section's keys of earlier releases -> now
         for key, value in data.items():
             name = f"{where}.{key}" if where else str(key)
+            if key not in fields and key in renamed:
+                new = f"{where}.{renamed[key]}" if where else renamed[key]
+                raise ConfigError(f"{name}: renamed; use {new}")
             if key not in fields:
                 raise ConfigError(f"{name}: unknown key (known here: {', '.join(sorted(fields))})")
             _check_unknown(value, fields[key], name)
@@ -140,13 +144,33 @@ def _plain(value: Any) -> Any:
     return value
 
 
+#: Keys whose values never leave the process: ``--print-config`` and logs show ``"***"`` instead.
+SECRET_KEYS = frozenset({"password", "token", "secret", "api_token"})
+
+
+def redact(value: Any) -> Any:
+    """A plain config tree with secrets replaced: values of SECRET_KEYS, and passwords inside URLs."""
+    if isinstance(value, dict):
+        return {k: ("***" if k in SECRET_KEYS and v is not None else redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    if isinstance(value, str) and "://" in value and "@" in value:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.password is not None:
+            return value.replace(f":{parts.password}@", ":***@", 1)
+    return value
+
+
 def dump_config(config: Any) -> str:
-    """The effective configuration as YAML, for logs and ``--print-config``."""
-    return yaml.safe_dump(_plain(config), sort_keys=False)
+    """The effective configuration as YAML, for logs and ``--print-config``; secrets redacted."""
+    return yaml.safe_dump(redact(_plain(config)), sort_keys=False)
 
 
 def config_digest(config: Any) -> str:
     """A short stable digest of the effective configuration, published in the device's birth message."""
     import hashlib
 
-    return hashlib.sha256(msgspec.json.encode(msgspec.to_builtins(config))).hexdigest()[:16]
+    # Over the redacted tree: the digest is published (birth message) and must not help guess a password.
+    return hashlib.sha256(msgspec.json.encode(redact(msgspec.to_builtins(config)))).hexdigest()[:16]

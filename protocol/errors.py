@@ -20,6 +20,8 @@ REASONS = frozenset(
         "bad_magic",        # not an edgeloop envelope at all
         "bad_version",      # envelope version or message schema version unsupported
         "bad_header",       # header is not a UTF-8 JSON object
+        "bad_json",         # a plain-JSON report is not a UTF-8 JSON object
+        "wrong_type",       # a valid message of another type than its topic carries
         "unknown_type",     # header "type" is not a known message type
         "schema",           # fields missing, mistyped or out of range
         "bad_topic",        # topic does not match the layout / bad id segment

@@ -14,15 +14,17 @@ and the signed manifest never includes per-publish transport fields.
 Decoding validates at the trust boundary: types/ranges via msgspec annotations,
 finiteness and cross-field rules in ``__post_init__`` (which also runs when a
 sender constructs a message, so most mistakes fail at the sender).
-Unknown fields are rejected (``schema``); extension points are ``Stats.extra``,
-``Birth.capabilities``, ``ModelStatus.metrics`` and ``Manifest.compat``. An
-incompatible change bumps ``SCHEMA`` and older receivers say ``bad_version``.
+Unknown fields are rejected (``schema``); the extension point is ``Manifest.compat``.
+An incompatible change bumps ``SCHEMA`` and older receivers say ``bad_version``.
+
+Only samples, manifests and chunks travel in the envelope. State, birth, stats, model status and
+predictions are plain-JSON reports (``protocol.reports``; their classes are re-exported here so that
+imports keep working, but ``encode_message`` refuses them and says where they went).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -33,7 +35,8 @@ from msgspec import Meta, Struct
 
 from . import envelope
 from .errors import ProtocolError
-from .topics import ID_PATTERN
+from .fields import INT_MAX as _INT_MAX, Dim, Hex64, Id, Label, NonNegFloat, NonNegInt, PosInt, Prob, Text, check_finite
+from .reports import MODEL_STATES, Birth, ModelStatus, Report, State, Stats
 
 __all__ = [
     "SCHEMA", "Message", "Sample", "Birth", "State", "Stats", "ModelStatus", "Manifest", "Chunk",
@@ -42,25 +45,9 @@ __all__ = [
 ]
 
 SCHEMA = 1
-_INT_MAX = 2**63 - 1
-
-# -- reusable constrained types (enforced when decoding) ---------------------
-Id = Annotated[str, Meta(pattern=ID_PATTERN)]
-Label = Annotated[str, Meta(min_length=1, max_length=256)]
-Text = Annotated[str, Meta(max_length=1024)]
-NonNegInt = Annotated[int, Meta(ge=0, le=_INT_MAX)]
-PosInt = Annotated[int, Meta(ge=1, le=_INT_MAX)]
-Dim = Annotated[int, Meta(ge=1, le=65535)]
-NonNegFloat = Annotated[float, Meta(ge=0)]
-Prob = Annotated[float, Meta(ge=0, le=1)]
-Hex64 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}\Z")]
 
 UncertaintyKind = Literal["least_confidence", "margin", "entropy"]
 UNCERTAINTY_KINDS: tuple[str, ...] = ("least_confidence", "margin", "entropy")
-ModelState = Literal["downloading", "verified", "shadow", "active", "failed", "rolled_back", "rejected"]
-MODEL_STATES: tuple[str, ...] = (
-    "downloading", "verified", "shadow", "active", "failed", "rolled_back", "rejected",
-)
 
 MIB = 1024 * 1024
 
@@ -76,12 +63,8 @@ class Message(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         # JSON cannot carry NaN/inf (msgspec would write null), so a decoded float
-        # is always finite; this catches them at the sender. Named fields only:
-        # a generic loop over all fields doubled decode time.
-        for name in self._FLOATS:
-            v = getattr(self, name)
-            if not math.isfinite(v):
-                raise ValueError(f"{name} must be finite, got {v}")
+        # is always finite; this catches them at the sender.
+        check_finite(self, self._FLOATS)
 
 
 class Sample(Message, frozen=True, kw_only=True):
@@ -122,65 +105,6 @@ class Sample(Message, frozen=True, kw_only=True):
             x, y, w, h = self.roi
             if x + w > self.width or y + h > self.height:
                 raise ValueError(f"roi {self.roi} exceeds frame {self.width}x{self.height}")
-
-
-class Birth(Message, frozen=True, kw_only=True):
-    """Retained edge announcement: what it can do and what it runs."""
-
-    TYPE: ClassVar[str] = "birth"
-
-    capabilities: dict[str, Any]
-    model_version: Optional[Id] = None
-    config_digest: Annotated[str, Meta(max_length=128)]
-    boot: NonNegInt
-    software: Text
-    labels: list[Label] = []
-
-
-class State(Message, frozen=True, kw_only=True):
-    """Retained online/offline (also the MQTT Will); ``boot`` orders restarts like Sparkplug bdSeq."""
-
-    TYPE: ClassVar[str] = "state"
-
-    state: Literal["online", "offline"]
-    boot: NonNegInt
-
-
-class Stats(Message, frozen=True, kw_only=True):
-    """Periodic edge health for the rollout controller; ``extra`` is the free-form extension."""
-
-    TYPE: ClassVar[str] = "stats"
-    _FLOATS: ClassVar[tuple[str, ...]] = ("fps", "latency_p50_ms", "latency_p95_ms", "drift")
-
-    fps: NonNegFloat
-    latency_p50_ms: NonNegFloat
-    latency_p95_ms: NonNegFloat
-    outbox_depth: NonNegInt
-    outbox_bytes: NonNegInt
-    outbox_dropped: NonNegInt
-    uploads: NonNegInt
-    budget_left: dict[str, float] = {}
-    drift: float = 0.0
-    extra: dict[str, Any] = {}
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for k, v in self.budget_left.items():
-            if not math.isfinite(v):
-                raise ValueError(f"budget_left[{k!r}] must be finite, got {v}")
-
-
-class ModelStatus(Message, frozen=True, kw_only=True):
-    """Edge model lifecycle event for the rollout controller."""
-
-    TYPE: ClassVar[str] = "model_status"
-
-    model_id: Id
-    version: Id
-    state: ModelState
-    reason: Optional[Text] = None
-    rollout_id: Optional[Id] = None
-    metrics: dict[str, Any] = {}
 
 
 class Manifest(Message, frozen=True, kw_only=True):
@@ -240,7 +164,7 @@ class Chunk(Message, frozen=True, kw_only=True):
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.TYPE: cls for cls in (Sample, Birth, State, Stats, ModelStatus, Manifest, Chunk)
+    cls.TYPE: cls for cls in (Sample, Manifest, Chunk)
 }
 
 
@@ -310,6 +234,9 @@ def encode_message(
     receivers reject (costs a few µs).
     """
     cls = type(msg)
+    if isinstance(msg, Report):
+        raise ProtocolError("unknown_type", f"{cls.__name__} is a plain-JSON report since report schema 2: "
+                                            "encode it with protocol.reports.encode_report")
     wire_cls = _WIRE.get(getattr(cls, "TYPE", ""))
     if wire_cls is None or not isinstance(msg, Message):
         raise ProtocolError("unknown_type", f"cannot encode {cls.__name__}")
@@ -341,6 +268,9 @@ def decode_message(
 
     ``max_body`` overrides per-type body limits (e.g. ``{"sample": 512 * 1024}``).
     """
+    if isinstance(data, (bytes, bytearray, memoryview)) and bytes(data[:1]) == b"{":
+        raise ProtocolError("bad_magic", "a plain-JSON report, not an envelope: decode it with "
+                                         "protocol.reports.decode_report")
     hdr, body = envelope.split(data, max_size, max_header)
     wire = _check(hdr, body, len(body), max_body)
     header = Header(

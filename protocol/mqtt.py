@@ -8,6 +8,13 @@ It does three things and nothing else:
 * ``make_client`` — a paho ``Client`` with the settings every edgeloop client needs (below).
 * ``detect_mqtt5`` — does the broker speak MQTT 5? (shared subscriptions, for trainer ingestion).
 
+Credentials: a TLS identity is three files (CA, client certificate, key — what ``edgeloop pki`` issues, in one
+directory as ``ca.pem``, ``cert.pem``, ``key.pem``). They come from the caller (config keys), else from the URL's
+query options, else from the environment: ``EDGELOOP_MQTT_IDENTITY`` (such a directory) or
+``EDGELOOP_MQTT_CA_FILE`` / ``_CERT_FILE`` / ``_KEY_FILE``; a password from ``EDGELOOP_MQTT_PASSWORD_FILE`` or
+``EDGELOOP_MQTT_PASSWORD``. So every command, including those with only a ``--broker`` flag (the rollout
+controller), authenticates without a secret on its command line, where ``ps`` shows it.
+
 Latency rules (measured; see docs/mqtt-notes.md for the numbers)
 -----------------------------------------------------------------
 1. **TCP_NODELAY on both ends of every connection.** paho leaves Nagle's algorithm on, and so
@@ -32,6 +39,8 @@ Latency rules (measured; see docs/mqtt-notes.md for the numbers)
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import socket
 import ssl
 import statistics
@@ -59,6 +68,14 @@ __all__ = [
     "DEFAULT_MAX_INFLIGHT",
     "DEFAULT_MAX_QUEUED",
     "NAGLE_SUSPECT_S",
+    "certificate_identity",
+    "identity_files",
+    "identity_overrides",
+    "read_secret_file",
+    "resolve_password",
+    "resolve_tls",
+    "refuse_password_in_url",
+    "ENV_IDENTITY",
 ]
 
 Protocol = Literal["auto", "3.1.1", "5"]
@@ -79,13 +96,112 @@ DEFAULT_MAX_QUEUED = 1000
 # Reconnect backoff (paho doubles the delay from min to max after each failed attempt).
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
+# MQTT 5 Session Expiry Interval meaning "never" (as a 3.1.1 persistent session). Also a workaround: mosquitto
+# 2.0.11 keeps sessions with a finite expiry on a list that a SIGHUP (ACL/CRL reload) corrupts when such a
+# session is offline, which can wedge or crash the broker (docs/NOTES.md 19); never-expiring ones stay off it.
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF
 # A median QoS 1 request/response round trip above this on a LAN means Nagle + delayed ACK
 # somewhere (a broker without TCP_NODELAY measures ~44 ms; a healthy one < 2 ms).
 NAGLE_SUSPECT_S = 0.020
 
 
+ENV_IDENTITY = "EDGELOOP_MQTT_IDENTITY"
+ENV_CA, ENV_CERT, ENV_KEY = "EDGELOOP_MQTT_CA_FILE", "EDGELOOP_MQTT_CERT_FILE", "EDGELOOP_MQTT_KEY_FILE"
+ENV_PASSWORD, ENV_PASSWORD_FILE = "EDGELOOP_MQTT_PASSWORD", "EDGELOOP_MQTT_PASSWORD_FILE"
+
+
 class MQTTURLError(ValueError):
     """A broker URL that cannot be used. A ``ValueError`` so CLIs can report it plainly."""
+
+
+def identity_files(directory: str | os.PathLike[str]) -> tuple[str, str, str]:
+    """``(ca, cert, key)`` paths of an identity directory (``edgeloop pki``: ca.pem, cert.pem, key.pem)."""
+    paths = tuple(os.path.join(directory, name) for name in ("ca.pem", "cert.pem", "key.pem"))
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise MQTTURLError(f"identity directory {directory}: missing {', '.join(missing)}")
+    return paths  # type: ignore[return-value]
+
+
+def certificate_identity(cert_file: str | os.PathLike[str]) -> str:
+    """The CN of a PEM client certificate: the identity (username, client id) the broker will see."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        with open(cert_file, "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+    except (OSError, ValueError) as exc:
+        raise MQTTURLError(f"client certificate {cert_file}: {exc}") from None
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names:
+        raise MQTTURLError(f"client certificate {cert_file} has no CN")
+    return str(names[0].value)
+
+
+def identity_overrides(directory: str | os.PathLike[str], section: str = "mqtt") -> dict[str, str]:
+    """Config overrides (dotted keys) that point ``section.ca_file/cert_file/key_file`` at an identity directory;
+    for the CLIs' ``--identity DIR``."""
+    ca, cert, key = identity_files(directory)
+    return {f"{section}.ca_file": ca, f"{section}.cert_file": cert, f"{section}.key_file": key}
+
+
+def read_secret_file(path: str | os.PathLike[str]) -> str:
+    """A password from a file (first line, without its newline); refuses a file others may read."""
+    try:
+        mode = os.stat(path).st_mode
+        with open(path, encoding="utf-8") as f:
+            value = f.readline().rstrip("\r\n")
+    except OSError as exc:
+        raise MQTTURLError(f"password file {path}: {exc.strerror or exc}") from None
+    if mode & 0o077:
+        raise MQTTURLError(f"password file {path} is readable by others (mode {mode & 0o777:o}); chmod 600 it")
+    return value
+
+
+def resolve_password(password: str | None, password_file: str | None) -> str | None:
+    """The config's password, else the one in ``password_file``; both set is a mistake worth an error."""
+    if password is not None and password_file:
+        raise MQTTURLError("mqtt.password and mqtt.password_file are both set; keep one")
+    return read_secret_file(password_file) if password_file else password
+
+
+def refuse_password_in_url(url: str | None, flag: str = "--broker") -> None:
+    """Command-line URLs show in ``ps``: a password there is refused with where to put it instead."""
+    if url and url.lower() not in ("none", "") and parse_url(url).password is not None:
+        raise MQTTURLError(f"{flag}: no password in a URL on the command line (other users see it in `ps`); "
+                           f"put it in the config file (mqtt.password or mqtt.password_file) or in "
+                           f"{ENV_PASSWORD_FILE} / {ENV_PASSWORD}")
+
+
+def resolve_tls(url: str | BrokerURL, ca: str | None = None, cert: str | None = None,
+                key: str | None = None) -> tuple[str | None, str | None, str | None]:
+    """The ``(ca, cert, key)`` a client of ``url`` uses: the arguments, else the URL's query options, else the
+    environment (module docstring). All None for a plain ``mqtt://`` URL."""
+    u = url if isinstance(url, BrokerURL) else parse_url(url)
+    ca = ca if ca is not None else u.ca
+    cert = cert if cert is not None else u.cert
+    key = key if key is not None else u.key
+    if (ca or cert or key) and not u.tls:
+        raise MQTTURLError(f"TLS files given for a non-TLS URL {u}")
+    if u.tls and not (ca or cert or key):
+        ca, cert, key = _tls_files_from_env()
+    if (cert is None) != (key is None):
+        raise MQTTURLError("a client certificate and its key must be given together")
+    return ca, cert, key
+
+
+def _tls_files_from_env() -> tuple[str | None, str | None, str | None]:
+    ident = os.environ.get(ENV_IDENTITY)
+    if ident:
+        return identity_files(ident)
+    return os.environ.get(ENV_CA) or None, os.environ.get(ENV_CERT) or None, os.environ.get(ENV_KEY) or None
+
+
+def _password_from_env() -> str | None:
+    if os.environ.get(ENV_PASSWORD_FILE):
+        return read_secret_file(os.environ[ENV_PASSWORD_FILE])
+    return os.environ.get(ENV_PASSWORD)
 
 
 @dataclass(frozen=True)
@@ -197,7 +313,7 @@ def make_client(
     will: Will | None = None,
     protocol: Protocol = "auto",
     clean_start: bool = True,
-    session_expiry: int = 86400,
+    session_expiry: int = SESSION_NEVER_EXPIRES,
     keepalive: int = 30,
     ca: str | None = None,
     cert: str | None = None,
@@ -219,16 +335,15 @@ def make_client(
     * ``protocol``: "3.1.1", "5", or "auto" = 5 if ``detect_mqtt5`` says so, else 3.1.1
       (also 3.1.1 when the broker cannot be reached now; 3.1.1 works everywhere).
     * ``clean_start=False`` keeps the broker session (subscriptions and queued QoS 1 messages)
-      across reconnects; on MQTT 5 it lives ``session_expiry`` seconds after a disconnect.
+      across reconnects; on MQTT 5 it lives ``session_expiry`` seconds after a disconnect — by default
+      for ever, like a 3.1.1 persistent session (see ``SESSION_NEVER_EXPIRES``).
     * ``ca``/``cert``/``key``/``insecure`` override the URL's TLS query options.
     """
     u = url if isinstance(url, BrokerURL) else parse_url(url)
-    ca = ca if ca is not None else u.ca
-    cert = cert if cert is not None else u.cert
-    key = key if key is not None else u.key
+    ca, cert, key = resolve_tls(u, ca, cert, key)
     insecure = u.insecure if insecure is None else insecure
-    if (ca or cert or key) and not u.tls:
-        raise MQTTURLError(f"TLS files given for a non-TLS URL {u}")
+    if u.username is not None and u.password is None:
+        u = dataclasses.replace(u, password=_password_from_env())
 
     if protocol == "auto":
         use5 = detect_mqtt5(u, ca=ca, cert=cert, key=key, insecure=insecure)
@@ -305,13 +420,39 @@ def detect_mqtt5(
     Tries a v5 CONNECT with a throwaway client id; a CONNACK with success means yes; a refusal,
     a dropped connection (amqtt closes on an unknown protocol level) or a timeout means no.
     The answer is cached per (host, port, scheme) for the process; ``refresh=True`` re-probes.
+
+    With a client certificate the broker may take the client id from the certificate (edgeloop's broker
+    does), so a probe that connected would *be* the caller and replace its persistent session — the
+    trainer's queued samples. The probe then asks for an authentication method no broker offers: an MQTT 5
+    broker refuses it with "bad authentication method" (0x8C) before it looks at any session, which still
+    proves it speaks MQTT 5. mosquitto closes the connection right behind that CONNACK, and on a loaded
+    machine the close can overtake it; such an answerless attempt is repeated, and never cached.
     """
     u = url if isinstance(url, BrokerURL) else parse_url(url)
+    ca, cert, key = resolve_tls(u, ca, cert, key)
     cache_key = (u.host, u.port, u.scheme)
     with _mqtt5_lock:
         if not refresh and cache_key in _mqtt5_cache:
             return _mqtt5_cache[cache_key]
+    tls = (ca, cert, key, bool(u.insecure if insecure is None else insecure))
+    answer = None
+    for _ in range(3 if cert else 1):
+        try:
+            answer = _probe_once(u, tls, timeout)
+        except OSError:
+            return False  # unreachable now: report 3.1.1 (works everywhere) but do not cache the guess
+        if answer is not None:
+            break
+    if answer is None and cert:
+        return False  # closed without a CONNACK every time: probably not MQTT 5, but not sure enough to cache
+    with _mqtt5_lock:
+        _mqtt5_cache[cache_key] = bool(answer)
+    return bool(answer)
 
+
+def _probe_once(u: BrokerURL, tls: tuple[str | None, str | None, str | None, bool], timeout: float) -> bool | None:
+    """One MQTT 5 CONNECT: True/False from the CONNACK, None when the connection ended without one."""
+    ca, cert, key, insecure = tls
     result: dict[str, bool] = {}
     done = threading.Event()
     probe = paho.Client(
@@ -324,10 +465,14 @@ def detect_mqtt5(
     if u.transport == "websockets":
         probe.ws_set_options(path=u.path)
     if u.tls:
-        probe.tls_set(ca_certs=ca or u.ca, certfile=cert or u.cert, keyfile=key or u.key)
-        probe.tls_insecure_set(bool(u.insecure if insecure is None else insecure))
+        probe.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
+        probe.tls_insecure_set(insecure)
     if u.username is not None:
         probe.username_pw_set(u.username, u.password)
+    props = None
+    if cert:
+        props = Properties(PacketTypes.CONNECT)
+        props.AuthenticationMethod = "edgeloop-protocol-probe"  # refused before any session is touched
 
     def on_connect(c: paho.Client, ud: Any, flags: Any, rc: Any, props: Any = None) -> None:
         # A bad-credentials refusal still proves the broker parsed a v5 CONNECT; only
@@ -335,24 +480,15 @@ def detect_mqtt5(
         result["v5"] = not (rc.is_failure and rc.value in (0x84, 1))
         done.set()
 
-    def on_disconnect(*args: Any) -> None:
-        result.setdefault("v5", False)
-        done.set()
-
     probe.on_connect = on_connect
-    probe.on_disconnect = on_disconnect
-    probe.on_connect_fail = on_disconnect
-    ok = False
+    probe.on_disconnect = lambda *args: done.set()
+    probe.on_connect_fail = lambda *args: done.set()
     try:
-        probe.connect(u.host, u.port, keepalive=10)
+        probe.connect(u.host, u.port, keepalive=10, properties=props)
         probe.loop_start()
         done.wait(timeout)
-        ok = result.get("v5", False)
-        if ok:
+        if result.get("v5") and not cert:
             probe.disconnect()
-    except OSError:
-        # Unreachable now: report 3.1.1 (works everywhere) but do not cache the guess.
-        return False
     finally:
         probe.loop_stop()
         try:
@@ -360,9 +496,8 @@ def detect_mqtt5(
         except OSError:
             pass
     if "v5" in result:
-        with _mqtt5_lock:
-            _mqtt5_cache[cache_key] = ok
-    return ok
+        return result["v5"]
+    return None if cert else False  # amqtt closes on an unknown protocol level: that is a no
 
 
 def round_trip_probe(url: str | BrokerURL, n: int = 20, timeout: float = 5.0) -> float:

@@ -24,7 +24,7 @@ _INDEX_RE = re.compile(r"^(0|[1-9][0-9]{0,8})\Z")  # canonical decimal, < 1e9
 #: Every kind that ``parse`` can return.
 KINDS = (
     "state", "birth", "samples", "predictions", "stats", "model_status",
-    "manifest", "chunk", "trainer_state",
+    "manifest", "chunk", "trainer_state", "trainer_promoted", "trainer_model", "trainer_chunk",
 )
 _DEV_LEAF = {"state": "state", "birth": "birth", "samples": "samples",
              "predictions": "predictions", "stats": "stats"}
@@ -113,6 +113,27 @@ class Topics:
     def trainer_state(self) -> str:
         return f"{self.prefix}/trainer/state"
 
+    def trainer_promoted(self) -> str:
+        """Retained JSON notice of the newest promoted version (protocol/promotion.py)."""
+        return f"{self.prefix}/trainer/promoted"
+
+    def trainer_model(self, version: str) -> str:
+        """Retained JSON notice of one promoted version whose bytes the trainer keeps on the broker."""
+        return f"{self.prefix}/trainer/models/{check_id(version, 'version')}"
+
+    def trainer_chunk(self, version: str, index: int) -> str:
+        """Retained bytes of a promoted version, in ``Chunk`` envelopes (the controller fetches them)."""
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 10**9:
+            raise ProtocolError("bad_topic", f"chunk index {index!r} must be an int in [0, 1e9)")
+        return f"{self.trainer_model(version)}/chunk/{index}"
+
+    def trainer_chunks_wildcard(self, version: str) -> str:
+        return f"{self.trainer_model(version)}/chunk/+"
+
+    def all_trainer_models(self) -> str:
+        """Every retained per-version notice (``trainer/models/+``; the chunks are one level deeper)."""
+        return f"{self.prefix}/trainer/models/+"
+
     # -- subscriber wildcards -------------------------------------------------
     def all_samples(self) -> str:
         return f"{self.prefix}/dev/+/samples"
@@ -171,4 +192,12 @@ class Topics:
             )
         if rest == ["trainer", "state"]:
             return ParsedTopic("trainer_state")
+        if rest == ["trainer", "promoted"]:
+            return ParsedTopic("trainer_promoted")
+        if len(rest) == 3 and rest[:2] == ["trainer", "models"]:
+            return ParsedTopic("trainer_model", version=check_id(rest[2], "version"))
+        if len(rest) == 5 and rest[:2] == ["trainer", "models"] and rest[3] == "chunk":
+            if _INDEX_RE.match(rest[4]) is None:
+                raise ProtocolError("bad_topic", f"chunk index {rest[4]!r} is not a decimal int")
+            return ParsedTopic("trainer_chunk", version=check_id(rest[2], "version"), index=int(rest[4]))
         raise ProtocolError("bad_topic", f"unknown topic kind {'/'.join(rest)!r}")

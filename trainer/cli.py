@@ -7,6 +7,7 @@ Examples::
     edgeloop trainer run --state-dir ./trainer-state --broker mqtt://127.0.0.1:1883 --labeller oracle
     edgeloop trainer status --state-dir ./trainer-state
     edgeloop trainer versions --state-dir ./trainer-state --json
+    edgeloop trainer classes add crack --state-dir ./trainer-state
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "run buffered importance-weighted continual updates, gate, export and register ONNX versions.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::", 1)[1],
     )
-    sub = p.add_subparsers(dest="command", metavar="{bootstrap,run,status,versions}")
+    sub = p.add_subparsers(dest="command", metavar="{bootstrap,run,status,versions,classes}")
 
     b = sub.add_parser("bootstrap", help="train the first model from labelled images and register v0001",
                        description="Train the first model from an ImageFolder (root/<class>/*.png|jpg) or MNIST-format "
@@ -90,9 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the update in progress; kill -9 is safe too: it resumes from the last checkpoint).")
     r.add_argument("--config", metavar="YAML", help="config file (keys of trainer/config.py); env EDGELOOP_TRAINER__* and flags override")
     r.add_argument("--state-dir", help="trainer state directory (bootstrap it first)")
-    r.add_argument("--broker", metavar="URL", help="MQTT broker, mqtt://host:port ('none' = no ingestion)")
+    r.add_argument("--broker", metavar="URL", help="MQTT broker, mqtt://host:port or mqtts://host:port ('none' = no "
+                   "ingestion); a password goes in the config (mqtt.password_file), never here")
+    r.add_argument("--identity", metavar="DIR", help="TLS identity from `edgeloop pki`: DIR/ca.pem, cert.pem, key.pem "
+                   "(e.g. PKI/services/trainer; the client id becomes the certificate's CN)")
     r.add_argument("--prefix", help="topic prefix (default edgeloop/v1)")
-    r.add_argument("--client-id", help="MQTT client id (fixed, so the broker keeps unacknowledged samples for us)")
+    r.add_argument("--client-id", help="MQTT client id (stable, so the broker keeps unacknowledged samples for us; "
+                   "default: the certificate's CN, else edgeloop-trainer)")
     r.add_argument("--labeller", "--labeler", dest="labeller", choices=["oracle", "queue", "import"],
                    help="where labels come from")
     r.add_argument("--import-csv", metavar="FILE", help="CSV sample_id,label for --labeller import")
@@ -122,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List the registry: version, parent, status, samples seen, accuracy, macro-F1, labels.")
     v.add_argument("--state-dir", default=DEFAULT_STATE)
     v.add_argument("--json", action="store_true", help="machine-readable output")
+
+    c = sub.add_parser("classes", help="list the known classes, or add a new one explicitly",
+                       description="A label must name a known class (a model's class, one already labelled, or one "
+                                   "added here), so that a typo never grows the model's head. `add NAME` makes NAME a "
+                                   "class people may label with; the head grows when the first sample is trained.")
+    c.add_argument("action", choices=["list", "add"])
+    c.add_argument("name", nargs="?", help="with add: the new class")
+    c.add_argument("--state-dir", default=DEFAULT_STATE)
     return p
 
 
@@ -137,7 +150,35 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command == "status":
         return _status(args)
+    if args.command == "classes":
+        return _classes(args)
     return _versions(args)
+
+
+def _classes(args: argparse.Namespace) -> int:
+    from .classes import add_class, added_classes, known_classes
+    from .store import SampleStore
+
+    state = Path(args.state_dir)
+    if not (state / "samples").is_dir() and not (state / "registry.sqlite").exists():
+        print(f"edgeloop trainer classes: {state} is not a trainer state directory", file=sys.stderr)
+        return 2
+    with SampleStore(state / "samples") as st:
+        if args.action == "add":
+            if not args.name:
+                print("edgeloop trainer classes add: give the class NAME", file=sys.stderr)
+                return 2
+            try:
+                name = add_class(st, args.name)
+            except ValueError as e:
+                print(f"edgeloop trainer classes add: {e}", file=sys.stderr)
+                return 2
+            print(f"class {name!r} added; known: {', '.join(known_classes(st, state))}")
+            return 0
+        added = set(added_classes(st))
+        for name in known_classes(st, state):
+            print(name + ("  (added)" if name in added else ""))
+    return 0
 
 
 def _setup_logging(level: str = "INFO") -> None:
@@ -180,13 +221,23 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from protocol.config import ConfigError, dump_config, load_config
+    from protocol.config import dump_config, load_config
+    from protocol.state_dir import service_state_dir
 
     from .config import ENV_PREFIX, TrainerConfig
 
+    from protocol.mqtt import MQTTURLError, identity_overrides, refuse_password_in_url, resolve_password
+
     try:
-        cfg = load_config(TrainerConfig, args.config, env_prefix=ENV_PREFIX, overrides=_run_overrides(args))
-    except ConfigError as e:
+        refuse_password_in_url(args.broker)
+        overrides = _run_overrides(args)
+        if args.identity:
+            overrides.update(identity_overrides(args.identity))
+        cfg = load_config(TrainerConfig, args.config, env_prefix=ENV_PREFIX, overrides=overrides)
+        if not args.print_config:
+            cfg.mqtt.password = resolve_password(cfg.mqtt.password, cfg.mqtt.password_file)
+        cfg.state_dir = service_state_dir(cfg.state_dir, "edgeloop trainer run")  # never relative under systemd
+    except ValueError as e:  # ConfigError, MQTTURLError, or a relative state dir in service mode
         print(f"edgeloop trainer run: {e}", file=sys.stderr)
         return 2
     if cfg.mqtt.url in ("none", ""):

@@ -6,7 +6,7 @@ flags (see :func:`protocol.config.load_config`). Every key is documented here, o
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -24,13 +24,16 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class MqttConfig(_Section):
     url: str | None = "mqtt://127.0.0.1:1883"  # broker; None = no ingestion (labels from import/queue only)
     username: str | None = None
-    password: str | None = None
-    ca_file: str | None = None
-    cert_file: str | None = None
+    password: str | None = None                 # never printed; prefer password_file or EDGELOOP_TRAINER__MQTT__PASSWORD
+    password_file: str | None = None            # first line of this file (mode 0600) is the password
+    ca_file: str | None = None                  # TLS: the CA that signed the broker's certificate
+    cert_file: str | None = None                # TLS client certificate: its CN is the trainer's identity
     key_file: str | None = None
     topic_prefix: str = "edgeloop/v1"
     keepalive_s: int = 30
-    client_id: str = "edgeloop-trainer"         # fixed, so the broker keeps our session (unacked samples) across restarts
+    # Stable, so the broker keeps our session (unacked samples) across restarts. None = the certificate's CN
+    # (one identity per trainer instance; the edgeloop broker enforces client id = CN), else edgeloop-trainer.
+    client_id: str | None = None
     shared_group: str | None = "trainers"       # MQTT 5 shared subscription group; None = plain subscription
 
 
@@ -54,18 +57,16 @@ class LabelerConfig(_Section):
 
 
 class UpdateConfig(_Section):
-    strategy: str = "iw-er"                     # naive | er | iw-er | der++ | ewc (trainer/strategies)
+    strategy: str = "iw-er"                     # naive | er | iw-er | der++ | ewc (trainer/strategies); its settings: `strategy:`
     batch: int = 32                             # B: update after this many new labelled (training) samples ...
     wait_s: float = 30.0                        # T: ... or after this long with at least min_batch waiting
     min_batch: int = 1
     steps: int = 20                             # K: optimiser steps per update (new samples mixed with replay)
     optimizer: Literal["sgd", "adam"] = "sgd"   # sgd = SGD with momentum 0.9
     lr: float = 0.01
-    minibatch: int = 32                         # samples per optimiser step (new + replay)
     replay_size: int = 2000                     # replay memory capacity (samples)
     replay: Literal["reservoir", "class_balanced"] = "class_balanced"
-    w_max: float = 10.0                         # cap of the 1/p_select importance weight
-    seed: int = 0
+    seed: int = 0                               # torch, the strategy's minibatch draws and the replay memory
 
 
 class EvalConfig(_Section):
@@ -86,6 +87,22 @@ class TrainerConfig(_Section):
     labeler: LabelerConfig = msgspec.field(default_factory=LabelerConfig)
     update: UpdateConfig = msgspec.field(default_factory=UpdateConfig)
     eval: EvalConfig = msgspec.field(default_factory=EvalConfig)
+    # The settings of the strategy named by update.strategy, defined (with their defaults and meaning) beside
+    # it in trainer/strategies/<name>.py, e.g. iw-er's w_max, der++'s alpha/beta, ewc's ewc_lambda. A key
+    # that strategy does not have is an error naming it; after loading, every setting is here with its value.
+    strategy: dict[str, Any] = msgspec.field(default_factory=dict)
     poll_s: float = 0.2                         # service loop tick (labeller poll, buffer check)
     torch_threads: int = 1                      # torch intra-op threads (the machine is shared with edges)
     log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        from .strategies import strategy_class  # torch: only when a trainer config is built
+
+        try:
+            cls = strategy_class(self.update.strategy)
+        except ValueError as e:
+            raise ValueError(f"update.strategy: {e}") from None
+        try:
+            self.strategy = cls.settings(self.strategy).as_dict()
+        except ValueError as e:
+            raise ValueError(f"strategy.{e}") from None

@@ -1,4 +1,5 @@
-"""Evaluation of candidates: metrics, forgetting, the held-out split and the promotion gate.
+"""Evaluation of candidates: metrics, forgetting, the held-out split and the promotion gate (one metric,
+:func:`gate`; the trainer's decision over two slices of the held-out set, :func:`two_slice_gate`).
 
 Metrics are computed with numpy from labels and predictions so that they can be unit-tested on
 hand-made arrays and stored per model version (as plain floats/lists) in the registry.
@@ -20,9 +21,11 @@ __all__ = [
     "forgetting",
     "gate",
     "macro_f1",
+    "named_metrics",
     "per_class_accuracy",
     "predict",
     "stratified_split",
+    "two_slice_gate",
 ]
 
 
@@ -183,3 +186,66 @@ def gate(
                     f"class {c} accuracy {a:.4f} vs best {b:.4f}: regression {b - a:.4f} > allowed {max_class_regression:.4f}"
                 )
     return True, f"{metric} {cand:.4f} vs best {best:.4f} (delta {delta:+.4f}, allowed regression {max_regression:.4f})"
+
+
+def named_metrics(predicted: Sequence[str], truth: Sequence[str], space: Sequence[str]) -> dict[str, Any]:
+    """:func:`compute_metrics` on label names over the label ``space`` (which must hold every name given):
+    per-class accuracy keyed by name (classes without samples left out), no confusion matrix."""
+    idx = {n: i for i, n in enumerate(space)}
+    m = compute_metrics(np.array([idx[n] for n in truth]), np.array([idx[n] for n in predicted]), len(space))
+    m.pop("confusion", None)
+    m["per_class"] = {space[i]: v for i, v in enumerate(m["per_class"]) if v is not None}
+    return m
+
+
+def two_slice_gate(
+    truth: Sequence[str],
+    candidate: Sequence[str],
+    deployed: Sequence[str] | None,
+    labels: Sequence[str],
+    n_recent: int,
+    *,
+    max_regression: float,
+    max_forgetting: float,
+    min_recent: int,
+) -> dict[str, Any]:
+    """Promote the candidate or not, judged against the deployed version on the same held-out samples.
+
+    ``truth``, ``candidate`` and ``deployed`` are label names per held-out sample (``deployed`` None: no
+    deployed version to compare with, promote); the last ``n_recent`` samples are the held-out uploads
+    of late. Two slices answer two questions. The *recent* slice asks "is it at least as good on what
+    the cameras see now?" (accuracy within ``max_regression``); the *whole* set asks "did it forget too
+    much?" (accuracy and macro-F1 within ``max_forgetting``). After a lighting change the whole set is
+    mostly the old world, so judging on it alone keeps rejecting exactly the models that adapt; judging
+    on the recent slice alone would let a model forget the classes that are rare right now. With fewer
+    than ``min_recent`` recent samples the whole set is judged with ``max_regression``.
+
+    Returns ``promote``, ``reason`` (every check with its numbers), ``candidate`` metrics (with
+    ``forgetting`` per class against the deployed version), ``best`` (the deployed version's metrics)
+    and ``recent`` (both accuracies on the recent slice) when they were computed.
+    """
+    space = list(labels) + sorted({n for n in truth if n not in labels})
+    cand = named_metrics(candidate, truth, space)
+    out: dict[str, Any] = {"candidate": cand}
+    if deployed is None:
+        cand["forgetting"] = 0.0
+        return {**out, "promote": True, "reason": "no deployed version to compare with"}
+    ref_space = space + sorted({n for n in deployed if n not in space})
+    ref = out["best"] = named_metrics(deployed, truth, ref_space)
+    classes = [c for c in ref["per_class"] if c in cand["per_class"]]
+    cand["forgetting"] = forgetting([ref["per_class"][c] for c in classes], [cand["per_class"][c] for c in classes])
+    two_slices = n_recent >= min_recent
+    checks = [(cand, ref, max_forgetting if two_slices else max_regression, metric, "whole set")
+              for metric in ("accuracy", "macro_f1")]
+    if two_slices:
+        sl = slice(len(truth) - n_recent, len(truth))
+        cand_r = named_metrics(candidate[sl], truth[sl], space)
+        ref_r = named_metrics(deployed[sl], truth[sl], ref_space)
+        out["recent"] = {"n": n_recent, "candidate_accuracy": cand_r["accuracy"], "deployed_accuracy": ref_r["accuracy"]}
+        checks.append((cand_r, ref_r, max_regression, "accuracy", f"recent {n_recent}"))
+    promote, reasons = True, []
+    for c, r, allowed, metric, where in checks:
+        ok, why = gate(c, r, allowed, metric)
+        promote &= ok
+        reasons.append(f"{where}: {why}")
+    return {**out, "promote": promote, "reason": "; ".join(reasons)}

@@ -32,7 +32,7 @@ import paho.mqtt.client as paho
 
 from protocol.errors import ProtocolError
 from protocol.messages import Sample, decode_message
-from protocol.mqtt import make_client, parse_url
+from protocol.mqtt import certificate_identity, make_client, parse_url, resolve_tls
 from protocol.topics import Topics
 
 from .store import IncomingSample, SampleStore
@@ -99,7 +99,7 @@ class Ingestor:
         url: str,
         *,
         topics: Topics | None = None,
-        client_id: str = "edgeloop-trainer",
+        client_id: str | None = None,
         shared_group: str | None = "trainers",
         protocol: str = "auto",
         will: tuple[str, bytes, int, bool] | None = None,
@@ -142,8 +142,12 @@ class Ingestor:
         if username is not None:
             u = dataclasses.replace(u, username=username, password=password)
         self.url = u
+        ca, cert, key = resolve_tls(u, ca, cert, key)
+        # A persistent session needs a stable id; the certificate's CN is one per trainer identity, and the
+        # edgeloop broker enforces it (client id = CN), so no other client can take the session over.
+        self.client_id = client_id or (certificate_identity(cert) if cert else "edgeloop-trainer")
         self.client: paho.Client = make_client(
-            client_id, u, will=will, protocol=protocol, clean_start=False, keepalive=keepalive,
+            self.client_id, u, will=will, protocol=protocol, clean_start=False, keepalive=keepalive,
             ca=ca, cert=cert, key=key,
         )
         self.client.manual_ack_set(True)

@@ -9,7 +9,10 @@ was used, and every label gets its ``label_seq`` and its train/held-out assignme
 - ``queue``: nothing automatic; samples wait for a person (HTTP API in :mod:`trainer.label_api`,
   ``edgeloop label`` in the terminal).
 - ``import``: labels from a CSV file ``sample_id,label`` (re-read when it changes; rows for samples that
-  have not arrived yet are kept and applied when they do).
+  have not arrived yet are kept and applied when they do). A row whose label is not a known class
+  (:mod:`trainer.classes`) is rejected, counted and logged: add a new class explicitly first.
+
+The oracle alone may introduce a class by labelling with it: it is the simulation's ground truth.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from .classes import known_classes
 from .store import SampleStore
 
 log = logging.getLogger(__name__)
@@ -134,6 +138,7 @@ class ImportLabeller:
         self._last_count = -1
         self.labelled = 0
         self.skipped_labelled = 0
+        self.rejected_unknown = 0
 
     def _reload(self) -> bool:
         try:
@@ -156,6 +161,7 @@ class ImportLabeller:
             return 0
         self._last_count = count
         done = 0
+        known = known_classes(store, Path(store.root).parent)
         for sid, label in list(self._pending.items()):
             s = store.get(sid)
             if s is None:
@@ -163,6 +169,11 @@ class ImportLabeller:
             del self._pending[sid]
             if s.label is not None:
                 self.skipped_labelled += 1
+                continue
+            if label not in known:
+                self.rejected_unknown += 1
+                log.warning("%s: label %r of %s is not a known class %s: rejected (unknown_label); add the class "
+                            "with `edgeloop trainer classes add` and import the row again", self.path, label, sid, known)
                 continue
             if store.set_label(sid, label, "import", self.heldout):
                 done += 1

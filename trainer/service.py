@@ -11,8 +11,9 @@ One tick (:meth:`TrainerService.step`):
 4. every ``eval.every`` updates the candidate is evaluated on the held-out slice (class-stratified,
    assigned once at labelling time, never trained on) *and so is the best promoted version, on the same
    slice* (its ONNX file, with onnxruntime) -- numbers from different test sets are not comparable. The
-   candidate is promoted unless accuracy or macro-F1 regress by more than ``max_regression``; every
-   decision is logged and appended to ``decisions.jsonl`` with its numbers;
+   candidate is promoted unless it regresses on the recent uploads or forgets too much of the whole set
+   (:func:`trainer.evaluate.two_slice_gate`); every decision is logged and appended to
+   ``decisions.jsonl`` with its numbers;
 5. a promoted candidate is exported (ONNX + metadata: parent, labels, samples seen, metrics), registered,
    announced (callback ``on_promoted`` and a retained ``{prefix}/trainer/promoted`` message);
 6. a checkpoint is written after every update, atomically: model, optimiser, replay memory, strategy
@@ -34,18 +35,19 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from protocol.messages import State, encode_message
+from protocol.reports import State, encode_report
 from protocol.model_meta import ModelMeta
 from protocol.topics import Topics
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .announce import Announcer
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainerConfig
-from .evaluate import compute_metrics, forgetting, gate, predict
+from .evaluate import predict, two_slice_gate
 from .export import export_onnx
 from .images import InputFormat, preprocess_bytes
 from .labelers import Labeller, make_labeller
@@ -55,7 +57,7 @@ from .strategies import LabelledBatch, make_strategy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainerService", "NotBootstrapped", "PromotedHook", "promoted_topic", "HISTORY_LIMIT", "TIMELINE_FILE"]
+__all__ = ["TrainerService", "HeldOut", "NotBootstrapped", "PromotedHook", "promoted_topic", "HISTORY_LIMIT", "TIMELINE_FILE"]
 
 #: (version, ONNX path, metrics) -> None; called from the service thread after registration.
 PromotedHook = Callable[[str, Path, dict[str, Any]], None]
@@ -68,13 +70,22 @@ HISTORY_LIMIT = 10_000
 TIMELINE_FILE = "timeline.jsonl"
 
 
+class HeldOut(NamedTuple):
+    """The held-out set the gate judges on: inputs, label names, and how many of them (the last ones)
+    are held-out uploads rather than the bootstrap slice."""
+
+    x: torch.Tensor
+    names: list[str]
+    n_uploaded: int
+
+
 class NotBootstrapped(RuntimeError):
     """The state directory has no checkpoint: run ``edgeloop trainer bootstrap`` first."""
 
 
 def promoted_topic(topics: Topics) -> str:
-    """Retained notice of the newest promoted version (not in protocol/topics.py yet; see the README)."""
-    return f"{topics.prefix}/trainer/promoted"
+    """Retained notice of the newest promoted version (protocol/promotion.py; bytes: trainer/announce.py)."""
+    return topics.trainer_promoted()
 
 
 def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
@@ -108,21 +119,32 @@ class TrainerService:
         self.topics = Topics(config.mqtt.topic_prefix)
         torch.set_num_threads(max(1, config.torch_threads))
         torch.manual_seed(config.update.seed)
-
         ckpt = load_checkpoint(self.state_dir)
         if ckpt is None:
             raise NotBootstrapped(f"no checkpoint in {self.state_dir}: run `edgeloop trainer bootstrap` first")
+        self._restore(ckpt)
+        self._build(labeller)
+        log.info("trainer state %s: %s, %d classes %s, checkpoint generation %d, %d samples seen, last label_seq %d",
+                 self.state_dir, self.arch, len(self.labels), self.labels, self.generation,
+                 self.counters["samples_seen"], self.counters["label_seq"])
+
+    def _restore(self, ckpt: Checkpoint) -> None:
+        """The learner as the checkpoint left it: model, strategy (optimiser, replay memory), counters.
+
+        The strategy's own state (counters, generator) is restored only when the checkpoint was written by
+        the same strategy and optimiser; otherwise the model and the memory carry over and the rest starts
+        fresh (a changed ``update.strategy`` or ``update.optimizer``).
+        """
+        u = self.config.update
         self.arch = ckpt.arch
         self.labels: list[str] = list(ckpt.labels)
         self.fmt = InputFormat.from_dict(ckpt.extra["input"])
         self.model = ckpt.build_model()
-        u = config.update
         opt_name = str(ckpt.extra.get("optimizer", u.optimizer))
         if opt_name != u.optimizer:
             log.info("optimizer changed from %s to %s: starting it fresh", opt_name, u.optimizer)
         self.strategy = make_strategy(
-            u.strategy, self.model, lambda p: make_optimizer(u.optimizer, p, u.lr),
-            config={"replay_size": u.minibatch, "new_batch_size": u.minibatch, "w_max": u.w_max, "seed": u.seed},
+            u.strategy, self.model, lambda p: make_optimizer(u.optimizer, p, u.lr), config=self.config.strategy,
             capacity=u.replay_size, policy=u.replay, seed=u.seed,
         )
         strat_state = ckpt.extra.get("strategy")
@@ -138,6 +160,10 @@ class TrainerService:
         self.history: list[list[int]] = [list(h) for h in ckpt.extra.get("history", [])]
         self.generation = ckpt.generation
 
+    def _build(self, labeller: Labeller | None) -> None:
+        """What the learner works with: the sample store, the labeller, the buffer, caches and thread state.
+        The broker connection and the label API come later, in :meth:`open`."""
+        config = self.config
         self.store = SampleStore(self.state_dir / "samples", config.ingest.segment_bytes)
         self._registries: dict[int, Registry] = {}  # sqlite3 connections are bound to their thread
         self.labeller = labeller or make_labeller(
@@ -160,9 +186,7 @@ class TrainerService:
         self._seq = 0
         self.ingestor = None
         self.label_server = None
-        log.info("trainer state %s: %s, %d classes %s, checkpoint generation %d, %d samples seen, last label_seq %d",
-                 self.state_dir, self.arch, len(self.labels), self.labels, self.generation,
-                 self.counters["samples_seen"], self.counters["label_seq"])
+        self.announcer = Announcer(self.topics, self.state_dir, config.model_id)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def open(self) -> "TrainerService":
@@ -179,7 +203,7 @@ class TrainerService:
                 key=m.key_file, max_message_bytes=cfg.ingest.max_message_bytes,
                 max_image_bytes=cfg.ingest.max_image_bytes, batch_max=cfg.ingest.batch_max,
                 linger_ms=cfg.ingest.linger_ms, max_delay_ms=cfg.ingest.max_delay_ms,
-                on_connect=lambda ing: ing.publish(self.topics.trainer_state(), self._state_payload("online"), 1, True),
+                on_connect=self._on_broker_connect,
             ).start()
         api_port = cfg.labeler.api_port
         if cfg.labeler.kind == "queue" and api_port is None:
@@ -239,9 +263,14 @@ class TrainerService:
         self._registries.clear()
         self.store.close()
 
+    def _on_broker_connect(self, ing: Any) -> None:
+        """Every (re)connection: say online, and put the kept promoted versions on the broker again."""
+        ing.publish(self.topics.trainer_state(), self._state_payload("online"), 1, True)
+        self.announcer.republish_soon(ing.publish)
+
     def _state_payload(self, state: str) -> bytes:
         self._seq += 1
-        return encode_message(State(state=state, boot=self.boot), device="trainer", seq=self._seq)
+        return encode_report(State(device="trainer", state=state, boot=self.boot))
 
     # -- one tick ----------------------------------------------------------------------------------------
     def step(self, force: bool = False) -> bool:
@@ -384,8 +413,9 @@ class TrainerService:
         names = [d["labels"][int(i)] for i in d["y"]]
         return d["x"], names
 
-    def heldout_set(self) -> tuple[torch.Tensor, list[str]]:
-        """Held-out inputs (float [0, 1]) and their label names: bootstrap slice + held-out labelled samples."""
+    def heldout_set(self) -> HeldOut:
+        """Held-out inputs (float [0, 1]) and their label names: the bootstrap slice, then the held-out
+        labelled uploads in labelling order (how many of those there are is ``n_uploaded``)."""
         xs: list[torch.Tensor] = []
         names: list[str] = []
         if self._bootstrap_heldout is not None:
@@ -401,20 +431,12 @@ class TrainerService:
                     log.warning("held-out sample %s: cannot decode (%s); left out", s.sample_id, e)
                     continue
             fresh.append(self._heldout_cache[s.rowid])
-        self._n_uploaded_heldout = len(fresh)
         if fresh:
             xs.append(torch.stack([t for t, _ in fresh]))
             names += [n for _, n in fresh]
         if not xs:
-            return torch.zeros(0, self.fmt.channels, self.fmt.height, self.fmt.width), []
-        return torch.cat(xs), names
-
-    def _metrics(self, pred_names: list[str], true_names: list[str], space: list[str]) -> dict[str, Any]:
-        idx = {n: i for i, n in enumerate(space)}
-        m = compute_metrics(np.array([idx[n] for n in true_names]), np.array([idx[n] for n in pred_names]), len(space))
-        m.pop("confusion", None)
-        m["per_class"] = {space[i]: v for i, v in enumerate(m["per_class"]) if v is not None}
-        return m
+            return HeldOut(torch.zeros(0, self.fmt.channels, self.fmt.height, self.fmt.width), [], 0)
+        return HeldOut(torch.cat(xs), names, len(fresh))
 
     def _onnx_predict(self, version: str, path: Path, x: torch.Tensor) -> list[str]:
         import onnxruntime as ort
@@ -436,62 +458,29 @@ class TrainerService:
         return out
 
     def evaluate_and_maybe_promote(self) -> dict[str, Any]:
-        """Gate the current model against the deployed version; log the decision with its numbers.
-
-        Two slices of the held-out set answer two questions. The *recent* slice (the latest ``eval.recent``
-        held-out uploads) asks "is it at least as good on what the cameras see now?" (within
-        ``max_regression``); the *whole* set (bootstrap slice + every held-out upload) asks "did it forget
-        too much?" (within ``max_forgetting``). After a lighting change the whole set is mostly the old
-        world, so judging on it alone keeps rejecting exactly the models that adapt; judging on the recent
-        slice alone would let a model forget the classes that are rare right now. Until the recent slice
-        has ``min_recent`` samples, the whole set is judged with ``max_regression``.
-        """
+        """Gate the current model against the deployed version on the held-out set (the recent uploads and
+        the whole set: :func:`~trainer.evaluate.two_slice_gate`); promote it if it passes. The decision is
+        logged and appended to ``decisions.jsonl`` with its numbers."""
         ev = self.config.eval
-        x, names = self.heldout_set()
+        held = self.heldout_set()
         self.counters["evaluations"] += 1
-        decision: dict[str, Any] = {"update": self.counters["updates"], "time": time.time(), "n_heldout": len(names)}
-        if len(names) < max(1, ev.min_heldout):
-            decision.update(promote=False, reason=f"only {len(names)} held-out samples (< {ev.min_heldout}): cannot judge")
+        decision: dict[str, Any] = {"update": self.counters["updates"], "time": time.time(), "n_heldout": len(held.names)}
+        if len(held.names) < max(1, ev.min_heldout):
+            decision.update(promote=False, reason=f"only {len(held.names)} held-out samples (< {ev.min_heldout}): "
+                            "cannot judge")
             self._marks["evaluated"] = time.time()
             return self._record(decision)
-        space = list(self.labels) + sorted({n for n in names if n not in self.labels})
-        cand_pred = [self.labels[i] for i in predict(self.model, x)]
-        cand = self._metrics(cand_pred, names, space)
-        decision["candidate"] = cand
         ref = self.registry.latest_promoted()
-        ref_pred = self._reference_predictions(ref, x)
-        n_recent = min(ev.recent, self._n_uploaded_heldout)
-        two_slices = ref_pred is not None and n_recent >= ev.min_recent
-        reasons: list[str] = []
-        promote = True
-        if ref_pred is None:
-            reasons.append("no deployed version to compare with")
-        else:
-            ref_m = self._metrics(ref_pred, names, space + sorted({n for n in ref_pred if n not in space}))
-            decision["best"] = {"version": ref.version, **ref_m}
-            classes = [c for c in ref_m["per_class"] if c in cand["per_class"]]
-            cand["forgetting"] = forgetting([ref_m["per_class"][c] for c in classes],
-                                            [cand["per_class"][c] for c in classes])
-            whole_allowed = ev.max_forgetting if two_slices else ev.max_regression
-            for metric in ("accuracy", "macro_f1"):
-                ok, why = gate(cand, ref_m, whole_allowed, metric)
-                promote &= ok
-                reasons.append(f"whole set: {why}")
-            if two_slices:
-                sl = slice(len(names) - n_recent, len(names))
-                cand_r = self._metrics(cand_pred[sl], names[sl], space)
-                ref_r = self._metrics(ref_pred[sl], names[sl], space + sorted({n for n in ref_pred if n not in space}))
-                decision["recent"] = {"n": n_recent, "candidate_accuracy": cand_r["accuracy"],
-                                      "deployed_accuracy": ref_r["accuracy"]}
-                ok, why = gate(cand_r, ref_r, ev.max_regression, "accuracy")
-                promote &= ok
-                reasons.append(f"recent {n_recent}: {why}")
-        if ref_pred is None:
-            cand["forgetting"] = 0.0
-        decision.update(promote=promote, reason="; ".join(reasons))
+        ref_pred = self._reference_predictions(ref, held.x)
+        verdict = two_slice_gate(held.names, [self.labels[i] for i in predict(self.model, held.x)], ref_pred,
+                                 self.labels, min(ev.recent, held.n_uploaded), max_regression=ev.max_regression,
+                                 max_forgetting=ev.max_forgetting, min_recent=ev.min_recent)
+        if "best" in verdict:
+            verdict["best"] = {"version": ref.version, **verdict["best"]}
+        decision.update(verdict)
         self._marks["evaluated"] = time.time()
-        if promote:
-            decision["version"] = self.promote(cand, ref.version if ref else None)
+        if decision["promote"]:
+            decision["version"] = self.promote(verdict["candidate"], ref.version if ref else None)
         return self._record(decision)
 
     def _reference_predictions(self, ref: Any, x: torch.Tensor) -> list[str] | None:
@@ -527,7 +516,7 @@ class TrainerService:
             roi=list(self.fmt.roi) if self.fmt.roi else None, parent_version=parent, architecture=self.arch,
             samples_seen=int(self.counters["samples_seen"]), metrics=_scalar_metrics(clean), created=time.time(),
         )
-        x, _ = self.heldout_set()
+        x = self.heldout_set().x
         export_onnx(self.model, meta, path, exporter=self.exporter, verify_inputs=x[:16] if len(x) else None)  # type: ignore[arg-type]
         self._marks["exported"] = time.time()
         rec = self.registry.register(version, path=path, labels=list(self.labels), parent=parent, metrics=clean,
@@ -539,10 +528,11 @@ class TrainerService:
         return version
 
     def _announce(self, version: str, path: Path, metrics: dict[str, Any], sha256: str) -> None:
-        if self.ingestor is not None:
-            notice = {"model_id": self.config.model_id, "version": version, "path": str(path), "sha256": sha256,
-                      "labels": list(self.labels), "metrics": _scalar_metrics(metrics), "time": time.time()}
-            self.ingestor.publish(promoted_topic(self.topics), json.dumps(notice).encode(), 1, True)
+        if self.ingestor is not None:  # bytes and notice on the broker (trainer/announce.py)
+            try:
+                self.announcer.announce(self.ingestor.publish, version)
+            except Exception:
+                log.exception("announcing %s failed; it is announced again on the next reconnection", version)
         if self.on_promoted is not None:
             try:
                 self.on_promoted(version, path, metrics)

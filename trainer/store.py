@@ -24,11 +24,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SampleStore", "StoredSample", "IncomingSample", "BatchResult"]
+__all__ = ["SampleStore", "SampleRecord", "StoredSample", "IncomingSample", "BatchResult"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -76,16 +77,9 @@ CREATE TABLE IF NOT EXISTS class_counts (label TEXT PRIMARY KEY, n INTEGER NOT N
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-_COLUMNS = (
-    "rowid, sample_id, device, seq, msg_id, ts, received, model_version, topk, uncertainty, uncertainty_kind, "
-    "p_select, reason, frame_index, width, height, roi, truth, source, content_type, segment, offset, length, "
-    "label, label_source, labelled_at, label_seq, heldout"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class IncomingSample:
-    """What ingestion hands to the store: the validated sample fields, transport header fields and image."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SampleRecord:
+    """A sample as its device described it: the validated sample fields and the transport header's."""
 
     sample_id: str
     device: str
@@ -105,33 +99,21 @@ class IncomingSample:
     truth: str | None
     source: str
     content_type: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IncomingSample(SampleRecord):
+    """What ingestion hands to the store: the record and the image."""
+
     image: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class StoredSample:
-    """One row of the index (without the image bytes; see :meth:`SampleStore.image`)."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredSample(SampleRecord):
+    """One row of the index: the record, where its image is (see :meth:`SampleStore.image`), its label."""
 
     rowid: int
-    sample_id: str
-    device: str
-    seq: int
-    msg_id: str
-    ts: float
     received: float
-    model_version: str
-    topk: list[tuple[str, float]]
-    uncertainty: float
-    uncertainty_kind: str
-    p_select: float
-    reason: str
-    frame_index: int
-    width: int
-    height: int
-    roi: tuple[int, int, int, int] | None
-    truth: str | None
-    source: str
-    content_type: str
     segment: int
     offset: int
     length: int
@@ -153,12 +135,30 @@ class StoredSample:
         }
 
 
+_RECORD = tuple(f.name for f in fields(SampleRecord))  # the record's columns, in this order
+_COLUMNS = ", ".join(f.name for f in fields(StoredSample))  # SELECT list, in StoredSample's field order
+_INSERT = (f"INSERT INTO samples ({', '.join(_RECORD)}, received, segment, offset, length) "
+           f"VALUES ({','.join('?' * (len(_RECORD) + 4))})")
+
+
+_record_tuple = attrgetter(*_RECORD)
+_TOPK, _ROI = _RECORD.index("topk"), _RECORD.index("roi")
+
+
+def _record_values(it: SampleRecord) -> list[Any]:
+    """The record's column values, JSON-encoding the two structured ones (topk, roi)."""
+    vals = list(_record_tuple(it))
+    vals[_TOPK] = json.dumps([[n, p] for n, p in it.topk])
+    vals[_ROI] = json.dumps(list(it.roi)) if it.roi else None
+    return vals
+
+
 def _row(r: tuple[Any, ...]) -> StoredSample:
-    vals = list(r)
-    vals[8] = [(str(n), float(p)) for n, p in json.loads(vals[8])]
-    vals[16] = tuple(json.loads(vals[16])) if vals[16] else None
-    vals[27] = None if vals[27] is None else bool(vals[27])
-    return StoredSample(*vals)
+    d = dict(zip(StoredSample.__dataclass_fields__, r))
+    d["topk"] = [(str(n), float(p)) for n, p in json.loads(d["topk"])]
+    d["roi"] = tuple(json.loads(d["roi"])) if d["roi"] else None
+    d["heldout"] = None if d["heldout"] is None else bool(d["heldout"])
+    return StoredSample(**d)
 
 
 @dataclass(slots=True)
@@ -303,20 +303,7 @@ class SampleStore:
             where = self._append_images([it.image for it in fresh]) if fresh else []
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(
-                    "INSERT INTO samples (sample_id, device, seq, msg_id, ts, received, model_version, topk, "
-                    "uncertainty, uncertainty_kind, p_select, reason, frame_index, width, height, roi, truth, "
-                    "source, content_type, segment, offset, length) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    [
-                        (it.sample_id, it.device, it.seq, it.msg_id, it.ts, now, it.model_version,
-                         json.dumps([[n, p] for n, p in it.topk]), it.uncertainty, it.uncertainty_kind,
-                         it.p_select, it.reason, it.frame_index, it.width, it.height,
-                         json.dumps(list(it.roi)) if it.roi else None, it.truth, it.source, it.content_type,
-                         seg, off, ln)
-                        for it, (seg, off, ln) in zip(fresh, where)
-                    ],
-                )
+                conn.executemany(_INSERT, [[*_record_values(it), now, *w] for it, w in zip(fresh, where)])
                 self._track_devices(conn, items, new_flags)
                 if rejections:
                     conn.executemany(
@@ -394,13 +381,28 @@ class SampleStore:
         ).fetchall()
         return [_row(r) for r in rows]
 
-    def query(self, where: str = "1", limit: int = 100, after_rowid: int = 0) -> list[StoredSample]:
-        """Samples matching a fixed SQL condition (callers pass constants, never user input), by rowid."""
+    def query(self, where: str = "1", limit: int = 100, after_rowid: int = 0,
+              params: Sequence[Any] = (), newest_first: bool = False) -> list[StoredSample]:
+        """Samples matching a fixed SQL condition (callers pass constants, never user input), by rowid.
+
+        User-supplied values go into ``params`` (``?`` placeholders in ``where``), never into ``where``.
+        ``newest_first`` gives the latest ``limit`` rows (``after_rowid`` still bounds them from below).
+        """
+        order = "DESC" if newest_first else ""
         rows = self._conn().execute(
-            f"SELECT {_COLUMNS} FROM samples WHERE ({where}) AND rowid > ? ORDER BY rowid LIMIT ?",
-            (after_rowid, limit),
+            f"SELECT {_COLUMNS} FROM samples WHERE ({where}) AND rowid > ? ORDER BY rowid {order} LIMIT ?",
+            (*params, after_rowid, limit),
         ).fetchall()
         return [_row(r) for r in rows]
+
+    def unlabelled_summary(self) -> dict[str, dict[str, int]]:
+        """Samples waiting for a label, counted by device, selection reason and predicted class (queue filters)."""
+        c = self._conn()
+        out: dict[str, dict[str, int]] = {}
+        for key, expr in (("device", "device"), ("reason", "reason"), ("predicted", "json_extract(topk, '$[0][0]')")):
+            rows = c.execute(f"SELECT {expr}, COUNT(*) FROM samples WHERE label IS NULL GROUP BY 1 ORDER BY 1")
+            out[key] = {str(k): int(n) for k, n in rows}
+        return out
 
     def labelled_after(self, label_seq: int, limit: int = 1000, heldout: bool | None = False) -> list[StoredSample]:
         """Labelled samples with ``label_seq`` greater than the given one, in labelling order.
@@ -425,8 +427,8 @@ class SampleStore:
         r = self._conn().execute("SELECT COALESCE(MAX(label_seq), 0) FROM samples").fetchone()
         return int(r[0])
 
-    def count(self, where: str = "1") -> int:
-        return int(self._conn().execute(f"SELECT COUNT(*) FROM samples WHERE {where}").fetchone()[0])
+    def count(self, where: str = "1", params: Sequence[Any] = ()) -> int:
+        return int(self._conn().execute(f"SELECT COUNT(*) FROM samples WHERE {where}", tuple(params)).fetchone()[0])
 
     def rejections(self) -> dict[str, int]:
         return dict(self._conn().execute("SELECT reason, count FROM rejections ORDER BY reason").fetchall())
@@ -514,6 +516,11 @@ class SampleStore:
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         r = self._conn().execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return r[0] if r else default
+
+    def meta_items(self, prefix: str) -> list[tuple[str, str]]:
+        """Every (key, value) whose key starts with ``prefix`` (e.g. the explicitly added classes)."""
+        return self._conn().execute("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key",
+                                    (len(prefix), prefix)).fetchall()
 
     def set_meta(self, key: str, value: str) -> None:
         with self._write_lock:

@@ -14,7 +14,7 @@ from bench.adaptation_loop import Clock, RunTrace, plan_rollout, sim_clock
 
 
 def test_default_scenario_streams_are_the_demos() -> None:
-    from deploy.demo import DemoOptions, camera_seed, plan_timeline, sim_url
+    from deploy.demo.plan import DemoOptions, camera_seed, plan_timeline, sim_url
 
     sc = ad.scenarios()["default"]
     tl = plan_timeline(ad.STREAM_S, ad.FPS, "parts")

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = ["codec", "simulator", "edge_path", "venv_size", "mqtt_clients", "learning", "label_budget",
-            "transport", "rollout", "freshness", "adaptation"]
+            "transport", "rollout", "freshness", "console", "adaptation"]
 
 
 @pytest.mark.slow

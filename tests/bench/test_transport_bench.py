@@ -61,15 +61,21 @@ def test_tiny_run_through_main_is_well_formed(tmp_path: Path, capsys: pytest.Cap
             assert isinstance(f[key], (int, float)) and math.isfinite(f[key]) and f[key] >= 0, key
         assert f[f"ingest_{k}_per_s"] > 0 and f[f"raw_{k}_per_s"] > 0
         assert f[f"ratio_{k}"] == pytest.approx(f[f"ingest_{k}_per_s"] / f[f"raw_{k}_per_s"], rel=1e-2)
-    assert result["met"] == (f["ratio_1kb"] >= transport.GOAL_RATIO and f["ratio_20kb"] >= transport.GOAL_RATIO)
+        assert f[f"ingest_tls_{k}_per_s"] > 0
+        assert f[f"tls_ratio_{k}"] == pytest.approx(f[f"ingest_tls_{k}_per_s"] / f[f"ingest_{k}_per_s"], rel=1e-2)
+        assert f[f"tls_cost_{k}"] == pytest.approx(1 - f[f"tls_ratio_{k}"], abs=1e-3)
+    assert result["met"] == all(f[f"ratio_{k}"] >= transport.GOAL_RATIO and f[f"tls_ratio_{k}"] >= transport.GOAL_TLS_RATIO
+                                for k in ("1kb", "20kb"))
     assert 0 < f["latency_p50_ms"] <= f["latency_p99_ms"]
     runs = f["runs"]
     assert {(r["phase"], r["consumer"], r["size_key"]) for r in runs} >= {
         ("throughput", "trainer", "1kb"), ("throughput", "raw", "1kb"),
         ("throughput", "trainer", "20kb"), ("throughput", "raw", "20kb"), ("latency", "trainer", "1kb"),
+        ("throughput_tls", "trainer", "1kb"), ("throughput_tls", "trainer", "20kb"),
     }
+    assert all(r["tls"] == (r["phase"] == "throughput_tls") for r in runs)
     for r in runs:
-        if r["phase"] == "throughput":
+        if r["phase"] in ("throughput", "throughput_tls"):
             assert r["n"] == 2 * 25  # every sample stored (trainer) / received (raw) exactly once
         if r["consumer"] == "trainer":
             assert r["duplicates"] == 0 and r["rejected"] == 0

@@ -16,7 +16,8 @@ from deploy.publisher import Publisher, read_artifact
 from edge.updater import PowerLoss, select_boot_model
 from protocol import mqtt
 from protocol.chunks import split_chunks
-from protocol.messages import Chunk, ModelStatus, decode_message, encode_message
+from protocol.messages import Chunk, encode_message
+from protocol.reports import ModelStatus, decode_report
 from protocol.signing import load_private_key
 from protocol.topics import Topics
 
@@ -44,7 +45,7 @@ class Env:
 
     def _on_message(self, c, u, msg) -> None:
         if msg.payload:
-            self.statuses.append(decode_message(msg.payload).msg)
+            self.statuses.append(decode_report(msg.payload, "model_status"))
 
     def next_seq(self) -> int:
         self.seq += 1

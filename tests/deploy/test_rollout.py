@@ -24,7 +24,7 @@ def test_waves_grow_monotonically_and_spread_evenly() -> None:
 
 
 def _wave1_members(ctl: Controller, rid: str) -> set[str]:
-    below = ctl.store.rollout(rid)["below"]
+    below = ctl.store.rollout(rid).below
     return {d for d in ctl.fleet.ids() if controller_bucket(rid, d) < below}
 
 
@@ -33,15 +33,15 @@ def test_good_model_goes_canary_then_full(rollout_env, models) -> None:
     rid = ctl.start_rollout("v0002", models["good2"], Policy(waves=[0.1, 0.5, 1.0], shadow=10, min_agreement=0.5,
                                                                   shadow_seconds=20, **FAST),
                             previous=("v0001", models["good1"]))
-    wait_for(lambda: ctl.store.rollout(rid)["wave_published"] == 1, 10, "wave 1")
+    wait_for(lambda: ctl.store.rollout(rid).wave_published, 10, "wave 1")
     canary = _wave1_members(ctl, rid)
     assert len(canary) == 2
     # Until the canary has soaked, nobody outside it gets the new version.
     wait_for(lambda: all(lf.versions()[d] == "v0002" for d in canary), 30, "canary active")
-    assert ctl.store.rollout(rid)["wave"] == 0 or ctl.store.rollout(rid)["wave"] == 1
-    assert ctl.wait(rid, 60) == "completed", ctl.store.rollout(rid)["reason"]
+    assert ctl.store.rollout(rid).wave == 0 or ctl.store.rollout(rid).wave == 1
+    assert ctl.wait(rid, 60) == "completed", ctl.store.rollout(rid).reason
     assert set(lf.versions().values()) == {"v0002"}
-    kinds = [e["kind"] for e in ctl.store.events(rid)]
+    kinds = [e.kind for e in ctl.store.events(rid)]
     assert kinds.count("wave") == 3 and kinds[-1] == "completed"
     # Shadow metrics reached the controller from every device.
     assert all(d.status_metrics.get("agreement", 0) >= 0.5 for d in ctl.fleet.devices())
@@ -55,7 +55,7 @@ def test_broken_model_stops_at_canary_and_rolls_back(rollout_env, models, bad, v
                             previous=("v0001", models["good1"]))
     assert ctl.wait(rid, 30) == "rolled_back"
     r = ctl.store.rollout(rid)
-    assert r["wave"] == 0 and reason in r["reason"]
+    assert r.wave == 0 and reason in r.reason
     canary = _wave1_members(ctl, rid)
     # Only canary devices ever saw it; everyone still runs the good model.
     touched = {d.device for d in ctl.fleet.devices() if d.rollout_id == rid and d.model_version != "v0001"}
@@ -69,7 +69,7 @@ def test_low_agreement_model_stops_at_canary(rollout_env, models) -> None:
                             Policy(waves=[0.1, 1.0], shadow=15, shadow_seconds=20, min_agreement=0.9, **FAST),
                             previous=("v0001", models["good1"]))
     assert ctl.wait(rid, 40) == "rolled_back"
-    assert "low_agreement" in ctl.store.rollout(rid)["reason"]
+    assert "low_agreement" in ctl.store.rollout(rid).reason
     assert set(lf.versions().values()) == {"v0001"}  # devices refused to swap; nobody ran it
 
 
@@ -79,7 +79,7 @@ def test_controller_killed_mid_rollout_continues(rollout_env, models, mosquitto_
     rid = ctl.start_rollout("v0002", models["good2"], Policy(waves=[0.1, 0.5, 1.0], soak=1.0, health_seconds=0.5,
                                                                   wave_timeout=30),
                             previous=("v0001", models["good1"]))
-    wait_for(lambda: ctl.store.rollout(rid)["wave"] >= 1, 30, "wave 2")
+    wait_for(lambda: ctl.store.rollout(rid).wave >= 1, 30, "wave 2")
     ctl.kill()
     on_new = sum(v == "v0002" for v in lf.versions().values())
     assert on_new < 20

@@ -11,7 +11,7 @@ import pytest
 
 from edge.dedup import DedupConfig, Deduplicator, dhash, hamming, thumbnail
 from edge.drift import DriftConfig, DriftMonitor
-from edge.sampler import Sampler, SamplerConfig
+from edge.sampler import Sampler, SamplerConfig, selection_curve
 
 NO_DEDUP = DedupConfig(enabled=False)
 NO_BUDGET = dict(budget_per_minute=None, budget_per_hour=None, budget_per_day=None)
@@ -27,16 +27,34 @@ class Clock:
 
 @pytest.mark.parametrize("g", ["logistic", "linear"])
 def test_p_select_within_bounds_and_monotone(g: str) -> None:
-    s = Sampler(SamplerConfig(g=g, p_min=0.02, seed=0, dedup=NO_DEDUP, **NO_BUDGET))
-    scores = np.linspace(0, 1, 501)
-    p = s.p_base(scores)
+    """Through ``decide()``, the per-frame path that ships: without budget, boost or dedup the probability
+    a frame is drawn with is p_base, within [p_min, 1] and never lower for a more uncertain frame."""
+    clock = Clock()
+    s = Sampler(SamplerConfig(g=g, p_min=0.02, seed=0, dedup=NO_DEDUP, **NO_BUDGET), clock=clock)
+    decisions = []
+    for i, score in enumerate(np.linspace(0, 1, 501)):
+        clock.t = i / 30
+        decisions.append(s.decide(float(score)))
+    p = np.array([d.p_select for d in decisions])
+    assert np.array_equal(p, [d.p_base for d in decisions])
     assert np.all(p >= 0.02) and np.all(p <= 1.0)
-    assert np.all(np.diff(p) >= -1e-12)
+    assert np.all(np.diff(p) >= 0.0)
     assert p[0] == pytest.approx(0.02)
     assert p[-1] > 0.95
-    # logistic: g(threshold) = 0.5
     if g == "logistic":
-        assert float(s.g(0.5)) == pytest.approx(0.5)
+        assert s.decide(0.5).p_base == pytest.approx(0.5)  # g(threshold) = 1/2
+    else:
+        assert s.decide(0.45).p_base == pytest.approx(0.25)  # the ramp: 0 at 0.4, 1 at 0.6
+
+
+def test_selection_curve_extremes_and_bad_kind() -> None:
+    """Tiny temperatures stay finite (the exponent is clipped); g itself is the curve with default bounds."""
+    g = selection_curve("logistic", 0.5, 0.0)
+    assert g(0.0) == pytest.approx(0.0, abs=1e-25) and g(1.0) == 1.0 and g(0.5) == 0.5
+    assert selection_curve("linear", 0.5, 0.1)(0.0) == 0.0
+    assert selection_curve("logistic", 0.5, 0.1, p_min=0.1, p_max=0.05)(1.0) == 0.1  # p_max below p_min: p_min
+    with pytest.raises(ValueError, match="unknown selection curve"):
+        selection_curve("cubic", 0.5, 0.1)  # type: ignore[arg-type]
 
 
 def test_every_frame_has_a_known_nonzero_chance() -> None:

@@ -16,7 +16,7 @@ os.environ.setdefault("EDGELOOP_MODEL_CACHE", str(Path.home() / ".cache" / "edge
 from edge.model import EdgeModel, ModelSlot  # noqa: E402
 from edge.updater import (BUCKETS, Updater, UpdaterLimits, in_wave, select_boot_model,  # noqa: E402
                           wave_bucket)
-from protocol.messages import decode_message  # noqa: E402
+from protocol.reports import decode_report  # noqa: E402
 from protocol.signing import generate_keypair, key_id, private_key_from_pem, public_key_from_pem  # noqa: E402
 from protocol.topics import Topics  # noqa: E402
 
@@ -33,7 +33,7 @@ class FakeBroker:
     # UpdaterLink
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         if "/model/status" in topic:
-            self.status.append(decode_message(payload).msg)
+            self.status.append(decode_report(payload, "model_status"))
             return
         if retain:
             self.retained[topic] = payload
@@ -76,7 +76,7 @@ def setup(models, tmp_path):
     topics = Topics("t")
     publisher = Publisher(broker.publish, key, topics, chunk_size=256 * 1024)
     slot = ModelSlot(EdgeModel.load(models["v1"]))
-    limits = UpdaterLimits(health_seconds=5.0, health_min_frames=5, max_errors=3)
+    limits = UpdaterLimits(health_seconds=5.0, health_min_frames=5, health_max_errors=3)
     up = Updater("d1", "f", tmp_path / "state", {key_id(key): public_key_from_pem(pub)}, slot, broker, topics, limits)
     broker.updater = up
     for t, q in up.subscriptions():
@@ -160,3 +160,54 @@ def test_boot_model_skips_a_corrupt_file(tmp_path, models) -> None:
     (tmp_path / "models" / f"{sha}.onnx").write_bytes(b"torn")
     (tmp_path / "active.json").write_text(json.dumps({"active": {"version": "v0002", "sha256": sha}}))
     assert select_boot_model(tmp_path, models["v1"]) == (Path(models["v1"]), None)
+
+
+def test_work_queue_is_bounded_and_refetches_what_it_dropped(models, tmp_path) -> None:
+    """A stuck worker or a flood cannot grow the queue past its bound; a dropped chunk is fetched again
+    (it is retained on the broker), so the download still completes."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deploy.publisher import Publisher, read_artifact
+
+    priv, pub = generate_keypair()
+    key = private_key_from_pem(priv)
+    broker = FakeBroker()
+    topics = Topics("t")
+    publisher = Publisher(broker.publish, key, topics, chunk_size=64 * 1024)  # dozens of chunks
+    pool = ThreadPoolExecutor(1)
+    gate = threading.Event()
+    pool.submit(gate.wait)  # the worker is busy until the gate opens
+    limits = UpdaterLimits(queue_max_messages=8, chunk_window=32)
+    up = Updater("d1", "f", tmp_path / "state", {key_id(key): public_key_from_pem(pub)},
+                 ModelSlot(EdgeModel.load(models["v1"])), broker, topics, limits, executor=pool)
+    broker.updater = up
+    depths: list[int] = []
+    subscribe = broker.subscribe
+
+    def watching_subscribe(subs):
+        subscribe(subs)
+        depths.append(up.queue_depth)
+
+    broker.subscribe = watching_subscribe
+    try:
+        for t, q in up.subscriptions():
+            broker.subscribe([(t, q)])
+        # a flood while the worker is stuck: the queue stops at its bound and counts the rest
+        for i in range(1000):
+            up.on_message(topics.chunk("junk", "v9", i), b"x" * 100)
+        assert up.queue_depth <= 8 + 1 and up.queue_dropped >= 990  # +1: the refetch step (no payload)
+        art = read_artifact(models["v2"])
+        assert art.size // (64 * 1024) > 2 * 8  # more chunks than the queue holds: some must be dropped and refetched
+        publisher.publish_chunks(art)
+        publisher.publish_manifest("f", publisher.manifest(art, seq=5, rollout_id="r1", wave=0))
+        dropped_before = up.queue_dropped
+        gate.set()
+        wait_for(lambda: up._ready is not None, 60)
+        assert up.queue_dropped > dropped_before  # the window of 32 chunks overflowed the queue of 8...
+        assert max(depths) <= 8 + 2                # ...which never grew past its bound...
+        assert any(s.state == "verified" for s in broker.status)  # ...and the model still arrived whole
+    finally:
+        gate.set()
+        up.close()
+        pool.shutdown()

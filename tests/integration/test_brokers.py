@@ -277,11 +277,13 @@ def test_broker_round_trip_is_not_nagle_bound(mosquitto_broker) -> None:  # type
 
 
 @pytest.mark.parametrize("kind", ["mosquitto", "amqtt"])
-def test_broker_main_prints_url(kind: str) -> None:
+def test_broker_main_prints_url(kind: str, tmp_path: Path) -> None:
+    """--insecure: the anonymous loopback broker of old, with a warning."""
     if kind == "mosquitto" and find_mosquitto() is None:
         pytest.skip("mosquitto is not installed")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "deploy.broker", "--port", "0", "--kind", kind],
+        [sys.executable, "-m", "deploy.broker", "--port", "0", "--kind", kind, "--insecure",
+         "--state-dir", str(tmp_path / "b")],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

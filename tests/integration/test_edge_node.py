@@ -292,3 +292,34 @@ def test_input_calibration_engages_on_a_lighting_change_and_shows_in_stats(tmp_p
     after = [m for i, m in means if i >= 400]
     assert before and after
     assert abs(np.mean(after) - np.mean(before)) < 0.15 * np.mean(before)  # darkened by half without calibration
+
+
+def test_a_provisioned_camera_uploads_to_the_secure_broker(tmp_path, edge_model) -> None:
+    """`edgeloop pki device` -> edge.yaml -> EdgeNode over TLS with its certificate; the floor is applied."""
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto is not installed")
+    from deploy import pki_cli
+    from deploy.keys import generate
+    from deploy.pki import init_pki
+
+    pki = init_pki(tmp_path / "pki")
+    pub = generate(tmp_path / "keys")[1]
+    with start_broker(kind="mosquitto", workdir=tmp_path / "broker", pki=pki.root) as broker:
+        assert pki_cli.main(["device", "cam1", "--dir", str(pki.root), "--signing-key", str(pub), "--min-seq", "77",
+                             "--broker", broker.url]) == 0
+        collector = Collector(broker.client_url("trainer"), "edgeloop/v1", client_id="trainer")
+        try:
+            config = load_config(EdgeConfig, pki.root / "devices" / "cam1" / "edge.yaml", overrides={
+                "state_dir": str(tmp_path / "edge"), "model.path": str(edge_model),
+                "source.url": "sim:digits?seed=3&limit=600", "sampler.seed": 1, "sampler.threshold": 0.3,
+                "sampler.budget_per_minute": "none", "sampler.budget_per_hour": "none",
+                "sampler.budget_per_day": "none"})
+            node = EdgeNode(config)
+            assert node.updater is not None and node.updater.highest_seq == 76  # accepts seq 77, nothing older
+            node.run()
+            assert node.stats.stored >= 1
+            collector.wait_for(node.stats.stored)
+            assert set(collector.ids()) == {f"cam1.1.{i}" for i in range(node.stats.stored)}  # every one arrived
+            assert not collector.errors and {h.device for h in collector.headers} == {"cam1"}
+        finally:
+            collector.close()

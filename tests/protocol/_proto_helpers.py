@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
-from protocol.messages import Birth, Chunk, Manifest, ModelStatus, Sample, State, Stats
+from protocol.messages import Chunk, Manifest, Sample
+from protocol.reports import Birth, ModelStatus, PredictionReport, State, Stats, TopK
 
 IMAGE = bytes(range(256)) * 4  # 1 KiB stand-in for a JPEG
 CHUNK = b"onnx-bytes" * 100
@@ -35,18 +36,27 @@ def manifest(**kw) -> Manifest:
 
 
 def examples() -> list[tuple[object, bytes]]:
-    """One valid (message, body) per type."""
+    """One valid (message, body) per envelope type: sample, manifest, chunk."""
     return [
         (sample(), IMAGE),
-        (Birth(capabilities={"onnx": True, "providers": ["CPU"]}, model_version="v3",
-               config_digest="abc123", boot=4, software="edgeloop 0.1.0", labels=["ok", "scratch"]), b""),
-        (State(state="online", boot=4), b""),
-        (Stats(fps=29.5, latency_p50_ms=3.1, latency_p95_ms=7.9, outbox_depth=2, outbox_bytes=4096,
-               outbox_dropped=0, uploads=12, budget_left={"minute": 3, "hour": 50.0}, drift=0.12,
-               extra={"confidence_mean": 0.8}), b""),
-        (ModelStatus(model_id="parts", version="v4", state="shadow", rollout_id="r-1",
-                     metrics={"agreement": 0.97}), b""),
         (manifest(), b""),
         (Chunk(model_id="parts", version="v4", index=1, count=3,
                sha256=hashlib.sha256(CHUNK).hexdigest()), CHUNK),
+    ]
+
+
+def report_examples() -> list[object]:
+    """One valid plain-JSON report per type."""
+    return [
+        Birth(device="cam-1", ts=1.7e9, capabilities={"onnx": True, "providers": ["CPU"]}, model_version="v3",
+              config_digest="abc123", boot=4, software="edgeloop 0.1.0", labels=["ok", "scratch"]),
+        State(device="cam-1", ts=1.7e9, state="online", boot=4),
+        Stats(device="cam-1", ts=1.7e9, fps=29.5, latency_p50_ms=3.1, latency_p95_ms=7.9, outbox_depth=2,
+              outbox_bytes=4096, outbox_dropped=0, uploads=12, budget_left={"minute": 3, "hour": 50.0}, drift=0.12,
+              defect_rate=0.05, extra={"confidence_mean": 0.8}),
+        ModelStatus(device="cam-1", ts=1.7e9, model_id="parts", version="v4", state="shadow", rollout_id="r-1",
+                    metrics={"agreement": 0.97}),
+        PredictionReport(device="cam-1", ts=1.7e9, label="scratch", confidence=0.55, ok=False,
+                         topk=[TopK("scratch", 0.55), TopK("ok", 0.4)], model_version="v3", frame_index=17,
+                         frame_time=1.7e9 - 0.02, roi=(96, 56, 128, 128), latency_ms=3.2),
     ]

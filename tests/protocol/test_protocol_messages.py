@@ -5,7 +5,8 @@ import pytest
 
 from protocol import envelope
 from protocol.errors import ProtocolError
-from protocol.messages import MESSAGE_TYPES, Chunk, Header, State, decode_message, encode_message
+from protocol.messages import MESSAGE_TYPES, Chunk, Header, decode_message, encode_message
+from protocol.reports import State
 
 from _proto_helpers import CHUNK, IMAGE, examples, manifest, sample
 
@@ -38,8 +39,16 @@ def test_all_types_covered():
 
 
 def test_defaults_fill_header():
-    d = decode_message(encode_message(State(state="offline", boot=0), device="trainer", seq=0))
-    assert d.header.id and d.header.ts > 1.6e9 and d.header.device == "trainer"
+    d = decode_message(encode_message(manifest(), device="deploy", seq=0))
+    assert d.header.id and d.header.ts > 1.6e9 and d.header.device == "deploy"
+
+
+def test_reports_are_not_envelopes():
+    """State, birth, stats, model status and predictions are plain JSON now: the envelope codec says so."""
+    with pytest.raises(ProtocolError, match="encode_report") as e:
+        encode_message(State(device="d", state="online", boot=1), device="d", seq=1)
+    assert e.value.reason == "unknown_type"
+    assert reason(decode_message, b'{"type": "state"}') == "bad_magic"
 
 
 def test_png_sample_and_optional_fields():
@@ -102,25 +111,19 @@ def test_header_violations(edit, expected):
 
 
 def test_type_confusion_is_schema_error():
-    data = encode_message(State(state="online", boot=1), device="d", seq=1)
-    assert reason(decode_message, rewrite(data, lambda h: h.update(type="stats"))) == "schema"
+    data = encode_message(manifest(), device="d", seq=1)
+    assert reason(decode_message, rewrite(data, lambda h: h.update(type="sample"))) == "schema"
 
 
 @pytest.mark.parametrize(
     "msg, body, edit",
     [
-        (State(state="online", boot=1), b"", lambda m: m.update(state="sleeping")),
-        (State(state="online", boot=1), b"", lambda m: m.update(boot=-1)),
-        (examples()[4][0], b"", lambda m: m.update(state="exploded")),
-        (examples()[3][0], b"", lambda m: m.update(fps=-1)),
-        (examples()[3][0], b"", lambda m: m.update(budget_left={"minute": "lots"})),
-        (examples()[1][0], b"", lambda m: m.update(capabilities=[])),
         (manifest(), b"", lambda m: m.update(chunk_count=4)),
         (manifest(), b"", lambda m: m.update(chunk_sha256=m["chunk_sha256"][:2])),
         (manifest(), b"", lambda m: m.update(sha256="XYZ")),
         (manifest(), b"", lambda m: m.update(seq=-3)),
-        (examples()[6][0], CHUNK, lambda m: m.update(index=3)),
-        (examples()[6][0], CHUNK, lambda m: m.update(count=0)),
+        (examples()[2][0], CHUNK, lambda m: m.update(index=3)),
+        (examples()[2][0], CHUNK, lambda m: m.update(count=0)),
     ],
 )
 def test_payload_violations(msg, body, edit):
@@ -157,7 +160,7 @@ def test_body_limits():
     assert reason(decode_message, data, max_body={"sample": 100}) == "too_large"
     assert decode_message(data, max_body={"chunk": 1}).body == IMAGE
     # a bodiless type must not smuggle a body
-    st = encode_message(State(state="online", boot=1), device="d", seq=1)
+    st = encode_message(manifest(), device="d", seq=1)
     hdr, _ = envelope.split(st)
     smuggled = envelope.frame(bytes(hdr), b"payload")
     assert reason(decode_message, smuggled) == "too_large"
@@ -171,7 +174,7 @@ def test_sample_needs_image():
 
 
 def test_chunk_body_hash_checked():
-    msg, body = examples()[6]
+    msg, body = examples()[2]
     data = encode_message(msg, body, device="deploy", seq=1)
     hdr, _ = envelope.split(data)
     assert reason(decode_message, envelope.frame(bytes(hdr), body[:-1] + b"!")) == "chunk_hash"
@@ -184,7 +187,7 @@ def test_manifest_seq_does_not_collide_with_transport_seq():
 
 
 def test_header_is_plain_json():
-    data = encode_message(State(state="online", boot=2), device="d", seq=9)
+    data = encode_message(manifest(), device="d", seq=9)
     (hlen,) = struct.unpack(">I", data[4:8])
     doc = json.loads(data[8:8 + hlen])
-    assert doc["type"] == "state" and doc["msg"] == {"state": "online", "boot": 2}
+    assert doc["type"] == "manifest" and doc["msg"]["version"] == "v4" and doc["msg"]["seq"] == 7

@@ -1,4 +1,4 @@
-"""Metrics on hand-made arrays, forgetting, the stratified split and the promotion gate."""
+"""Metrics on hand-made arrays, forgetting, the stratified split and the promotion gates."""
 import math
 
 import numpy as np
@@ -16,6 +16,7 @@ from trainer.evaluate import (
     macro_f1,
     per_class_accuracy,
     stratified_split,
+    two_slice_gate,
 )
 
 Y_TRUE = np.array([0, 0, 0, 1, 1, 2])
@@ -86,3 +87,45 @@ def test_evaluate_model_runs():
     x = torch.eye(4)[:3]
     m = evaluate_model(model, x, torch.tensor([0, 1, 2]), 3)
     assert m["accuracy"] == 1.0 and m["macro_f1"] == 1.0
+
+
+def _flip(names, wrong):
+    """``names`` with the first ``wrong`` of them predicted as the other class."""
+    return [("b" if n == "a" else "a") if i < wrong else n for i, n in enumerate(names)]
+
+
+# 80 held-out samples of the old world, then 20 recent uploads (the last ones).
+OLD = ["a", "b"] * 40
+RECENT = ["a", "b"] * 10
+LIMITS = {"max_regression": 0.02, "max_forgetting": 0.10, "min_recent": 20}
+
+
+def test_two_slice_gate_promotes_a_model_that_adapts():
+    """Better on what the cameras see now, a little worse on the old world (within max_forgetting)."""
+    deployed = OLD + _flip(RECENT, 6)  # 94 % on the whole set, 70 % recent
+    candidate = _flip(OLD, 8) + _flip(RECENT, 2)  # 90 % on the whole set, 90 % recent
+    d = two_slice_gate(OLD + RECENT, candidate, deployed, ["a", "b"], 20, **LIMITS)
+    assert d["promote"], d["reason"]
+    assert d["recent"] == {"n": 20, "candidate_accuracy": 0.9, "deployed_accuracy": 0.7}
+    assert d["best"]["accuracy"] == pytest.approx(0.94) and d["candidate"]["accuracy"] == pytest.approx(0.90)
+    assert d["candidate"]["forgetting"] > 0 and d["reason"].count("whole set:") == 2 and "recent 20:" in d["reason"]
+    # Too few recent uploads to judge on: the whole set alone, with max_regression -> kept.
+    d = two_slice_gate(OLD + RECENT, candidate, deployed, ["a", "b"], 19, **LIMITS)
+    assert not d["promote"] and "recent" not in d and "regression 0.0400 > allowed 0.0200" in d["reason"]
+
+
+def test_two_slice_gate_rejects_a_regression_on_the_recent_slice():
+    deployed = OLD + _flip(RECENT, 6)
+    candidate = OLD + _flip(RECENT, 10)  # same old world, worse on the recent uploads
+    d = two_slice_gate(OLD + RECENT, candidate, deployed, ["a", "b"], 20, **LIMITS)
+    assert not d["promote"] and "recent 20: accuracy 0.5000 vs best 0.7000" in d["reason"]
+
+
+def test_two_slice_gate_without_a_deployed_version_and_with_new_names():
+    d = two_slice_gate(OLD, OLD, None, ["a", "b"], 0, **LIMITS)
+    assert d["promote"] and d["reason"] == "no deployed version to compare with" and d["candidate"]["forgetting"] == 0.0
+    # A held-out label the candidate does not know yet, and a deployed model predicting an unknown name.
+    truth = OLD + ["c"]
+    d = two_slice_gate(truth, OLD + ["a"], OLD + ["z"], ["a", "b"], 1, **LIMITS)
+    assert set(d["candidate"]["per_class"]) == {"a", "b", "c"} and d["candidate"]["per_class"]["c"] == 0.0
+    assert "z" not in d["best"]["per_class"]  # no sample of z: no per-class figure

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from protocol.envelope import encode as envelope_encode
-from protocol.messages import Sample, State, encode_message
+from protocol.messages import Sample, encode_message
 from protocol.mqtt import make_client, start
 from protocol.topics import Topics
 from trainer.ingest import Ingestor
@@ -61,7 +61,9 @@ def test_valid_bad_and_duplicate_samples(mosquitto_broker, topic_prefix: str, tm
             (t.samples("cam1"), envelope_encode({"type": "sample", "schema": 1, "id": "ab", "device": "cam1",
                                                  "seq": 4, "ts": 1.0, "content_type": "image/png",
                                                  "msg": {"sample_id": "s4"}}, img)),  # wrong schema
-            (t.samples("cam1"), encode_message(State(state="online", boot=1), device="cam1", seq=5)),  # wrong type
+            (t.samples("cam1"), envelope_encode({"type": "state", "schema": 1, "id": "ac", "device": "cam1",
+                                                 "seq": 5, "ts": 1.0, "content_type": "none",
+                                                 "msg": {"state": "online", "boot": 1}})),  # wrong type
             (t.samples("cam2"), encode_message(_sample("s6", seq=6), img, device="cam1", seq=6,
                                                content_type="image/png")),  # forged device
         ]

@@ -26,7 +26,7 @@ from protocol.config import load_config
 from trainer.config import TrainerConfig
 from trainer.service import TrainerService
 cfg = load_config(TrainerConfig, overrides={"state_dir": sys.argv[1], "mqtt.url": None, "labeler.api_port": None,
-    "update.batch": 16, "update.steps": 15, "update.minibatch": 16, "eval.heldout": 0.2, "eval.every": 3})
+    "update.batch": 16, "update.steps": 15, "strategy.replay_batch_size": 16, "strategy.new_batch_size": 16, "eval.heldout": 0.2, "eval.every": 3})
 svc = TrainerService(cfg, exporter="torchscript")
 orig = svc.strategy.update
 def update(batch, steps):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from protocol.config import load_config
-from protocol.messages import Sample, decode_message, encode_message
+from protocol.messages import Sample, encode_message
 from protocol.mqtt import make_client, start
 from protocol.topics import Topics
 from trainer.bootstrap import bootstrap
@@ -40,7 +40,7 @@ def bootstrapped(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _config(state: Path, **over) -> TrainerConfig:
     base = {"state_dir": str(state), "mqtt.url": None, "labeler.api_port": None, "update.batch": 16,
-            "update.steps": 5, "update.minibatch": 16, "update.lr": 0.05, "eval.heldout": 0.25}
+            "update.steps": 5, "strategy.replay_batch_size": 16, "strategy.new_batch_size": 16, "update.lr": 0.05, "eval.heldout": 0.25}
     base.update(over)
     return load_config(TrainerConfig, overrides=base)
 
@@ -134,11 +134,13 @@ def test_over_mqtt_state_and_promotion_notice(bootstrapped: Path, tmp_path: Path
                                                           content_type="image/png"), qos=1)
         assert hook.wait(60), "no promotion"
         deadline = time.monotonic() + 10
-        while promoted_topic(t) not in seen and time.monotonic() < deadline:
+        # the bootstrap version is announced at connect; wait for the promotion's notice
+        while json.loads(seen.get(promoted_topic(t), b'{"version": ""}'))["version"] < "v0002" \
+                and time.monotonic() < deadline:
             time.sleep(0.02)
         notice = json.loads(seen[promoted_topic(t)])
         assert notice["version"] >= "v0002" and Path(notice["path"]).exists()
-        assert decode_message(seen[t.trainer_state()]).msg.state == "online"
+        assert json.loads(seen[t.trainer_state()])["state"] == "online"  # plain JSON, as any tool reads it
     finally:
         svc.stop()
         time.sleep(0.2)
@@ -146,4 +148,4 @@ def test_over_mqtt_state_and_promotion_notice(bootstrapped: Path, tmp_path: Path
         sub.loop_stop()
         pub.disconnect()
         pub.loop_stop()
-    assert decode_message(seen[t.trainer_state()]).msg.state == "offline"
+    assert json.loads(seen[t.trainer_state()])["state"] == "offline"

@@ -1,6 +1,7 @@
 """SampleStore: dedup, durability across a SIGKILL, labels with label_seq and a stratified held-out split."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.store import SampleStore
+from trainer.store import SampleRecord, SampleStore
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _helpers import fill_store, incoming  # noqa: E402
@@ -33,6 +34,18 @@ def test_add_dedup_and_images_round_trip(tmp_path: Path) -> None:
         assert st.get("a").truth == "red" and st.image("b")[0] == b.image
         st.add_batch([incoming("c", "blue", rng, seq=2)])
         assert st.image("c")[0] and st.image("a")[0] == a.image
+
+
+def test_the_stored_row_holds_the_incoming_record(tmp_path: Path) -> None:
+    """Every field of the record comes back as it went in (topk and roi through their JSON columns)."""
+    rng = np.random.default_rng(0)
+    a = dataclasses.replace(incoming("a", "red", rng, seq=7), roi=(1, 2, 3, 4), topk=[("red", 0.75), ("blue", 0.25)])
+    with SampleStore(tmp_path) as st:
+        st.add_batch([a])
+        row = st.get("a")
+    for f in dataclasses.fields(SampleRecord):
+        assert getattr(row, f.name) == getattr(a, f.name), f.name
+    assert row.rowid == 1 and row.length == len(a.image) and row.label is None and row.heldout is None
 
 
 def test_device_seq_gaps_and_duplicates(tmp_path: Path) -> None:

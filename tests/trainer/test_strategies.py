@@ -41,6 +41,11 @@ def adam(params):
     return torch.optim.Adam(params, lr=3e-3)
 
 
+def small_settings(name):
+    """10 replayed samples per step; EWC consolidates every 4 updates (the tiny streams have ~12)."""
+    return {"replay_batch_size": 10, **({"ewc_window": 4} if name == "ewc" else {})}
+
+
 def run_stream(strategy, x, y, batch=10, steps=2, p_select=None):
     for i in range(0, len(y), batch):
         p = None if p_select is None else p_select[i : i + batch]
@@ -65,7 +70,7 @@ def test_each_strategy_learns(name):
     x, y = make_data([0, 1, 2], 40, seed=1)
     xt, yt = make_data([0, 1, 2], 30, seed=2)
     model = tiny_model(3)
-    s = make_strategy(name, model, adam, config={"replay_size": 10, "seed": 0, "ewc_window": 4}, capacity=30)
+    s = make_strategy(name, model, adam, config=small_settings(name), capacity=30)
     before = acc(model, xt, yt)
     metrics = run_stream(s, x, y, p_select=torch.full((len(y),), 0.5))
     after = acc(model, xt, yt)
@@ -82,7 +87,7 @@ def test_head_growth_keeps_old_classes(name):
     x1, y1 = make_data([2], 150, seed=4, tmpl=tmpl)
     xt, yt = make_data([0, 1, 2], 40, seed=5, tmpl=tmpl)
     model = tiny_model(2)
-    s = make_strategy(name, model, adam, config={"replay_size": 20, "seed": 0}, capacity=40)
+    s = make_strategy(name, model, adam, config={"replay_batch_size": 20}, capacity=40)
     run_stream(s, x0, y0)
     old_before = acc(model, xt, yt, [0, 1])
     assert old_before > 0.9
@@ -179,7 +184,7 @@ def test_rehearse_trains_on_memory_only(name):
     x, y = make_data([0, 1, 2], 20, seed=1)
     xt, yt = make_data([0, 1, 2], 30, seed=2)
     model = tiny_model(3)
-    s = make_strategy(name, model, adam, config={"replay_size": 10, "seed": 0, "ewc_window": 4}, capacity=60)
+    s = make_strategy(name, model, adam, config=small_settings(name), capacity=60)
     assert s.rehearse(3)["steps"] == 0  # nothing remembered yet
     if s.memory is None:
         assert s.rehearse(3)["steps"] == 0

@@ -3,15 +3,18 @@
 Every strategy is a small class with ONE learning method, :meth:`Strategy.update`. What they share
 lives here: the labelled-batch type, optimiser (re)creation when the head grows, minibatch mixing
 and memory bookkeeping. A strategy only says how the loss of one step is formed (:meth:`Strategy.step_loss`)
-and, if it needs to, what to do after the K steps (:meth:`Strategy.after_update`).
+and, if it needs to, what to do after the K steps (:meth:`Strategy.after_update`). Its settings are its
+``Config``: :class:`StrategyConfig` (the settings every strategy has) or a subclass of it declared in the
+strategy's own module.
 """
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
 
+import msgspec
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -93,66 +96,67 @@ class LabelledBatch:
         )
 
 
-@dataclass
-class StrategyConfig:
-    """Knobs shared by the strategies (each strategy reads the ones it needs).
+class StrategyConfig(msgspec.Struct, kw_only=True):
+    """The settings every strategy has: how one optimiser step's minibatch is made.
 
-    - ``replay_size``: replay samples mixed into every step's minibatch.
-    - ``new_batch_size``: new samples per step (0 = the whole new batch every step).
-    - ``balanced_replay``: draw replay round-robin over classes.
-    - ``w_max``, ``importance`` ("loss", "grad" or None), ``class_balance``: iw-er's weights;
-      ``ace`` (asymmetric CE on new samples) and ``distill`` (replayed-logit MSE weight): iw-er levers.
-    - ``alpha``, ``beta``: DER++ logit-MSE and replay-CE coefficients.
-    - ``ewc_lambda``, ``ewc_gamma``, ``ewc_window``: EWC penalty strength, online decay, update calls
-      per Fisher consolidation.
-    - ``seed``: the generator for minibatch sampling (deterministic runs).
+    A strategy with settings of its own declares a subclass of this in its module, beside the loss that
+    reads them (DER++'s ``alpha``/``beta`` in :mod:`trainer.strategies.derpp`), and names it as its
+    ``Config``; the defaults there are the only ones. :meth:`from_dict` is how settings arrive from a
+    config file, the benchmark's ``--set`` or a test: unknown keys and wrong types fail naming the key.
     """
 
-    replay_size: int = 32
-    new_batch_size: int = 0
-    balanced_replay: bool = True
-    w_max: float = 10.0
-    importance: str | None = None
-    class_balance: bool = False
-    ace: bool = False
-    distill: float = 0.0
-    alpha: float = 0.3
-    beta: float = 0.5
-    ewc_lambda: float = 1000.0
-    ewc_gamma: float = 1.0
-    ewc_window: int = 1
-    grad_clip: float | None = None
-    seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    replay_batch_size: int = 32         # replayed samples mixed into every step's minibatch
+    new_batch_size: int = 32            # at most this many of the new samples per step (0 = all of them)
+    balanced_replay: bool = True        # draw replay round-robin over classes
+    grad_clip: float | None = None      # clip the gradient norm of every step to this (None = no clipping)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> StrategyConfig:
-        d = dict(d or {})
-        known = {k: d.pop(k) for k in list(d) if k in cls.__dataclass_fields__ and k != "extra"}
-        return cls(**known, extra=d)
+    def from_dict(cls, values: Mapping[str, Any] | None, strategy: str = "") -> Self:
+        """These settings from a mapping (missing keys keep their defaults); ``ValueError`` names a key
+        that is unknown to this strategy or has a value of the wrong type."""
+        values = dict(values or {})
+        known = cls.__struct_fields__
+        for key in values:
+            if key not in known:
+                who = f"strategy {strategy}" if strategy else cls.__name__
+                raise ValueError(f"{key}: not a setting of {who} (its settings: {', '.join(sorted(known))})")
+        try:
+            return msgspec.convert(values, type=cls, strict=False)
+        except msgspec.ValidationError as e:
+            msg, _, where = str(e).rpartition(" - at `$.")
+            raise ValueError(f"{where.rstrip('`')}: {msg}" if msg else str(e)) from None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every setting with its value (for configs printed or written back)."""
+        return {k: getattr(self, k) for k in self.__struct_fields__}
 
 
 class Strategy:
-    """Base class. Subclasses set ``name`` and implement :meth:`step_loss` (and maybe :meth:`after_update`).
+    """Base class. Subclasses set ``name`` and implement :meth:`step_loss` (and maybe :meth:`after_update`);
+    one with settings of its own sets ``Config`` to its :class:`StrategyConfig` subclass.
 
     Constructed with a model (a :class:`~trainer.nets.Classifier`), an optimiser *or* an optimiser factory
     (``params -> Optimizer``; needed to rebuild it when the head grows — an optimiser instance is turned
-    into a factory of the same class and defaults), a replay memory (or None) and a config.
+    into a factory of the same class and defaults), a replay memory (or None), its settings (a ``Config``
+    or a mapping for :meth:`StrategyConfig.from_dict`) and the seed of its minibatch sampling.
     """
 
     name = "base"
     uses_memory = True
     stores_logits = False
+    Config: ClassVar[type[StrategyConfig]] = StrategyConfig
 
     def __init__(
         self,
         model: Classifier,
         optimizer: OptimizerLike,
         memory: ReplayMemory | None = None,
-        config: StrategyConfig | dict[str, Any] | None = None,
+        config: StrategyConfig | Mapping[str, Any] | None = None,
+        *,
+        seed: int = 0,
     ) -> None:
         self.model = model
-        self.config = config if isinstance(config, StrategyConfig) else StrategyConfig.from_dict(config)
+        self.config = self.settings(config)
         if isinstance(optimizer, torch.optim.Optimizer):
             opt_cls, defaults = type(optimizer), dict(optimizer.defaults)
             self.optimizer_factory: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] = (
@@ -163,9 +167,18 @@ class Strategy:
             self.optimizer_factory = optimizer
             self.optimizer = optimizer(model.parameters())
         self.memory = memory
-        self.rng = np.random.default_rng(self.config.seed)
+        self.rng = np.random.default_rng(seed)
         self.updates = 0
         self.steps = 0
+
+    @classmethod
+    def settings(cls, config: StrategyConfig | Mapping[str, Any] | None = None) -> Any:
+        """This strategy's settings: ``config`` itself if it is one, else its ``Config`` from a mapping."""
+        if isinstance(config, StrategyConfig):
+            if not isinstance(config, cls.Config):
+                raise TypeError(f"{cls.name} takes {cls.Config.__name__}, not {type(config).__name__}")
+            return config
+        return cls.Config.from_dict(config, cls.name)
 
     @classmethod
     def wants_logits(cls, config: StrategyConfig) -> bool:
@@ -282,7 +295,7 @@ class Strategy:
     def _replay_minibatch(self) -> ReplayBatch | None:
         if not self.uses_memory or self.memory is None or len(self.memory) == 0:
             return None
-        return self.memory.sample(self.config.replay_size, self.rng, balanced=self.config.balanced_replay)
+        return self.memory.sample(self.config.replay_batch_size, self.rng, balanced=self.config.balanced_replay)
 
     def step_loss(self, new: LabelledBatch, replay: ReplayBatch | None) -> torch.Tensor:
         """The loss of one optimiser step (subclasses)."""

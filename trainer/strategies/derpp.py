@@ -11,7 +11,14 @@ from __future__ import annotations
 import torch
 
 from trainer.replay import ReplayBatch
-from trainer.strategies.base import LabelledBatch, Strategy, cross_entropy
+from trainer.strategies.base import LabelledBatch, Strategy, StrategyConfig, cross_entropy
+
+
+class DERppConfig(StrategyConfig, kw_only=True):
+    """DER++'s settings (Buzzega et al. tune both per benchmark; these are the Split-MNIST values)."""
+
+    alpha: float = 0.3                  # weight of the MSE between replayed and stored logits
+    beta: float = 0.5                   # weight of the CE on replayed labels
 
 
 class DERpp(Strategy):
@@ -19,6 +26,8 @@ class DERpp(Strategy):
 
     name = "der++"
     stores_logits = True
+    Config = DERppConfig
+    config: DERppConfig
 
     def step_loss(self, new: LabelledBatch, replay: ReplayBatch | None) -> torch.Tensor:
         n = len(new)

@@ -13,7 +13,15 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from trainer.replay import ReplayBatch
-from trainer.strategies.base import LabelledBatch, Strategy, cross_entropy
+from trainer.strategies.base import LabelledBatch, Strategy, StrategyConfig, cross_entropy
+
+
+class EWCConfig(StrategyConfig, kw_only=True):
+    """Online EWC's settings; the values the Split-MNIST benchmark's numbers were measured with."""
+
+    ewc_lambda: float = 100.0           # λ, strength of the quadratic penalty
+    ewc_gamma: float = 1.0              # γ, decay of the running Fisher at each consolidation
+    ewc_window: int = 100               # update calls per Fisher consolidation (a stand-in for a "task")
 
 
 class EWC(Strategy):
@@ -21,6 +29,8 @@ class EWC(Strategy):
 
     name = "ewc"
     uses_memory = False
+    Config = EWCConfig
+    config: EWCConfig
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)

@@ -9,9 +9,9 @@ The seed's update L = Σᵢ wᵢ·ℓ(yᵢ, f(xᵢ)) over a minibatch that mixes
 - optionally × inverse class frequency within the minibatch (``class_balance``);
 - the loss is self-normalised (Σ wℓ / Σ w).
 
-Two levers against class-incremental forgetting, off in a bare ``StrategyConfig`` but on in
-``DEFAULT_CONFIGS["iw-er"]`` (what ``make_strategy("iw-er", ..., config={...})`` starts from), because
-they are what reaches the Split-MNIST goal (trainer/learning_bench.py):
+Two levers against class-incremental forgetting, on by default (:class:`IWERConfig`) because they are
+what reaches the Split-MNIST goal (trainer/learning_bench.py): without them iw-er at buffer 500 scores
+90.9 % (plain) / 92.3 % (class balance) on seed 0, with them 97.6 %.
 
 - ``ace``: asymmetric cross-entropy (ER-ACE, Caccia et al., ICLR 2022): a *new* sample's CE is taken
   over the classes present in the new minibatch only, so learning a new class does not push down the
@@ -21,6 +21,8 @@ they are what reaches the Split-MNIST goal (trainer/learning_bench.py):
   stored with them (the DER idea; needs a memory with ``store_logits``).
 """
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 
@@ -40,10 +42,22 @@ from trainer.weighting import (
 )
 
 
+class IWERConfig(StrategyConfig, kw_only=True):
+    """iw-er's settings: the weights (see the module doc) and its two levers."""
+
+    w_max: float = 10.0                 # cap of the 1/p_select weight of a new sample
+    importance: Literal["loss", "grad"] | None = None  # × a dynamic importance from the current model
+    class_balance: bool = True          # × inverse class frequency within the minibatch
+    ace: bool = True                    # asymmetric CE on the new samples
+    distill: float = 0.3                # weight of the replayed-logit MSE (0 = off; > 0 stores logits)
+
+
 class IWER(Strategy):
     """Self-normalised importance-weighted CE over new + replay; memory updated after the K steps."""
 
     name = "iw-er"
+    Config = IWERConfig
+    config: IWERConfig
 
     def step_loss(self, new: LabelledBatch, replay: ReplayBatch | None) -> torch.Tensor:
         n = len(new)
@@ -84,7 +98,7 @@ class IWER(Strategy):
 
     @classmethod
     def wants_logits(cls, config: StrategyConfig) -> bool:
-        return config.distill > 0
+        return cls.settings(config).distill > 0
 
     def after_update(self, batch: LabelledBatch) -> None:
         # Store the static part of the weight (selection correction × given importance); the dynamic

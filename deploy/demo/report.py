@@ -1,9 +1,10 @@
 """The demo's report: ``summary.json`` (numbers), ``report.png`` (the picture), ``report.md`` (the story).
 
-Everything is computed from :class:`deploy.demo.RunRecord` -- what the devices published (stats, model
-status), what the frozen control computed on the same frames, and what the trainer registry and the rollout
-store hold -- so the report can be re-rendered from ``record.json`` without running anything again
-(``python -m deploy.report OUT_DIR``).
+Everything is computed from the run's record (:class:`deploy.demo.app.RunRecord`) -- what the devices
+published (stats, model status), what the frozen control computed on the same frames, what the trainer
+registry and the rollout feeder hold, and the two facts of the demo's plan it needs (the accuracy window in
+frames, the sim URL of unseen post-drift frames) -- so the report never imports the demo, and it can be
+re-rendered from ``record.json`` without running anything again (``python -m deploy.demo.report OUT_DIR``).
 
 Accuracy windows (all in stream seconds = camera frame index / fps, averaged over cameras):
 
@@ -38,9 +39,8 @@ def _get(rec: Any, key: str) -> Any:
 
 
 def _window_frames(rec: Any) -> int:
-    from deploy.demo import ACCURACY_WINDOW_S
-
-    return int(round(ACCURACY_WINDOW_S * float(_get(rec, "timeline")["fps"])))
+    """Frames in the cameras' rolling accuracy window (the control's windows have the same length)."""
+    return int(_get(rec, "window_frames"))
 
 
 def _frozen(correct: list[int], end: int, size: int) -> float | None:
@@ -179,26 +179,24 @@ def compute_summary(rec: Any, confusion: dict[str, Any] | None = None) -> dict[s
 def confusion_matrices(rec: Any, n: int = 480) -> dict[str, Any] | None:
     """Frozen v0001 and the final fleet model on fresh post-drift frames (an unseen seed), same frames for both."""
     try:
-        from deploy.demo import DemoOptions, Timeline, sim_url
         from edge.model import EdgeModel
         from edge.sources.sim import open_sim
     except Exception:
         return None
-    opts = DemoOptions(**_get(rec, "options"))
-    tl = Timeline(**_get(rec, "timeline"))
+    tl = _get(rec, "timeline")
     versions = {v["version"]: v for v in _get(rec, "versions")}
-    if not versions:
+    if not versions or not _get(rec, "confusion_url"):
         return None
     last = [rows[-1].get("model") for rows in _get(rec, "series").values() if rows]
     final = max(set(last), key=last.count) if last else None
     if final not in versions:
         final = sorted(versions)[-1]
     first = sorted(versions)[0]
-    src = open_sim(sim_url(opts, opts.seed * 100 + 99, tl, realtime=False))
+    src = open_sim(_get(rec, "confusion_url"))
     labels = list(src.labels)
-    start = int((tl.newclass_s + tl.ramp_s) * tl.fps) + 1
+    start = int((tl["newclass_s"] + tl["ramp_s"]) * tl["fps"]) + 1
     frames = [src.frame_at(start + 3 * i) for i in range(n)]
-    out: dict[str, Any] = {"labels": labels, "frames": n, "seed": opts.seed * 100 + 99,
+    out: dict[str, Any] = {"labels": labels, "frames": n, "seed": _get(rec, "confusion_seed"),
                            "first_index": start, "models": {}}
     for name, version in (("frozen", first), ("final", final)):
         model = EdgeModel.load(versions[version]["path"])
@@ -252,8 +250,17 @@ def render_png(rec: Any, summary: dict[str, Any], path: Path) -> None:
              f"{summary['uploaded']} uploads ({_pct(summary['upload_fraction'], 1)} of {summary['frames']} frames), "
              f"broker {summary['broker'].get('kind')}", fontsize=10.5, color="#444444")
 
-    # 1. accuracy over time
-    ax = fig.add_subplot(gs[0, :])
+    _plot_accuracy(fig.add_subplot(gs[0, :]), rec, summary, pts)
+    _plot_uploads(fig.add_subplot(gs[1, :]), rec, summary, len(pts))
+    _plot_confusion(fig, gs, summary)
+    _plot_numbers(fig.add_subplot(gs[2, 2]), summary, n_prom)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_accuracy(ax: Any, rec: Any, summary: dict[str, Any], pts: dict[str, list[dict[str, Any]]]) -> None:
+    """Panel 1: every camera's rolling accuracy, their mean, and the frozen control on the same frames."""
+    stream_s = float(_get(rec, "timeline")["stream_s"])
     grid = np.arange(0.0, stream_s + 0.01, 1.0)
     loops, frozens = [], []
     for k, (dev, ps) in enumerate(sorted(pts.items())):
@@ -284,6 +291,13 @@ def render_png(rec: Any, summary: dict[str, Any], path: Path) -> None:
         ymin = max(0.0, math.floor((min(all_vals) - 0.05) * 10) / 10)
     ax.set_ylim(ymin, 1.02)
     ax.set_xlim(0, stream_s)
+    _mark_accuracy(ax, rec, summary, pts, ymin)
+
+
+def _mark_accuracy(ax: Any, rec: Any, summary: dict[str, Any], pts: dict[str, list[dict[str, Any]]],
+                   ymin: float) -> None:
+    """Panel 1's markers: drifts, first activation of each version, activations per camera; labels."""
+    tl = _get(rec, "timeline")
     for t, what in ((tl["lighting_s"], "lighting change"), (tl["newclass_s"], f"new class: {tl['newclass'].split('=')[0]}")):
         ax.axvspan(t, t + tl["ramp_s"], color=DRIFT_COLOR, alpha=0.18, lw=0)
         ax.axvline(t, color=DRIFT_COLOR, lw=1.6)
@@ -318,8 +332,11 @@ def render_png(rec: Any, summary: dict[str, Any], path: Path) -> None:
     ax.legend(loc="lower right", fontsize=8.5, ncol=min(4, len(pts) + 2), frameon=False,
               bbox_to_anchor=(1.0, 1.0), borderaxespad=0.2)
 
-    # 2. uploads per minute
-    ax2 = fig.add_subplot(gs[1, :])
+
+def _plot_uploads(ax2: Any, rec: Any, summary: dict[str, Any], n_cameras: int) -> None:
+    """Panel 2: uploads per minute, stacked by camera, against the fleet's budget."""
+    tl = _get(rec, "timeline")
+    stream_s = float(tl["stream_s"])
     bin_s = 10.0 if stream_s >= 60 else 5.0
     edges = np.arange(0.0, stream_s + bin_s, bin_s)
     total = np.zeros(len(edges) - 1)
@@ -348,10 +365,12 @@ def render_png(rec: Any, summary: dict[str, Any], path: Path) -> None:
     ax2.set_title(f"Uploads per minute (rate in {bin_s:.0f} s bins, stacked by camera): uncertain frames sent for "
                   "labelling",
                   loc="left")
-    ax2.legend(loc="upper left", fontsize=8, ncol=min(8, len(pts)), frameon=False)
+    ax2.legend(loc="upper left", fontsize=8, ncol=min(8, n_cameras), frameon=False)
     ax2.grid(axis="y", alpha=0.25)
 
-    # 3. confusion matrices + numbers
+
+def _plot_confusion(fig: Any, gs: Any, summary: dict[str, Any]) -> None:
+    """Panel 3, left: the frozen and the final model's confusion matrices on unseen post-drift frames."""
     conf = summary.get("confusion")
     for col, name in ((0, "frozen"), (1, "final")):
         axc = fig.add_subplot(gs[2, col])
@@ -377,7 +396,11 @@ def render_png(rec: Any, summary: dict[str, Any], path: Path) -> None:
                       f"{_pct(info['accuracy'])}\non {conf['frames']} unseen post-drift frames", loc="left",
                       fontsize=10)
         axc.spines[:].set_visible(False)
-    axt = fig.add_subplot(gs[2, 2])
+
+
+def _plot_numbers(axt: Any, summary: dict[str, Any], n_prom: int) -> None:
+    """Panel 3, right: the summary's headline numbers as a table."""
+    acc = summary["accuracy"]
     axt.axis("off")
     lines = [("accuracy (mean of cameras)", ""), ("  initial (bootstrap model)", _pct(acc["initial"])),
              ("  before drift", _pct(acc["before_drift"])),
@@ -399,8 +422,6 @@ def render_png(rec: Any, summary: dict[str, Any], path: Path) -> None:
                  fontweight="bold" if "loop" in k and "after both" in k else "normal")
         y -= 0.075
     axt.set_title("Numbers", loc="left")
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def _pct(v: Any, digits: int = 1) -> str:
@@ -508,10 +529,15 @@ def write_report(out: Path, rec: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Re-render the report of an earlier run from its record.json: ``python -m deploy.report OUT_DIR``."""
+    """Re-render the report of an earlier run from its record.json: ``python -m deploy.demo.report OUT_DIR``."""
     argv = sys.argv[1:] if argv is None else argv
     out = Path(argv[0] if argv else "./edgeloop-demo")
     rec = json.loads((out / "record.json").read_text())
+    missing = [k for k in ("window_frames", "confusion_url", "confusion_seed") if k not in rec]
+    if missing:
+        print(f"{out / 'record.json'}: written by an older edgeloop (no {', '.join(missing)}); run the demo again",
+              file=sys.stderr)
+        return 2
     s = write_report(out, rec)
     print(json.dumps(s["accuracy"], indent=2))
     return 0

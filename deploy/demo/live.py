@@ -1,6 +1,6 @@
 """What ``edgeloop demo`` shows while it runs: a rich live view on a terminal, plain event lines otherwise.
 
-Kept apart from :mod:`deploy.demo` so the orchestration never depends on how (or whether) it is displayed:
+Kept apart from :mod:`deploy.demo.app` so the orchestration never depends on how (or whether) it is displayed:
 the demo hands a :class:`ViewState` snapshot to a :class:`View` a few times a second and appends events to
 it; the view decides what a person sees. ``make_view`` picks the rich view only when stdout is a TTY, so
 ``edgeloop demo > log.txt`` or a CI job gets one greppable line per event instead of escape codes.

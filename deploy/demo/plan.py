@@ -1,0 +1,150 @@
+"""What the demo runs: its options, scenarios and timeline, and the settings that follow from them.
+
+One place for every number the demo derives (the drift script, the rollout policy's timings, the trainer's
+update settings, the cameras' upload budget), so that ``bench/freshness.py``, which measures the demo's
+default configuration, takes them from here instead of keeping a copy in step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DemoOptions", "Timeline", "SCENARIOS", "plan_timeline", "camera_seed", "sim_url", "demo_policy",
+           "trainer_settings", "bootstrap_budget"]
+
+PREFIX = "edgeloop/v1"
+FLEET = "default"
+MODEL_ID = "edgeloop"
+TEARDOWN_RESERVE_S = 14.0      # stop cameras + trainer + controller, finish the control, write the report
+MIN_STREAM_S = 20.0
+BOOTSTRAP_SHARE = 0.25         # of --duration: training v0001 (the only phase with both cores to itself)
+STATS_INTERVAL_S = 2.0
+P_MIN = 0.03                   # every frame's upload chance: labels keep flowing even when the model is sure
+ACCURACY_WINDOW_S = 8.0        # rolling accuracy window of the edge (and the control), in stream seconds
+
+
+@dataclass
+class DemoOptions:
+    """The command line, typed."""
+
+    cameras: int = 4
+    duration: float = 180.0
+    scenario: str = "parts"
+    data: str | None = None
+    broker: str | None = None
+    seed: int = 0
+    out: str = "./edgeloop-demo"
+    fps: float = 15.0
+    budget: int = 40              # uploads per minute per camera (the edge's minute budget)
+    plain: bool = False
+    bootstrap_frames: int = 1600
+    bootstrap_epochs: int | None = None
+    bootstrap_budget_s: float | None = None   # seconds of bootstrap training; None: see bootstrap_budget()
+
+
+@dataclass
+class Timeline:
+    """When things happen, in *stream seconds* (a camera's frame index / fps) -- the x axis of the report.
+
+    ``newclass`` empty: lighting only (the freshness benchmark's drift).
+    """
+
+    stream_s: float
+    fps: float
+    lighting_s: float
+    newclass_s: float
+    ramp_s: float
+    newclass: str
+    lighting: str
+
+    def drift_items(self) -> str:
+        """The ``drift=`` value of the cameras' sim URLs (times in seconds at the nominal fps)."""
+        items = [f"{item}@{self.lighting_s:.1f}s~{self.ramp_s:.0f}s" for item in self.lighting.split("+")]
+        if self.newclass:
+            items.append(f"newclass:{self.newclass}@{self.newclass_s:.1f}s~{self.ramp_s:.0f}s")
+        return ",".join(items)
+
+    def events(self) -> list[tuple[float, str]]:
+        out = [(self.lighting_s, "lighting change")]
+        if self.newclass:
+            out.append((self.newclass_s, f"new class {self.newclass.split('=')[0]}"))
+        return out
+
+    @property
+    def window_frames(self) -> int:
+        """Frames in the rolling accuracy window of the edge and of the control."""
+        return int(round(ACCURACY_WINDOW_S * self.fps))
+
+
+SCENARIOS: dict[str, dict[str, Any]] = {
+    # darker + warmer light (a lamp failed, the other one is a warm one), then a new defect type
+    "parts": {"arch": "small_cnn", "lighting": "brightness:-0.45+cast:0.8/1.0/1.25", "newclass": "crack=0.2",
+              "extra": ""},
+    # digits: dimmer and lower-contrast labels, then digit 5 appears on the line
+    "digits": {"arch": "convnet", "lighting": "brightness:-0.5+contrast:0.6", "newclass": "5=0.2",
+               "extra": "classes=0-4"},
+}
+
+
+def plan_timeline(stream_s: float, fps: float, scenario: str) -> Timeline:
+    """Lighting at 30 % of the stream, the new class at 55 %: early enough that recovery shows."""
+    sc = SCENARIOS[scenario]
+    return Timeline(stream_s=stream_s, fps=fps, lighting_s=round(0.30 * stream_s, 1),
+                    newclass_s=round(0.55 * stream_s, 1), ramp_s=4.0 if stream_s >= 60 else 2.0,
+                    newclass=sc["newclass"], lighting=sc["lighting"])
+
+
+def camera_seed(base: int, k: int) -> int:
+    return base * 100 + k + 1
+
+
+def confusion_seed(base: int) -> int:
+    """The seed of the report's confusion-matrix frames: no camera's and no bootstrap set's."""
+    return base * 100 + 99
+
+
+def sim_url(opts: DemoOptions, seed: int, timeline: Timeline | None, realtime: bool) -> str:
+    """The camera's source URL; the frozen control uses the same URL without real-time pacing."""
+    parts = [f"seed={seed}"]
+    sc = SCENARIOS[opts.scenario]
+    if sc["extra"]:
+        parts.append(sc["extra"])
+    if opts.scenario == "digits" and opts.data:
+        parts.append(f"data={Path(opts.data).resolve()}")
+    if realtime:
+        parts += ["realtime=1", f"fps={opts.fps:g}"]
+    else:
+        parts.append(f"fps={opts.fps:g}")
+    if timeline is not None:
+        parts.append(f"drift={timeline.drift_items()}")
+    return f"sim:{opts.scenario}?" + "&".join(parts)
+
+
+def demo_policy(stream_s: float) -> Any:
+    """The default policy (waves 5 %, 25 %, 100 %; failure, agreement, confidence and latency thresholds) with
+    timings scaled to a demo: a 60 s soak per wave would leave one rollout unfinished in a 3-minute run."""
+    from deploy.controller import Policy
+
+    soak = max(3.0, round(stream_s / 25.0, 1))
+    return Policy(soak=soak, health_seconds=max(5.0, soak * 1.5), wave_timeout=max(30.0, stream_s * 0.3))
+
+
+def trainer_settings(stream_s: float) -> dict[str, Any]:
+    """The trainer's settings for a stream of ``stream_s`` seconds (dotted keys; paths and URLs apart).
+
+    Oracle labels and no HTTP label API; small, frequent buffered updates (T = max(5 s, stream / 15)) so a
+    few minutes of labels give several versions; Adam, because a few hundred steps in a short demo barely
+    move SGD with momentum (the continual default); one torch thread, the cameras need the other core.
+    """
+    return {"labeler.kind": "oracle", "labeler.api_port": "none", "update.batch": 32, "update.steps": 20,
+            "update.wait_s": max(5.0, stream_s / 15.0), "update.min_batch": 8, "update.optimizer": "adam",
+            "update.lr": 1e-3, "torch_threads": 1, "log_level": "WARNING"}
+
+
+def bootstrap_budget(opts: DemoOptions, render_s: float) -> float:
+    """Seconds of bootstrap training: what is left of the bootstrap share of ``--duration`` after rendering,
+    minus loading the images, evaluation and export (or ``opts.bootstrap_budget_s`` when given)."""
+    if opts.bootstrap_budget_s is not None:
+        return opts.bootstrap_budget_s
+    return max(8.0, BOOTSTRAP_SHARE * opts.duration - render_s - 6.0)

@@ -1,0 +1,120 @@
+"""A full disk under the outbox: the write fails with SQLite's own error (not "cannot rollback"), nothing
+committed before is lost, and writing works again when there is room. Shown with SQLite's max_page_count
+(always) and with a real, full file system (a small tmpfs; needs root, skipped otherwise)."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from edge.counters import SequenceLease
+from edge.outbox import Outbox, OutboxWriteError
+
+PAYLOAD = os.urandom(20_000)  # incompressible, like a JPEG
+
+
+def fill(ob: Outbox, start: int = 0) -> int:
+    """Put samples until the outbox cannot be written; return how many went in."""
+    n = start
+    while True:
+        try:
+            assert ob.put(f"s{n}", "t", PAYLOAD)
+        except OutboxWriteError as exc:
+            assert "full" in str(exc) and "rollback" not in str(exc), exc
+            return n - start
+        n += 1
+        assert n - start < 10_000, "never filled up"
+
+
+def test_database_full_raises_the_real_error_and_recovers(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.sqlite", synchronous="NORMAL") as ob:
+        ob._db.execute("PRAGMA max_page_count = 200")  # ~800 KB: SQLite answers SQLITE_FULL beyond
+        stored = fill(ob)
+        assert stored > 10
+        before = ob.stats()
+        assert before["depth"] == stored and ob.bytes == stored * len(PAYLOAD)  # byte count not corrupted
+        with pytest.raises(OutboxWriteError, match="database or disk is full"):
+            ob.put("again", "t", PAYLOAD)
+        # acknowledgements (deletes) and marks still work on a full database: they free pages
+        item = ob.peek_batch(1)[0]
+        ob.mark_inflight(item.id, 1)
+        assert ob.ack(item.id)
+        ob._db.execute("PRAGMA max_page_count = 100000")  # space is back
+        assert ob.put("after", "t", PAYLOAD)
+        assert ob.depth == stored and ob.integrity_check() == "ok"
+
+
+def fill_disk(filler: Path) -> None:
+    """Write ``filler`` until the file system has no byte left."""
+    with open(filler, "wb", buffering=0) as f:
+        for size in (1 << 20, 1 << 12, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError:
+                pass
+
+
+def _mount_tmpfs(where: Path, size: str) -> None:
+    where.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True,
+                       capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here ({exc}); the max_page_count test covers the outbox")
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    """A 4 MiB tmpfs: a real file system that fills up."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root (CI runs as root)")
+    fs = tmp_path / "fs"
+    _mount_tmpfs(fs, "4m")
+    try:
+        yield fs
+    finally:
+        subprocess.run(["umount", "-l", str(fs)], capture_output=True, timeout=20)
+
+
+def test_real_full_file_system(small_fs: Path) -> None:
+    other = small_fs / "other-file"
+    other.write_bytes(b"\0" * (2 * 1024 * 1024))  # something else on the disk, removed later
+    with Outbox(small_fs / "o.sqlite", synchronous="FULL") as ob:
+        stored = fill(ob)
+        assert stored > 10
+        with pytest.raises(OutboxWriteError, match="database or disk is full"):
+            ob.put("again", "t", PAYLOAD)
+        with pytest.raises(OutboxWriteError, match="database or disk is full"):
+            ob.ack(ob.peek_batch(1)[0].id)  # even a delete needs room (the WAL); the link retries it later
+        assert ob.depth == stored
+        other.unlink()  # room again
+        assert ob.put("after", "t", PAYLOAD)
+        assert ob.ack(ob.peek_batch(1)[0].id)
+        assert ob.integrity_check() == "ok" and ob.depth == stored
+
+
+def test_sequence_lease_survives_a_full_disk(small_fs: Path) -> None:
+    lease = SequenceLease(small_fs / "sample.seq", block=4)
+    taken = [lease.next() for _ in range(4)]
+    filler = small_fs / "filler"
+    fill_disk(filler)
+    with pytest.raises(OSError):
+        lease.next()  # the block could not be extended: no number handed out
+    filler.unlink()
+    assert lease.next() == 4  # nothing skipped, nothing reused
+    assert taken == [0, 1, 2, 3]
+    again = SequenceLease(small_fs / "sample.seq", block=4)
+    assert again.next() >= 5
+
+
+def test_give_back_leaves_no_gap(tmp_path: Path) -> None:
+    lease = SequenceLease(tmp_path / "seq")
+    a = lease.next()
+    lease.give_back(a)
+    assert lease.next() == a
+    b = lease.next()
+    lease.give_back(a)  # not the last one taken: ignored
+    assert lease.next() == b + 1
