@@ -102,16 +102,21 @@ def augment(x: torch.Tensor, a: Augment, gen: torch.Generator | None = None) -> 
 
 def augmented(cls: type) -> type:
     """A subclass of the strategy class ``cls`` whose every optimiser step sees augmented copies of its new and
-    replayed inputs (``config.extra["augment"]``: photometric, geometric or both; default both). Replayed logits
+    replayed inputs (its Config gains ``augment``: photometric, geometric or both; default both). Replayed logits
     (distillation targets) stay those of the stored, unaugmented inputs. The product hook this stands in for is
     an ``augment`` setting read by the strategies' shared step (trainer/strategies/base.py)."""
     import dataclasses
 
+    class AugmentedConfig(cls.Config, kw_only=True):  # type: ignore[name-defined, misc]
+        augment: str = "both"
+
     class Augmented(cls):  # type: ignore[valid-type, misc]
+        Config = AugmentedConfig
+
         def _optimise(self, new: Any, replay: Any) -> float:
-            a = parse_augment(self.config.extra.get("augment", "both"))
+            a = parse_augment(self.config.augment)
             if a is not None:
-                gen = self.__dict__.setdefault("_aug_gen", torch.Generator().manual_seed(self.config.seed + 7))
+                gen = self.__dict__.setdefault("_aug_gen", torch.Generator().manual_seed(int(self.rng.integers(1 << 30))))
                 if len(new):
                     new = dataclasses.replace(new, x=a(new.x, gen))
                 if replay is not None and len(replay):

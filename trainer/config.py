@@ -57,7 +57,7 @@ class LabelerConfig(_Section):
 
 
 class UpdateConfig(_Section):
-    strategy: str = "iw-er"                     # naive | er | iw-er | der++ | ewc (trainer/strategies); its settings: `strategy:`
+    strategy: str = "iw-er"                     # naive | er | iw-er | der++ | ewc | mer (trainer/strategies); its settings: `strategy:`
     batch: int = 32                             # B: update after this many new labelled (training) samples ...
     wait_s: float = 30.0                        # T: ... or after this long with at least min_batch waiting
     min_batch: int = 1
