@@ -40,7 +40,7 @@ from protocol.model_meta import ModelMeta
 from .augment import Augment, parse_augment
 from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import read_idx
-from .evaluate import evaluate_model, predict, stratified_split
+from .evaluate import MIN_EVIDENCE, collapse_reason, evaluate_model, predict, stratified_split
 from .export import export_onnx
 from .images import InputFormat, preprocess_bytes
 from .nets import ARCH_INPUT, build_model
@@ -59,7 +59,6 @@ RETRY_LR_FACTORS = (1.0, 1 / 3, 1 / 10)
 CLIP_NORM = 10.0           # gradient-norm clip: a spike cannot throw the weights far in one step
 WARMUP_FRACTION = 0.05     # of all steps (at most 200): Adam's first steps are its largest
 DECAY_TO = 0.1             # cosine decay of the learning rate to this fraction of the peak (1.0 = none)
-MIN_EVIDENCE = 30         # predictions needed before "one class" / "at chance" is judged
 EXPLODED = 4.0             # an epoch's mean loss above this many times chance level (ln K) has exploded
 
 
@@ -215,28 +214,6 @@ class BootstrapDiverged(RuntimeError):
             f"bootstrap failed: no attempt learnt the {classes} classes ({lines}). Check that the labels match "
             f"the images (one folder or IDX label per class), that every class has enough samples, and try "
             f"--lr lower or --epochs higher; no model was registered")
-
-
-def collapse_reason(pred: np.ndarray, y: np.ndarray, num_classes: int) -> str | None:
-    """Why predictions ``pred`` on labels ``y`` look like a dead model, or None.
-
-    Dead = one predicted class (>= 95 % of predictions go to a class that is < 70 % of the truth), or accuracy
-    at chance (no better than always answering the most common class plus 2 points, when that leaves room).
-    Fewer than MIN_EVIDENCE samples say nothing either way (None).
-    """
-    pred, y = np.asarray(pred).reshape(-1), np.asarray(y).reshape(-1)
-    if len(y) < MIN_EVIDENCE or num_classes < 2:
-        return None
-    counts_p = np.bincount(pred, minlength=num_classes) / len(pred)
-    counts_y = np.bincount(y, minlength=num_classes) / len(y)
-    top = int(counts_p.argmax())
-    if counts_p[top] >= 0.95 and counts_y[top] < 0.7:
-        return f"predicts one class ({counts_p[top]:.0%} of predictions are class {top}, which is {counts_y[top]:.0%} of the data)"
-    acc = float((pred == y).mean())
-    majority = float(counts_y.max())
-    if majority < 0.9 and acc <= majority + 0.02:
-        return f"accuracy at chance ({acc:.1%}; always answering the commonest class gives {majority:.1%})"
-    return None
 
 
 def _schedule(total_steps: int) -> Any:

@@ -29,11 +29,12 @@ def test_collapse_reason_on_hand_made_predictions() -> None:
     rng = np.random.default_rng(0)
     chance = collapse_reason(rng.integers(0, 4, 100), y, 4)
     assert chance is not None and "chance" in chance
-    # a majority-heavy truth: always answering it is not "one class" when the truth is 80 % that class ...
+    # a majority-heavy truth (80 % one class): always answering it is dead too, by per-class recall
     skew = np.array([0] * 80 + [1] * 20)
-    assert "one class" not in (collapse_reason(np.zeros(100, int), skew, 2) or "")
-    # ... but it is at chance (no better than the majority answer)
-    assert "chance" in (collapse_reason(np.zeros(100, int), skew, 2) or "")
+    assert "recognises one class at most" in (collapse_reason(np.zeros(100, int), skew, 2) or "")
+    # a 90/10 truth answered 91 % right: not dead (the minority class is recognised)
+    skew = np.array([0] * 90 + [1] * 10)
+    assert collapse_reason(np.r_[np.zeros(90, int), np.ones(1, int), np.zeros(9, int)], skew, 2) is None
     assert collapse_reason(np.zeros(10, int), np.arange(10) % 2, 2) is None  # too few to judge
 
 
