@@ -42,6 +42,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from deploy.demo.plan import CALIBRATION
+
 log = logging.getLogger("edgeloop.bench.adaptation")
 
 __all__ = ["Clock", "LoopSettings", "Hooks", "RunTrace", "run_loop", "sim_clock", "UpperBound"]
@@ -92,7 +94,7 @@ def sim_clock(clock: Clock) -> Iterator[None]:
 # -- settings -----------------------------------------------------------------------------------------------
 @dataclass
 class LoopSettings:
-    """Everything that shapes one simulated run. Defaults are the demo's (deploy/demo.py) and the stage times
+    """Everything that shapes one simulated run. Defaults are the demo's (deploy/demo/plan.py) and the stage times
     ``bench freshness`` measured under demo load (bench/results.json), so the default run is the demo."""
 
     cameras: int = 4
@@ -102,7 +104,8 @@ class LoopSettings:
     p_min: float = 0.03
     uncertainty: str = "margin"
     accuracy_window_s: float = 8.0
-    # trainer (deploy/demo.py's overrides of the trainer config)
+    calibration: str = CALIBRATION       # the cameras' input calibration (edge/model.py), the demo's
+    # trainer (deploy/demo/plan.py's overrides of the trainer config)
     strategy: str = "iw-er"
     update: dict[str, Any] = field(default_factory=lambda: {
         "batch": 32, "steps": 20, "min_batch": 8, "optimizer": "adam", "lr": 1e-3})
@@ -305,7 +308,7 @@ class _Camera:
 
     def __init__(self, k: int, url: str, model_path: Path, s: LoopSettings, clock: Clock, hooks: Hooks) -> None:
         from edge.drift import DriftMonitor
-        from edge.model import EdgeModel, ModelSlot
+        from edge.model import CalibrationConfig, InputCalibration, ModelSlot
         from edge.pipeline import Pipeline
         from edge.sampler import Sampler, SamplerConfig
         from edge.sources.sim import open_sim
@@ -315,7 +318,8 @@ class _Camera:
         self.url = url
         self.src = open_sim(url)
         self.hooks = hooks
-        self.slot = ModelSlot(threads=1)
+        cal = InputCalibration(CalibrationConfig(mode=s.calibration)) if s.calibration != "off" else None
+        self.slot = ModelSlot(threads=1, calibration=cal)
         self.slot.swap(self.load(model_path))
         seed = int(url.split("seed=")[1].split("&")[0])
         cfg = SamplerConfig(budget_per_minute=s.budget_per_minute, budget_per_hour=None, budget_per_day=None,

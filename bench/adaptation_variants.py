@@ -4,6 +4,10 @@ A variant changes the loop only through :class:`bench.adaptation_loop.LoopSettin
 and :class:`bench.adaptation_loop.Hooks`; the shipping code runs unchanged otherwise. Each direction that needs
 a hook in a file this benchmark may not change (trainer/service.py, trainer/strategies/, edge/sampler.py) says so
 in its ``doc``: the hook is what would make it a product setting.
+
+Every variant runs with the demo's settings except where it says otherwise: since the cameras' input calibration
+became the demo's default (``deploy.demo.plan.CALIBRATION``), that includes calibration; ``no-calib`` is the
+demo as it was before. (The README's table of directions says which rows were measured before that change.)
 """
 from __future__ import annotations
 
@@ -19,11 +23,11 @@ __all__ = ["VARIANTS"]
 
 # -- strategy replacements ---------------------------------------------------------------------------------------
 def _rebuild(svc: Any, cls: type, extra: dict[str, Any] | None = None) -> Any:
-    """A strategy of ``cls`` on the service's model, optimiser factory, memory and config (+ ``extra``)."""
-    import dataclasses
-
+    """A strategy of ``cls`` on the service's model, optimiser factory and memory, with the service's strategy
+    settings that ``cls`` has (+ ``extra``)."""
     old = svc.strategy
-    cfg = dataclasses.replace(old.config, extra={**old.config.extra, **(extra or {})})
+    known = cls.Config.__struct_fields__
+    cfg = {k: v for k, v in old.config.as_dict().items() if k in known} | (extra or {})
     return cls(svc.model, old.optimizer_factory, old.memory, cfg)
 
 
@@ -43,18 +47,6 @@ def _augmented_updates(kind: str = "both") -> Callable[[], Hooks]:
         from trainer.strategies.iw_er import IWER
 
         return Hooks(make_strategy=lambda svc: _rebuild(svc, augmented(IWER), {"augment": kind}))
-    return make
-
-
-# -- edge calibration ------------------------------------------------------------------------------------------------
-def _calibration(mode: str, **kw: Any) -> Callable[[], Hooks]:
-    def make() -> Hooks:
-        from edge.model import CalibrationConfig, InputCalibration
-
-        def attach(cam: Any) -> None:
-            cam.slot.calibration = InputCalibration(CalibrationConfig(mode=mode, **kw))
-
-        return Hooks(on_camera=attach)
     return make
 
 
@@ -115,33 +107,19 @@ def _react(budget_factor: float = 2.0, batch: int = 16, wait_s: float = 3.0, ste
     return make
 
 
-def _chain(*makers: Callable[[], Hooks]) -> Callable[[], Hooks]:
-    """Several variants' hooks at once (each callback runs in order; the last make_strategy wins)."""
-    def make() -> Hooks:
-        hs = [m() for m in makers]
-
-        def each(name: str) -> Callable[..., None] | None:
-            fns = [getattr(h, name) for h in hs if getattr(h, name) is not None]
-            if not fns:
-                return None
-            return lambda *a: [f(*a) for f in fns] and None
-
-        strat = [h.make_strategy for h in hs if h.make_strategy is not None]
-        return Hooks(make_strategy=strat[-1] if strat else None, on_frame=each("on_frame"), on_tick=each("on_tick"),
-                     on_camera=each("on_camera"))
-    return make
-
-
 VARIANTS: dict[str, Variant] = {
-    "demo": Variant("demo", "the demo's settings (deploy/demo.py): iw-er, B=32 / K=20 / Adam 1e-3, gate, waves"),
+    "demo": Variant("demo", "the demo's settings (deploy/demo/plan.py): edge input calibration always on; iw-er, "
+                            "B=32 / K=20 / Adam 1e-3, gate, waves"),
+    "no-calib": Variant("no-calib", "the demo before calibration became its default (calibration off)",
+                        settings={"calibration": "off"}),
     "aug-boot": Variant("aug-boot", "photometric + geometric augmentation in the bootstrap (trainer.augment)",
                         bootstrap={"augment": "both"}),
     "aug": Variant("aug", "augmentation in the bootstrap and in every update step (hook: update.augment in the "
                           "strategies' base step)", bootstrap={"augment": "both"}, hooks=_augmented_updates()),
     "calib-drift": Variant("calib-drift", "edge input calibration, engaged by the drift signal (edge.model)",
-                           hooks=_calibration("drift")),
-    "calib": Variant("calib", "edge input calibration, always following the light (edge.model)",
-                     hooks=_calibration("always")),
+                           settings={"calibration": "drift"}),
+    "calib": Variant("calib", "edge input calibration, always following the light (edge.model); now = demo",
+                     settings={"calibration": "always"}),
     "react": Variant("react", "on drift: 2x edge budget; trainer B=16, T=3 s, K=30 (hooks: sampler budget factor, "
                               "drift-aware cadence)", hooks=_react()),
     "react-soak": Variant("react-soak", "react + 1 s canary soak for versions that beat the deployed one by >= 10 "
@@ -156,20 +134,6 @@ VARIANTS: dict[str, Variant] = {
                       settings={"update": {"lr": 3e-4}}),
     "k5": Variant("k5", "5 optimiser steps per update instead of 20: 20 steps on the same <= 32 new samples "
                         "overfit them (update config)", settings={"update": {"steps": 5}}),
-    "mer": Variant("mer", "Meta-Experience Replay (trainer/strategies/mer.py) instead of iw-er",
-                   hooks=_strategy("trainer.strategies.mer.MER")),
-    "ace-mix": Variant("ace-mix", "iw-er with half asymmetric, half full CE on new samples (bench/learning_mer.py; "
-                                  "hook: an ace_mix setting of iw-er)",
-                       hooks=_strategy("bench.learning_mer.MixIWER", {"ace_mix": 0.5})),
-    # combinations of the directions that earned their place
-    "calib-gate": Variant("calib-gate", "calib + gate-loose", settings={"eval": {"recent": 120, "max_regression": 0.05}},
-                          hooks=_calibration("always")),
-    "calib-gate-react": Variant("calib-gate-react", "calib + gate-loose + react",
-                                settings={"eval": {"recent": 120, "max_regression": 0.05}},
-                                hooks=_chain(_calibration("always"), _react())),
-    "calib-k5": Variant("calib-k5", "calib + k5", settings={"update": {"steps": 5}}, hooks=_calibration("always")),
-    "calib-gate-mix": Variant("calib-gate-mix", "calib + gate-loose + ace-mix",
-                              settings={"eval": {"recent": 120, "max_regression": 0.05}},
-                              hooks=_chain(_calibration("always"),
-                                           _strategy("bench.learning_mer.MixIWER", {"ace_mix": 0.5}))),
+    "mer": Variant("mer", "Meta-Experience Replay (trainer/strategies/mer.py) instead of iw-er (update.strategy)",
+                   settings={"strategy": "mer"}),
 }
