@@ -327,6 +327,31 @@ def bootstrap(
     torch.manual_seed(seed)
     if not force and load_checkpoint(state_dir) is not None:
         raise FileExistsError(f"{state_dir} already holds a trainer state (use force=True / --force to replace it)")
+    fmt = _input_format(arch, input_size, roi)
+    data_set = _load_split(data, fmt, heldout, seed, idx_labels=idx_labels, labels=labels, max_samples=max_samples)
+    log.info("bootstrap %s on %s: %d samples, %d classes %s, %d held out", arch, data,
+             len(data_set.yt) + len(data_set.yh), len(data_set.names), data_set.names, len(data_set.yh))
+    run = _Training(arch, fmt.channels, epochs, DEFAULT_LR if lr is None else float(lr), batch_size, seed,
+                    parse_augment(augment), None if weights is None else Path(weights), progress)
+    model, m, attempts = _train_with_retries(run, data_set, retries)
+    metrics: dict[str, Any] = {
+        "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"], "forgetting": 0.0,
+        "per_class": {data_set.names[i]: v for i, v in enumerate(m["per_class"]) if v is not None},
+        "evaluated_on": "heldout" if len(data_set.yh) else "train",
+    }
+    state_dir.mkdir(parents=True, exist_ok=True)
+    rec = _register_first_version(state_dir, model, fmt, arch, data_set, metrics, exporter)
+    _save_state(state_dir, model, arch, fmt, data_set, attempts, rec.version, replay_size, replay_policy, seed)
+    seconds = time.perf_counter() - t_start
+    result = BootstrapResult(rec.version, rec.path, list(data_set.names), metrics, int(len(data_set.yt)),
+                             int(len(data_set.yh)), seconds, extra={"attempts": [dataclasses.asdict(a) for a in attempts]})
+    log.info("bootstrap done: %s, accuracy %.4f macro-F1 %.4f on %d %s samples, %.1fs", rec.version,
+             metrics["accuracy"], metrics["macro_f1"], metrics["n"], metrics["evaluated_on"], seconds)
+    return result
+
+
+def _input_format(arch: str, input_size: int | tuple[int, int] | None, roi: Sequence[int] | None) -> InputFormat:
+    """What the model takes: the architecture's input (or ``input_size``), its colour order, the ROI."""
     if arch not in ARCH_INPUT:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCH_INPUT))}")
     spec = ARCH_INPUT[arch]
@@ -335,103 +360,135 @@ def bootstrap(
         w, h = (input_size, input_size) if isinstance(input_size, int) else input_size
         if arch == "convnet" and (w, h) != (28, 28):
             raise ValueError("convnet takes 28x28 input only")
-    fmt = InputFormat(w, h, spec.channels, "GRAY" if spec.channels == 1 else "RGB",
-                      tuple(int(v) for v in roi) if roi else None)  # type: ignore[arg-type]
+    return InputFormat(w, h, spec.channels, "GRAY" if spec.channels == 1 else "RGB",
+                       tuple(int(v) for v in roi) if roi else None)  # type: ignore[arg-type]
 
-    x_u8, y, label_names = load_dataset(data, fmt, idx_labels=idx_labels, labels=_parse_names(labels),
-                                        max_samples=max_samples, seed=seed)
+
+@dataclass
+class _DataSet:
+    """The bootstrap data as uint8 tensors: the training part (xt, yt) and the held-out part (xh, yh)."""
+
+    xt: torch.Tensor
+    yt: torch.Tensor
+    xh: torch.Tensor
+    yh: torch.Tensor
+    names: list[str]
+
+    @property
+    def eval_xy(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the result is judged on: the held-out part, or the training part when nothing is held out."""
+        return (self.xh, self.yh) if len(self.yh) else (self.xt, self.yt)
+
+
+def _load_split(data: str | Path, fmt: InputFormat, heldout: float, seed: int, **load: Any) -> _DataSet:
+    """Load ``data`` in ``fmt`` and split it, stratified, into training and held-out parts."""
+    labels = load.pop("labels", None)
+    x_u8, y, names = load_dataset(data, fmt, labels=_parse_names(labels), seed=seed, **load)
     held_idx, train_idx = stratified_split(y.numpy(), heldout, np.random.default_rng(seed))
     if len(train_idx) == 0:
         raise ValueError("no training samples left after the held-out split")
-    log.info("bootstrap %s on %s: %d samples, %d classes %s, %d held out", arch, data, len(y), len(label_names),
-             label_names, len(held_idx))
+    return _DataSet(x_u8[train_idx], y[train_idx], x_u8[held_idx], y[held_idx], list(names))
 
-    xt, yt = x_u8[train_idx], y[train_idx]
-    xh, yh = x_u8[held_idx], y[held_idx]
-    eval_x, eval_y = (xh, yh) if len(yh) else (xt, yt)
-    base_lr = DEFAULT_LR if lr is None else float(lr)
-    aug = parse_augment(augment)
-    steps_per_epoch = max(1, -(-len(yt) // batch_size))
+
+@dataclass
+class _Training:
+    """The settings of one bootstrap training run (every attempt uses them, at its own rate and seed)."""
+
+    arch: str
+    channels: int
+    epochs: int
+    lr: float
+    batch_size: int
+    seed: int
+    augment: Augment | None
+    weights: Path | None
+    progress: bool
+
+
+def _train_with_retries(run: _Training, ds: _DataSet, retries: int) -> tuple[torch.nn.Module, dict[str, Any],
+                                                                             list[Attempt]]:
+    """Attempts at RETRY_LR_FACTORS of the rate, each from a fresh initialisation, until one is healthy:
+    (model, held-out metrics, attempts); :class:`BootstrapDiverged` when none is."""
     attempts: list[Attempt] = []
-    model = None
-    m: dict[str, Any] = {}
     for k, factor in enumerate(RETRY_LR_FACTORS[: max(0, retries) + 1]):
-        t_a = time.perf_counter()
-        torch.manual_seed(seed + 1000 * k)
-        model = build_model(arch, len(label_names), in_channels=fmt.channels)
-        if weights is not None:
-            _load_weights(model, Path(weights))
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=epochs * steps_per_epoch, desc=f"bootstrap {arch}" + (f" (retry {k})" if k else ""),
-                       unit="step")
-        try:
-            loss, why, ran = train_classifier(model, xt, yt, epochs=epochs, lr=base_lr * factor,
-                                              batch_size=batch_size, seed=seed + 1000 * k, augment=aug, bar=bar,
-                                              min_batch=1 if arch == "convnet" else 2)  # batch norm needs 2
-        finally:
-            if bar is not None:
-                bar.close()
-        att = Attempt(base_lr * factor, seed + 1000 * k, ran, loss, why, 0.0)
-        if why is None:
-            m = evaluate_model(model, eval_x.float() / 255.0, eval_y, len(label_names))
-            att.heldout_accuracy, att.heldout_macro_f1 = m["accuracy"], m["macro_f1"]
-            pred = predict(model, eval_x.float() / 255.0)
-            why = collapse_reason(pred, eval_y.numpy(), len(label_names))
-            att.reason = None if why is None else f"{'held-out' if len(yh) else 'training'} {why}"
-        att.seconds = round(time.perf_counter() - t_a, 2)
+        model, m, att = _attempt(run, ds, k, run.lr * factor)
         attempts.append(att)
         if att.reason is None:
-            break
+            return model, m, attempts
         log.warning("bootstrap attempt %d diverged: %s%s", k + 1, att.describe(),
                     "; retrying from a fresh initialisation" if k < retries and k + 1 < len(RETRY_LR_FACTORS) else "")
-    if attempts[-1].reason is not None:
-        raise BootstrapDiverged(attempts, len(label_names))
-    assert model is not None
-    metrics: dict[str, Any] = {
-        "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"], "forgetting": 0.0,
-        "per_class": {label_names[i]: v for i, v in enumerate(m["per_class"]) if v is not None},
-        "evaluated_on": "heldout" if len(yh) else "train",
-    }
+    raise BootstrapDiverged(attempts, len(ds.names))
 
-    memory = ReplayMemory(replay_size, policy=replay_policy, seed=seed)
-    memory.add(xt, yt)  # uint8 stored as-is: the bootstrap set is rehearsed later to limit forgetting
 
-    state_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"x": xh.clone(), "y": yh.clone(), "labels": list(label_names)}, state_dir / "bootstrap_heldout.pt")
+def _attempt(run: _Training, ds: _DataSet, k: int, lr: float) -> tuple[torch.nn.Module, dict[str, Any], Attempt]:
+    """Attempt ``k``: train a fresh model at ``lr``, then judge it on the held-out part (collapse_reason)."""
+    t_a = time.perf_counter()
+    seed = run.seed + 1000 * k
+    torch.manual_seed(seed)
+    model = build_model(run.arch, len(ds.names), in_channels=run.channels)
+    if run.weights is not None:
+        _load_weights(model, run.weights)
+    bar = None
+    if run.progress:
+        from tqdm import tqdm
 
+        steps_per_epoch = max(1, -(-len(ds.yt) // run.batch_size))
+        bar = tqdm(total=run.epochs * steps_per_epoch, desc=f"bootstrap {run.arch}" + (f" (retry {k})" if k else ""),
+                   unit="step")
+    try:
+        loss, why, ran = train_classifier(model, ds.xt, ds.yt, epochs=run.epochs, lr=lr, batch_size=run.batch_size,
+                                          seed=seed, augment=run.augment, bar=bar,
+                                          min_batch=1 if run.arch == "convnet" else 2)  # batch norm needs 2
+    finally:
+        if bar is not None:
+            bar.close()
+    att = Attempt(lr, seed, ran, loss, why, 0.0)
+    m: dict[str, Any] = {}
+    if why is None:
+        ex, ey = ds.eval_xy
+        m = evaluate_model(model, ex.float() / 255.0, ey, len(ds.names))
+        att.heldout_accuracy, att.heldout_macro_f1 = m["accuracy"], m["macro_f1"]
+        why = collapse_reason(predict(model, ex.float() / 255.0), ey.numpy(), len(ds.names))
+        att.reason = None if why is None else f"{'held-out' if len(ds.yh) else 'training'} {why}"
+    att.seconds = round(time.perf_counter() - t_a, 2)
+    return model, m, att
+
+
+def _register_first_version(state_dir: Path, model: torch.nn.Module, fmt: InputFormat, arch: str, ds: _DataSet,
+                            metrics: dict[str, Any], exporter: str) -> Any:
+    """Export the model as ONNX with its metadata and register it as the first promoted version."""
     registry = Registry(state_dir)
     try:
         version = registry.next_version()
         path = registry.model_path(version)
         meta = ModelMeta(
-            version=version, labels=list(label_names), width=fmt.width, height=fmt.height, channels=fmt.channels,
+            version=version, labels=list(ds.names), width=fmt.width, height=fmt.height, channels=fmt.channels,
             color_order=fmt.color_order, mean=[0.0] * fmt.channels, std=[1.0] * fmt.channels,
             roi=list(fmt.roi) if fmt.roi else None, parent_version=None, architecture=arch,
-            samples_seen=int(len(yt)), metrics=metrics, created=time.time(),
+            samples_seen=int(len(ds.yt)), metrics=metrics, created=time.time(),
         )
         export_onnx(model, meta, path, exporter=exporter,  # type: ignore[arg-type]
-                    verify_inputs=(eval_x[:16].float() / 255.0))
-        rec = registry.register(version, path=path, labels=list(label_names), metrics=metrics,
-                                samples_seen=int(len(yt)), status="promoted", arch=arch)
+                    verify_inputs=(ds.eval_xy[0][:16].float() / 255.0))
+        return registry.register(version, path=path, labels=list(ds.names), metrics=metrics,
+                                 samples_seen=int(len(ds.yt)), status="promoted", arch=arch)
     finally:
         registry.close()
 
+
+def _save_state(state_dir: Path, model: torch.nn.Module, arch: str, fmt: InputFormat, ds: _DataSet,
+                attempts: list[Attempt], version: str, replay_size: int, replay_policy: str, seed: int) -> None:
+    """The trainer's starting state: the checkpoint (replay memory seeded with the training set, kept as uint8
+    so the bootstrap set is rehearsed later to limit forgetting) and the held-out part for later evaluations."""
+    memory = ReplayMemory(replay_size, policy=replay_policy, seed=seed)
+    memory.add(ds.xt, ds.yt)
+    torch.save({"x": ds.xh.clone(), "y": ds.yh.clone(), "labels": list(ds.names)}, state_dir / "bootstrap_heldout.pt")
     save_checkpoint(
-        state_dir, model=model, arch=arch, labels=list(label_names), optimizer=None, replay=memory,
+        state_dir, model=model, arch=arch, labels=list(ds.names), optimizer=None, replay=memory,
         counters={"label_seq": 0, "samples_seen": 0, "updates": 0, "evaluations": 0, "promotions": 0,
-                  "bootstrap_samples": int(len(yt))},
+                  "bootstrap_samples": int(len(ds.yt))},
         extra={"input": fmt.as_dict(), "in_channels": fmt.channels, "history": [], "bootstrap_version": version,
                "bootstrap_attempts": [dataclasses.asdict(a) for a in attempts]},
     )
-    seconds = time.perf_counter() - t_start
-    result = BootstrapResult(version, rec.path, list(label_names), metrics, int(len(yt)), int(len(yh)), seconds,
-                             extra={"attempts": [dataclasses.asdict(a) for a in attempts]})
-    log.info("bootstrap done: %s, accuracy %.4f macro-F1 %.4f on %d %s samples, %.1fs", version,
-             metrics["accuracy"], metrics["macro_f1"], metrics["n"], metrics["evaluated_on"], seconds)
-    return result
 
 
 def _load_weights(model: torch.nn.Module, path: Path) -> None:
