@@ -14,29 +14,24 @@ authentication, so binding another address is allowed but logged as a warning.
 from __future__ import annotations
 
 import bisect
-import json
 import logging
-import threading
-import time
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from typing import TYPE_CHECKING, Annotated, Iterator
 
 import msgspec
 from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily, Metric,
 )
-from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
+
+from protocol.metrics_server import LOOPBACK, MetricsServer
 
 if TYPE_CHECKING:
     from edge.node import EdgeNode
 
-__all__ = ["MetricsConfig", "LatencyHistogram", "EdgeCollector", "MetricsServer", "LOOPBACK"]
+__all__ = ["MetricsConfig", "LatencyHistogram", "EdgeCollector", "metrics_server", "LOOPBACK"]
 
 log = logging.getLogger("edgeloop.edge.metrics")
-
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 class MetricsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -154,84 +149,9 @@ class EdgeCollector(Collector):
                        u.queue_dropped)
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        pass
-
-
-class MetricsServer:
-    """``GET /metrics`` (Prometheus text format) and ``GET /healthz`` (JSON; 200 healthy, 503 not) on one port.
-
-    ``health`` returns (healthy, details). Anything else is 404; methods other than GET/HEAD are 405.
-    """
-
-    def __init__(self, registry: CollectorRegistry, health: Callable[[], tuple[bool, dict[str, Any]]],
-                 host: str = "127.0.0.1", port: int = 9851) -> None:
-        self.registry = registry
-        self.health = health
-        self.host, self.port = host, port
-        self._metrics_app = make_wsgi_app(registry)
-        self._server: ThreadingWSGIServer | None = None
-        self._thread: threading.Thread | None = None
-
-    @classmethod
-    def for_node(cls, node: "EdgeNode", config: MetricsConfig) -> "MetricsServer":
-        registry = CollectorRegistry()
-        registry.register(EdgeCollector(node))
-        registry.register(ProcessCollector(registry=None))  # process_cpu_seconds_total, resident memory, fds
-        return cls(registry, node.health, config.host, config.port)
-
-    def start(self) -> str:
-        """Bind and serve in a daemon thread; returns the base URL. Raises OSError if the port is taken."""
-        server_cls = type("_Server", (ThreadingWSGIServer,), {})
-        if ":" in self.host:
-            import socket
-
-            server_cls.address_family = socket.AF_INET6
-        self._server = make_server(self.host, self.port, self._app, server_cls, handler_class=_QuietHandler)
-        self.port = self._server.server_port
-        self._thread = threading.Thread(target=self._server.serve_forever, name="edgeloop-metrics", daemon=True)
-        self._thread.start()
-        if self.host not in LOOPBACK:
-            log.warning("metrics and health endpoint listen on %s:%d without authentication: anyone who can reach "
-                        "that address reads this device's metrics (read-only); bind 127.0.0.1 and scrape through "
-                        "a proxy or an SSH tunnel if that is not intended", self.host, self.port)
-        return self.url
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
-        if method not in ("GET", "HEAD"):
-            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Type", "text/plain")])
-            return [b"read-only: use GET\n"]
-        if path == "/metrics":
-            environ = {**environ, "REQUEST_METHOD": "GET"}
-            return self._metrics_app(environ, start_response)
-        if path == "/healthz":
-            ok, details = self._health()
-            body = json.dumps({"status": "ok" if ok else "unhealthy", **details}, sort_keys=True).encode() + b"\n"
-            start_response("200 OK" if ok else "503 Service Unavailable",
-                           [("Content-Type", "application/json"), ("Cache-Control", "no-store")])
-            return [body]
-        if path == "/":
-            start_response("200 OK", [("Content-Type", "text/plain")])
-            return [b"edgeloop edge: /metrics (Prometheus), /healthz\n"]
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"not found: /metrics or /healthz\n"]
-
-    def _health(self) -> tuple[bool, dict[str, Any]]:
-        try:
-            return self.health()
-        except Exception as exc:  # a health check that raises is itself a failure, not a crashed server
-            log.exception("health check failed")
-            return False, {"reason": f"health check raised {type(exc).__name__}: {exc}", "time": time.time()}
+def metrics_server(node: "EdgeNode", config: MetricsConfig) -> MetricsServer:
+    """The node's ``/metrics`` (its collector and the process's CPU/memory) and ``/healthz`` (``node.health``)."""
+    registry = CollectorRegistry()
+    registry.register(EdgeCollector(node))
+    registry.register(ProcessCollector(registry=None))  # process_cpu_seconds_total, resident memory, fds
+    return MetricsServer(make_wsgi_app(registry), node.health, config.host, config.port, name="edgeloop edge")

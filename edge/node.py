@@ -32,7 +32,7 @@ from edge.counters import SequenceLease, next_boot
 from edge.drift import DriftMonitor
 from edge.homeassistant import discovery_messages
 from edge.link import Link
-from edge.metrics import LatencyHistogram, MetricsServer
+from edge.metrics import LatencyHistogram, metrics_server
 from edge.model import EdgeModel, InputCalibration, ModelError, ModelSlot, Prediction
 from edge.outbox import Outbox, OutboxWriteError
 from edge.pipeline import Pipeline
@@ -139,7 +139,7 @@ class EdgeNode:
         self._fps_mark = (time.monotonic(), 0)
         self.recent_fps = 0.0
         self.last_snapshot: dict = {}
-        self.metrics_server = MetricsServer.for_node(self, config.metrics) if config.metrics.enabled else None
+        self.metrics_server = metrics_server(self, config.metrics) if config.metrics.enabled else None
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     def run(self) -> LoopStats:

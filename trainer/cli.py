@@ -42,15 +42,8 @@ def _fraction(text: str) -> float:
     return v
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="edgeloop trainer",
-        description="The central learner: bootstrap a model, ingest edge samples over MQTT, label them, "
-                    "run buffered importance-weighted continual updates, gate, export and register ONNX versions.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::", 1)[1],
-    )
-    sub = p.add_subparsers(dest="command", metavar="{bootstrap,run,status,versions,classes}")
-
+def _add_bootstrap(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """``edgeloop trainer bootstrap``'s arguments (its own function: the bootstrap alone has 22 of them)."""
     b = sub.add_parser("bootstrap", help="train the first model from labelled images and register v0001",
                        description="Train the first model from an ImageFolder (root/<class>/*.png|jpg) or MNIST-format "
                                    "IDX files, write the trainer state directory and register the first ONNX version. "
@@ -86,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument("--threads", type=int, default=None, help="torch threads")
 
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgeloop trainer",
+        description="The central learner: bootstrap a model, ingest edge samples over MQTT, label them, "
+                    "run buffered importance-weighted continual updates, gate, export and register ONNX versions.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::", 1)[1],
+    )
+    sub = p.add_subparsers(dest="command", metavar="{bootstrap,run,status,versions,classes}")
+
+    _add_bootstrap(sub)
+
     r = sub.add_parser("run", help="run the service: ingest, label, update, gate, export, register",
                        description="Run the trainer service until interrupted (SIGINT/SIGTERM stop it cleanly after "
                                    "the update in progress; kill -9 is safe too: it resumes from the last checkpoint).")
@@ -105,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--label-noise", type=float, metavar="P", help="oracle: label-flip probability")
     r.add_argument("--api-port", type=int, help="HTTP label API port (0 = any free port; default 8765)")
     r.add_argument("--no-api", action="store_true", help="no HTTP label API (not allowed with --labeller queue)")
-    r.add_argument("--strategy", help="naive | er | iw-er | der++ | ewc")
+    r.add_argument("--strategy", help="naive | er | iw-er | der++ | ewc | mer")
     r.add_argument("-B", "--batch", type=int, help="update after this many new labelled samples")
     r.add_argument("-T", "--wait", type=float, help="... or after this many seconds")
     r.add_argument("-K", "--steps", type=int, help="optimiser steps per update")
