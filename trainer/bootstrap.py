@@ -208,12 +208,15 @@ class BootstrapDiverged(RuntimeError):
     """Every attempt diverged or collapsed; ``attempts`` says how. Nothing was registered."""
 
     def __init__(self, attempts: list[Attempt], classes: int) -> None:
-        self.attempts = attempts
+        self.attempts, self._classes = attempts, classes
         lines = "; ".join(f"attempt {i + 1}: {a.describe()}" for i, a in enumerate(attempts))
         super().__init__(
             f"bootstrap failed: no attempt learnt the {classes} classes ({lines}). Check that the labels match "
             f"the images (one folder or IDX label per class), that every class has enough samples, and try "
             f"--lr lower or --epochs higher; no model was registered")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable, so a worker process can report it (bench/jobs.py)
+        return (type(self), (self.attempts, self._classes))
 
 
 def _schedule(total_steps: int) -> Any:

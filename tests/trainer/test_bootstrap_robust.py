@@ -91,3 +91,14 @@ def test_augment_keeps_shape_range_and_is_seeded() -> None:
     assert parse_augment("none") is None and parse_augment(True) == Augment()
     with pytest.raises(ValueError, match="unknown augmentation"):
         parse_augment("mixup")
+
+
+def test_bootstrap_diverged_survives_pickling() -> None:
+    """A worker process reports the failure to its parent (bench/jobs.py): it must cross a pickle."""
+    import pickle
+
+    from trainer.bootstrap import Attempt
+
+    e = BootstrapDiverged([Attempt(1e-3, 0, 3, None, "loss is nan at epoch 1", 0.5)], 4)
+    back = pickle.loads(pickle.dumps(e))
+    assert str(back) == str(e) and back.attempts == e.attempts
