@@ -157,7 +157,7 @@ def bootstrap_state(kind: str, seed: int, options: dict[str, Any] | None = None,
 
 # -- one run ---------------------------------------------------------------------------------------------------
 #: --quick: a smoke run of the whole path in < 1 min (1 camera, 45 s, a small bootstrap); its numbers judge nothing
-QUICK = {"cameras": 1, "stream_s": 45.0, "bootstrap": {"frames": 400, "epochs": 8}}
+QUICK = {"cameras": 1, "stream_s": 45.0, "bootstrap": {"frames": 400, "epochs": 12}}
 
 
 def run_one(scenario: str, seed: int, variant: str = "demo", upper: bool = True, stream_s: float = STREAM_S,

@@ -60,6 +60,7 @@ CLIP_NORM = 10.0           # gradient-norm clip: a spike cannot throw the weight
 WARMUP_FRACTION = 0.05     # of all steps (at most 200): Adam's first steps are its largest
 DECAY_TO = 0.1             # cosine decay of the learning rate to this fraction of the peak (1.0 = none)
 EXPLODED = 4.0             # an epoch's mean loss above this many times chance level (ln K) has exploded
+JUDGE_AFTER_STEPS = 150    # training predictions are judged only after this many steps (a short run is judged at the end)
 
 
 @dataclass
@@ -237,7 +238,7 @@ def train_classifier(model: torch.nn.Module, x_u8: torch.Tensor, y: torch.Tensor
                      min_batch: int = 1) -> tuple[float | None, str | None, int]:
     """Train ``model`` in place on uint8 inputs ``x_u8``; returns (last epoch's mean loss, divergence reason or
     None, epochs run). Stops at the first sign of divergence: a non-finite loss, an epoch loss above EXPLODED x
-    chance level, or -- from the third epoch (or a third of them) on -- an epoch whose training predictions
+    chance level, or -- from the third epoch (or a third of them, and JUDGE_AFTER_STEPS steps) on -- an epoch whose training predictions
     collapse (:func:`collapse_reason`)."""
     k = int(y.max()) + 1 if len(y) else 1
     chance = math.log(max(2, k))
@@ -245,7 +246,7 @@ def train_classifier(model: torch.nn.Module, x_u8: torch.Tensor, y: torch.Tensor
     steps_per_epoch = max(1, -(-len(y) // batch_size))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(epochs * steps_per_epoch))
     gen = torch.Generator().manual_seed(seed)
-    check_from = max(2, epochs // 3)
+    check_from = max(2, epochs // 3, -(-JUDGE_AFTER_STEPS // steps_per_epoch))
     model.train()
     mean = None
     for epoch in range(epochs):
