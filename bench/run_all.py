@@ -70,8 +70,8 @@ REGISTRY: list[Bench] = [
     Bench("transport", "bench.transport"),
     Bench("rollout", "bench.rollout"),
     Bench("freshness", "bench.freshness"),
-    Bench("adaptation", "bench.adaptation"),
     Bench("console", "bench.console"),
+    Bench("adaptation", "bench.adaptation"),
 ]
 
 
