@@ -34,6 +34,7 @@ HEADLINES: dict[str, tuple[str, ...]] = {
     "learning": ("summary.iw-er.final_acc",),
     "label_budget": ("acc_20pct_edge_iw_pct",),
     "rollout": ("n1000_seconds", "n100_seconds"),
+    "adaptation": ("default_loop_final_pct",),
 }
 MACHINE_LABELS: dict[str, str] = {
     "cpu_model": "CPU", "cpu_count": "cores (os.cpu_count)", "cpu_affinity": "cores usable (affinity)",

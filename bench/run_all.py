@@ -8,6 +8,7 @@
     edgeloop bench rollout --devices 50                    # passthrough to bench.rollout.main
     edgeloop bench label_budget --seeds 0                  # = python -m bench.label_budget --seeds 0
     edgeloop bench soak --quick --out DIR  # only when named (30 min; not in all, not in CI)
+    edgeloop bench adaptation --scenarios default --variant demo,calib   # passthrough to bench.adaptation.main
 
 Why one harness: every benchmark answers a design claim (codec cost, edge fps, venv size, learning
 quality, rollout time ...). Running them through one entry point with one machine description and
@@ -77,6 +78,7 @@ REGISTRY: list[Bench] = [
     Bench("console", "bench.console"),
     Bench("fuzz", "bench.fuzz"),
     Bench("chaos", "bench.chaos"),
+    Bench("adaptation", "bench.adaptation"),
     Bench("soak", "bench.soak", explicit=True),
 ]
 

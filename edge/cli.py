@@ -43,6 +43,8 @@ FLAGS: list[tuple[str, str, object, str]] = [
     ("--budget-hour", "sampler.budget_per_hour", int_or_none, "uploads allowed per hour ('none' = unlimited)"),
     ("--budget-day", "sampler.budget_per_day", int_or_none, "uploads allowed per day ('none' = unlimited)"),
     ("--seed", "sampler.seed", int, "seed of the selection RNG (default: from the OS)"),
+    ("--calibration", "calibration.mode", str, "test-time input calibration from unlabelled frames: off | drift "
+     "(engage when the drift signal fires) | always (default off)"),
     ("--outbox-bytes", "outbox.max_bytes", int, "disk bound of the sample outbox in bytes"),
     ("--outbox-policy", "outbox.policy", str, "drop_oldest | drop_lowest_priority | reject_new"),
     ("--predictions", "predictions.mode", str,

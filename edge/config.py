@@ -16,6 +16,7 @@ from msgspec import Meta
 from edge.drift import DriftConfig
 from edge.homeassistant import HomeAssistantConfig
 from edge.metrics import MetricsConfig
+from edge.model import CalibrationConfig
 from edge.sampler import SamplerConfig
 from edge.updater import UpdaterLimits
 from edge.verdicts import PredictionsConfig
@@ -81,6 +82,7 @@ class EdgeConfig(_Section):
     model: ModelConfig = msgspec.field(default_factory=ModelConfig)
     sampler: SamplerConfig = msgspec.field(default_factory=SamplerConfig)
     drift: DriftConfig = msgspec.field(default_factory=DriftConfig)
+    calibration: CalibrationConfig = msgspec.field(default_factory=CalibrationConfig)  # test-time input calibration
     upload: UploadConfig = msgspec.field(default_factory=UploadConfig)
     outbox: OutboxConfig = msgspec.field(default_factory=OutboxConfig)
     mqtt: MqttConfig = msgspec.field(default_factory=MqttConfig)

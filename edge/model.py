@@ -17,6 +17,17 @@ Whether the graph outputs logits or probabilities: the trainer exports raw logit
 "logits"); an output named like ``prob*``/``softmax*`` is taken as probabilities already. ``predict``
 always returns probabilities.
 
+Test-time input calibration (:class:`InputCalibration`, off unless configured): a camera whose light changes
+(a lamp fails, exposure drifts) sees every pixel scaled per channel long before a model trained on the new
+light can arrive. From unlabelled frames the calibration keeps per-channel mean and spread of the model-sized
+crop -- a *reference* (the camera's first frames) and a recent window -- and, when engaged, maps the current
+statistics back onto the reference with a per-channel gain and offset. That affine map folds into the fused
+normalise (``scale/std`` and ``-mean/std`` per channel), so inference costs exactly what it did; observing
+costs one ``cv2.meanStdDev`` on the small crop per frame. Uploads are mapped the same way
+(:meth:`EdgeModel.calibrate_image`), so the trainer learns in the space the edge infers in. Torch-free,
+reversible (:meth:`InputCalibration.release`, and an identity map disengages by itself), and reported in the
+edge's stats.
+
 ``ModelSlot`` holds the active and previous model. The frame loop reads ``slot.active`` once per frame
 (or micro-batch) - a plain attribute read, atomic under the GIL - so a swap lands *between* frames without
 stopping the loop. ``swap`` loads, validates and smoke-tests the new model (finite, well-formed outputs
@@ -30,6 +41,7 @@ import operator
 import os
 import threading
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -109,11 +121,13 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return z
 
 
-def _blob_params(meta: ModelMeta) -> object | None:
+def _blob_params(meta: ModelMeta, mul: np.ndarray | None = None, add: np.ndarray | None = None) -> object | None:
     """``cv2.dnn.Image2BlobParams`` equivalent to the metadata's normalisation, or None (old cv2 / no dnn).
 
     blob = (x - mean') * scalefactor with mean' = mean/scale and scalefactor = scale/std per channel, both
-    in the *output* channel order (after ``swapRB``), which is what OpenCV expects.
+    in the *output* channel order (after ``swapRB``), which is what OpenCV expects. With ``mul``/``add`` (the
+    fused ``x * mul + add`` factors, output channel order) the same map is expressed as
+    scalefactor = mul, mean' = -add/mul.
     """
     dnn = getattr(cv2, "dnn", None)
     if dnn is None or not hasattr(dnn, "Image2BlobParams") or not hasattr(dnn, "blobFromImageWithParams"):
@@ -121,8 +135,13 @@ def _blob_params(meta: ModelMeta) -> object | None:
     try:
         p = dnn.Image2BlobParams()
         c = meta.channels
-        sf = [meta.scale / s for s in meta.std] + [0.0] * (4 - c)
-        mean = [m / meta.scale for m in meta.mean] + [0.0] * (4 - c)
+        if mul is not None and add is not None:
+            m_, a_ = mul.reshape(-1).astype(np.float64), add.reshape(-1).astype(np.float64)
+            sf = [float(v) for v in m_] + [0.0] * (4 - c)
+            mean = [float(-a / m) for a, m in zip(a_, m_)] + [0.0] * (4 - c)
+        else:
+            sf = [meta.scale / s for s in meta.std] + [0.0] * (4 - c)
+            mean = [m / meta.scale for m in meta.mean] + [0.0] * (4 - c)
         p.scalefactor = tuple(sf)
         p.mean = tuple(mean)
         p.size = (int(meta.width), int(meta.height))
@@ -175,6 +194,8 @@ class EdgeModel:
         self._mul = (meta.scale / std).astype(np.float32).reshape(-1, 1, 1)
         self._add = (-mean / std).astype(np.float32).reshape(-1, 1, 1)
         self._blob = _blob_params(meta)  # OpenCV's fused HWC->NCHW normalise, when this cv2 build has it
+        self._base = (self._mul.copy(), self._add.copy(), self._blob)
+        self.correction: tuple[np.ndarray, np.ndarray] | None = None  # (gain, offset) in crop channel order
         self._input_name = meta.input_name
         self._output_names = [meta.output_name]
         self.outputs_logits = not _outputs_probabilities(meta.output_name)
@@ -311,6 +332,46 @@ class EdgeModel:
             img = cv2.resize(img, (tw * kx, th * ky), interpolation=cv2.INTER_LINEAR)
         return cv2.resize(img, self.size, interpolation=cv2.INTER_AREA)
 
+    def set_input_correction(self, gain: np.ndarray | None, offset: np.ndarray | None = None) -> None:
+        """Map every input pixel x (0-255, per channel of the resized crop: BGR, or grey for GRAY models) to
+        ``gain * x + offset`` before the metadata's normalisation; ``None`` restores the plain model. Folded into
+        the fused normalise, so it costs nothing per frame."""
+        mul, add, blob = self._base
+        if gain is None:
+            self._mul, self._add, self._blob, self.correction = mul.copy(), add.copy(), blob, None
+            return
+        g = np.asarray(gain, np.float64).reshape(-1)
+        b = np.zeros_like(g) if offset is None else np.asarray(offset, np.float64).reshape(-1)
+        if len(g) == 1 and self.channels == 3:
+            g, b = np.repeat(g, 3), np.repeat(b, 3)
+        elif len(g) == 3 and self.channels == 1:  # a colour correction for a grey model: through BT.601 luma
+            w = np.array([0.114, 0.587, 0.299])
+            g, b = np.array([float(w @ g)]), np.array([float(w @ b)])
+        if len(g) != self.channels:
+            raise ValueError(f"correction has {len(g)} channels, the model takes {self.channels}")
+        self.correction = (g.copy(), b.copy())
+        if self.channels == 3 and self.color_order == "RGB":  # crop channels are BGR; the model's are RGB
+            g, b = g[::-1], b[::-1]
+        m0, a0 = mul.reshape(-1).astype(np.float64), add.reshape(-1).astype(np.float64)
+        # (g x + b) * m0 + a0 = x * (g m0) + (b m0 + a0)
+        self._mul = (g * m0).astype(np.float32).reshape(-1, 1, 1)
+        self._add = (b * m0 + a0).astype(np.float32).reshape(-1, 1, 1)
+        self._blob = _blob_params(self.meta, self._mul, self._add) if blob is not None else None
+
+    def calibrate_image(self, image_bgr: np.ndarray) -> np.ndarray:
+        """``image_bgr`` (uint8, any size) with the input correction applied, clipped to 0-255: what an upload
+        carries so that the trainer sees what the model saw. The image itself when there is no correction."""
+        if self.correction is None:
+            return image_bgr
+        g, b = self.correction
+        if image_bgr.ndim == 3 and len(g) == 1:
+            g, b = np.repeat(g, 3), np.repeat(b, 3)
+        elif image_bgr.ndim == 2 and len(g) == 3:
+            w = np.array([0.114, 0.587, 0.299])
+            g, b = np.array([float(w @ g)]), np.array([float(w @ b)])
+        out = image_bgr.astype(np.float32) * g.astype(np.float32) + b.astype(np.float32)
+        return np.clip(out, 0, 255).astype(np.uint8)
+
     def _to_chw_into(self, small: np.ndarray, out: np.ndarray) -> None:
         """Colour order + fused normalise of the small image into ``out`` (C, H, W) float32."""
         if small.ndim == 2:
@@ -439,6 +500,126 @@ class EdgeModel:
         return f"EdgeModel(version={self.version!r}, arch={self.meta.architecture!r}, input={self.size}x{self.channels}, classes={self.num_classes})"
 
 
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Test-time input calibration (see the module docstring).
+
+    ``mode``: "off"; "drift" = engage when the edge's drift signal fires, then follow the light; "always" =
+    follow the light from the moment the reference is complete. ``reference`` frames (the camera's first)
+    define normal; the current statistics come from the last ``window`` frames and the correction is
+    re-estimated every ``every`` frames while engaged. Gains are kept within [1/max_gain, max_gain].
+    """
+
+    mode: str = "off"
+    reference: int = 150
+    window: int = 45
+    every: int = 15
+    max_gain: float = 3.0
+    release_below: float = 0.03  # |gain - 1| and |offset|/255 under this: the map is identity, disengage
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("off", "drift", "always"):
+            raise ValueError(f"calibration mode must be off, drift or always, got {self.mode!r}")
+        if self.reference < 1 or self.window < 1 or self.every < 1:
+            raise ValueError("calibration reference, window and every must be >= 1")
+
+
+class InputCalibration:
+    """Per-camera input statistics and the per-channel affine map between now and the reference.
+
+    Lives in the :class:`ModelSlot` (it belongs to the camera, not to a model version: a model trained on
+    calibrated uploads expects calibrated input), which applies it to every model it installs.
+    """
+
+    def __init__(self, config: CalibrationConfig | None = None) -> None:
+        self.config = config or CalibrationConfig()
+        self.frames = 0
+        self._ref = np.zeros(0)          # per-channel sums of mean and mean-of-squares over the reference
+        self._ref_n = 0
+        self._win: np.ndarray | None = None  # (window, 2C) per-frame mean and mean-of-squares
+        self._wi = 0
+        self._wn = 0
+        self.engaged = False
+        self.engagements = 0
+        self.gain: np.ndarray | None = None
+        self.offset: np.ndarray | None = None
+        self._since = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.mode != "off"
+
+    def observe(self, small: np.ndarray) -> None:
+        """Add one frame's model-sized crop (uint8 BGR or grey) to the statistics."""
+        mean, std = cv2.meanStdDev(small)
+        m = mean.reshape(-1)
+        row = np.concatenate([m, std.reshape(-1) ** 2 + m * m])
+        self.frames += 1
+        self._since += 1
+        if self._ref_n < self.config.reference:
+            self._ref = row if self._ref_n == 0 else self._ref + row
+            self._ref_n += 1
+        if self._win is None:
+            self._win = np.zeros((self.config.window, len(row)))
+        self._win[self._wi] = row
+        self._wi = (self._wi + 1) % self.config.window
+        self._wn = min(self._wn + 1, self.config.window)
+
+    @staticmethod
+    def _moments(sums: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        c = len(sums) // 2
+        mu = sums[:c] / n
+        sd = np.sqrt(np.maximum(sums[c:] / n - mu * mu, 1e-6))
+        return mu, sd
+
+    def correction(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(gain, offset) mapping the recent window's statistics onto the reference's, or None if not ready."""
+        if self._ref_n < self.config.reference or self._win is None or self._wn < self.config.window:
+            return None
+        mu0, sd0 = self._moments(self._ref, self._ref_n)
+        mu1, sd1 = self._moments(self._win[: self._wn].sum(0), self._wn)
+        g = np.clip(sd0 / sd1, 1.0 / self.config.max_gain, self.config.max_gain)
+        return g, mu0 - g * mu1
+
+    def update(self, drift_active: bool) -> bool:
+        """Engage / refresh / disengage after a frame; True when the correction changed (apply it)."""
+        cfg = self.config
+        if cfg.mode == "off":
+            return False
+        want = self.engaged or cfg.mode == "always" or drift_active
+        if not want or (self.engaged and self._since < cfg.every):
+            return False
+        corr = self.correction()
+        if corr is None:
+            return False
+        self._since = 0
+        g, b = corr
+        identity = bool(np.all(np.abs(g - 1.0) < cfg.release_below) and np.all(np.abs(b) < cfg.release_below * 255))
+        if identity:
+            if self.engaged:
+                self.release()
+                return True
+            return False
+        if not self.engaged:
+            self.engagements += 1
+        self.engaged, self.gain, self.offset = True, g, b
+        return True
+
+    def release(self) -> None:
+        """Back to the plain model input (the statistics are kept)."""
+        self.engaged, self.gain, self.offset = False, None, None
+
+    def apply(self, model: "EdgeModel") -> None:
+        model.set_input_correction(self.gain if self.engaged else None, self.offset if self.engaged else None)
+
+    def stats(self) -> dict[str, object]:
+        """For the stats topic: mode, whether engaged, how often, and the current per-channel map."""
+        return {"mode": self.config.mode, "engaged": self.engaged, "engagements": self.engagements,
+                "frames": self.frames, "reference_frames": self._ref_n,
+                "gain": None if self.gain is None else [round(float(v), 4) for v in self.gain],
+                "offset": None if self.offset is None else [round(float(v), 2) for v in self.offset]}
+
+
 class ModelSlot:
     """The active and previous model, swapped atomically between frames.
 
@@ -450,7 +631,10 @@ class ModelSlot:
     """
 
     def __init__(self, model: EdgeModel | None = None, *, threads: int = 1, roi: Sequence[int] | None = None,
-                 keep_frames: int = 4, observe_every: int = 50) -> None:
+                 keep_frames: int = 4, observe_every: int = 50, calibration: InputCalibration | None = None) -> None:
+        self.calibration = calibration  # the camera's input calibration: applied to every model installed here
+        if model is not None and calibration is not None:
+            calibration.apply(model)
         self.active: EdgeModel | None = model
         self.previous: EdgeModel | None = None
         self.generation = 0
@@ -482,6 +666,8 @@ class ModelSlot:
         model = new if isinstance(new, EdgeModel) else self.load(new)
         if isinstance(new, EdgeModel):
             model.smoke_test(list(self._recent))
+        if self.calibration is not None:
+            self.calibration.apply(model)
         with self._lock:
             self.previous, self.active = self.active, model
             self.generation += 1
@@ -493,6 +679,8 @@ class ModelSlot:
             if self.previous is None:
                 raise ModelError("no_previous", "no previous model to roll back to")
             self.previous, self.active = self.active, self.previous
+            if self.calibration is not None and self.active is not None:
+                self.calibration.apply(self.active)
             self.generation += 1
             return self.active  # type: ignore[return-value]
 

@@ -33,7 +33,7 @@ from edge.drift import DriftMonitor
 from edge.homeassistant import discovery_messages
 from edge.link import Link
 from edge.metrics import LatencyHistogram, metrics_server
-from edge.model import EdgeModel, ModelError, ModelSlot, Prediction
+from edge.model import EdgeModel, InputCalibration, ModelError, ModelSlot, Prediction
 from edge.outbox import Outbox, OutboxWriteError
 from edge.pipeline import Pipeline
 from edge.sampler import Decision, Sampler
@@ -93,7 +93,8 @@ class EdgeNode:
         self.stats = LoopStats(correct=deque(maxlen=max(1, config.accuracy_window)))
 
         # Model: what the updater last installed (verified), else the provisioned file.
-        self.slot = ModelSlot(threads=config.model.threads, roi=config.model.roi)
+        cal = InputCalibration(config.calibration) if config.calibration.mode != "off" else None
+        self.slot = ModelSlot(threads=config.model.threads, roi=config.model.roi, calibration=cal)
         path, _ = select_boot_model(self.state_dir, config.model.path)
         if path is None:
             raise ModelError("no_model", "no model: give --model PATH (an ONNX file exported by the trainer)")
@@ -271,6 +272,7 @@ class EdgeNode:
         image, roi = frame.image, None
         if self.config.upload.crop_roi and model.roi is not None:
             image, roi = model.crop(frame.image), model.roi
+        image = model.calibrate_image(image)  # the trainer learns what the model saw (identity when not engaged)
         if self.config.upload.image_format == "png":
             ok, buf = cv2.imencode(".png", image)
             content_type = "image/png"
@@ -372,6 +374,7 @@ class EdgeNode:
                 "outbox": ob, "sampler": self.sampler.stats()["reasons"], "drift_active": bool(self.drift.active),
                 "accuracy": (sum(correct) / len(correct)) if correct else None,
                 "updater": getattr(self.updater, "state", None), "predictions": self.verdicts.stats(),
+                "calibration": self.slot.calibration.stats() if self.slot.calibration is not None else None,
             },
         }
 

@@ -42,6 +42,17 @@ class Pipeline:
             self.drift.reset()
             self.sampler.reset_dedup()
 
+    def _calibrate(self, model: object, smalls: list[np.ndarray]) -> None:
+        """Feed the camera's input calibration (if enabled) and apply a changed correction to the model: the
+        next frame is classified with it (edge.model.InputCalibration)."""
+        cal = self.slot.calibration
+        if cal is None or not cal.enabled:
+            return
+        for sm in smalls:
+            cal.observe(sm)
+        if cal.update(self.drift.active):
+            cal.apply(model)  # type: ignore[arg-type]
+
     def step(self, image: np.ndarray) -> Result:
         """One frame, batch 1: the latency path."""
         self._check_swap()
@@ -50,6 +61,7 @@ class Pipeline:
         pred = model.classify(x)
         score = score_prediction(pred, self.uncertainty)
         self.drift.update(pred.confidence, pred.entropy)
+        self._calibrate(model, [small])
         return Result(pred, self.sampler.decide(score, small, boost=self.drift.boost), small)
 
     def step_batch(self, images: list[np.ndarray]) -> list[Result]:
@@ -64,6 +76,7 @@ class Pipeline:
         ents = np.array([p.entropy for p in preds])
         scores = ents if self.uncertainty == "entropy" else score_batch(probs, self.uncertainty)
         self.drift.update(probs.max(axis=1), ents)
+        self._calibrate(model, smalls)
         boost = self.drift.boost
         return [Result(p, self.sampler.decide(float(s), sm, boost=boost), sm)
                 for p, s, sm in zip(preds, scores, smalls)]

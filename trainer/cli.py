@@ -45,6 +45,7 @@ def _fraction(text: str) -> float:
 
 
 def _add_bootstrap(sub: Any) -> None:
+    """``edgeloop trainer bootstrap``'s arguments (its own function: the bootstrap alone has 22 of them)."""
     b = sub.add_parser("bootstrap", help="train the first model from labelled images and register v0001",
                        description="Train the first model from an ImageFolder (root/<class>/*.png|jpg) or MNIST-format "
                                    "IDX files, write the trainer state directory and register the first ONNX version. "
@@ -56,7 +57,13 @@ def _add_bootstrap(sub: Any) -> None:
                    help="convnet: 28x28 grey; small_cnn: 64x64 colour ROI; mobilenet_v3_small: 96x96 colour (default: %(default)s)")
     b.add_argument("--weights", metavar="FILE", help="local state_dict to start from (e.g. torchvision MobileNet weights)")
     b.add_argument("--epochs", type=int, default=3, help="passes over the training split (default: %(default)s)")
-    b.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
+    b.add_argument("--lr", type=float, default=None, help="Adam peak learning rate, after a short warm-up and "
+                   "before cosine decay (default: 1e-3); a diverging attempt is retried at 1/3 and 1/10 of it")
+    b.add_argument("--retries", type=int, default=2, help="attempts after one that diverges or collapses to one "
+                   "class / chance level (default: %(default)s); then the bootstrap fails and registers nothing")
+    b.add_argument("--augment", choices=["none", "photometric", "geometric", "both"], default="none",
+                   help="train on randomly changed copies: lighting/colour (photometric), small rotation/scale/"
+                   "shift (geometric) or both (default: %(default)s)")
     b.add_argument("--batch-size", type=int, default=64, help="minibatch size (default: %(default)s)")
     b.add_argument("--labels", metavar="NAMES|FILE",
                    help="class names: comma list or a file with one per line (IDX: index order; folders: subset/order)")
@@ -100,7 +107,7 @@ def _add_run(sub: Any) -> None:
     r.add_argument("--metrics-port", type=int, metavar="PORT", help="Prometheus /metrics and /healthz port "
                    "(default 9852, 0 = any free port; metrics.host, default 127.0.0.1)")
     r.add_argument("--no-metrics", action="store_true", help="no /metrics and /healthz endpoint")
-    r.add_argument("--strategy", help="naive | er | iw-er | der++ | ewc")
+    r.add_argument("--strategy", help="naive | er | iw-er | der++ | ewc | mer")
     r.add_argument("-B", "--batch", type=int, help="update after this many new labelled samples")
     r.add_argument("-T", "--wait", type=float, help="... or after this many seconds")
     r.add_argument("-K", "--steps", type=int, help="optimiser steps per update")
@@ -243,7 +250,7 @@ def _setup_logging(level: str = "INFO") -> None:
 
 def _bootstrap(args: argparse.Namespace) -> int:
     _setup_logging()
-    from .bootstrap import bootstrap
+    from .bootstrap import BootstrapDiverged, bootstrap
 
     try:
         res = bootstrap(
@@ -251,9 +258,9 @@ def _bootstrap(args: argparse.Namespace) -> int:
             labels=args.labels, roi=args.roi, input_size=args.input_size, heldout=args.held_out,
             weights=args.weights, idx_labels=args.idx_labels, max_samples=args.max_samples,
             replay_size=args.replay_size, seed=args.seed, exporter=args.exporter, progress=not args.no_progress,
-            force=args.force, torch_threads=args.threads,
+            force=args.force, torch_threads=args.threads, retries=args.retries, augment=args.augment,
         )
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, BootstrapDiverged) as e:
         print(f"edgeloop trainer bootstrap: {e}", file=sys.stderr)
         return 2
     m = res.metrics

@@ -93,7 +93,7 @@ class LabelerConfig(_Section):
 
 
 class UpdateConfig(_Section):
-    strategy: str = "iw-er"                     # naive | er | iw-er | der++ | ewc (trainer/strategies); its settings: `strategy:`
+    strategy: str = "iw-er"                     # naive | er | iw-er | der++ | ewc | mer (trainer/strategies); its settings: `strategy:`
     batch: Count = 32                           # B: update after this many new labelled (training) samples ...
     wait_s: Seconds = 30.0                      # T: ... or after this long with at least min_batch waiting
     min_batch: Count = 1

@@ -15,8 +15,10 @@ import torch
 
 __all__ = [
     "ForgettingTracker",
+    "MIN_EVIDENCE",
     "accuracy",
     "chance_check",
+    "collapse_reason",
     "compute_metrics",
     "confusion_matrix",
     "evaluate_model",
@@ -24,11 +26,51 @@ __all__ = [
     "gate",
     "macro_f1",
     "named_metrics",
+    "one_class_reason",
     "per_class_accuracy",
     "predict",
     "stratified_split",
     "two_slice_gate",
 ]
+
+
+MIN_EVIDENCE = 30          # predictions needed before "one class" / "at chance" is judged
+
+
+def one_class_reason(pred: np.ndarray, y: np.ndarray, num_classes: int) -> str | None:
+    """Why predictions ``pred`` on labels ``y`` show a model that answers one class whatever it sees, or None.
+
+    One class = >= 95 % of predictions go to a class that is < 70 % of the truth, or (per-class recall) no
+    class but one is recognised at all (recall <= 5 %) while at least two classes have >= 5 samples. Fewer than
+    MIN_EVIDENCE samples say nothing either way (None)."""
+    pred, y = np.asarray(pred).reshape(-1), np.asarray(y).reshape(-1)
+    if len(y) < MIN_EVIDENCE or num_classes < 2:
+        return None
+    counts_p = np.bincount(pred, minlength=num_classes) / len(pred)
+    counts_y = np.bincount(y, minlength=num_classes) / len(y)
+    top = int(counts_p.argmax())
+    if counts_p[top] >= 0.95 and counts_y[top] < 0.7:
+        return f"predicts one class ({counts_p[top]:.0%} of predictions are class {top}, which is {counts_y[top]:.0%} of the data)"
+    present = [c for c in range(num_classes) if (y == c).sum() >= 5]
+    recalled = [c for c in present if float((pred[y == c] == c).mean()) > 0.05]
+    if len(present) >= 2 and len(recalled) <= 1:
+        return f"recognises one class at most (recall > 5 % only for {recalled or 'none'} of classes {present})"
+    return None
+
+
+def collapse_reason(pred: np.ndarray, y: np.ndarray, num_classes: int) -> str | None:
+    """Why predictions ``pred`` on labels ``y`` look like a dead model, or None: :func:`one_class_reason`, or
+    accuracy at chance (no better than always answering the most common class plus 2 points, when that leaves
+    room). Fewer than MIN_EVIDENCE samples say nothing either way (None)."""
+    why = one_class_reason(pred, y, num_classes)
+    pred, y = np.asarray(pred).reshape(-1), np.asarray(y).reshape(-1)
+    if why is not None or len(y) < MIN_EVIDENCE or num_classes < 2:
+        return why
+    acc = float((pred == y).mean())
+    majority = float((np.bincount(y, minlength=num_classes) / len(y)).max())
+    if majority < 0.9 and acc <= majority + 0.02:
+        return f"accuracy at chance ({acc:.1%}; always answering the commonest class gives {majority:.1%})"
+    return None
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int | None = None) -> np.ndarray:
@@ -236,13 +278,16 @@ def two_slice_gate(
     """Promote the candidate or not, judged against the deployed version on the same held-out samples.
 
     ``truth``, ``candidate`` and ``deployed`` are label names per held-out sample (``deployed`` None: no
-    deployed version to compare with, promote); the last ``n_recent`` samples are the held-out uploads
+    deployed version to compare with, promote unless dead); the last ``n_recent`` samples are the held-out uploads
     of late. Two slices answer two questions. The *recent* slice asks "is it at least as good on what
     the cameras see now?" (accuracy within ``max_regression``); the *whole* set asks "did it forget too
     much?" (accuracy and macro-F1 within ``max_forgetting``). After a lighting change the whole set is
     mostly the old world, so judging on it alone keeps rejecting exactly the models that adapt; judging
     on the recent slice alone would let a model forget the classes that are rare right now. With fewer
     than ``min_recent`` recent samples the whole set is judged with ``max_regression``.
+
+    Whatever the baseline, a candidate that answers one class (:func:`one_class_reason` on the whole set) is
+    never promoted: a deployed model that is dead already must not make a dead successor look "no worse".
 
     Returns ``promote``, ``reason`` (every check with its numbers), ``candidate`` metrics (with
     ``forgetting`` per class against the deployed version), ``best`` (the deployed version's metrics)
@@ -251,6 +296,11 @@ def two_slice_gate(
     space = list(labels) + sorted({n for n in truth if n not in labels})
     cand = named_metrics(candidate, truth, space)
     out: dict[str, Any] = {"candidate": cand}
+    idx = {n: i for i, n in enumerate(space)}
+    dead = one_class_reason(np.array([idx[n] for n in candidate]), np.array([idx[n] for n in truth]), len(space))
+    if dead is not None:
+        cand["forgetting"] = None
+        return {**out, "promote": False, "dead": True, "reason": f"never promoted: the candidate {dead}"}
     if deployed is None:
         cand["forgetting"] = 0.0
         return {**out, "promote": True, "reason": "no deployed version to compare with"}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.children import die_with_parent
-from deploy.demo.plan import FLEET, P_MIN, STATS_INTERVAL_S, DemoOptions
+from deploy.demo.plan import CALIBRATION, FLEET, P_MIN, STATS_INTERVAL_S, DemoOptions
 
 __all__ = ["Camera", "start_camera", "stop_cameras"]
 
@@ -44,7 +44,7 @@ def start_camera(cam: Camera, broker_url: str, model: Path, trusted_key: Path, o
     cmd = [sys.executable, "-m", "deploy.cli", "edge", "--device-id", cam.device, "--fleet", FLEET,
            "--state-dir", str(cam.state_dir), "--source", cam.url, "--model", str(model),
            "--broker", broker_url, "--trusted-key", str(trusted_key), "--stats-interval", f"{STATS_INTERVAL_S:g}",
-           "--budget-minute", str(opts.budget), "--p-min", f"{P_MIN:g}",
+           "--budget-minute", str(opts.budget), "--p-min", f"{P_MIN:g}", "--calibration", CALIBRATION,
            # the hour/day defaults (600, 5000) would pace a 3-minute demo down to ~3 uploads a minute
            "--budget-hour", "none", "--budget-day", "none", "--seed", str(cam.seed), "--threads", "1", "--log-level", "WARNING"]
     if identity is not None:

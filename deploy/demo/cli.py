@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"models promoted: {len(summary.get('model_versions', [])) - 1}, rollouts: "
               f"{len(summary.get('rollouts', []))}, uploads {summary.get('uploaded')} "
               f"({100 * (summary.get('upload_fraction') or 0):.1f} % of {summary.get('frames')} frames)")
+    for w in summary.get("warnings", []) or []:
+        print(f"WARNING: {w}", file=sys.stderr)
     for e in summary.get("errors", []) or []:
         print(f"problem: {e}", file=sys.stderr)
     print(f"report: {out / 'report.md'}  picture: {out / 'report.png'}  numbers: {out / 'summary.json'}")

@@ -169,6 +169,7 @@ def compute_summary(rec: Any, confusion: dict[str, Any] | None = None) -> dict[s
         "broker": _get(rec, "broker"),
         "trainer": {k: tr.get(k) for k in ("counters", "per_class", "heldout", "labels")},
         "confusion": confusion,
+        "warnings": chance_warnings(confusion),
         "pids": _get(rec, "pids"),
         "interrupted": _get(rec, "interrupted"),
         "errors": _get(rec, "errors"),
@@ -209,6 +210,24 @@ def confusion_matrices(rec: Any, n: int = 480) -> dict[str, Any] | None:
                 m[labels.index(str(f.truth)), labels.index(p)] += 1
         out["models"][name] = {"version": version, "matrix": m.tolist(),
                                "accuracy": round(float(np.trace(m) / max(1, m.sum())), 4)}
+    return out
+
+
+def chance_warnings(confusion: dict[str, Any] | None) -> list[str]:
+    """A loud line for every model of the confusion panel that predicts one class or is at chance level on the
+    post-drift frames (:func:`trainer.evaluate.collapse_reason`): a dead model must not look like a result."""
+    if not confusion:
+        return []
+    from trainer.evaluate import collapse_reason
+
+    out = []
+    for name, m in confusion["models"].items():
+        cm = np.asarray(m["matrix"])
+        truth = np.repeat(np.arange(len(cm)), cm.sum(1))
+        pred = np.concatenate([np.repeat(np.arange(len(cm)), row) for row in cm]) if cm.sum() else truth
+        why = collapse_reason(pred, truth, len(cm))
+        if why:
+            out.append(f"the {name} model {m['version']} {why} on {cm.sum()} post-drift frames: CHANCE LEVEL")
     return out
 
 
@@ -498,8 +517,8 @@ def render_md(rec: Any, s: dict[str, Any]) -> str:
             t = _stream_t(rec, e["wall"])
             lines.append(f"{t if t is not None else '-':>7} s  {e['kind']:<12} {e['text']}")
         lines += ["```"]
-    if s.get("errors"):
-        lines += ["", "## Problems", ""] + [f"- {e}" for e in s["errors"]]
+    if s.get("errors") or s.get("warnings"):
+        lines += ["", "## Problems", ""] + [f"- **{w}**" for w in s.get("warnings") or []] + [f"- {e}" for e in s.get("errors") or []]
     lines += ["", f"Run time {s['duration_s']} s (setup {s['setup_s']} s). Numbers: `summary.json`; raw record: "
               "`record.json`; logs: `logs/`.", ""]
     return "\n".join(lines)

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = ["codec", "simulator", "edge_path", "venv_size", "mqtt_clients", "learning", "label_budget",
-            "transport", "rollout", "freshness", "console", "fuzz", "chaos"]
+            "transport", "rollout", "freshness", "console", "fuzz", "chaos", "adaptation"]
 #: Correctness goals (not timings): these must be met even on a busy CI box.
 MUST_MEET = ["fuzz", "chaos"]
 

@@ -158,7 +158,7 @@ def test_unknown_benchmark_name(fake_registry: list[Bench], capsys: pytest.Captu
 def test_registry_order_and_label_budget_shaping(monkeypatch: pytest.MonkeyPatch) -> None:
     names = [b.name for b in run_all.REGISTRY]
     assert names == ["codec", "simulator", "edge_path", "venv_size", "mqtt_clients", "learning",
-                     "label_budget", "transport", "rollout", "freshness", "console", "fuzz", "chaos", "soak"]
+                     "label_budget", "transport", "rollout", "freshness", "console", "fuzz", "chaos", "adaptation", "soak"]
     assert [b.name for b in run_all.REGISTRY if b.explicit] == ["soak"]  # 30 minutes: never in `bench all`
     from bench import label_budget, learning
 

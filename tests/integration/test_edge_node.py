@@ -266,6 +266,34 @@ def test_reload_swaps_between_frames_and_refuses_a_bad_model(tmp_path, topic_pre
         thread.join(timeout=30)
 
 
+def test_input_calibration_engages_on_a_lighting_change_and_shows_in_stats(tmp_path, topic_prefix, edge_model) -> None:
+    """With calibration always on, a darker light is mapped back (gain > 1 in stats) and the uploads carry the
+    calibrated crop: its mean brightness is back near the pre-drift level, not at the darkened one."""
+    config = node_config(tmp_path, "mqtt://127.0.0.1:9", topic_prefix, edge_model,
+                         **{"source.url": "sim:digits?seed=5&limit=700&drift=brightness:-0.5@300",
+                            "calibration.mode": "always", "calibration.reference": 200,
+                            "sampler.budget_per_minute": "none", "sampler.threshold": 0.0})
+    node = run_node(config)
+    cal = node.last_snapshot["extra"]["calibration"]
+    assert cal["mode"] == "always" and cal["engaged"] and cal["engagements"] >= 1
+    assert cal["gain"][0] > 1.5  # half the light: about twice the gain
+    con = sqlite3.connect(tmp_path / "edge" / "outbox.sqlite")
+    rows = con.execute("SELECT payload FROM outbox ORDER BY id").fetchall()
+    con.close()
+    import cv2
+    import numpy as np
+
+    means = []
+    for (payload,) in rows:
+        d = decode_message(payload)
+        img = cv2.imdecode(np.frombuffer(d.body, np.uint8), cv2.IMREAD_COLOR)
+        means.append((d.msg.frame_index, float(img.mean())))
+    before = [m for i, m in means if i < 300]
+    after = [m for i, m in means if i >= 400]
+    assert before and after
+    assert abs(np.mean(after) - np.mean(before)) < 0.15 * np.mean(before)  # darkened by half without calibration
+
+
 def test_a_provisioned_camera_uploads_to_the_secure_broker(tmp_path, edge_model) -> None:
     """`edgeloop pki device` -> edge.yaml -> EdgeNode over TLS with its certificate; the floor is applied."""
     if find_mosquitto() is None:

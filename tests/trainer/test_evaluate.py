@@ -129,3 +129,28 @@ def test_two_slice_gate_without_a_deployed_version_and_with_new_names():
     d = two_slice_gate(truth, OLD + ["a"], OLD + ["z"], ["a", "b"], 1, **LIMITS)
     assert set(d["candidate"]["per_class"]) == {"a", "b", "c"} and d["candidate"]["per_class"]["c"] == 0.0
     assert "z" not in d["best"]["per_class"]  # no sample of z: no per-class figure
+
+
+def test_two_slice_gate_never_promotes_a_model_that_answers_one_class():
+    """Whatever the baseline: no deployed version, or a deployed version that is dead too."""
+    truth = ["a", "b", "c"] * 20
+    dead = ["a"] * 60
+    for deployed in (None, dead, ["b"] * 60):
+        d = two_slice_gate(truth, dead, deployed, ["a", "b", "c"], 0, **LIMITS)
+        assert not d["promote"] and d["dead"] and d["reason"].startswith("never promoted: the candidate predicts one class")
+    # per-class recall: two classes never recognised although the predictions are spread
+    spread = ["a" if t == "a" else ("c" if t == "b" else "a") for t in truth]
+    d = two_slice_gate(truth, spread, None, ["a", "b", "c"], 0, **LIMITS)
+    assert not d["promote"] and "recognises one class at most" in d["reason"]
+    # too few samples to judge: the usual rules apply
+    assert two_slice_gate(truth[:12], dead[:12], None, ["a", "b", "c"], 0, **LIMITS)["promote"]
+
+
+def test_collapse_reason_names_one_class_and_chance():
+    from trainer.evaluate import collapse_reason, one_class_reason
+
+    y = np.array([0, 1, 2, 3] * 20)
+    assert "predicts one class" in one_class_reason(np.zeros(80, int), y, 4)
+    assert one_class_reason(y, y, 4) is None and collapse_reason(y, y, 4) is None
+    chance = np.random.default_rng(0).integers(0, 4, 80)  # a spread-out guess
+    assert one_class_reason(chance, y, 4) is None and "accuracy at chance" in collapse_reason(chance, y, 4)

@@ -88,7 +88,8 @@ def test_gate_rejects_a_regressing_candidate(bootstrapped: Path, tmp_path: Path)
             svc.model.head.weight.zero_()
             svc.model.head.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
         d = svc.evaluate_and_maybe_promote()
-        assert d["promote"] is False and "regression" in d["reason"], d
+        # a one-class model is refused before any comparison (evaluate.one_class_reason), whatever the baseline
+        assert d["promote"] is False and "never promoted: the candidate predicts one class" in d["reason"], d
         with Registry(state) as reg:
             assert len(reg.list()) == before
     finally:

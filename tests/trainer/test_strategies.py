@@ -60,7 +60,7 @@ def acc(model, x, y, classes=None):
 
 
 def test_registry_names():
-    assert set(STRATEGIES) == {"naive", "er", "iw-er", "der++", "ewc"}
+    assert set(STRATEGIES) == {"naive", "er", "iw-er", "der++", "ewc", "mer"}
     with pytest.raises(ValueError):
         make_strategy("nope", tiny_model(2), adam)
 
@@ -195,3 +195,28 @@ def test_rehearse_trains_on_memory_only(name):
     assert out["steps"] == 40 and np.isfinite(out["loss"]) and s.steps == steps0 + 40
     assert len(s.memory) == n_mem
     assert acc(model, xt, yt) >= 0.9 > before + 0.2, (name, before)
+
+
+def test_mer_with_one_batch_and_beta_one_is_iw_er():
+    """MER's Reptile step around one inner batch with beta = 1 is exactly iw-er (same draws, same weights); with
+    its defaults (2 batches, beta 0.5) the weights end elsewhere."""
+    x, y = make_data([0, 1, 2], 30, seed=7)
+    out = {}
+    for name, cfg in (("iw-er", {}), ("mer", {"batches": 1, "beta": 1.0}), ("mer", {})):
+        model = tiny_model(3, seed=1)
+        s = make_strategy(name, model, adam, config={"replay_batch_size": 10, **cfg}, capacity=30, seed=3)
+        run_stream(s, x, y)
+        out[(name, str(cfg))] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    iw, mer1, mer = out.values()
+    assert torch.allclose(iw, mer1)
+    assert not torch.allclose(iw, mer)
+
+
+def test_mer_settings_are_its_own_and_checked():
+    from trainer.strategies import strategy_settings
+
+    cfg = strategy_settings("mer", {"batches": 3, "beta": 0.3, "distill": 0.0})
+    assert (cfg.batches, cfg.beta, cfg.distill, cfg.ace) == (3, 0.3, 0.0, True)  # iw-er's settings are its too
+    for bad in ({"batches": 0}, {"beta": 0.0}, {"beta": 1.5}, {"mer_beta": 0.5}):
+        with pytest.raises(ValueError):
+            strategy_settings("mer", bad)

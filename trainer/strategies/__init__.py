@@ -23,6 +23,7 @@ from trainer.strategies.derpp import DERpp
 from trainer.strategies.er import ER
 from trainer.strategies.ewc import EWC
 from trainer.strategies.iw_er import IWER
+from trainer.strategies.mer import MER
 from trainer.strategies.naive import Naive
 
 __all__ = [
@@ -43,6 +44,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "iw-er": IWER,
     "der++": DERpp,
     "ewc": EWC,
+    "mer": MER,
 }
 DEFAULT_STRATEGY = "iw-er"
 

@@ -1,0 +1,139 @@
+"""Loop variants for ``edgeloop bench adaptation``: the demo's settings, and each direction measured against it.
+
+A variant changes the loop only through :class:`bench.adaptation_loop.LoopSettings` overrides, bootstrap options
+and :class:`bench.adaptation_loop.Hooks`; the shipping code runs unchanged otherwise. Each direction that needs
+a hook in a file this benchmark may not change (trainer/service.py, trainer/strategies/, edge/sampler.py) says so
+in its ``doc``: the hook is what would make it a product setting.
+
+Every variant runs with the demo's settings except where it says otherwise: since the cameras' input calibration
+became the demo's default (``deploy.demo.plan.CALIBRATION``), that includes calibration; ``no-calib`` is the
+demo as it was before. (The README's table of directions says which rows were measured before that change.)
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from bench.adaptation import Variant
+from bench.adaptation_loop import Hooks
+
+__all__ = ["VARIANTS"]
+
+
+# -- strategy replacements ---------------------------------------------------------------------------------------
+def _rebuild(svc: Any, cls: type, extra: dict[str, Any] | None = None) -> Any:
+    """A strategy of ``cls`` on the service's model, optimiser factory and memory, with the service's strategy
+    settings that ``cls`` has (+ ``extra``)."""
+    old = svc.strategy
+    known = cls.Config.__struct_fields__
+    cfg = {k: v for k, v in old.config.as_dict().items() if k in known} | (extra or {})
+    return cls(svc.model, old.optimizer_factory, old.memory, cfg)
+
+
+def _strategy(cls_path: str, extra: dict[str, Any] | None = None) -> Callable[[], Hooks]:
+    def make() -> Hooks:
+        import importlib
+
+        mod, name = cls_path.rsplit(".", 1)
+        cls = getattr(importlib.import_module(mod), name)
+        return Hooks(make_strategy=lambda svc: _rebuild(svc, cls, extra))
+    return make
+
+
+def _augmented_updates(kind: str = "both") -> Callable[[], Hooks]:
+    def make() -> Hooks:
+        from trainer.augment import augmented
+        from trainer.strategies.iw_er import IWER
+
+        return Hooks(make_strategy=lambda svc: _rebuild(svc, augmented(IWER), {"augment": kind}))
+    return make
+
+
+# -- reacting to drift -------------------------------------------------------------------------------------------------
+class _DriftReaction:
+    """When the edge's drift signal is on, the camera's minute budget is multiplied by ``budget_factor``; when a
+    quarter of the last 10 s of uploads were drift-selected, the trainer updates on smaller batches sooner with
+    more steps (``batch``, ``wait_s``, ``steps``) for ``hold_s`` seconds.
+
+    Product hooks this stands in for: ``Sampler.set_budget_factor(f)`` (edge/sampler.py) and a drift-aware
+    cadence in the service (``update.drift_batch`` / ``drift_wait_s`` / ``drift_steps``)."""
+
+    def __init__(self, budget_factor: float, batch: int, wait_s: float, steps: int, hold_s: float = 20.0) -> None:
+        self.budget_factor, self.batch, self.wait_s, self.steps, self.hold_s = budget_factor, batch, wait_s, steps, hold_s
+        self.until = -1.0
+        self.normal: Any = None
+        self.next_check = 0.0
+        self.cams: list[Any] = []
+        self.recent: list[tuple[float, str]] = []
+
+    def on_camera(self, cam: Any) -> None:
+        self.cams.append(cam)
+        cam._base_budget = cam.sampler._budgets["minute"]  # noqa: SLF001 - stand-in for set_budget_factor
+
+    def on_frame(self, k: int, t: float, cam: Any, res: Any) -> None:
+        if res.decision.selected:  # what the trainer's store holds too: each sample carries its reason
+            self.recent.append((t, res.decision.reason))
+        if self.budget_factor == 1.0:
+            return
+        want = int(round(cam._base_budget * (self.budget_factor if cam.drift.active else 1.0)))
+        sp = cam.sampler
+        if sp._budgets["minute"] != want:  # noqa: SLF001
+            sp._budgets["minute"] = want  # noqa: SLF001
+            sp._next_roll = -np.inf  # noqa: SLF001 - recompute the pacing with the new budget
+            sp._left_cache = None  # noqa: SLF001
+
+    def on_tick(self, svc: Any, t: float) -> None:
+        import msgspec
+
+        if self.normal is None:
+            self.normal = svc.config.update
+        if t < self.next_check:
+            return
+        self.next_check = t + 1.0
+        self.recent = [(u, r) for u, r in self.recent if u >= t - 10.0]
+        if len(self.recent) >= 4 and sum(r == "drift" for _, r in self.recent) >= 0.25 * len(self.recent):
+            self.until = t + self.hold_s
+        want = (msgspec.structs.replace(self.normal, batch=self.batch, wait_s=self.wait_s, steps=self.steps)
+                if t < self.until else self.normal)
+        if svc.config.update != want:
+            svc.config = msgspec.structs.replace(svc.config, update=want)
+
+
+def _react(budget_factor: float = 2.0, batch: int = 16, wait_s: float = 3.0, steps: int = 30) -> Callable[[], Hooks]:
+    def make() -> Hooks:
+        r = _DriftReaction(budget_factor, batch, wait_s, steps)
+        return Hooks(on_camera=r.on_camera, on_frame=r.on_frame, on_tick=r.on_tick)
+    return make
+
+
+VARIANTS: dict[str, Variant] = {
+    "demo": Variant("demo", "the demo's settings (deploy/demo/plan.py): edge input calibration always on; iw-er, "
+                            "B=32 / K=20 / Adam 1e-3, gate, waves"),
+    "no-calib": Variant("no-calib", "the demo before calibration became its default (calibration off)",
+                        settings={"calibration": "off"}),
+    "aug-boot": Variant("aug-boot", "photometric + geometric augmentation in the bootstrap (trainer.augment)",
+                        bootstrap={"augment": "both"}),
+    "aug": Variant("aug", "augmentation in the bootstrap and in every update step (hook: update.augment in the "
+                          "strategies' base step)", bootstrap={"augment": "both"}, hooks=_augmented_updates()),
+    "calib-drift": Variant("calib-drift", "edge input calibration, engaged by the drift signal (edge.model)",
+                           settings={"calibration": "drift"}),
+    "calib": Variant("calib", "edge input calibration, always following the light (edge.model); now = demo",
+                     settings={"calibration": "always"}),
+    "react": Variant("react", "on drift: 2x edge budget; trainer B=16, T=3 s, K=30 (hooks: sampler budget factor, "
+                              "drift-aware cadence)", hooks=_react()),
+    "react-soak": Variant("react-soak", "react + 1 s canary soak for versions that beat the deployed one by >= 10 "
+                                        "points on the recent slice (hook: controller policy from gate margin)",
+                          settings={"fast_soak_margin": 10.0}, hooks=_react()),
+    "fewshot": Variant("fewshot", "new-class head rows imprinted from the class-mean embedding (trainer.fewshot); "
+                                  "replay is class-balanced already, so the few are oversampled anyway",
+                       hooks=_strategy("trainer.fewshot.FewShotIWER")),
+    "gate-loose": Variant("gate-loose", "gate: recent slice of 120, 5 points of allowed regression (eval config)",
+                          settings={"eval": {"recent": 120, "max_regression": 0.05}}),
+    "lr-low": Variant("lr-low", "updates at Adam lr 3e-4 instead of 1e-3 (update config)",
+                      settings={"update": {"lr": 3e-4}}),
+    "k5": Variant("k5", "5 optimiser steps per update instead of 20: 20 steps on the same <= 32 new samples "
+                        "overfit them (update config)", settings={"update": {"steps": 5}}),
+    "mer": Variant("mer", "Meta-Experience Replay (trainer/strategies/mer.py) instead of iw-er (update.strategy)",
+                   settings={"strategy": "mer"}),
+}

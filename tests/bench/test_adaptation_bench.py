@@ -1,0 +1,94 @@
+"""bench adaptation's pieces that decide its numbers: the demo's streams, the rollout timing, the simulated clock,
+and the metrics (rolling accuracy, recovery time, worst window, goals) on hand-made traces.
+
+The end-to-end run is exercised by ``bench all --quick`` (tests/bench/test_bench_all_quick.py)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from bench import adaptation as ad
+from bench.adaptation_loop import Clock, RunTrace, plan_rollout, sim_clock
+
+
+def test_default_scenario_streams_are_the_demos() -> None:
+    from deploy.demo.plan import DemoOptions, camera_seed, plan_timeline, sim_url
+
+    sc = ad.scenarios()["default"]
+    tl = plan_timeline(ad.STREAM_S, ad.FPS, "parts")
+    for k in range(4):
+        assert sc.url(camera_seed(0, k), ad.FPS) == sim_url(DemoOptions(), camera_seed(0, k), tl, realtime=False)
+    assert [e[0] for e in sc.events()] == [tl.lighting_s, tl.newclass_s]
+    assert set(ad.scenarios()) == {"default", "blur", "noise", "prior", "newclass", "digits"}
+    assert "newclass:5-9" in ad.scenarios()["digits"].url(1, 15) and "classes=0-4" in ad.scenarios()["digits"].url(1, 15)
+
+
+def test_rollout_waves_follow_the_controller() -> None:
+    r = plan_rollout("v2", None, 10.0, 4, (0.05, 0.25, 1.0), soak=5.0, delay=0.5, rng=np.random.default_rng(0))  # type: ignore[arg-type]
+    # wave 1 (one camera) after the delivery; wave 2 adds nobody and only soaks; wave 3 takes the rest
+    assert [round(t, 2) for t, _ in r.swaps] == [10.5, 21.0]
+    assert len(r.swaps[0][1]) == 1 and sorted(r.swaps[0][1] + r.swaps[1][1]) == [0, 1, 2, 3]
+    assert r.end == pytest.approx(26.0)
+    one = plan_rollout("v2", None, 0.0, 1, (0.05, 0.25, 1.0), soak=5.0, delay=0.5, rng=np.random.default_rng(0))  # type: ignore[arg-type]
+    assert [c for _, c in one.swaps] == [[0]] and one.end == pytest.approx(15.5)
+
+
+def test_sim_clock_drives_the_trainer_modules_and_is_restored() -> None:
+    import trainer.labelers
+    import trainer.service
+    import trainer.store
+
+    clock = Clock(1_000.0)
+    clock.t = 5.0
+    with sim_clock(clock):
+        assert trainer.service.time.monotonic() == 1_005.0 and trainer.store.time.time() == 1_005.0
+        assert trainer.labelers.time.time() == 1_005.0
+    assert trainer.service.time is time and trainer.store.time is time and trainer.labelers.time is time
+
+
+def test_rolling_and_recovery_time() -> None:
+    c = np.array([1, 0, 1, 1], float)
+    assert np.allclose(ad.rolling(c, 2), [1.0, 0.5, 0.5, 1.0])
+    fps = 10.0
+    curve = np.concatenate([np.full(20, 0.5), np.linspace(0.5, 0.95, 30), np.full(10, 0.95)])
+    t = ad.recovery_time(curve, 0.95, fps)
+    assert t is not None and 4.0 < t < 5.0  # back within 5 points of 0.95 once the ramp passes 0.90
+    assert ad.recovery_time(np.full(10, 0.93), 0.95, fps) == 0.0   # never fell out of the band
+    assert ad.recovery_time(np.full(10, 0.5), 0.95, fps) is None   # fell and never came back
+
+
+def _trace(n: int = 300, fps: float = 10.0) -> RunTrace:
+    """Two cameras; frozen breaks at the drift (t = 10 s), the loop recovers 10 s later."""
+    labels = ["ok", "scratch", "dent", "stain", "crack"]
+    truth = [np.arange(n) % 5 for _ in range(2)]
+    frozen = [np.r_[np.ones(100), np.zeros(n - 100)].astype(np.uint8) for _ in range(2)]
+    loop = [np.r_[np.ones(100), np.zeros(100), np.ones(n - 200)].astype(np.uint8) for _ in range(2)]
+    return RunTrace(fps=fps, labels=labels, truth=truth, loop=loop, frozen=frozen, upper=[np.ones(n, np.uint8)] * 2,
+                    loop_pred=truth, drift=[np.zeros(n, np.uint8)] * 2, version=[["v1"] * n] * 2, uploads=[0, 0])
+
+
+def test_metrics_and_goals_on_a_hand_made_trace() -> None:
+    sc = ad.Scenario("x", "parts", "small_cnn", (("blur:2", 10.0, "blur"),), ramp_s=0.0)
+    m = ad.metrics(_trace(), sc, window_s=1.0, upper=True)
+    loop, frozen = m["arms"]["loop"], m["arms"]["frozen"]
+    assert loop["before_drift"] == pytest.approx(100.0) and frozen["final"] == pytest.approx(0.0)
+    assert loop["final"] == pytest.approx(100.0) and m["arms"]["upper"]["final"] == pytest.approx(100.0)
+    d = loop["drifts"][0]
+    # back at t = 20 s; the 1 s rolling window is full of right answers 0.9 s later
+    assert d["auc"] == pytest.approx(50.0) and d["recover_s"] == pytest.approx(10.9, abs=0.15)
+    assert frozen["drifts"][0]["recover_s"] is None
+    assert loop["recall"]["crack"] == pytest.approx(100.0)
+    assert m["worst_window"]["loop_minus_frozen"] == pytest.approx(0.0)
+    row = {**m, "scenario": "default", "seed": 0, "variant": "demo", "freshness_p50_s": 20.0, "uploads": 10,
+           "promoted": 2, "seconds": 1.0}
+    summary = ad.summarise([row, {**row, "seed": 1}, {**row, "seed": 2}])
+    g = ad.goals(summary)
+    assert g["checks"]["after_both_drifts_ge_90"]["met"] and g["checks"]["recover_lighting_le_45s"]["met"]
+    assert g["met"] is True
+    worse = {**row, "arms": {**row["arms"], "loop": {**loop, "final": 70.0}}}
+    assert ad.goals(ad.summarise([worse, {**worse, "seed": 1}, {**worse, "seed": 2}]))["met"] is False
+    assert ad.goals(ad.summarise([row]))["met"] is False  # one seed never meets a three-seed goal
+    ag = ad.demo_agreement(summary)
+    assert ag is not None and ag["final_loop"]["diff"] == pytest.approx(100.0 - 69.8)

@@ -1,0 +1,127 @@
+"""Training-time augmentation on batches of inputs in [0, 1]: photometric and small geometric changes.
+
+Why: a camera's world changes in ways the bootstrap set never showed -- a lamp fails (darker, warmer), the
+exposure drifts, the part sits a little rotated or off-centre. A model that has seen such variations while
+learning loses less when they happen, before any new label arrives. Everything here is a batched tensor
+operation (a few hundred microseconds for 32 inputs of 64x64x3), seeded by a ``torch.Generator`` so runs
+repeat, and label-preserving by construction: no flips (a mirrored 2 is not a 2), rotations of at most a
+few degrees.
+
+- photometric: per-sample global gain (brightness), contrast around the sample's mean, per-channel gains (a
+  colour cast; colour inputs only) and a gamma; then clamped to [0, 1];
+- geometric: per-sample rotation, scale and translation through one affine resampling (border: the edge
+  pixels, so no black corners appear that the data never has).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["Augment", "AUGMENTS", "augment", "augmented", "parse_augment"]
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Ranges of the random changes; ``p`` is the probability that a sample is changed at all."""
+
+    photometric: bool = True
+    geometric: bool = True
+    p: float = 0.8
+    brightness: float = 0.5      # gain in [1 - b, 1 + b/2]: darkening is the common failure, so more of it
+    contrast: float = 0.4        # factor in [1 - c, 1 + c/2]
+    cast: float = 0.25           # per-channel gain in [1 - c, 1 + c]
+    gamma: float = 0.3           # exponent in [1 - g, 1 + g]
+    rotate_deg: float = 10.0
+    scale: float = 0.1
+    translate: float = 0.06      # fraction of the side
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        return augment(x, self, gen)
+
+
+AUGMENTS = {
+    "none": None,
+    "photometric": Augment(geometric=False),
+    "geometric": Augment(photometric=False),
+    "both": Augment(),
+}
+
+
+def parse_augment(value: str | bool | Augment | None) -> Augment | None:
+    """``None``/``False``/"none" -> None; ``True``/"both" -> both; "photometric"/"geometric" -> that one."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return AUGMENTS["both"]
+    if isinstance(value, Augment):
+        return value
+    if value not in AUGMENTS:
+        raise ValueError(f"unknown augmentation {value!r}; use one of {', '.join(AUGMENTS)}")
+    return AUGMENTS[value]
+
+
+def _u(n: int, lo: float, hi: float, gen: torch.Generator | None) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+
+def augment(x: torch.Tensor, a: Augment, gen: torch.Generator | None = None) -> torch.Tensor:
+    """A changed copy of ``x`` (N, C, H, W) in [0, 1]; ``x`` itself is never modified."""
+    n, c = x.shape[0], x.shape[1]
+    if n == 0:
+        return x
+    out = x
+    if a.geometric:
+        on = (torch.rand(n, generator=gen) < a.p).float().view(n, 1, 1, 1)
+        ang = _u(n, -a.rotate_deg, a.rotate_deg, gen) * math.pi / 180.0
+        sc = 1.0 + _u(n, -a.scale, a.scale, gen)
+        tx, ty = _u(n, -a.translate, a.translate, gen) * 2, _u(n, -a.translate, a.translate, gen) * 2
+        cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
+        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        out = on * warped + (1 - on) * out
+    if a.photometric:
+        on = (torch.rand(n, generator=gen) < a.p).float().view(n, 1, 1, 1)
+        gain = _u(n, 1 - a.brightness, 1 + a.brightness / 2, gen).view(n, 1, 1, 1)
+        con = _u(n, 1 - a.contrast, 1 + a.contrast / 2, gen).view(n, 1, 1, 1)
+        mean = out.mean(dim=(1, 2, 3), keepdim=True)
+        y = (out - mean) * con + mean
+        y = y * gain
+        if c == 3 and a.cast > 0:
+            y = y * _u(n * 3, 1 - a.cast, 1 + a.cast, gen).view(n, 3, 1, 1)
+        y = y.clamp(0.0, 1.0)
+        gam = _u(n, 1 - a.gamma, 1 + a.gamma, gen).view(n, 1, 1, 1)
+        y = y.clamp(min=1e-6).pow(gam)
+        out = on * y + (1 - on) * out
+    return out.clamp(0.0, 1.0)
+
+
+def augmented(cls: type) -> type:
+    """A subclass of the strategy class ``cls`` whose every optimiser step sees augmented copies of its new and
+    replayed inputs (its Config gains ``augment``: photometric, geometric or both; default both). Replayed logits
+    (distillation targets) stay those of the stored, unaugmented inputs. The product hook this stands in for is
+    an ``augment`` setting read by the strategies' shared step (trainer/strategies/base.py)."""
+    import dataclasses
+
+    class AugmentedConfig(cls.Config, kw_only=True):  # type: ignore[name-defined, misc]
+        augment: str = "both"
+
+    class Augmented(cls):  # type: ignore[valid-type, misc]
+        Config = AugmentedConfig
+
+        def _optimise(self, new: Any, replay: Any) -> float:
+            a = parse_augment(self.config.augment)
+            if a is not None:
+                gen = self.__dict__.setdefault("_aug_gen", torch.Generator().manual_seed(int(self.rng.integers(1 << 30))))
+                if len(new):
+                    new = dataclasses.replace(new, x=a(new.x, gen))
+                if replay is not None and len(replay):
+                    replay = dataclasses.replace(replay, x=a(replay.x, gen))
+            return super()._optimise(new, replay)
+
+    Augmented.__name__ = Augmented.__qualname__ = f"Augmented{cls.__name__}"
+    return Augmented
