@@ -24,63 +24,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from bench.procs import Procs
+
 ROOT = Path(__file__).resolve().parent.parent
 ROI = "96,56,128,128"  # sim:digits' label card at 320x240
 
 Result = dict[str, Any]
-
-
-class Procs:
-    """Named ``python -m deploy.cli`` children, each with its own log."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.args: dict[str, tuple[str, ...]] = {}
-
-    def start(self, name: str, *args: str) -> None:
-        from deploy.children import die_with_parent
-
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-        with open(self.logs / f"{name}.log", "ab") as log:
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "deploy.cli", *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())
-        self.args[name] = args
-
-    def restart(self, name: str, sig: int) -> None:
-        self.stop(name, sig)
-        self.start(name, *self.args[name])
-
-    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
-        p = self.procs.pop(name, None)
-        if p is None:
-            return None
-        if p.poll() is None:
-            p.send_signal(sig)
-        try:
-            return p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            return p.wait(5)
-
-    def dead(self) -> list[str]:
-        return [f"{n} exited with {p.returncode}" for n, p in self.procs.items() if p.poll() is not None]
-
-    def stop_all(self) -> None:
-        for name in reversed(list(self.procs)):
-            self.stop(name)
 
 
 def _wait(cond: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -235,7 +193,7 @@ def chaos(quick: bool = True, seed: int = 0, workdir: Path | None = None) -> Res
                 procs.restart(rng.choice(devices), signal.SIGKILL)
             done.append(f"{time.monotonic() - t0:.1f}s {kind}")
         time.sleep(max(0.0, t0 + stream_s - time.monotonic()))
-        crashed = procs.dead()
+        crashed = [f"{n} exited with {procs.procs[n].returncode}" for n in procs.dead()]
         for dev in devices:
             procs.stop(dev)  # SIGTERM: the link drains for a few seconds, the rest stays in the outbox
         left = {dev: _drain(dev, d / dev, broker, identity[dev]) for dev in devices}

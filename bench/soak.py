@@ -44,7 +44,6 @@ import csv
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -54,6 +53,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+from bench.procs import Procs
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "soak"
@@ -251,51 +252,6 @@ def store_size(samples_dir: Path) -> dict[str, Any]:
 
 
 # =========================================================================== the processes
-class Procs:
-    """The run's processes, each ``python -m deploy.cli ...`` with its own log in ``logs/``."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        from deploy.children import die_with_parent
-
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
-        with open(self.logs / f"{name}.log", "ab") as log:
-            p = subprocess.Popen([sys.executable, "-m", "deploy.cli", *args], cwd=ROOT, env=env, stdout=log,
-                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())
-        self.procs[name] = p
-        return p
-
-    def stop(self, names: Sequence[str], timeout: float = 30.0) -> dict[str, int]:
-        """SIGTERM all of ``names`` at once, then wait (SIGKILL after ``timeout``); their exit codes."""
-        for n in names:
-            if self.procs[n].poll() is None:
-                self.procs[n].send_signal(signal.SIGTERM)
-        codes = {}
-        for n in names:
-            p = self.procs.pop(n)
-            try:
-                codes[n] = p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                codes[n] = p.wait(10)
-        return codes
-
-    def dead(self) -> list[str]:
-        return [n for n, p in self.procs.items() if p.poll() is not None]
-
-    def tail(self, name: str, lines: int = 25) -> str:
-        path = self.logs / f"{name}.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop_all(self) -> None:
-        if self.procs:
-            self.stop(list(reversed(list(self.procs))))
-
-
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600.0) -> str:
     """Run one ``edgeloop`` command to completion; its stdout, or RuntimeError with its stderr."""
     out = subprocess.run([sys.executable, "-m", "deploy.cli", *args], cwd=ROOT, capture_output=True, text=True,
@@ -453,7 +409,7 @@ def sample(line: Line, minutes: float, interval: float, csv_path: Path) -> tuple
 def finish(line: Line) -> dict[str, Any]:
     """Stop the cameras (each drains its outbox), wait for the trainer to store what the broker took, stop the
     services, and account every committed sample."""
-    codes = line.procs.stop(line.cameras, timeout=60)
+    codes = line.procs.stop_many(line.cameras, timeout=60)
     outboxes = {n: read_outbox(line.d / "cameras" / n) for n in line.cameras}
     samples_dir = line.d / "trainer" / "samples"
     deadline, last, stable_since = time.monotonic() + DRAIN_TIMEOUT_S, -1, time.monotonic()
@@ -467,8 +423,8 @@ def finish(line: Line) -> dict[str, Any]:
             break  # nothing arrived for 30 s: what is missing now is not on its way
         time.sleep(1.0)
     status = json.loads(cli("trainer", "status", "--state-dir", str(line.d / "trainer"), "--json") or "{}")
-    services = line.procs.stop(["deploy", "trainer"], timeout=120)  # before the broker: a clean disconnect
-    services.update(line.procs.stop(["broker"], timeout=60))
+    services = line.procs.stop_many(["deploy", "trainer"], timeout=120)  # before the broker: a clean disconnect
+    services.update(line.procs.stop_many(["broker"], timeout=60))
     acc = account(outboxes, store_ids(samples_dir))
     return {"accounting": acc, "trainer_status": status, "exit_codes": {**codes, **services}}
 

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from deploy.controller import TERMINAL, Controller, Policy
-from deploy.rollout_store import Event, PromotionRecord, State
+from deploy.rollout_store import Event, PromotionRecord
 
 if TYPE_CHECKING:
     from deploy.promotions import PromotionIntake

@@ -35,7 +35,7 @@ from msgspec import Meta, Struct
 
 from . import envelope
 from .errors import ProtocolError
-from .fields import INT_MAX as _INT_MAX, Dim, Hex64, Id, Label, NonNegFloat, NonNegInt, PosInt, Prob, Text, check_finite
+from .fields import Dim, Hex64, Id, Label, NonNegFloat, NonNegInt, PosInt, Prob, Text, check_finite
 from .reports import MODEL_STATES, Birth, ModelStatus, Report, State, Stats
 
 __all__ = [

@@ -40,7 +40,7 @@ from protocol.model_meta import ModelMeta
 from .augment import Augment, parse_augment
 from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import read_idx
-from .evaluate import MIN_EVIDENCE, collapse_reason, evaluate_model, predict, stratified_split
+from .evaluate import collapse_reason, evaluate_model, predict, stratified_split
 from .export import export_onnx
 from .images import InputFormat, preprocess_bytes
 from .nets import ARCH_INPUT, build_model

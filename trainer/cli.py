@@ -292,7 +292,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from .config import ENV_PREFIX, TrainerConfig
 
-    from protocol.mqtt import MQTTURLError, identity_overrides, refuse_password_in_url, resolve_password
+    from protocol.mqtt import identity_overrides, refuse_password_in_url, resolve_password
 
     try:
         refuse_password_in_url(args.broker)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from bench.procs import Procs
 from deploy.broker import find_mosquitto, free_port
 from deploy.pki import init_pki
 
@@ -35,51 +35,17 @@ if find_mosquitto() is None:
     pytest.skip("mosquitto is not installed", allow_module_level=True)
 
 
-class Procs:
-    """The line's processes, each `python -m deploy.cli ...` with its own log; stopped in reverse (SIGTERM)."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        from deploy.children import die_with_parent
-
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
-        with open(self.logs / f"{name}.log", "ab") as log:
-            p = subprocess.Popen([sys.executable, "-m", "deploy.cli", *args], cwd=ROOT, env=env, stdout=log,
-                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())
-        self.procs[name] = p
-        return p
-
-    def stop(self, name: str, timeout: float = 20.0) -> int:
-        p = self.procs.pop(name)
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-        try:
-            return p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            return p.wait(5)
-
-    def check(self) -> None:
-        for name, p in self.procs.items():
-            if p.poll() is not None:
-                raise AssertionError(f"{name} exited with {p.returncode}:\n{self.tail(name)}")
-
-    def tail(self, name: str, lines: int = 40) -> str:
-        return "\n".join((self.logs / f"{name}.log").read_text(errors="replace").splitlines()[-lines:])
-
-    def stop_all(self) -> None:
-        for name in reversed(list(self.procs)):
-            self.stop(name)
+def check(procs: Procs) -> None:
+    """Fail with the log's tail if a process of the line has exited."""
+    for name in procs.dead():
+        raise AssertionError(f"{name} exited with {procs.procs[name].returncode}:\n{procs.tail(name, 40)}")
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, procs: Procs | None = None) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         if procs is not None:
-            procs.check()
+            check(procs)
         got = cond()
         if got:
             return got
@@ -89,9 +55,9 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, procs: Procs | 
         time.sleep(0.5)
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "deploy.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def _render_bootstrap_set(folder: Path) -> None:
@@ -115,7 +81,8 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     (d / "logs").mkdir()
     _render_bootstrap_set(d / "labelled")
     boot = cli("trainer", "bootstrap", str(d / "labelled"), "--arch", "convnet", "--roi", ROI, "--epochs", "3",
-               "--exporter", "torchscript", "--state-dir", str(d / "trainer"), "--no-progress", "--threads", "2")
+               "--exporter", "torchscript", "--state-dir", str(d / "trainer"), "--no-progress", "--threads", "2",
+               timeout=600)  # ~20 s alone; minutes on a shared box
     assert boot.returncode == 0, boot.stderr
     keys = cli("keys", "generate", "--out", str(d / "keys"))
     assert keys.returncode == 0, keys.stderr
