@@ -66,7 +66,7 @@ def _bootstrap(d: Path) -> None:
         (folder / str(f.truth)).mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(folder / str(f.truth) / f"{i}.png"), f.image[y:y + h, x:x + w])
     roi = tuple(int(v) for v in ROI.split(","))
-    bootstrap(d / "trainer", folder, arch="convnet", epochs=2, roi=roi, exporter="torchscript",  # type: ignore[arg-type]
+    bootstrap(d / "trainer", folder, arch="convnet", epochs=10, roi=roi, exporter="torchscript",  # type: ignore[arg-type]
               progress=False, torch_threads=1)
 
 

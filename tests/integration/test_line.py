@@ -80,7 +80,7 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     d = tmp_path_factory.mktemp("line")
     (d / "logs").mkdir()
     _render_bootstrap_set(d / "labelled")
-    boot = cli("trainer", "bootstrap", str(d / "labelled"), "--arch", "convnet", "--roi", ROI, "--epochs", "3",
+    boot = cli("trainer", "bootstrap", str(d / "labelled"), "--arch", "convnet", "--roi", ROI, "--epochs", "10",
                "--exporter", "torchscript", "--state-dir", str(d / "trainer"), "--no-progress", "--threads", "2",
                timeout=600)  # ~20 s alone; minutes on a shared box
     assert boot.returncode == 0, boot.stderr
