@@ -385,3 +385,11 @@ def test_wait_for_trainer_off_uploads_at_once(mosquitto_broker, topic_prefix, tm
         assert set(collector.ids()) == {f"cam1.1.{i}" for i in range(node.stats.stored)}
     finally:
         collector.close()
+
+
+def test_the_hold_is_on_by_default_and_a_flag_turns_it_off(tmp_path) -> None:
+    base = [sys.executable, "-m", "deploy.cli", "edge", "--state-dir", str(tmp_path / "e"), "--print-config"]
+    on = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    off = subprocess.run(base + ["--no-wait-for-trainer"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
+    assert "wait_for_trainer: true" in on.stdout and "wait_for_trainer: false" in off.stdout
