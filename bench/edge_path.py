@@ -257,7 +257,8 @@ def _verdict_link(workdir: Path) -> tuple[Any, Any]:
     broker = start_broker(kind="mosquitto", workdir=workdir / "broker") if find_mosquitto() else None
     birth = encode_report(Birth(device="bench", capabilities={}, config_digest="bench", boot=1, software="bench"))
     link = Link(device_id="bench", url=broker.url if broker else "mqtt://127.0.0.1:9", topics=Topics(),
-                outbox=Outbox(workdir / "outbox.sqlite", synchronous="NORMAL"), boot=1, birth=lambda: birth)
+                outbox=Outbox(workdir / "outbox.sqlite", synchronous="NORMAL"), boot=1, birth=lambda: birth,
+                wait_for_trainer=False)  # carries verdicts only: no samples, no trainer on this broker
     link.start()
     if broker is not None and not link.wait_connected(10):
         raise RuntimeError("the bench's verdict link did not connect to its broker")

@@ -345,8 +345,8 @@ def start_line(d: Path, cameras: int, quick: bool) -> Line:
                    str(pki / "services" / "trainer"), "--labeller", "oracle", "--api-port", "0"]
         line.trainer_config, env = _trainer_config(trainer)
         line.pids["trainer"] = procs.start("trainer", *trainer, env=env).pid
-        # Cameras start once the trainer's session exists: a sample published before the trainer's first-ever
-        # subscription has no subscriber, and mosquitto acknowledges it to the camera and discards it.
+        # Cameras start once the trainer's session exists, as on a running line (a camera started earlier would
+        # hold its samples until the trainer's retained state is on the broker: edge/link.py).
         _wait(lambda: "subscribed to" in (d / "logs" / "trainer.log").read_text(errors="replace"), 300,
               "the trainer's first subscription", procs)
         deploy = ["deploy", "run", "--state-dir", str(d / "deploy"), "--key", str(keys / "signing.key"),

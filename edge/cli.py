@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "cert.pem, key.pem (device id defaults to the certificate's CN)")
     parser.add_argument("--no-updater", action="store_true", help="ignore fleet manifests (no model rollouts)")
     parser.add_argument("--no-metrics", action="store_true", help="serve no /metrics and /healthz")
+    parser.add_argument("--no-wait-for-trainer", action="store_true",
+                        help="upload samples even before the trainer has ever connected to the broker (a broker "
+                             "discards samples nobody subscribes to yet: only for brokers that queue them)")
     parser.add_argument("--homeassistant", action="store_true",
                         help="publish Home Assistant MQTT discovery configs (retained) on every connect")
     parser.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
@@ -95,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["metrics.enabled"] = False
     if args.homeassistant:
         overrides["homeassistant.enabled"] = True
+    if args.no_wait_for_trainer:
+        overrides["upload.wait_for_trainer"] = False
     from protocol.mqtt import MQTTURLError, certificate_identity, identity_overrides, refuse_password_in_url, \
         resolve_password
 

@@ -57,6 +57,7 @@ class UploadConfig(_Section):
     image_format: Literal["jpeg", "png"] = "jpeg"
     jpeg_quality: Annotated[int, Meta(ge=1, le=100)] = 90
     crop_roi: bool = True                    # upload the model's ROI crop rather than the full frame
+    wait_for_trainer: bool = True            # hold samples in the outbox until a retained trainer state is on the broker
 
 
 class OutboxConfig(_Section):

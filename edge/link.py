@@ -9,6 +9,14 @@ trainer stores it once.
 
 Presence follows Sparkplug's idea: the MQTT Will publishes ``state = offline`` (retained, plain JSON) with the
 boot counter, and every (re)connect publishes ``state = online`` and the retained birth message again.
+
+The hold (``wait_for_trainer``): a broker acknowledges a QoS 1 sample and then discards it when nobody
+subscribes to it yet, and the PUBACK already deleted the row. On a fresh site whose cameras start before the
+trainer ever connected, those samples would be lost silently. The trainer's persistent session (clean session
+off) queues samples for it from its first connection on, and every connection publishes the retained
+``trainer/state`` (and leaves a retained Will), so any retained trainer state on the broker proves the session
+exists. Until the link has seen one, the pump sends nothing and samples wait in the (bounded) outbox; stats,
+state, birth and verdicts are not held.
 """
 from __future__ import annotations
 
@@ -39,7 +47,7 @@ class Link:
     def __init__(self, *, device_id: str, url: str, topics: Topics, outbox: Outbox, boot: int,
                  birth: Callable[[], bytes], window: int = 32, keepalive: int = 30,
                  username: str | None = None, password: str | None = None, ca_file: str | None = None,
-                 cert_file: str | None = None, key_file: str | None = None) -> None:
+                 cert_file: str | None = None, key_file: str | None = None, wait_for_trainer: bool = True) -> None:
         self.device_id = device_id
         self.topics = topics
         self.outbox = outbox
@@ -63,6 +71,13 @@ class Link:
         self.uploads = 0
         self.connects = 0
         self.disconnects = 0
+        self._trainer_seen = threading.Event()  # a retained trainer state arrived: its session queues samples
+        self._released = False
+        self._connected_at = 0.0
+        if wait_for_trainer:
+            self._subs[topics.trainer_state()] = 1
+        else:
+            self._trainer_seen.set()
 
         u = parse_url(url)
         if username is not None:
@@ -85,6 +100,10 @@ class Link:
     # -- lifecycle --------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Start connecting (in the background: a device may boot before its network) and draining."""
+        if self.held:
+            log.info("holding uploads until the trainer has connected to this broker once: a broker acknowledges "
+                     "and discards samples nobody has subscribed to yet; samples wait in the outbox until a "
+                     "retained %s appears (upload.wait_for_trainer: false turns this off)", self.topics.trainer_state())
         self.client.loop_start()
         self._pump.start()
 
@@ -93,8 +112,7 @@ class Link:
         clean DISCONNECT suppresses the Will). What is left stays in the outbox for the next start."""
         deadline = time.monotonic() + timeout
         self._wake.set()
-        while self.is_connected and (self._inflight() or self.outbox.stats()["pending"]) \
-                and time.monotonic() < deadline:
+        while self.is_connected and self._worth_draining() and time.monotonic() < deadline:
             self._wake.set()
             time.sleep(0.02)
         if self.is_connected:
@@ -110,12 +128,25 @@ class Link:
         self.client.loop_stop()
         self._pump.join(timeout=2)
 
+    def _worth_draining(self) -> bool:
+        if self._inflight():
+            return True
+        if not self.outbox.stats()["pending"]:
+            return False
+        # Held: the retained trainer state arrives just after the SUBACK, so a fresh connection gets a moment.
+        return not self.held or time.monotonic() - self._connected_at < 1.0
+
     @property
     def is_connected(self) -> bool:
         return self._connected.is_set()
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
+
+    @property
+    def held(self) -> bool:
+        """True while samples wait for the first sign of the trainer on this broker (see the module doc)."""
+        return not self._trainer_seen.is_set()
 
     # -- API for the node and the updater --------------------------------------------------------------------
     def notify(self) -> None:
@@ -157,7 +188,7 @@ class Link:
 
     def stats(self) -> dict[str, int | bool]:
         return {"connected": self.is_connected, "uploads": self.uploads, "connects": self.connects,
-                "disconnects": self.disconnects, "inflight": self._inflight()}
+                "disconnects": self.disconnects, "inflight": self._inflight(), "waiting_for_trainer": self.held}
 
     # -- internals --------------------------------------------------------------------------------------------
     def _state_payload(self, state: str) -> bytes:
@@ -173,6 +204,7 @@ class Link:
             log.warning("broker refused the connection: %s", reason_code)
             return
         self.connects += 1
+        self._connected_at = time.monotonic()
         log.info("connected to broker (connect #%d)", self.connects)
         client.publish(self.topics.state(self.device_id), self._state_payload("online"), qos=1, retain=True)
         try:
@@ -227,6 +259,9 @@ class Link:
                       "the disk has room again", exc, self.outbox_write_errors)
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        if message.topic == self.topics.trainer_state():
+            self._trainer_state(message.payload)
+            return
         handler = self.on_message
         if handler is None:
             return
@@ -234,6 +269,14 @@ class Link:
             handler(message.topic, message.payload)
         except Exception:  # bad input from the network never kills the link
             log.exception("handler failed on a message for %s", message.topic)
+
+    def _trainer_state(self, payload: bytes) -> None:
+        """Any non-empty trainer state (online, offline, degraded) proves the session; an empty retained
+        message only clears the topic."""
+        if payload and self.held:
+            self._trainer_seen.set()
+            self._released = True  # logged by the pump: SQLite work stays off paho's thread
+            self._wake.set()
 
     def _pump_loop(self) -> None:
         while not self._stop.is_set():
@@ -251,8 +294,12 @@ class Link:
 
     def _pump_once(self) -> None:
         self._collect_acks()
-        if not self.is_connected:
+        if not self.is_connected or self.held:
             return
+        if self._released:
+            self._released = False
+            log.info("trainer seen on the broker (%s): uploads released, %d samples waiting in the outbox",
+                     self.topics.trainer_state(), self.outbox.depth)
         room = self._window - self._inflight()
         if room <= 0:
             return

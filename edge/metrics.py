@@ -110,6 +110,8 @@ class EdgeCollector(Collector):
                   "across restarts).", "reason", {"oldest": ob["dropped_oldest"],
                                                   "lowest_priority": ob["dropped_lowest_priority"],
                                                   "rejected": ob["rejected"]})
+        yield GaugeMetricFamily(p + "uploads_held", "1 while samples wait in the outbox because no trainer has "
+                                "connected to this broker yet (upload.wait_for_trainer).", value=float(n.link.held))
         yield GaugeMetricFamily(p + "outbox_paused", "1 while spooling is paused because the outbox cannot be "
                                 "written (disk full).", value=float(n.outbox_error is not None))
         v = n.verdicts

@@ -115,7 +115,8 @@ class EdgeNode:
                          boot=self.boot, birth=self._birth_payload, window=config.mqtt.window,
                          keepalive=config.mqtt.keepalive_s, username=config.mqtt.username,
                          password=config.mqtt.password, ca_file=config.mqtt.ca_file,
-                         cert_file=config.mqtt.cert_file, key_file=config.mqtt.key_file)
+                         cert_file=config.mqtt.cert_file, key_file=config.mqtt.key_file,
+                         wait_for_trainer=config.upload.wait_for_trainer)
         self.updater: Updater | None = None
         if config.updater.enabled:
             trusted = load_trusted_keys(config.updater.trusted_keys) if config.updater.trusted_keys else {}
@@ -341,7 +342,8 @@ class EdgeNode:
         age, limit = self.last_frame_age(), self.config.metrics.stall_s
         details = {"device": self.device_id, "frames": self.stats.frames, "last_frame_age_s": round(age, 3),
                    "stall_s": limit, "model_version": self.slot.get().version,
-                   "mqtt_connected": self.link.is_connected, "outbox_error": self.outbox_error}
+                   "mqtt_connected": self.link.is_connected, "outbox_error": self.outbox_error,
+                   "waiting_for_trainer": self.link.held}
         if age > limit:
             details["reason"] = f"no frame classified for {age:.1f} s (limit {limit:g} s)"
         return age <= limit, details
@@ -368,7 +370,7 @@ class EdgeNode:
             "extra": {
                 "frames": self.stats.frames, "selected": self.stats.selected, "stored": self.stats.stored,
                 "refused": self.stats.refused, "unspooled": self.stats.unspooled, "errors": self.stats.errors,
-                "model_version": self.slot.get().version, "boot": self.boot,
+                "waiting_for_trainer": self.link.held, "model_version": self.slot.get().version, "boot": self.boot,
                 "capture": {"frames": cap.frames, "dropped": cap.dropped, "reconnects": cap.reconnects,
                             "stalls": cap.stalls},
                 "outbox": ob, "sampler": self.sampler.stats()["reasons"], "drift_active": bool(self.drift.active),

@@ -35,17 +35,25 @@ def edge_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class Collector:
-    """A trainer stand-in: subscribes to every device's samples and decodes each one."""
+    """A trainer stand-in: subscribes to every device's samples and decodes each one, and (like the trainer)
+    then publishes a retained trainer state, which releases the edges' uploads (``announce=False``: it does not)."""
 
-    def __init__(self, url: str, prefix: str, *, client_id: str | None = None, persistent: bool = False) -> None:
+    def __init__(self, url: str, prefix: str, *, client_id: str | None = None, persistent: bool = False,
+                 announce: bool = True) -> None:
         self.samples: list[Sample] = []
         self.headers: list = []
         self.errors: list[Exception] = []
         self._lock = threading.Lock()
         self.client = make_client(client_id or f"collector-{os.getpid()}-{time.monotonic_ns()}", url,
                                   protocol="3.1.1", clean_start=not persistent)
-        topic = Topics(prefix).all_samples()
-        self.client.on_connect = lambda c, *a: c.subscribe(topic, 1)
+        topics = Topics(prefix)
+
+        def on_connect(client, *args) -> None:
+            client.subscribe(topics.all_samples(), 1)
+            if announce:  # after the SUBSCRIBE, as the trainer does: the broker handles them in that order
+                client.publish(topics.trainer_state(), b'{"device": "trainer", "state": "online"}', 1, retain=True)
+
+        self.client.on_connect = on_connect
         self.client.on_message = self._on_message
         start(self.client)
         time.sleep(0.2)  # SUBACK
@@ -323,3 +331,65 @@ def test_a_provisioned_camera_uploads_to_the_secure_broker(tmp_path, edge_model)
             assert not collector.errors and {h.device for h in collector.headers} == {"cam1"}
         finally:
             collector.close()
+
+
+def test_samples_wait_for_the_trainer_on_a_fresh_broker(mosquitto_broker, topic_prefix, tmp_path, edge_model) -> None:
+    """A fresh site: the camera starts before the trainer ever connected. mosquitto would acknowledge and discard
+    its samples (nobody subscribes yet), so the edge holds them in the outbox until a retained trainer state is
+    on the broker; then every one arrives at the trainer's session. 0 lost."""
+    config = node_config(tmp_path, mosquitto_broker.url, topic_prefix, edge_model,
+                         **{"source.url": "sim:digits?seed=13&realtime=1&fps=100&limit=1500",
+                            "sampler.budget_per_minute": "none", "sampler.threshold": 0.2})
+    node = EdgeNode(config)
+    thread = threading.Thread(target=node.run)
+    thread.start()
+    collector = None
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (node.link.is_connected and node.stats.stored >= 5):
+            time.sleep(0.1)
+        time.sleep(1.0)  # connected for a while: a retained trainer state would have arrived by now
+        assert node.stats.stored >= 5 and node.link.is_connected
+        assert node.link.held and node.link.uploads == 0  # nothing handed to a broker that would discard it
+        assert node.outbox.depth == node.stats.stored
+        assert node.health()[1]["waiting_for_trainer"] is True
+        # The trainer connects: subscribes (its session now queues samples), then publishes its retained state.
+        collector = Collector(mosquitto_broker.url, topic_prefix, client_id=f"trainer-{topic_prefix[-8:]}",
+                              persistent=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and node.link.held:
+            time.sleep(0.05)
+        assert not node.link.held
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+        collector.wait_for(node.stats.stored, timeout=30)
+        assert set(collector.ids()) == {f"cam1.1.{i}" for i in range(node.stats.stored)}  # 0 lost
+        assert node.link.uploads == node.stats.stored and not _spooled_ids(tmp_path / "edge")
+        assert node.last_snapshot["extra"]["waiting_for_trainer"] is False
+    finally:
+        node.stop()
+        thread.join(timeout=10)
+        if collector is not None:
+            collector.close()
+
+
+def test_wait_for_trainer_off_uploads_at_once(mosquitto_broker, topic_prefix, tmp_path, edge_model) -> None:
+    """``upload.wait_for_trainer: false``: no hold (the subscriber here announces no trainer state)."""
+    collector = Collector(mosquitto_broker.url, topic_prefix, announce=False)
+    try:
+        node = run_node(node_config(tmp_path, mosquitto_broker.url, topic_prefix, edge_model,
+                                    **{"upload.wait_for_trainer": False, "source.url": "sim:digits?seed=3&limit=600",
+                                       "sampler.budget_per_minute": "none"}))
+        assert node.stats.stored >= 1 and not node.link.held
+        collector.wait_for(node.stats.stored)
+        assert set(collector.ids()) == {f"cam1.1.{i}" for i in range(node.stats.stored)}
+    finally:
+        collector.close()
+
+
+def test_the_hold_is_on_by_default_and_a_flag_turns_it_off(tmp_path) -> None:
+    base = [sys.executable, "-m", "deploy.cli", "edge", "--state-dir", str(tmp_path / "e"), "--print-config"]
+    on = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    off = subprocess.run(base + ["--no-wait-for-trainer"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
+    assert "wait_for_trainer: true" in on.stdout and "wait_for_trainer: false" in off.stdout

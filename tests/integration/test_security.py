@@ -137,12 +137,15 @@ def test_a_device_writes_only_its_own_topics(secure: Broker, topic: str) -> None
         reader.close()
 
 
-def test_a_device_reads_only_its_fleet_manifest_and_models(secure: Broker) -> None:
+def test_a_device_reads_only_its_fleet_manifest_models_and_the_trainer_state(secure: Broker) -> None:
     deploy = Collector(secure, "deploy")
+    trainer = Collector(secure, "trainer")
     cam = Collector(secure, "cam-a", f"{P}/fleet/+/manifest", f"{P}/models/#", f"{P}/dev/+/samples",
                     f"{P}/trainer/#")
     other = Collector(secure, "cam-b")
     try:
+        trainer.publish(T.trainer_promoted(), b"promoted-1")  # not for devices
+        trainer.publish(T.trainer_state(), b"trainer-online")  # the one trainer topic a device reads (the hold)
         # publish() waits for the PUBACK, which mosquitto sends after queueing the message to every subscriber:
         # anything leaked to cam-a is queued before the last chunk, which cam-a may read.
         deploy.publish(T.manifest("B"), b"manifest-B", retain=True)
@@ -150,9 +153,10 @@ def test_a_device_reads_only_its_fleet_manifest_and_models(secure: Broker) -> No
         other.publish(T.samples("cam-b"), b"b-sample")
         deploy.publish(T.chunk("m", "v1", 0), b"chunk-0", retain=True)
         cam.wait_for(b"chunk-0")
-        assert cam.payloads() == {b"manifest-A", b"chunk-0"}  # not fleet B's manifest, not cam-b's samples
+        # not fleet B's manifest, not cam-b's samples, not the trainer's promotion notice
+        assert cam.payloads() == {b"manifest-A", b"chunk-0", b"trainer-online"}
     finally:
-        for c in (deploy, cam, other):
+        for c in (deploy, trainer, cam, other):
             c.close()
 
 
@@ -352,6 +356,8 @@ def test_trainer_ingests_an_edge_link_over_tls(secure: Broker, tmp_path: Path) -
         ing = Ingestor(store, url, ca=f"{d}/services/trainer/ca.pem", cert=f"{d}/services/trainer/cert.pem",
                        key=f"{d}/services/trainer/key.pem").start()
         assert ing.client_id == "trainer"
+        # What TrainerService does on connect: its retained state, which the device may read and waits for.
+        ing.publish(T.trainer_state(), b'{"device": "trainer", "state": "online"}', 1, True)
         outbox = Outbox(tmp_path / "outbox.sqlite")
         sample = Sample(sample_id="cam-a.1.1", model_version="v1", topk=[("ok", 0.6), ("bad", 0.4)],
                         uncertainty=0.2, uncertainty_kind="margin", p_select=0.5, reason="uncertain", frame_index=1,
