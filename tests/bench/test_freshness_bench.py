@@ -121,7 +121,7 @@ def test_percentiles_nearest_rank() -> None:
 @pytest.mark.timeout(300)
 def test_tiny_run_through_main_is_well_formed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "freshness.json"
-    rc = freshness.main(["--quick", "--cameras", "1", "--duration", "20", "--bootstrap-frames", "200", "--json",
+    rc = freshness.main(["--quick", "--cameras", "1", "--duration", "20", "--bootstrap-frames", "400", "--json",
                          "--out", str(out)])
     assert rc == 0
     printed = _strict(capsys.readouterr().out)

@@ -95,7 +95,7 @@ def _bootstrap(state: Path, folder: Path) -> Path:
             f = src.frame_at(i * 7)
             (folder / str(f.truth)).mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(folder / str(f.truth) / f"{seed}_{i}.png"), f.image[y:y + h, x:x + w])
-    res = bootstrap(state, folder, arch="small_cnn", epochs=6, batch_size=32, exporter="torchscript", progress=False,
+    res = bootstrap(state, folder, arch="small_cnn", epochs=20, lr=3e-3, batch_size=32, exporter="torchscript", progress=False,
                     replay_size=100, torch_threads=2, roi=tuple(src.roi))
     return Path(res.path)
 
