@@ -515,7 +515,7 @@ def bench(duration: float = DEFAULT_DURATION_S, cameras: int = DEFAULT_CAMERAS, 
     # quality of v0001 decides how often the gate promotes, so it is part of "default demo settings".
     opts = DemoOptions(cameras=cameras, duration=DEMO_DURATION_S, out=str(out), insecure=insecure,
                        bootstrap_frames=bootstrap_frames or (400 if quick else 2400),
-                       bootstrap_budget_s=bootstrap_budget_s if bootstrap_budget_s is not None else (5.0 if quick else None))
+                       bootstrap_budget_s=bootstrap_budget_s if bootstrap_budget_s is not None else (20.0 if quick else None))
     run_ = FreshnessRun(opts, duration=duration, tail=tail_s if tail_s is not None else min(60.0, 0.45 * duration),
                         drift_at=drift_at_s if drift_at_s is not None else (QUICK_DRIFT_AT_S if quick else DRIFT_AT_S),
                         demo_stream_s=demo_stream_s, say=say)
