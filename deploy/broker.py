@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from urllib.parse import urlencode
 
 from deploy.children import die_with_parent
 from protocol.durable import atomic_write
+from protocol.hosts import is_loopback
 from protocol.topics import DEFAULT_PREFIX, Topics
 
 __all__ = ["Broker", "BrokerError", "start_broker", "find_mosquitto", "free_port", "main", "mosquitto_config",
@@ -114,16 +114,6 @@ def _wait_port(host: str, port: int, timeout: float, alive: "callable[[], bool]"
         except OSError:
             time.sleep(0.02)
     return False
-
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach (an anonymous broker may listen on nothing else)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Broker:

@@ -38,7 +38,6 @@ reverse proxy) in front of it before exposing it.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -54,6 +53,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from protocol.hosts import is_loopback
 
 from .classes import UnknownLabel, add_class, added_classes, check_class_name, check_label, known_classes
 from .store import SampleStore, StoredSample
@@ -97,15 +98,6 @@ def load_or_create_token(path: str | os.PathLike[str]) -> str:
         fh.write(token + "\n")
     log.info("generated the trainer API token in %s (mode 0600)", p)
     return token
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class _Server(ThreadingHTTPServer):
@@ -198,7 +190,7 @@ class TrainerAPI:
         self._known_cache: tuple[float, list[str]] = (0.0, [])
         self._confusion: Any = None
         self._rois: dict[str, list[int] | None] = {}
-        if not _is_loopback(host):
+        if not is_loopback(host):
             log.warning("trainer API listens on %s, not a loopback address: anyone who can reach it and holds the "
                         "token can label samples; put a TLS reverse proxy in front of it", host)
         self.httpd = _Server((host, port), self._make_handler(), max_connections=max_connections,

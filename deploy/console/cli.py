@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import ipaddress
 import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
+
+from protocol.hosts import is_loopback
 
 __all__ = ["main", "build_parser", "make_console"]
 
@@ -99,7 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         print("edgeloop console: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
-    if not _loopback(args.host) and not args.tls_cert:
+    if not is_loopback(args.host) and not args.tls_cert:
         log.warning("console listens on %s without TLS: passwords and session cookies cross the network in clear "
                     "text; give --tls-cert/--tls-key or put a TLS reverse proxy in front of it", args.host)
     try:
@@ -120,13 +121,6 @@ def _serve(args: argparse.Namespace) -> int:
 
     Server(config).run()
     return 0
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _user(args: argparse.Namespace) -> int:
