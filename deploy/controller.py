@@ -361,8 +361,8 @@ class Controller:
         older = self.store.get_waiting(fleet) + (self.store.get_active(fleet) if active else [])
         for old in older:
             why = f"superseded by {version}" if old.active else f"{version} came before approval"
-            if old.id != exclude and self.store.set_state(old.id, State.SUPERSEDED, why):
-                self.store.add_event(old.id, "superseded", version)
+            if old.id != exclude:
+                self.store.set_state(old.id, State.SUPERSEDED, why, event=("superseded", version))
 
     def pause(self, rid: str | None = None) -> None:
         self._command(rid, "pause")
@@ -435,8 +435,8 @@ class Controller:
             if cmd == "approve":
                 return self._approve(r, detail)
             if cmd == "reject":
-                if self.store.set_state(r.id, State.REJECTED, detail or "rejected by an operator"):
-                    self.store.add_event(r.id, "rejected", detail or "")
+                if self.store.set_state(r.id, State.REJECTED, detail or "rejected by an operator",
+                                        event=("rejected", detail or "")):
                     self.counters["promotions_rejected"] += 1
                 return None
             if cmd == "abort":
@@ -466,9 +466,8 @@ class Controller:
             prev = r.prev_version
         if prev != r.prev_version:
             self.store.set_prev_version(r.id, prev)
-        if not self.store.set_state(r.id, State.RUNNING):
+        if not self.store.set_state(r.id, State.RUNNING, event=("approved", (detail or "") + f" prev={prev}")):
             return None
-        self.store.add_event(r.id, "approved", (detail or "") + f" prev={prev}")
         self.counters["promotions_approved"] += 1
         return self.store.rollout(r.id)
 
@@ -553,9 +552,8 @@ class Controller:
         if r.wave + 1 < len(r.policy.waves):
             self.counters["gate:advance"] += 1
             self.store.next_wave(r.id)
-        elif self.store.set_state(r.id, State.COMPLETED):
+        elif self.store.set_state(r.id, State.COMPLETED, event=("completed", wave.summary())):
             self.counters["gate:complete"] += 1
-            self.store.add_event(r.id, "completed", wave.summary())
             self._gc_chunks({(r.model_id, r.version), (r.model_id, r.prev_version)})
 
     def evaluate(self, r: Rollout) -> Verdict:
@@ -574,19 +572,19 @@ class Controller:
 
     def _begin_rollback(self, r: Rollout, reason: str) -> None:
         if not r.prev_version:
-            self.store.set_state(r.id, State.ABORTED, f"{reason}; no previous version known to roll back to")
-            self.store.add_event(r.id, "halted", "no previous version")
+            self.store.set_state(r.id, State.ABORTED, f"{reason}; no previous version known to roll back to",
+                                 event=("halted", "no previous version"))
             return
         art = self.artifact(r.model_id, r.prev_version)
         seq = self._publish_manifest(r.fleet, r.id, art, r.wave, BUCKETS, msgspec.structs.replace(r.policy, shadow=0))
-        self.store.set_state(r.id, State.ROLLING_BACK, reason)
-        self.store.add_event(r.id, "rollback", f"to {r.prev_version} seq={seq}: {reason}")
+        self.store.set_state(r.id, State.ROLLING_BACK, reason,
+                             event=("rollback", f"to {r.prev_version} seq={seq}: {reason}"))
 
     def _step_rolling_back(self, r: Rollout) -> None:
         still = [d for d in self.fleet.devices(r.fleet) if d.online and d.version == r.version]
         if not still or time.time() - (r.wave_started or 0) > r.policy.wave_timeout:
-            if self.store.set_state(r.id, State.ROLLED_BACK, r.reason):
-                self.store.add_event(r.id, "rolled_back", f"{len(still)} devices still on {r.version}")
+            if self.store.set_state(r.id, State.ROLLED_BACK, r.reason,
+                                    event=("rolled_back", f"{len(still)} devices still on {r.version}")):
                 self._gc_chunks({(r.model_id, r.prev_version)})
 
     def _needed(self) -> set[tuple[str, str]]:

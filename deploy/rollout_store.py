@@ -402,11 +402,14 @@ class RolloutStore:
         sql = f"UPDATE rollouts SET {sets}, updated=? WHERE id=?{where}"
         return self._exec(sql, (*args, time.time(), rid, *where_args)) == 1
 
-    def set_state(self, rid: str, state: State, reason: str | None = None) -> bool:
+    def set_state(self, rid: str, state: State, reason: str | None = None,
+                  event: tuple[str, str] | None = None) -> bool:
         """Move a rollout to ``state`` if :data:`TRANSITIONS` allows it from the state it is in *now*.
 
         Side effects that belong to the state: an end state records ``finished``; resuming restarts the
-        soak; rolling back restarts the wave clock (it bounds the wait for devices). Returns whether it moved.
+        soak; rolling back restarts the wave clock (it bounds the wait for devices). ``event`` (kind, detail)
+        is recorded in the same transaction, so nobody sees the new state without the event that explains it.
+        Returns whether it moved.
         """
         sources = [s for s, nxt in TRANSITIONS.items() if state in nxt]
         sets, args = "state=?, reason=?", [state.value, reason]
@@ -416,8 +419,15 @@ class RolloutStore:
             sets += ", soak_started=NULL"
         elif state == State.ROLLING_BACK:
             sets, args = sets + ", wave_started=?", [*args, time.time()]
-        moved = self._update(rid, sets, tuple(args), f" AND state IN ({','.join('?' * len(sources))})",
-                             tuple(sources))
+        where = f" AND state IN ({','.join('?' * len(sources))})"
+        with self._tx() as db:
+            moved = db.execute(f"UPDATE rollouts SET {sets}, updated=? WHERE id=?{where}",
+                               (*args, time.time(), rid, *sources)).rowcount == 1
+            if moved and event is not None:
+                db.execute("INSERT INTO events(ts, rollout_id, kind, detail) VALUES(?, ?, ?, ?)",
+                           (time.time(), rid, *event))
+        if moved and event is not None:
+            log.info("rollout %s: %s %s", rid, *event)
         if not moved:
             log.warning("rollout %s: %s is not allowed from its current state (changed meanwhile?)", rid, state.value)
         return moved
