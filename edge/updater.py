@@ -277,7 +277,7 @@ class _Shadow:
     agree: int = 0
     conf_sum: float = 0.0
     entropy_sum: float = 0.0
-    lat_sum: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)  # one per shadow frame (bounded by frames_target)
     active_conf_sum: float = 0.0
     busy: bool = False
 
@@ -289,7 +289,9 @@ class _Shadow:
             "confidence": round(_finite(self.conf_sum / n), 4),
             "active_confidence": round(_finite(self.active_conf_sum / n), 4),
             "entropy": round(_finite(self.entropy_sum / n), 4),
-            "latency_ms": round(_finite(self.lat_sum / n), 3),
+            # the median, as the stats' latency_p50_ms the gate compares it with: a mean would let one
+            # scheduling hiccup on a busy device read as a slow model (it rolled back healthy versions)
+            "latency_ms": round(_finite(float(np.median(self.latencies_ms)) if self.latencies_ms else 0.0), 3),
         }
 
 
@@ -791,7 +793,7 @@ class Updater:
                     self._shadow = None
                 self._fail(self._pending, "shadow_error", f"{type(e).__name__}: {e}")  # type: ignore[arg-type]
                 return
-            shadow.lat_sum += (time.perf_counter() - t0) * 1000.0
+            shadow.latencies_ms.append((time.perf_counter() - t0) * 1000.0)
             p = np.asarray(pred.probs, dtype=np.float64)
             if not np.isfinite(p).all():
                 with self._lock:
