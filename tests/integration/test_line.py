@@ -206,6 +206,11 @@ def _approved_done(line: dict[str, Any], version: str) -> dict[str, Any] | None:
     """``version`` runs on both cameras (a newer promotion may wait for approval by now: the latest rollout in the
     status may be that one, so look ours up among the promotions)."""
     v = outside_view(line)
+    rid = next((p["rollout_id"] for p in v["promotions"] if p["version"] == version and p["rollout_id"]), None)
+    if rid is not None:  # a rollout the gate ended otherwise will never finish: say why now, not at the timeout
+        out = cli("rollout", "status", "--id", rid, "--json", "--state-dir", str(line["dir"] / "deploy"))
+        st = json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else {}
+        assert st.get("state") not in ("rolled_back", "rolling_back", "aborted", "superseded", "rejected"), st
     done = any(p["version"] == version and p["status"] == "started" for p in v["promotions"])
     on_both = v["metrics"].get(("edgeloop_deploy_device_versions", (("version", version),))) == 2
     return v if done and on_both else None
