@@ -485,12 +485,13 @@ class Chaos:
             "rejected_while_full": delta(m0, m1, "samples_not_stored_total{reason=outbox_error}"),
             "paused_flag": m1.get(p + "outbox_paused"),
             "stored_after_free": delta(m1, m2, "samples_stored_total"),
-            "logged": "database or disk is full" in text and "spooling paused" in text,
+            # the first failed write names the error: SQLite's (the outbox) or the OS's (the sequence lease)
+            "logged": "spooling paused" in text and ("disk is full" in text or "No space left" in text),
             "resumed_logged": "spooling resumed" in text})
         i = line.info
         line.checked = ("while full the camera went on classifying and producing verdicts (offline ones counted: it "
                         "was cut off), counted the samples it could not store (samples_not_stored{reason="
-                        "outbox_error}), showed outbox_paused = 1 and logged SQLite's error; once emptied it stored "
+                        "outbox_error}), showed outbox_paused = 1 and logged the disk-full error; once emptied it stored "
                         "samples again")
         line.passed = (i["frames_while_full"] > 0 and i["verdicts_while_full"] > 0 and i["rejected_while_full"] > 0
                        and i["paused_flag"] == 1 and i["stored_after_free"] > 0 and i["logged"]
