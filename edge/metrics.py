@@ -149,6 +149,8 @@ class EdgeCollector(Collector):
                                 value=u.queue_depth)
         yield _counter(p + "updater_queue_dropped", "Messages dropped because the updater's queue was full.",
                        u.queue_dropped)
+        yield _counter(p + "updater_storage_errors", "Model chunks or files the disk refused (full, read-only); "
+                       "the download waits and tries again.", u.storage_errors)
 
 
 def metrics_server(node: "EdgeNode", config: MetricsConfig) -> MetricsServer:

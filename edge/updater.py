@@ -267,6 +267,9 @@ class PowerLoss(BaseException):
     """Raised by a test fault hook to emulate power loss at a named point (no cleanup runs)."""
 
 
+STORAGE_RETRY_S = 5.0  # after the disk refused a chunk or the model file: the next try
+
+
 @dataclass
 class _Shadow:
     model: Any
@@ -385,6 +388,11 @@ class Updater:
         self._inflight: set[int] = set()
         self._chunk_dir: Path | None = None
         self.chunks_received = 0  # chunk messages that arrived (tests: "resume does not refetch")
+        self.storage_errors = 0  # chunk or model writes the disk refused (full, read-only): /metrics
+        self._storage_retry_at = 0.0  # monotonic time of the next try after such a refusal (0: none due)
+        self._assemble_due = False  # the refused write was the assembled model's (its chunks are in _mem)
+        self._state_dirty = False  # the last state could not be written (full disk): written on the next try
+        self._download_stalled = False  # a chunk or the model file was refused and none written since
 
         # Shared with the frame loop (under self._lock).
         self._ready: tuple[Manifest, Any] | None = None  # loaded model waiting for a between-frames swap
@@ -481,6 +489,9 @@ class Updater:
             self._conf_hist.append(conf)
             if latency_ms is not None:
                 self._lat_hist.append(float(latency_ms))
+        if self._storage_retry_at and time.monotonic() >= self._storage_retry_at:
+            self._storage_retry_at = 0.0
+            self._serial.submit(self._storage_retry)
         shadow = self._shadow
         if shadow is not None and frame is not None and not shadow.busy:
             shadow.busy = True
@@ -545,7 +556,19 @@ class Updater:
             "last_sig": self._last_manifest_sig,
             "failed": dict(list(self._failed.items())[-16:]),
         }
-        atomic_write(self.state_dir / _STATE_FILE, json.dumps(data).encode())
+        try:
+            atomic_write(self.state_dir / _STATE_FILE, json.dumps(data).encode())
+        except OSError as e:
+            # The memory copy stays authoritative and is written on the next try; until then a restart would
+            # start from the last state that was written (a consistent, older one).
+            if not self._state_dirty:
+                self.storage_errors += 1
+                log.warning("cannot save the updater state (%s); trying again in %.0f s", e.strerror or e,
+                            STORAGE_RETRY_S)
+            self._state_dirty = True
+            self._storage_retry_at = self._storage_retry_at or time.monotonic() + STORAGE_RETRY_S
+            return
+        self._state_dirty = False
 
     def _write_pointer(self, m: Manifest) -> None:
         try:
@@ -718,7 +741,12 @@ class Updater:
             self._status(m, "failed", e.reason, chunk=i, detail=e.detail[:300])
             return
         assert self._chunk_dir is not None
-        atomic_write(self._chunk_dir / str(i), d.body, fsync=False)  # re-hashed on resume, so no fsync
+        try:
+            atomic_write(self._chunk_dir / str(i), d.body, fsync=False)  # re-hashed on resume, so no fsync
+        except OSError as e:
+            self._storage_stall(m, f"chunk {i}", e, topic)
+            return
+        self._download_stalled = False
         self._mem[i] = d.body  # assembly joins from memory; the files are only for resuming after a restart
         self._have.add(i)
         with self._lock:
@@ -734,8 +762,8 @@ class Updater:
         assert self._chunk_dir is not None
         data = b"".join(self._mem[i] if i in self._mem else (self._chunk_dir / str(i)).read_bytes()
                         for i in range(m.chunk_count))
-        self._mem.clear()
         if len(data) != m.size or hashlib.sha256(data).hexdigest() != m.sha256:
+            self._mem.clear()
             reason = "size_mismatch" if len(data) != m.size else "sha256_mismatch"
             shutil.rmtree(self._chunk_dir, ignore_errors=True)
             self._phase = "failed"
@@ -743,9 +771,48 @@ class Updater:
             self._status(m, "failed", reason)
             return
         final = self._model_path(m.sha256)
-        atomic_write(final, data)
+        try:
+            atomic_write(final, data)
+        except OSError as e:
+            self._assemble_due = True  # the chunks stay in memory (or on disk) for the next try
+            self._storage_stall(m, "the assembled model", e)
+            return
+        self._mem.clear()
+        self._assemble_due = False
         shutil.rmtree(self._chunk_dir, ignore_errors=True)
         self._install(m, final)
+
+    def _storage_stall(self, m: Manifest, what: str, e: OSError, topic: str | None = None) -> None:
+        """The disk refused a verified write (full, read-only). Nothing is wrong with the model, so nothing fails
+        and the rollout is not told "failed": the download waits and tries again in ``STORAGE_RETRY_S`` (a
+        chunk is fetched again from the broker, which retains it). Logged, counted, visible in the status."""
+        self.storage_errors += 1
+        with self._lock:
+            if topic is not None:
+                self._dropped_topics.add(topic)
+        if not self._storage_retry_at:
+            self._storage_retry_at = time.monotonic() + STORAGE_RETRY_S
+        if self._download_stalled:
+            return  # one log line and one status per stall, not one per chunk and try
+        self._download_stalled = True
+        log.warning("cannot store %s of %s/%s (%s); trying again in %.0f s", what, m.model_id, m.version,
+                    e.strerror or e, STORAGE_RETRY_S)
+        self._status(m, "downloading", "storage", detail=f"cannot store {what}: {e.strerror or e}"[:300],
+                     chunks=len(self._have), of=m.chunk_count)
+
+    def _storage_retry(self) -> None:
+        """Worker: the next try after :meth:`_storage_stall` (or a state the disk refused), if that download is
+        still the one wanted."""
+        if self._state_dirty:
+            self._save_state()
+        m = self._pending
+        if m is None or self._phase != "downloading":
+            self._assemble_due = False
+            return
+        if self._assemble_due:
+            self._assemble(m)
+        else:
+            self._refetch_dropped()
 
     # -- install: load, smoke test, shadow (worker) -------------------------------------------------------
     def _install(self, m: Manifest, path: Path) -> None:

@@ -4,13 +4,13 @@ committed before is lost, and writing works again when there is room. Shown with
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from edge.counters import SequenceLease
 from edge.outbox import Outbox, OutboxWriteError
+from full_disk import fill_disk, tmpfs
 
 PAYLOAD = os.urandom(20_000)  # incompressible, like a JPEG
 
@@ -46,47 +46,18 @@ def test_database_full_raises_the_real_error_and_recovers(tmp_path: Path) -> Non
         assert ob.depth == stored and ob.integrity_check() == "ok"
 
 
-def fill_disk(filler: Path) -> None:
-    """Write ``filler`` until the file system has no byte left."""
-    with open(filler, "wb", buffering=0) as f:
-        for size in (1 << 20, 1 << 12, 1):
-            try:
-                while True:
-                    f.write(b"\0" * size)
-            except OSError:
-                pass
-
-
-def _mount_tmpfs(where: Path, size: str) -> None:
-    where.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True,
-                       capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here ({exc}); the max_page_count test covers the outbox")
-
-
-def _tmpfs(tmp_path: Path, size: str):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small file system needs root (CI runs as root)")
-    fs = tmp_path / "fs"
-    _mount_tmpfs(fs, size)
-    try:
-        yield fs
-    finally:
-        subprocess.run(["umount", "-l", str(fs)], capture_output=True, timeout=20)
-
-
 @pytest.fixture
 def small_fs(tmp_path: Path):
     """A 4 MiB tmpfs: a real file system that fills up."""
-    yield from _tmpfs(tmp_path, "4m")
+    with tmpfs(tmp_path / "fs", "4m") as fs:
+        yield fs
 
 
 @pytest.fixture
 def fs_16m(tmp_path: Path):
     """16 MiB: room for SQLite's WAL to reach its full cycle (1,000 pages, ~4 MB) before the disk fills."""
-    yield from _tmpfs(tmp_path, "16m")
+    with tmpfs(tmp_path / "fs", "16m") as fs:
+        yield fs
 
 
 def test_real_full_file_system(small_fs: Path) -> None:

@@ -226,3 +226,46 @@ def test_a_provisioning_floor_survives_a_reset_but_never_lowers_the_state(models
     assert again.highest_seq == 250
     again.close()
     assert Updater("d2", "f", tmp_path / "none", {}, slot, FakeBroker(), Topics("t")).highest_seq is None
+
+
+def test_a_full_disk_stalls_the_download_and_it_resumes_when_space_returns(models, tmp_path, monkeypatch) -> None:
+    """A chunk the disk refuses is not a broken model: the device says "downloading (storage)", counts it, does
+    not fail the rollout, and fetches the chunk again once there is room (a real full tmpfs)."""
+    from deploy.publisher import Publisher, read_artifact
+    from edge import updater as updater_mod
+    from full_disk import fill_disk, tmpfs
+
+    monkeypatch.setattr(updater_mod, "STORAGE_RETRY_S", 0.2)
+    with tmpfs(tmp_path / "fs", "16m") as fs:
+        priv, pub = generate_keypair()
+        key = private_key_from_pem(priv)
+        broker, topics = FakeBroker(), Topics("t")
+        publisher = Publisher(broker.publish, key, topics, chunk_size=256 * 1024)
+        slot = ModelSlot(EdgeModel.load(models["v1"]))
+        up = Updater("d1", "f", fs / "state", {key_id(key): public_key_from_pem(pub)}, slot, broker, topics,
+                     UpdaterLimits(shadow_frames=0))
+        broker.updater = up
+        try:
+            for t, q in up.subscriptions():
+                broker.subscribe([(t, q)])
+            filler = fill_disk(fs / "filler")
+            art = read_artifact(models["v2"])
+            publisher.publish_chunks(art)
+            publisher.publish_manifest("f", publisher.manifest(art, fleet="f", seq=5, rollout_id="r1", wave=0))
+            wait_for(lambda: up.storage_errors > 0)
+            wait_for(lambda: any(s.state == "downloading" and s.reason == "storage" for s in broker.status))
+            for _ in range(5):
+                up.on_frame(frame(), None)  # retries (every 0.2 s here) while the disk stays full
+                time.sleep(0.25)
+            assert up._ready is None and not any(s.state == "failed" for s in broker.status)
+            filler.unlink()  # space is back
+            deadline = time.monotonic() + 20
+            while up._ready is None:
+                assert time.monotonic() < deadline, [(s.state, s.reason) for s in broker.status][-5:]
+                up.on_frame(frame(), None)
+                time.sleep(0.05)
+            up.on_frame(frame(), None)  # the swap, between frames
+            assert up.active_version == "v0002"
+            assert not any(s.state == "failed" for s in broker.status)
+        finally:
+            up.close()

@@ -30,6 +30,7 @@ from edge.node import EdgeNode
 from protocol.config import load_config
 from protocol.mqtt import make_client, start
 from protocol.topics import Topics
+from tests.full_disk import fill_disk, tmpfs
 from tests.model_factory import make_onnx_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -221,23 +222,12 @@ def test_metrics_endpoint_and_healthz_when_the_loop_wedges(tmp_path, topic_prefi
 
 @pytest.fixture
 def small_fs(tmp_path: Path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small file system needs root (CI runs as root); "
-                    "tests/edge/test_outbox_faults.py covers the outbox with max_page_count")
-    fs = tmp_path / "fs"
-    fs.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(fs)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "fs", "16m") as fs:
         yield fs
-    finally:
-        subprocess.run(["umount", "-l", str(fs)], capture_output=True, timeout=20)
 
 
 def test_disk_full_keeps_inferring_and_publishing_then_resumes(mosquitto_broker, topic_prefix, tmp_path, edge_model,
                                                                small_fs, caplog) -> None:
-    from tests.edge.test_outbox_faults import fill_disk
 
     topics = Topics(topic_prefix)
     verdicts: list[bytes] = []

@@ -3,9 +3,7 @@ acknowledging and says ``degraded`` on trainer/state, a checkpoint that cannot b
 and retried, and everything resumes by itself when space returns -- nothing lost, nothing trained twice."""
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 import time
 import uuid
@@ -22,6 +20,7 @@ from protocol.topics import Topics
 from trainer.service import TrainerService
 
 sys.path.insert(0, str(Path(__file__).parent))
+from full_disk import fill_disk, tmpfs  # noqa: E402
 from _helpers import bootstrap_state, png, service_config  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
@@ -30,33 +29,14 @@ BASE = ["red", "green", "blue"]
 
 @pytest.fixture()
 def small_fs(tmp_path: Path):
-    """An 8 MiB tmpfs mounted for this test; skipped (with the reason) where the test may not mount."""
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    """An 8 MiB tmpfs mounted for this test."""
+    with tmpfs(tmp_path / "fs", "8m") as fs:
+        yield fs
 
 
 def fill(fs: Path) -> Path:
-    """Write a filler file until the file system is full; returns it (delete it to give the space back)."""
-    filler = fs / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        chunk = b"\0" * 65536
-        while True:
-            try:
-                f.write(chunk)
-            except OSError:
-                if len(chunk) == 1:
-                    break
-                chunk = chunk[: len(chunk) // 2]
-    return filler
+    """Fill the file system; returns the filler (delete it to give the space back)."""
+    return fill_disk(fs / "filler")
 
 
 def _wait(cond, timeout: float = 60.0, what: str = "") -> None:
