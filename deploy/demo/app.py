@@ -53,7 +53,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from deploy.demo.bootstrap import bootstrap_epochs, render_bootstrap_set
+from deploy.demo.bootstrap import bootstrap_epochs, min_epochs, render_bootstrap_set
 from deploy.demo.cameras import Camera, start_camera, stop_cameras
 from deploy.demo.frozen_control import FrozenControl
 from deploy.demo.live import CameraRow, View, ViewState, make_view
@@ -311,9 +311,14 @@ class DemoApp:
 
     def _bootstrap_epochs(self, arch: str, render_s: float) -> int:
         budget_s = bootstrap_budget(self.opts, render_s)
-        epochs, per_sample = bootstrap_epochs(arch, int(0.8 * self.opts.bootstrap_frames), budget_s)
+        n_train = int(0.8 * self.opts.bootstrap_frames)
+        epochs, per_sample = bootstrap_epochs(arch, n_train, budget_s)
         log.info("bootstrap: %.2f ms per sample step measured -> %d epochs in %.0fs", per_sample * 1e3, epochs,
                  budget_s)
+        if epochs == min_epochs(n_train) and epochs * n_train * per_sample * 1.15 > budget_s * 1.2:
+            self.events.add("setup", f"this machine is busy ({per_sample * 1e3:.1f} ms per sample step): the "
+                                     f"bootstrap takes its minimum of {epochs} epochs, ~{epochs * n_train * per_sample * 1.15:.0f} s "
+                                     f"instead of {budget_s:.0f} s, and the demo runs late")
         return epochs
 
     def init_plan(self) -> None:

@@ -5,6 +5,7 @@ The trainer never imports ``edge``; the demo (deploy) may, to launch it, so the 
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -17,7 +18,10 @@ def bootstrap_epochs(arch: str, n_train: int, budget_s: float, threads: int = 2)
     """Epochs that fit ``budget_s`` of training on *this* machine, measured, not assumed.
 
     A few timed optimiser steps of ``arch`` give the cost of one sample's forward+backward pass; the epoch
-    count follows. A busy or slow box gets fewer epochs instead of breaking the demo's time promise.
+    count follows. A busy or slow box gets fewer epochs instead of breaking the demo's time promise, but never
+    fewer than :data:`MIN_STEPS` optimiser steps: below that a loaded box (2 epochs measured at load 4) got a
+    one-class v0001, which the bootstrap rightly refused, and the demo ended with no model at all. A late
+    demo beats a dead one; the caller logs when the floor overrode the budget.
     Returns (epochs, measured seconds per sample)."""
     import torch
     import torch.nn.functional as F
@@ -40,7 +44,15 @@ def bootstrap_epochs(arch: str, n_train: int, budget_s: float, threads: int = 2)
         times.append(time.perf_counter() - t0)
     per_sample = float(sorted(times[1:])[1]) / 32.0  # median of the warm steps
     epochs = int(budget_s / max(1e-6, per_sample * 1.15 * n_train))  # +15 %: data shuffling, BN, eval
-    return max(2, min(40, epochs)), per_sample
+    return max(min_epochs(n_train), min(40, epochs)), per_sample
+
+
+MIN_STEPS = 400  # optimiser steps of batch 32 a bootstrap always gets (the quiet 2-core box gives the demo ~800)
+
+
+def min_epochs(n_train: int, batch: int = 32) -> int:
+    """The epochs that make :data:`MIN_STEPS` steps of ``batch`` on ``n_train`` samples (2 to 60)."""
+    return max(2, min(60, math.ceil(MIN_STEPS * batch / max(1, n_train))))
 
 
 def render_bootstrap_set(opts: DemoOptions, folder: Path) -> tuple[list[str], tuple[int, int, int, int]]:
