@@ -48,6 +48,7 @@ import math
 import os
 import queue
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -458,6 +459,9 @@ class _Child:
         except queue.Empty:
             line = None
         if line is None:
+            if self.proc.poll() is None:  # alive but silent: its threads' stacks go to the stderr tail below
+                self.proc.send_signal(signal.SIGUSR1)
+                time.sleep(1.0)
             self.kill()
             tail = self.stderr_path.read_text(errors="replace")[-1500:]
             raise RuntimeError(f"{self.role} process gave no answer (exit {self.proc.poll()}):\n{tail}")
@@ -734,6 +738,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if args.role:
+        import faulthandler
+
+        faulthandler.register(signal.SIGUSR1)  # the parent asks for every thread's stack before it kills a silent child
         spec = json.loads(args.spec)
         {"edge": _edge_main, "trainer": _trainer_main, "raw": _raw_main}[args.role](spec)
         return 0
