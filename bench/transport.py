@@ -259,12 +259,19 @@ def _edge_main(spec: dict[str, Any]) -> None:
     outbox = Outbox(workdir / f"{dev}-outbox.db", synchronous=spec.get("sync", "FULL"))
     birth = encode_report(Birth(device=dev, capabilities={"bench": True}, model_version="bench-v1",
                                 config_digest="bench", boot=1, software="bench"))
+    # The shipped default: uploads held until the trainer's retained state is on the broker (the bench trainer
+    # announces it as the real one does). "ready" waits for the release, so the hold is not in the measurement.
     link = Link(device_id=f"{dev}", url=spec["url"], topics=Topics(), outbox=outbox, boot=1,
-                birth=lambda: birth, window=spec["window"],
-                wait_for_trainer=False)  # the bench's subscriber stands in for the trainer and announces no state
+                birth=lambda: birth, window=spec["window"])
     link.start()
     if not link.wait_connected(10):
         raise SystemExit("edge link did not connect")
+    deadline = time.monotonic() + 10
+    while link.held and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if link.held:
+        raise SystemExit(f"edge link: no retained trainer state on {Topics().trainer_state()} within 10 s; "
+                         "uploads would be held for ever")
     samples = [_sample(dev, tag, i, roi) for i in range(n)]
     _emit("ready")
     _wait_go()
@@ -296,6 +303,8 @@ def _trainer_main(spec: dict[str, Any]) -> None:
 
     import psutil
 
+    from protocol.reports import State, encode_report
+    from protocol.topics import Topics
     from trainer.ingest import Ingestor
     from trainer.store import SampleStore
 
@@ -332,9 +341,17 @@ def _trainer_main(spec: dict[str, Any]) -> None:
             t_done[0] = time.time()
             done.set()
 
+    # Like the trainer service: every connection announces the retained trainer state (the edges' Links hold
+    # their uploads until they see it), and the Will says offline.
+    state_topic = Topics().trainer_state()
+
+    def announce(ing: Ingestor) -> None:
+        ing.publish(state_topic, encode_report(State(device="trainer", state="online", boot=1)), 1, True)
+
     profiler = None
     ing = Ingestor(store, spec["url"], client_id=f"bench-trainer-{spec['tag']}", shared_group=f"bench{spec['tag']}",
-                   on_stored=on_stored, **spec.get("ingest_kwargs", {}))
+                   will=(state_topic, encode_report(State(device="trainer", state="offline", boot=1)), 1, True),
+                   on_connect=announce, on_stored=on_stored, **spec.get("ingest_kwargs", {}))
     if spec.get("profile"):
         import cProfile
 
