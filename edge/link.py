@@ -235,9 +235,18 @@ class Link:
             self._wake.set()  # the pump deletes acknowledged rows; SQLite work stays off paho's thread
 
     def _collect_acks(self) -> None:
+        # One look at each info: paho marks it published on its own thread (after on_publish has woken this
+        # pump), so asking twice could see "not yet" for the done list and "published" for the keep list, and
+        # drop an acknowledged sample from both: its row would stay in the outbox and never count as uploaded.
+        done: list[int] = []
         with self._lock:
-            done = [item_id for info, item_id in self._inflight_items if info.is_published()]
-            self._inflight_items = [(i, item_id) for i, item_id in self._inflight_items if not i.is_published()]
+            keep = []
+            for info, item_id in self._inflight_items:
+                if info.is_published():
+                    done.append(item_id)
+                else:
+                    keep.append((info, item_id))
+            self._inflight_items = keep
         done, self._unacked = self._unacked + done, []
         for n, item_id in enumerate(done):
             try:
@@ -312,7 +321,10 @@ class Link:
             if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
                 log.warning("publish of sample %s failed (rc=%s); it stays in the outbox", item.sample_id, info.rc)
                 break
-            # NO_CONN: paho keeps the QoS 1 message and sends it after the reconnect, so it is in flight.
+            if info.rc == paho.MQTT_ERR_NO_CONN:
+                # paho keeps the QoS 1 message and sends it after the reconnect, so it is in flight; but the info
+                # keeps rc NO_CONN, and is_published() raises on it even after the PUBACK: record that it is queued.
+                info.rc = paho.MQTT_ERR_SUCCESS
             with self._lock:
                 self._inflight_items.append((info, item.id))
             room -= 1
