@@ -134,6 +134,11 @@ VARIANTS: dict[str, Variant] = {
                       settings={"update": {"lr": 3e-4}}),
     "k5": Variant("k5", "5 optimiser steps per update instead of 20: 20 steps on the same <= 32 new samples "
                         "overfit them (update config)", settings={"update": {"steps": 5}}),
+    "bn-frozen": Variant("bn-frozen", "batch norm in inference mode during updates (strategy.freeze_bn); now = demo",
+                         settings={"strategy_settings": {"freeze_bn": True}}),
+    "bn-train": Variant("bn-train", "the demo before freeze_bn became the default: batch norm in training mode "
+                                    "during updates (strategy.freeze_bn false)",
+                        settings={"strategy_settings": {"freeze_bn": False}}),
     "mer": Variant("mer", "Meta-Experience Replay (trainer/strategies/mer.py) instead of iw-er (update.strategy)",
                    settings={"strategy": "mer"}),
 }
