@@ -128,6 +128,9 @@ VARIANTS: dict[str, Variant] = {
     "fewshot": Variant("fewshot", "new-class head rows imprinted from the class-mean embedding (trainer.fewshot); "
                                   "replay is class-balanced already, so the few are oversampled anyway",
                        hooks=_strategy("trainer.fewshot.FewShotIWER")),
+    "soak-fast": Variant("soak-fast", "1 s canary soak for versions >= 10 points better than the deployed one on the "
+                                      "recent slice, nothing else (hook: controller policy from gate margin)",
+                         settings={"fast_soak_margin": 10.0}),
     "gate-loose": Variant("gate-loose", "gate: recent slice of 120, 5 points of allowed regression (eval config)",
                           settings={"eval": {"recent": 120, "max_regression": 0.05}}),
     "lr-low": Variant("lr-low", "updates at Adam lr 3e-4 instead of 1e-3 (update config)",
