@@ -172,7 +172,7 @@ def run_one(scenario: str, seed: int, variant: str = "demo", upper: bool = True,
     stages = {k: v for k, v in stage_times(ROOT / "bench" / "results.json").items() if not k.startswith("freshness")}
     s = LoopSettings(cameras=cameras, fps=FPS, stream_s=stream_s, upper_bound=upper, **stages)
     for k, v in var.settings.items():
-        if k in ("update", "eval"):
+        if k in ("update", "eval", "strategy_settings"):
             setattr(s, k, {**getattr(s, k), **v})
         else:
             setattr(s, k, v)

@@ -111,6 +111,7 @@ class LoopSettings:
         "batch": 32, "steps": 20, "min_batch": 8, "optimizer": "adam", "lr": 1e-3})
     wait_s: float | None = None          # None: the demo's max(5, stream_s / 15)
     eval: dict[str, Any] = field(default_factory=dict)
+    strategy_settings: dict[str, Any] = field(default_factory=dict)   # the strategy's own (config `strategy:`)
     poll_s: float = 0.2
     # latencies (seconds of stream time); see stage_times()
     label_delay_s: float = 0.16
@@ -297,6 +298,7 @@ def _trainer_config(state_dir: Path, s: LoopSettings, seed: int) -> Any:
             "update.seed": seed, "torch_threads": 1, "log_level": "WARNING", "poll_s": s.poll_s}
     over.update({f"update.{k}": v for k, v in s.update.items()})
     over.update({f"eval.{k}": v for k, v in s.eval.items()})
+    over.update({f"strategy.{k}": v for k, v in s.strategy_settings.items()})
     cfg = load_config(TrainerConfig, overrides=over)
     # a None override means "not given" to load_config: set the label API off explicitly (as the demo does)
     return msgspec.structs.replace(cfg, labeler=msgspec.structs.replace(cfg.labeler, api_port=None),

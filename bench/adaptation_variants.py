@@ -128,12 +128,20 @@ VARIANTS: dict[str, Variant] = {
     "fewshot": Variant("fewshot", "new-class head rows imprinted from the class-mean embedding (trainer.fewshot); "
                                   "replay is class-balanced already, so the few are oversampled anyway",
                        hooks=_strategy("trainer.fewshot.FewShotIWER")),
+    "soak-fast": Variant("soak-fast", "1 s canary soak for versions >= 10 points better than the deployed one on the "
+                                      "recent slice, nothing else (hook: controller policy from gate margin)",
+                         settings={"fast_soak_margin": 10.0}),
     "gate-loose": Variant("gate-loose", "gate: recent slice of 120, 5 points of allowed regression (eval config)",
                           settings={"eval": {"recent": 120, "max_regression": 0.05}}),
     "lr-low": Variant("lr-low", "updates at Adam lr 3e-4 instead of 1e-3 (update config)",
                       settings={"update": {"lr": 3e-4}}),
     "k5": Variant("k5", "5 optimiser steps per update instead of 20: 20 steps on the same <= 32 new samples "
                         "overfit them (update config)", settings={"update": {"steps": 5}}),
+    "bn-frozen": Variant("bn-frozen", "batch norm in inference mode during updates (strategy.freeze_bn); now = demo",
+                         settings={"strategy_settings": {"freeze_bn": True}}),
+    "bn-train": Variant("bn-train", "the demo before freeze_bn became the default: batch norm in training mode "
+                                    "during updates (strategy.freeze_bn false)",
+                        settings={"strategy_settings": {"freeze_bn": False}}),
     "mer": Variant("mer", "Meta-Experience Replay (trainer/strategies/mer.py) instead of iw-er (update.strategy)",
                    settings={"strategy": "mer"}),
 }

@@ -71,6 +71,37 @@ def test_stream_promotes_above_chance_and_grows_the_head(bootstrapped: Path, tmp
         svc.stop()
 
 
+def test_a_class_labelled_in_the_loop_gets_an_output_and_is_predicted(bootstrapped: Path, tmp_path: Path) -> None:
+    """A new class that starts to arrive mid-stream (as crack does in the demo) gets a head output, is trained on,
+    and the version that ships (its ONNX file) recognises it on fresh images, while the old classes stay."""
+    import torch
+
+    from trainer.images import preprocess_bytes
+
+    state = tmp_path / "state"
+    shutil.copytree(bootstrapped, state)
+    with SampleStore(state / "samples") as st:
+        fill_store(st, BASE, 48)                                       # the old world first
+        fill_store(st, BASE + ["yellow"], 96, seed=2, start=48)        # then yellow is a quarter of the stream
+    svc = TrainerService(_config(state), exporter="torchscript")
+    try:
+        while svc.step():
+            pass
+        svc.step(force=True)
+        assert svc.labels[-1] == "yellow" and svc.model.num_classes == 4
+        with Registry(state) as reg:
+            ref = reg.latest_promoted()
+        assert ref is not None and "yellow" in ref.labels, "no promoted version knows the new class"
+        rng = np.random.default_rng(99)
+        names = [c for c in BASE + ["yellow"] for _ in range(12)]
+        x = torch.stack([preprocess_bytes(png(c, rng), svc.fmt, (16, 16), None) for c in names])
+        pred = svc._onnx_predict(ref.version, ref.path, x)  # noqa: SLF001 - what ships, through onnxruntime
+        recall = {c: np.mean([p == c for p, n in zip(pred, names) if n == c]) for c in BASE + ["yellow"]}
+        assert recall["yellow"] >= 0.75 and min(recall[c] for c in BASE) >= 0.75, recall
+    finally:
+        svc.stop()
+
+
 def test_gate_rejects_a_regressing_candidate(bootstrapped: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"
     shutil.copytree(bootstrapped, state)

@@ -220,3 +220,29 @@ def test_mer_settings_are_its_own_and_checked():
     for bad in ({"batches": 0}, {"beta": 0.0}, {"beta": 1.5}, {"mer_beta": 0.5}):
         with pytest.raises(ValueError):
             strategy_settings("mer", bad)
+
+
+def bn_model(num_classes: int, seed: int = 0) -> Classifier:
+    torch.manual_seed(seed)
+    feats = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveMaxPool2d(1),
+                          nn.Flatten(1))
+    return Classifier(feats, 4, num_classes)
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_bn_keeps_the_running_statistics_the_exported_model_uses(freeze):
+    """With freeze_bn an update optimises the function that ships (running statistics), and only that: the
+    statistics stay, the affine parameters and the rest learn; without it the statistics follow the batches."""
+    model = bn_model(2)
+    bn = model.features[1]
+    bn.running_mean.fill_(0.3)
+    bn.running_var.fill_(2.0)
+    mean0, var0, gamma0 = bn.running_mean.clone(), bn.running_var.clone(), bn.weight.detach().clone()
+    s = make_strategy("iw-er", model, adam, capacity=50, config={"freeze_bn": freeze, "replay_batch_size": 10})
+    x, y = make_data([0, 1], 10, seed=0)
+    s.update(LabelledBatch(x, y), steps=3)
+    s.rehearse(steps=2)
+    assert not torch.equal(bn.weight.detach(), gamma0)  # the affine part learns either way
+    assert torch.equal(bn.running_mean, mean0) == freeze and torch.equal(bn.running_var, var0) == freeze
+    assert model.training  # the strategy leaves the model in training mode ...
+    assert bn.training != freeze  # ... and its batch norms in inference mode when frozen
