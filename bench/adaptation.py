@@ -472,7 +472,10 @@ def result(rows: list[dict[str, Any]], quick: bool = False, variant: str = "demo
     """The results.json entry (and the PNG) from run rows."""
     summary = summarise(rows)
     g = goals(summary, variant)
-    png = render_png(rows, summary, ROOT / "bench" / "results" / "adaptation.png", variant)
+    # a quick (smoke) run must not overwrite the committed picture of the measured run
+    png_path = (Path(tempfile.gettempdir()) / "edgeloop-adaptation-quick.png" if quick
+                else ROOT / "bench" / "results" / "adaptation.png")
+    png = render_png(rows, summary, png_path, variant)
     slim = [{k: v for k, v in r.items() if k != "grid_s"} for r in rows]
     for r in slim:
         r["arms"] = {a: {k: v for k, v in m.items() if k != "curve"} for a, m in r["arms"].items()}
@@ -487,7 +490,7 @@ def result(rows: list[dict[str, Any]], quick: bool = False, variant: str = "demo
                        default_crack_recall_pct=loop["recall"].get("crack"),
                        default_worst_10s_loop_minus_frozen_pct=d["worst_window_loop_minus_frozen"])
     figures |= {"summary": summary, "goals": g.get("checks"), "demo_agreement": demo_agreement(summary, variant),
-               "png": str(png.relative_to(ROOT)), "rows": slim,
+               "png": str(png.relative_to(ROOT)) if png.is_relative_to(ROOT) else str(png), "rows": slim,
                "settings": {"stream_s": STREAM_S, "fps": FPS, "cameras": 4, "seeds": sorted({r["seed"] for r in rows}),
                             "bootstrap": DEMO_BOOTSTRAP, "recover_points": RECOVER_POINTS,
                             "worst_window_s": WORST_WINDOW_S}}
