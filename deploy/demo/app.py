@@ -316,7 +316,7 @@ class DemoApp:
         log.info("bootstrap: %.2f ms per sample step measured -> %d epochs in %.0fs", per_sample * 1e3, epochs,
                  budget_s)
         if epochs == min_epochs(n_train) and epochs * n_train * per_sample * 1.15 > budget_s * 1.2:
-            self.events.add("setup", f"this machine is busy ({per_sample * 1e3:.1f} ms per sample step): the "
+            self.events.add("setup", f"this machine is slow or busy ({per_sample * 1e3:.1f} ms per sample step): the "
                                      f"bootstrap takes its minimum of {epochs} epochs, ~{epochs * n_train * per_sample * 1.15:.0f} s "
                                      f"instead of {budget_s:.0f} s, and the demo runs late")
         return epochs
