@@ -669,6 +669,7 @@ class Updater:
             self._shadow = None
             self._ready = None
         self._mem.clear()
+        self._assemble_due = self._download_stalled = False  # a stall belonged to the superseded download
         if old_inflight:
             self.link.unsubscribe(old_inflight)
         self._have.clear()
