@@ -42,6 +42,7 @@ from edge.sources.base import Frame
 from edge.updater import Updater, select_boot_model
 from edge.verdicts import Verdicts
 from protocol.config import config_digest
+from protocol.memory import trim_heap
 from protocol.messages import Sample, encode_message
 from protocol.reports import Birth, Stats, encode_report
 from protocol.signing import load_trusted_keys
@@ -203,6 +204,7 @@ class EdgeNode:
         def work() -> None:
             try:
                 model = self.slot.swap(target)
+                trim_heap()  # off the frame loop; returns the dropped model's pages (protocol/memory.py)
                 log.info("model reloaded from %s: now %s (previous %s kept)", target, model,
                          self.slot.previous.version if self.slot.previous else None)
             except (ModelError, OSError) as exc:

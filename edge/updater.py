@@ -59,6 +59,7 @@ import numpy as np
 
 from protocol.durable import atomic_write, sha256_file as _sha256_file
 from protocol.errors import ProtocolError
+from protocol.memory import trim_heap
 from protocol.messages import Chunk, Manifest, decode_message
 from protocol.model_meta import COLOR_ORDERS, LAYOUTS
 from protocol.reports import ModelStatus, encode_report
@@ -930,6 +931,7 @@ class Updater:
         self._phase = "done"
         self._save_state()
         self._gc_models(keep={m.sha256, self._pointer_previous_sha()})
+        trim_heap()  # the swap dropped the model before last: give its pages back (protocol/memory.py says why)
         extra = getattr(self, "shadow_metrics", None) or {}
         self._status(m, "active", None, health="watching", **extra)
 

@@ -56,6 +56,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from protocol.memory import trim_heap
 from protocol.messages import P_SELECT_MIN
 from protocol.model_meta import ModelMeta
 from protocol.reports import State, encode_report
@@ -449,6 +450,7 @@ class TrainerService:
         record = self._update(rows)
         del self._buffer[: len(rows)]
         self._buffer_since = time.monotonic() if self._buffer else None
+        trim_heap()  # training, export and evaluation freed large buffers: give them back (protocol/memory.py)
         return record
 
     def _update(self, rows: list[StoredSample], retry_of: int | None = None) -> dict[str, Any]:

@@ -16,6 +16,7 @@ os.environ.setdefault("EDGELOOP_MODEL_CACHE", str(Path.home() / ".cache" / "edge
 from edge.model import EdgeModel, ModelSlot  # noqa: E402
 from edge.updater import (BUCKETS, Updater, UpdaterLimits, in_wave, select_boot_model,  # noqa: E402
                           wave_bucket)
+from protocol import memory  # noqa: E402
 from protocol.reports import decode_report  # noqa: E402
 from protocol.signing import generate_keypair, key_id, private_key_from_pem, public_key_from_pem  # noqa: E402
 from protocol.topics import Topics  # noqa: E402
@@ -98,10 +99,12 @@ def test_install_then_health_watch_rolls_back(setup) -> None:
     publisher.publish_chunks(art)
     publisher.publish_manifest("f", publisher.manifest(art, fleet="f", seq=5, rollout_id="r1", wave=0))
     wait_for(lambda: up._ready is not None)
+    trims = memory.trims
     up.on_frame(frame(), good, 1.0)  # the swap happens here, between frames
     assert up.active_version == "v0002"
     wait_for(lambda: any(s.state == "active" for s in broker.status))
     assert select_boot_model(tmp / "state", None)[1] == "v0002"
+    assert memory.trims > trims, "the worker gives the dropped model's heap back after a swap"
     bad = np.full(10, np.nan, dtype=np.float32)
     for _ in range(3):
         up.on_frame(frame(), bad, 1.0)
