@@ -57,6 +57,7 @@ from typing import Any, Callable, NamedTuple
 import msgspec
 
 from protocol.chunks import DEFAULT_CHUNK_SIZE
+from protocol.memory import trim_heap
 from protocol.signing import load_private_key
 from protocol.topics import Topics
 from protocol.waves import BUCKETS, wave_bucket
@@ -84,6 +85,9 @@ AUDIT_EVERY_S = 600.0
 MAX_REPAIRS = 3
 #: The device registry (provisioned devices) is read again this often.
 REGISTRY_REFRESH_S = 30.0
+#: how often the loop gives freed heap back to the OS: model bytes, chunk envelopes and read-back chunks are
+#: allocated on paho's thread and freed on this one (protocol/memory.py says why that fragments the heap)
+TRIM_EVERY_S = 60.0
 
 
 class Controller:
@@ -150,6 +154,7 @@ class Controller:
         self._routes: list[tuple[str, int, Callable[[str, bytes], None]]] = []
         self._models_prefix = f"{self.topics.prefix}/models/"
         self._last_snapshot = 0.0
+        self._last_trim = time.monotonic()
         self._audit_due = False                 # set on every (re)connection: read every needed version back
         self._last_audit: dict[tuple[str, str], float] = {}   # (model, version) -> monotonic time of last audit
         self._repairs: Counter[tuple[str, str]] = Counter()   # consecutive republish rounds per version
@@ -414,6 +419,9 @@ class Controller:
                 self.counters["device_rows_written"] += self.store.save_devices(
                     [d.to_row() for d in self.fleet.devices()])
                 self.store.beat(now)
+            if time.monotonic() - self._last_trim > TRIM_EVERY_S:
+                self._last_trim = time.monotonic()
+                trim_heap()
 
     def _step(self, r: Rollout) -> None:
         if r.command:

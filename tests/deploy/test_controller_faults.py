@@ -206,3 +206,19 @@ def test_the_device_table_is_written_only_where_it_changed(tmp_path) -> None:
     assert store.save_devices(rows) == 1
     assert {r["device"]: r for r in store.devices()}["d7"]["state"] == "downloading"
     store.close()
+
+
+def test_the_loop_gives_freed_heap_back_once_a_minute(keys, tmp_path, monkeypatch) -> None:
+    from deploy import controller as controller_mod
+    from protocol import memory
+
+    ctl = Controller("mqtt://127.0.0.1:1", keys["priv"], tmp_path / "ctl")  # never connected: tick() is local
+    try:
+        before = memory.trims
+        ctl.tick()
+        assert memory.trims == before  # not yet: once a minute
+        monkeypatch.setattr(controller_mod, "TRIM_EVERY_S", 0.0)
+        ctl.tick()
+        assert memory.trims == before + 1
+    finally:
+        ctl.store.close()
