@@ -28,7 +28,9 @@ import importlib
 import inspect
 import json
 import math
+import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -312,8 +314,16 @@ def _passthrough(bench: Bench, rest: list[str]) -> int:
     return int(main_fn(rest) or 0)
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C: every ``finally`` and context manager runs, so the brokers, cameras and
+    trainers a benchmark started are stopped with it (by default SIGTERM ends Python at once and leaves them)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None, registry: Sequence[Bench] | None = None) -> int:
     """Entry point of ``edgeloop bench``; ``registry`` is injectable for tests."""
+    _exit_on_sigterm()
     argv = list(sys.argv[1:] if argv is None else argv)
     reg = list(REGISTRY if registry is None else registry)
     by_name = {b.name: b for b in reg}

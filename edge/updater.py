@@ -780,7 +780,7 @@ class Updater:
             self._storage_stall(m, "the assembled model", e)
             return
         self._mem.clear()
-        self._assemble_due = False
+        self._assemble_due = self._download_stalled = False  # a later stall logs and reports again
         shutil.rmtree(self._chunk_dir, ignore_errors=True)
         self._install(m, final)
 

@@ -46,7 +46,7 @@ import paho.mqtt.client as paho
 
 from protocol.errors import ProtocolError
 from protocol.messages import Sample, decode_message
-from protocol.mqtt import certificate_identity, make_client, parse_url, resolve_tls
+from protocol.mqtt import ack_many, certificate_identity, make_client, parse_url, resolve_tls
 from protocol.topics import Topics
 
 from .images import ImageRejected, image_size
@@ -503,12 +503,12 @@ class Ingestor:
     def _ack(self, batch: list[_Pending]) -> None:
         """PUBACK in arrival order, only for messages of the current connection (old mids are stale)."""
         gen = self._generation
-        acked = 0
-        for p in batch:
-            if p.qos > 0 and p.generation == gen:
+        current = [p for p in batch if p.qos > 0 and p.generation == gen]
+        ack_many(self.client, [p.mid for p in current if p.qos == 1])  # one write for the batch
+        for p in current:
+            if p.qos == 2:  # PUBCOMP: the trainer subscribes at QoS 1, a QoS 2 grant is not expected
                 self.client.ack(p.mid, p.qos)
-                acked += 1
-        self.stats.acked += acked
+        self.stats.acked += len(current)
 
 
 def _from(device: str | None, reason: str, detail: str) -> ProtocolError:

@@ -248,3 +248,40 @@ def test_cli_codec_quick_for_real(tmp_path: Path) -> None:
     assert (tmp_path / "results" / "codec.json").exists()
     md = (tmp_path / "BENCHMARKS.md").read_text()  # beside --out, not the repo's BENCHMARKS.md
     assert "## codec" in md and "round_trip_us" in md
+
+
+SIGTERM_SCRIPT = r"""
+import subprocess, sys, time, types
+sys.path.insert(0, sys.argv[1])
+from bench import run_all
+
+def run(quick=False):
+    child = subprocess.Popen(["sleep", "300"])
+    print(child.pid, flush=True)
+    try:
+        time.sleep(300)
+    finally:
+        child.kill()
+        child.wait()
+
+mod = types.ModuleType("fake_bench_sigterm")
+mod.run = run
+sys.modules["fake_bench_sigterm"] = mod
+run_all.main(["slow", "--out", sys.argv[2], "--no-md"], [run_all.Bench("slow", "fake_bench_sigterm")])
+"""
+
+
+def test_sigterm_stops_what_a_benchmark_started(tmp_path: Path) -> None:
+    """`kill <edgeloop bench>` unwinds the benchmark like Ctrl-C, so the processes it started stop with it."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", SIGTERM_SCRIPT, str(ROOT), str(tmp_path / "r.json")],
+                            stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())  # type: ignore[union-attr]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) != 0
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and "Z" not in Path(f"/proc/{child}/stat").read_text().split()[2]:
+        assert time.monotonic() < deadline, "the benchmark's child outlived it"
+        time.sleep(0.05)

@@ -272,3 +272,34 @@ def test_a_full_disk_stalls_the_download_and_it_resumes_when_space_returns(model
             assert not any(s.state == "failed" for s in broker.status)
         finally:
             up.close()
+
+
+def test_a_refused_model_file_is_assembled_again_and_the_stall_ends(setup, monkeypatch) -> None:
+    """The disk refuses the assembled model once (ENOSPC): the device reports "downloading (storage)", assembles
+    again from the chunks it kept, installs, and is no longer marked stalled (a later stall is reported again)."""
+    import errno
+
+    from edge import updater as updater_mod
+
+    up, broker, publisher, art, slot, tmp = setup
+    real, refused = updater_mod.atomic_write, []
+    monkeypatch.setattr(updater_mod, "STORAGE_RETRY_S", 0.1)
+
+    def flaky(path, data, **kw):
+        if str(path).endswith(".onnx") and not refused:
+            refused.append(path)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data, **kw)
+
+    monkeypatch.setattr(updater_mod, "atomic_write", flaky)
+    publisher.publish_chunks(art)
+    publisher.publish_manifest("f", publisher.manifest(art, fleet="f", seq=5, rollout_id="r1", wave=0))
+    wait_for(lambda: any(s.state == "downloading" and s.reason == "storage" for s in broker.status))
+    assert up._download_stalled
+    deadline = time.monotonic() + 20
+    while up._ready is None:
+        assert time.monotonic() < deadline, [(s.state, s.reason) for s in broker.status][-5:]
+        up.on_frame(frame(), None)  # the frame loop schedules the retry
+        time.sleep(0.05)
+    assert refused and not up._download_stalled
+    assert not any(s.state == "failed" for s in broker.status)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -111,6 +112,19 @@ def test_anonymous_and_foreign_clients_are_refused(secure: Broker, tmp_path: Pat
     d = other.root / "services" / "trainer"
     assert _refused(f"mqtts://{host}:{port}?ca={secure.pki_dir}/ca.pem&cert={d}/cert.pem&key={d}/key.pem")
     assert not _refused(secure.client_url("trainer"))  # and the same checks accept the real thing
+
+
+def test_the_broker_prefers_aes_128_gcm_and_still_accepts_the_other_tls13_suites(secure: Broker) -> None:
+    """AES-128-GCM first (cheaper per sample, see deploy/broker.py); a peer offering it gets it."""
+    d = secure.pki_dir / "services" / "trainer"
+    ctx = ssl.create_default_context(cafile=str(secure.pki_dir / "ca.pem"))
+    ctx.load_cert_chain(str(d / "cert.pem"), str(d / "key.pem"))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", secure.port), timeout=5),
+                         server_hostname="localhost") as s:
+        assert s.version() == "TLSv1.3"
+        assert s.cipher()[0] == "TLS_AES_128_GCM_SHA256"
+    assert "TLS_AES_256_GCM_SHA384" in (secure.workdir / "mosquitto.conf").read_text()
 
 
 # ---------------------------------------------------------------------------------------------- authorisation

@@ -124,17 +124,71 @@ def test_store_failure_is_retried_and_nothing_is_acked_before_it_is_stored(mosqu
         st.add_batch = flaky  # type: ignore[method-assign]
         ing = Ingestor(st, mosquitto_broker.url, topics=t, client_id=f"tr3-{topic_prefix[-6:]}").start()
         acks = []
-        real_ack = ing.client.ack
-        ing.client.ack = lambda mid, qos: (acks.append((mid, st.count())), real_ack(mid, qos))[1]  # type: ignore[method-assign]
+        from trainer import ingest as ingest_mod
+        real_ack_many = ingest_mod.ack_many
+        ingest_mod.ack_many = lambda client, mids: (acks.extend((m, st.count()) for m in mids),  # type: ignore
+                                                    real_ack_many(client, mids))[1]
         pub = _publisher(mosquitto_broker.url, f"pub3-{topic_prefix[-6:]}")
         pub.publish(t.samples("cam1"), encode_message(_sample("f1"), png("red", rng), device="cam1", seq=0,
                                                       content_type="image/png"), qos=1)
         _wait(lambda: st.get("f1") is not None and acks)
         assert ing.stats.write_errors == 1
         assert acks[0][1] == 1  # the ack went out when the sample was already in the store
+        ingest_mod.ack_many = real_ack_many
         pub.disconnect()
         pub.loop_stop()
         ing.stop()
+
+
+def test_ack_many_acknowledges_a_batch_in_one_write_and_the_broker_forgets_exactly_those(
+        mosquitto_broker, topic_prefix: str) -> None:
+    """Five QoS 1 messages, the first three PUBACKed with ack_many: after a reconnect to the same session the
+    broker redelivers the other two, and only those (a wrong byte would also have cost the connection)."""
+    import threading
+
+    from protocol.mqtt import ack_many
+
+    topic = f"{topic_prefix}/ack-many"
+    got: list[tuple[int, bytes, bool]] = []
+    cond = threading.Condition()
+
+    def subscriber(cid: str):
+        c = make_client(cid, mosquitto_broker.url, clean_start=False)
+        c.manual_ack_set(True)
+
+        def on_message(client, userdata, m):
+            with cond:
+                got.append((m.mid, m.payload, bool(m.dup)))
+                cond.notify_all()
+
+        c.on_message = on_message
+        c.on_connect = lambda client, *a: client.subscribe(topic, qos=1)
+        start(c)
+        return c
+
+    cid = f"ackmany-{topic_prefix[-6:]}"
+    sub = subscriber(cid)
+    time.sleep(0.3)  # the subscription is in place
+    pub = _publisher(mosquitto_broker.url, f"pubam-{topic_prefix[-6:]}")
+    for i in range(5):
+        pub.publish(topic, f"m{i}".encode(), qos=1).wait_for_publish(5)
+    with cond:
+        assert cond.wait_for(lambda: len(got) == 5, 10), got
+    ack_many(sub, [mid for mid, _, _ in got[:3]])
+    time.sleep(0.5)  # the PUBACKs reach the broker
+    assert sub.is_connected()
+    sub.disconnect()
+    sub.loop_stop()
+    got.clear()
+    sub = subscriber(cid)
+    with cond:
+        assert cond.wait_for(lambda: len(got) >= 2, 10), got
+    time.sleep(0.5)
+    assert sorted(p for _, p, _ in got) == [b"m3", b"m4"]
+    sub.disconnect()
+    sub.loop_stop()
+    pub.disconnect()
+    pub.loop_stop()
 
 
 def test_mqtt311_broker_plain_subscription(amqtt_broker, topic_prefix: str, tmp_path: Path) -> None:
