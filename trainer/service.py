@@ -193,6 +193,13 @@ class TrainerService:
             ckpt.restore(self.model)
             if self.strategy.memory is not None and ckpt.replay_state is not None:
                 self.strategy.memory.load_state_dict(ckpt.replay_state)
+        mem = self.strategy.memory
+        if mem is not None and not mem.store_logits and type(self.strategy).wants_logits(self.strategy.config):
+            # The checkpoint's memory settings win on restore, and `edgeloop trainer bootstrap` writes a memory
+            # without logits: a distilling strategy would silently train without its distillation term.
+            log.warning("strategy %s is set to distil replayed logits, but the replay memory restored from the "
+                        "checkpoint stores none: distillation is off in this run (README, Adaptation #20)",
+                        self.strategy.name)
         self.counters: dict[str, Any] = {"label_seq": 0, "samples_seen": 0, "updates": 0, "evaluations": 0,
                                          "promotions": 0, **ckpt.counters}
         self.history: list[list[int]] = [list(h) for h in ckpt.extra.get("history", [])]

@@ -170,3 +170,18 @@ def test_over_mqtt_state_and_promotion_notice(bootstrapped: Path, tmp_path: Path
         pub.disconnect()
         pub.loop_stop()
     assert json.loads(seen[t.trainer_state()])["state"] == "offline"
+
+
+def test_a_distilling_strategy_on_a_memory_without_logits_says_so(bootstrapped: Path, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """iw-er's default distils replayed logits; the bootstrap's memory has none, so the service says the term is
+    off instead of training without it in silence (README, Adaptation #20)."""
+    state = tmp_path / "state"
+    shutil.copytree(bootstrapped, state)
+    with caplog.at_level("WARNING", logger="trainer.service"):
+        svc = TrainerService(_config(state), exporter="torchscript")
+    try:
+        assert svc.strategy.name == "iw-er" and not svc.strategy.memory.store_logits
+        assert any("distillation is off" in r.getMessage() for r in caplog.records)
+    finally:
+        svc.stop()
