@@ -92,3 +92,13 @@ def test_metrics_and_goals_on_a_hand_made_trace() -> None:
     assert ad.goals(ad.summarise([row]))["met"] is False  # one seed never meets a three-seed goal
     ag = ad.demo_agreement(summary)
     assert ag is not None and ag["final_loop"]["diff"] == pytest.approx(100.0 - 69.8)
+
+
+def test_run_one_settings_merge_a_variants_overrides_into_the_demos() -> None:
+    s, (kind, boot) = ad.run_one_settings("default", 0, "distill-off", upper=False)
+    assert kind == "parts" and boot == {} and s.upper_bound is False
+    assert s.strategy_settings == {"distill": 0.0} and s.update["steps"] == 20  # the demo's update settings kept
+    s, (_, boot) = ad.run_one_settings("default", 0, "boot40", boot={"frames": 400})
+    assert boot == {"epochs": 40, "frames": 400}  # the variant's bootstrap options, then the caller's
+    s, _ = ad.run_one_settings("default", 0, "lr-low")
+    assert s.update["lr"] == 3e-4 and s.update["batch"] == 32
