@@ -324,7 +324,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for key in sorted({(r["variant"], r["scenario"]) for r in rows}):
         rs = [r for r in rows if (r["variant"], r["scenario"]) == key]
         arms: dict[str, Any] = {}
-        for a in rs[0]["arms"]:
+        for a in [a for a in rs[0]["arms"] if all(a in r["arms"] for r in rs)]:  # a run without the upper bound
             ms = [r["arms"][a] for r in rs]
             arm = {"before_drift": _med([m["before_drift"] for m in ms]), "final": _med([m["final"] for m in ms]),
                    "drifts": []}
@@ -341,7 +341,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out[f"{key[0]}/{key[1]}"] = {
             "variant": key[0], "scenario": key[1], "seeds": sorted(r["seed"] for r in rs), "arms": arms,
             "worst_window_loop_minus_frozen": _med(ww),
-            "after_lighting": {a: _med([x[a] for x in al]) for a in al[0]} if al else None,
+            "after_lighting": {a: _med([x.get(a) for x in al]) for a in al[0]} if al else None,
             "freshness_p50_s": _med([r["freshness_p50_s"] for r in rs]),
             "uploads": _med([r["uploads"] for r in rs]), "promoted": _med([r["promoted"] for r in rs]),
             "seconds": _med([r["seconds"] for r in rs])}
