@@ -164,19 +164,14 @@ def run_one(scenario: str, seed: int, variant: str = "demo", upper: bool = True,
             cameras: int = 4, boot: dict[str, Any] | None = None, keep: str | None = None) -> dict[str, Any]:
     """One (scenario, seed, variant) run in this process; returns its metrics and its curves. ``boot``
     overrides bootstrap options (on top of the variant's)."""
-    from bench.adaptation_loop import LoopSettings, run_loop, stage_times
+    from bench.adaptation_loop import run_loop
     from deploy.demo.plan import camera_seed
 
     sc = scenarios(stream_s)[scenario]
     var = variants()[variant]
-    stages = {k: v for k, v in stage_times(ROOT / "bench" / "results.json").items() if not k.startswith("freshness")}
-    s = LoopSettings(cameras=cameras, fps=FPS, stream_s=stream_s, upper_bound=upper, **stages)
-    for k, v in var.settings.items():
-        if k in ("update", "eval", "strategy_settings"):
-            setattr(s, k, {**getattr(s, k), **v})
-        else:
-            setattr(s, k, v)
-    state = bootstrap_state(sc.kind, seed, {**var.bootstrap, **(boot or {})})
+    s, (kind, boot_opts) = run_one_settings(scenario, seed, variant, upper, stream_s, cameras, boot)
+    stages = {k: getattr(s, k) for k in ("label_delay_s", "update_s", "evaluate_s", "export_s", "wave_delay_s")}
+    state = bootstrap_state(kind, seed, boot_opts)
     urls = [sc.url(camera_seed(seed, k), FPS) for k in range(cameras)]
     hooks = var.hooks() if var.hooks else None
     shm = Path("/dev/shm")  # the trainer fsyncs every sample and checkpoint: on tmpfs that costs nothing
@@ -193,6 +188,24 @@ def run_one(scenario: str, seed: int, variant: str = "demo", upper: bool = True,
                stream_s=stream_s, cameras=cameras, upper=upper, decisions=tr.updates)
     save_row(out)
     return out
+
+
+def run_one_settings(scenario: str, seed: int, variant: str = "demo", upper: bool = True, stream_s: float = STREAM_S,
+                     cameras: int = 4, boot: dict[str, Any] | None = None) -> tuple[Any, tuple[str, dict[str, Any]]]:
+    """The loop settings of one run (the demo's, the measured stage times, the variant's overrides) and its
+    bootstrap (kind, options)."""
+    from bench.adaptation_loop import LoopSettings, stage_times
+
+    sc = scenarios(stream_s)[scenario]
+    var = variants()[variant]
+    stages = {k: v for k, v in stage_times(ROOT / "bench" / "results.json").items() if not k.startswith("freshness")}
+    s = LoopSettings(cameras=cameras, fps=FPS, stream_s=stream_s, upper_bound=upper, **stages)
+    for k, v in var.settings.items():
+        if k in ("update", "eval", "strategy_settings"):
+            setattr(s, k, {**getattr(s, k), **v})
+        else:
+            setattr(s, k, v)
+    return s, (sc.kind, {**var.bootstrap, **(boot or {})})
 
 
 def _row_path(variant: str, scenario: str, seed: int, stream_s: float, cameras: int) -> Path:
@@ -311,7 +324,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for key in sorted({(r["variant"], r["scenario"]) for r in rows}):
         rs = [r for r in rows if (r["variant"], r["scenario"]) == key]
         arms: dict[str, Any] = {}
-        for a in rs[0]["arms"]:
+        for a in [a for a in rs[0]["arms"] if all(a in r["arms"] for r in rs)]:  # a run without the upper bound
             ms = [r["arms"][a] for r in rs]
             arm = {"before_drift": _med([m["before_drift"] for m in ms]), "final": _med([m["final"] for m in ms]),
                    "drifts": []}
@@ -328,7 +341,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out[f"{key[0]}/{key[1]}"] = {
             "variant": key[0], "scenario": key[1], "seeds": sorted(r["seed"] for r in rs), "arms": arms,
             "worst_window_loop_minus_frozen": _med(ww),
-            "after_lighting": {a: _med([x[a] for x in al]) for a in al[0]} if al else None,
+            "after_lighting": {a: _med([x.get(a) for x in al]) for a in al[0]} if al else None,
             "freshness_p50_s": _med([r["freshness_p50_s"] for r in rs]),
             "uploads": _med([r["uploads"] for r in rs]), "promoted": _med([r["promoted"] for r in rs]),
             "seconds": _med([r["seconds"] for r in rs])}

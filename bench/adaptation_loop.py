@@ -440,8 +440,11 @@ def run_loop(state_src: Path, workdir: Path, urls: list[str], s: LoopSettings, s
                     for k, p in enumerate(frozen.predictions(frozen.predict(x))):
                         tr.frozen[k][i] = p.label == frames[k].truth
                 if ub_model is not None:
+                    # the upper bound sees what the loop's cameras feed their models: each camera's input
+                    # calibration applies (it was trained on calibrated uploads); the frozen control sees raw input
+                    xu = np.concatenate([c.slot.get().preprocess(f.image) for c, f in zip(cams, frames)])
                     with torch.no_grad():
-                        out = ub_model(torch.from_numpy(x)).argmax(1).tolist()
+                        out = ub_model(torch.from_numpy(xu)).argmax(1).tolist()
                     for k, j in enumerate(out):
                         tr.upper[k][i] = ub.labels[j] == frames[k].truth  # type: ignore[union-attr]
             # 3. uploads reach the store

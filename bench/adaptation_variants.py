@@ -114,6 +114,10 @@ VARIANTS: dict[str, Variant] = {
                         settings={"calibration": "off"}),
     "aug-boot": Variant("aug-boot", "photometric + geometric augmentation in the bootstrap (trainer.augment)",
                         bootstrap={"augment": "both"}),
+    "boot40": Variant("boot40", "a longer bootstrap: 40 epochs instead of the benchmark's 27 (the demo's cap on a "
+                                "quiet machine; deploy/demo/bootstrap.py)", bootstrap={"epochs": 40}),
+    "boot-3200": Variant("boot-3200", "a bootstrap on twice the rendered frames (3,200 instead of the demo's 1,600), "
+                                      "20 epochs", bootstrap={"frames": 3200, "epochs": 20}),
     "aug": Variant("aug", "augmentation in the bootstrap and in every update step (hook: update.augment in the "
                           "strategies' base step)", bootstrap={"augment": "both"}, hooks=_augmented_updates()),
     "calib-drift": Variant("calib-drift", "edge input calibration, engaged by the drift signal (edge.model)",
@@ -142,6 +146,14 @@ VARIANTS: dict[str, Variant] = {
     "bn-train": Variant("bn-train", "the demo before freeze_bn became the default: batch norm in training mode "
                                     "during updates (strategy.freeze_bn false)",
                         settings={"strategy_settings": {"freeze_bn": False}}),
+    "distill-off": Variant("distill-off", "iw-er without logit distillation (strategy.distill 0): stored logits of "
+                                          "a class's first samples pin it to what the model thought of it then",
+                           settings={"strategy_settings": {"distill": 0.0}}),
+    "ace-off": Variant("ace-off", "iw-er with full CE on new samples (strategy.ace false): ACE never lets a new "
+                                  "class's samples push down the old classes they are confused with",
+                       settings={"strategy_settings": {"ace": False}}),
+    "replay64": Variant("replay64", "64 replayed samples per step instead of 32 (strategy.replay_batch_size)",
+                        settings={"strategy_settings": {"replay_batch_size": 64}}),
     "mer": Variant("mer", "Meta-Experience Replay (trainer/strategies/mer.py) instead of iw-er (update.strategy)",
                    settings={"strategy": "mer"}),
 }

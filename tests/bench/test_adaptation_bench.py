@@ -92,3 +92,31 @@ def test_metrics_and_goals_on_a_hand_made_trace() -> None:
     assert ad.goals(ad.summarise([row]))["met"] is False  # one seed never meets a three-seed goal
     ag = ad.demo_agreement(summary)
     assert ag is not None and ag["final_loop"]["diff"] == pytest.approx(100.0 - 69.8)
+
+
+def test_run_one_settings_merge_a_variants_overrides_into_the_demos() -> None:
+    s, (kind, boot) = ad.run_one_settings("default", 0, "distill-off", upper=False)
+    assert kind == "parts" and boot == {} and s.upper_bound is False
+    assert s.strategy_settings == {"distill": 0.0} and s.update["steps"] == 20  # the demo's update settings kept
+    s, (_, boot) = ad.run_one_settings("default", 0, "boot40", boot={"frames": 400})
+    assert boot == {"epochs": 40, "frames": 400}  # the variant's bootstrap options, then the caller's
+    s, _ = ad.run_one_settings("default", 0, "lr-low")
+    assert s.update["lr"] == 3e-4 and s.update["batch"] == 32
+
+
+def test_final_window_set_is_the_final_window_as_the_cameras_saw_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The replay's test set: frames after both drifts only, preprocessed through the camera's input calibration
+    (which by then follows the darker light), so it differs from the raw preprocessing of the same frames."""
+    from bench.adaptation_replay import final_window_set
+    from tests.model_factory import PARTS_LABELS, make_onnx_model
+
+    model = make_onnx_model(tmp_path / "m.onnx", arch="small_cnn", labels=PARTS_LABELS, train_steps=2,
+                            exporter="torchscript")
+    x_cal, y = final_window_set("default", 0, cameras=1, every=25, boot_model=model)
+    x_raw, y_raw = final_window_set("default", 0, cameras=1, every=25, boot_model=model, calibration="off")
+    sc = ad.scenarios()["default"]
+    lo = max(sc.events()[-1][0] + sc.ramp_s + 8.0, 0.8 * ad.STREAM_S)
+    first = int(np.ceil(lo * ad.FPS / 25)) * 25
+    assert len(y) == len(range(first, int(ad.STREAM_S * ad.FPS), 25)) and y == y_raw
+    assert set(y) <= set(PARTS_LABELS) | {"crack"} and "crack" in y  # the new class is in the window
+    assert x_cal.shape == x_raw.shape and float(np.abs(x_cal - x_raw).mean()) > 0.01
