@@ -5,7 +5,7 @@ deploy/rollout_store.py; persisted in SQLite after every transition, so a restar
 where the last one stopped)::
 
     awaiting_approval --approve--> running ...        --reject--> rejected
-       (a newer version promoted while it waits --> superseded)
+       (a newer version promoted while it waits, not yet approved --> superseded)
     running --(wave healthy for `soak`)--> running (next wave) ... --> completed
        |  ^
        v  |  pause / resume
@@ -360,11 +360,18 @@ class Controller:
         self.fleet.changed.set()
         return r.id
 
-    def _supersede(self, fleet: str, version: str, *, active: bool = True, exclude: str | None = None) -> None:
+    def _supersede(self, fleet: str, version: str, *, active: bool = True, exclude: str | None = None,
+                   before: float | None = None) -> None:
         """``version`` takes over the fleet: rollouts that await approval (and, with ``active``, those that run)
-        end as superseded."""
-        older = self.store.get_waiting(fleet) + (self.store.get_active(fleet) if active else [])
+        end as superseded. A waiting rollout an operator has already approved (the approval queued, not yet
+        taken by a tick) is kept when a newer promotion merely waits (``active=False``): the operator's decision
+        stands, and the newer version waits after it. ``before``: only rollouts created before that time (an
+        approval takes over from what came before it, not from a newer promotion that waits its turn)."""
+        waiting = [w for w in self.store.get_waiting(fleet) if active or w.command != "approve"]
+        older = waiting + (self.store.get_active(fleet) if active else [])
         for old in older:
+            if before is not None and not old.active and old.created > before:
+                continue
             why = f"superseded by {version}" if old.active else f"{version} came before approval"
             if old.id != exclude:
                 self.store.set_state(old.id, State.SUPERSEDED, why, event=("superseded", version))
@@ -468,7 +475,7 @@ class Controller:
     def _approve(self, r: Rollout, detail: str | None) -> Rollout | None:
         """An operator released a waiting rollout: it takes over the fleet now, rolling back (if it must) to
         the version the whole fleet reached last, which may have changed while it waited."""
-        self._supersede(r.fleet, r.version, exclude=r.id)
+        self._supersede(r.fleet, r.version, exclude=r.id, before=r.created)
         prev = self.store.fleet_baseline(r.fleet) or r.prev_version
         if prev == r.version:
             prev = r.prev_version

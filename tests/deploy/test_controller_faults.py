@@ -222,3 +222,25 @@ def test_the_loop_gives_freed_heap_back_once_a_minute(keys, tmp_path, monkeypatc
         assert memory.trims == before + 1
     finally:
         ctl.store.close()
+
+
+def test_an_approval_stands_when_a_newer_version_is_promoted_before_the_controller_takes_it(models, keys,
+                                                                                            tmp_path) -> None:
+    """`edgeloop rollout approve v0002` queues the approval; a newer promotion that arrives before the next tick
+    must not supersede what the operator released (CI saw exactly this in test_line's approve mode). The newer
+    version waits its turn, and the approval, once taken, does not supersede it either."""
+    ctl = Controller("mqtt://127.0.0.1:1", keys["priv"], tmp_path / "ctl")  # never connected: no tick runs
+    try:
+        ctl.register_model(models["good1"])
+        a = ctl.start_rollout("v0002", models["good2"], previous="v0001", await_approval=True)
+        ctl.store.approve("v0002", "operator")
+        b = ctl.start_rollout("v0005", models["untrained"], previous="v0001", await_approval=True)
+        assert ctl.store.rollout(a).state == "awaiting_approval" and ctl.store.rollout(a).command == "approve"
+        assert ctl._approve(ctl.store.rollout(a), "by operator") is not None  # what the next tick does with it
+        assert ctl.store.rollout(a).state == "running"
+        assert ctl.store.rollout(b).state == "awaiting_approval"
+        c = ctl.start_rollout("v0003", models["nan"], previous="v0001", await_approval=True)
+        assert ctl.store.rollout(b).state == "superseded"  # an unapproved wait is still replaced by a newer one
+        assert ctl.store.rollout(a).state == "running" and ctl.store.rollout(c).state == "awaiting_approval"
+    finally:
+        ctl.store.close()
