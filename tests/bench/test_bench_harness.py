@@ -257,8 +257,8 @@ from bench import run_all
 
 def run(quick=False):
     child = subprocess.Popen(["sleep", "300"])
-    print(child.pid, flush=True)
-    try:
+    try:  # the pid is printed inside the try: the test's SIGTERM may land right after it
+        print(child.pid, flush=True)
         time.sleep(300)
     finally:
         child.kill()
