@@ -281,7 +281,13 @@ def test_sigterm_stops_what_a_benchmark_started(tmp_path: Path) -> None:
     child = int(proc.stdout.readline())  # type: ignore[union-attr]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) != 0
+    def alive() -> bool:
+        try:
+            return Path(f"/proc/{child}/stat").read_text().split()[2] != "Z"
+        except FileNotFoundError:  # gone (reaped) between two looks
+            return False
+
     deadline = time.monotonic() + 10
-    while Path(f"/proc/{child}").exists() and "Z" not in Path(f"/proc/{child}/stat").read_text().split()[2]:
+    while alive():
         assert time.monotonic() < deadline, "the benchmark's child outlived it"
         time.sleep(0.05)
