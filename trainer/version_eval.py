@@ -3,8 +3,8 @@
 Why computed here and on demand: the gate keeps accuracy, macro-F1 and per-class accuracy per version, not
 the matrix, and the held-out set grows after a version is registered. So the matrix is computed from the
 version's ONNX file exactly as it shipped (onnxruntime, the model's own metadata for preprocessing) on
-the *current* held-out set (the bootstrap slice plus the held-out uploads), and cached per (version,
-held-out size): a page view costs one evaluation only when new held-out samples arrived. Rows are the
+the *current* held-out set (the bootstrap slice plus the newest held-out uploads), and cached per (version,
+held-out window): a page view costs one evaluation only when new held-out samples arrived. Rows are the
 true classes, columns the predicted ones; classes the version does not know are rows it can only miss.
 """
 from __future__ import annotations
@@ -24,6 +24,8 @@ __all__ = ["ConfusionCache", "MAX_UPLOADED"]
 
 #: The newest this many held-out uploads are used (bounded work per page view).
 MAX_UPLOADED = 5000
+#: Matrices kept for this many versions (a page view asks for one or two; the rest are recomputed on demand).
+MAX_VERSIONS = 16
 
 
 class ConfusionCache:
@@ -33,7 +35,7 @@ class ConfusionCache:
         self.state_dir = Path(state_dir)
         self.store = store
         self._lock = threading.Lock()
-        self._cache: dict[tuple[str, int], dict[str, Any]] = {}
+        self._cache: dict[tuple[str, int, int | None], dict[str, Any]] = {}
         self._inputs: dict[tuple[int, int, int, str, tuple[int, ...] | None], dict[int, torch.Tensor]] = {}
 
     def get(self, version: str) -> dict[str, Any]:
@@ -44,12 +46,15 @@ class ConfusionCache:
                 rec = reg.get(version)
             except RegistryError as e:
                 raise KeyError(str(e)) from None
-        heldout = self.store.heldout()[-MAX_UPLOADED:]
-        key = (version, len(heldout))
+        heldout = self.store.heldout(newest=MAX_UPLOADED)
+        # Size and newest row: once the window is full its size stays MAX_UPLOADED while its contents move on.
+        key = (version, len(heldout), heldout[-1].rowid if heldout else None)
         with self._lock:
             if key not in self._cache:
                 self._cache = {k: v for k, v in self._cache.items() if k[0] != version}
                 self._cache[key] = self._compute(version, rec.path, heldout)
+                while len(self._cache) > MAX_VERSIONS:  # dicts keep insertion order: the oldest computed goes
+                    del self._cache[next(iter(self._cache))]
             return self._cache[key]
 
     def _compute(self, version: str, path: Path, heldout: list[Any]) -> dict[str, Any]:
@@ -61,7 +66,12 @@ class ConfusionCache:
         fmt = InputFormat(meta.width, meta.height, meta.channels, meta.color_order,
                           tuple(meta.roi) if meta.roi else None)  # type: ignore[arg-type]
         xs, names = self._bootstrap_slice(fmt)
-        cache = self._inputs.setdefault((fmt.width, fmt.height, fmt.channels, fmt.color_order, fmt.roi), {})
+        key = (fmt.width, fmt.height, fmt.channels, fmt.color_order, fmt.roi)
+        cache = self._inputs.get(key, {})
+        # Bounded: only the current window's uploads, in the input format of the version asked for last.
+        window = {s.rowid for s in heldout}
+        self._inputs = {key: {rowid: t for rowid, t in cache.items() if rowid in window}}
+        cache = self._inputs[key]
         for s in heldout:
             if s.rowid not in cache:
                 try:

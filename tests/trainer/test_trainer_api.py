@@ -203,6 +203,28 @@ def test_versions_decisions_and_confusion(tmp_path: Path) -> None:
             srv.stop()
 
 
+def test_confusion_cache_keeps_only_the_current_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The console's confusion matrices cache preprocessed held-out inputs; uploads that left the newest-N
+    window leave the cache too, so a trainer that runs for months does not keep every held-out image."""
+    from trainer import version_eval
+    from trainer.version_eval import ConfusionCache
+
+    monkeypatch.setattr(version_eval, "MAX_UPLOADED", 3)
+    state = tmp_path / "state"
+    bootstrap(state, image_folder(tmp_path / "imgs", ["red", "green"], 8), arch="small_cnn", input_size=16,
+              epochs=1, batch_size=8, exporter="torchscript", progress=False, replay_size=50, torch_threads=1)
+    with SampleStore(state / "samples") as st:
+        cache = ConfusionCache(state, st)
+        for start in (0, 12, 24):
+            ids = fill_store(st, ["red", "green"], 12, start=start)
+            st.set_labels([(i, "red") for i in ids], "person", heldout_fraction=0.5)
+            cm = cache.get("v0001")
+            window = {s.rowid for s in st.heldout(newest=3)}
+            [inputs] = cache._inputs.values()
+            assert set(inputs) == window and cm["n"] >= 3
+        assert len(st.heldout()) > 3 * 3
+
+
 def test_cli_classes_add_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from trainer.cli import main
 
