@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,8 @@ __all__ = [
     "gate",
     "macro_f1",
     "named_metrics",
+    "onnx_argmax",
+    "onnx_session",
     "one_class_reason",
     "per_class_accuracy",
     "predict",
@@ -132,6 +135,29 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 500) -> n
     preds = [model(x[i : i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)]
     model.train(was)
     return torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
+
+
+#: Samples per onnxruntime call when the trainer scores an exported model. ONNX Runtime's CPU arena keeps the
+#: largest activations a session ever needed for as long as the session lives, and the trainer keeps the
+#: deployed version's session between updates: 256 28x28 frames through the digits convnet left ~105 MB
+#: resident per session, 64 leave ~43 MB, at the same speed per sample (measured on the 2-core box).
+ORT_BATCH = 64
+
+
+def onnx_session(path: str | Path) -> Any:
+    """An onnxruntime CPU session on one thread (evaluation runs beside training, not instead of it)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_argmax(sess: Any, input_name: str, output_name: str, x: np.ndarray) -> np.ndarray:
+    """Arg-max class indices of an exported model on ``x`` (float32, NCHW), :data:`ORT_BATCH` at a time."""
+    x = np.asarray(x, np.float32)
+    preds = [sess.run([output_name], {input_name: x[i:i + ORT_BATCH]})[0].argmax(1) for i in range(0, len(x), ORT_BATCH)]
+    return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
 
 
 def evaluate_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | np.ndarray, num_classes: int | None = None) -> dict[str, Any]:

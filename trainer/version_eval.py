@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .evaluate import compute_metrics
+from .evaluate import compute_metrics, onnx_argmax, onnx_session
 from .images import InputFormat, preprocess_bytes
 from .store import SampleStore
 
@@ -58,8 +58,6 @@ class ConfusionCache:
             return self._cache[key]
 
     def _compute(self, version: str, path: Path, heldout: list[Any]) -> dict[str, Any]:
-        import onnxruntime as ort
-
         from .export import read_meta
 
         meta = read_meta(path)
@@ -88,11 +86,7 @@ class ConfusionCache:
         mean = np.asarray(meta.mean, np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(meta.std, np.float32).reshape(1, -1, 1, 1)
         x = (x - mean) / std
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        pred = np.concatenate([sess.run([meta.output_name], {meta.input_name: x[i:i + 256]})[0].argmax(1)
-                               for i in range(0, len(x), 256)])
+        pred = onnx_argmax(onnx_session(path), meta.input_name, meta.output_name, x)
         idx = {n: i for i, n in enumerate(space)}
         m = compute_metrics(np.array([idx[n] for n in names]), pred, len(space))
         cm = np.asarray(m["confusion"]).tolist()

@@ -154,3 +154,35 @@ def test_collapse_reason_names_one_class_and_chance():
     assert one_class_reason(y, y, 4) is None and collapse_reason(y, y, 4) is None
     chance = np.random.default_rng(0).integers(0, 4, 80)  # a spread-out guess
     assert one_class_reason(chance, y, 4) is None and "accuracy at chance" in collapse_reason(chance, y, 4)
+
+
+def test_onnx_argmax_scores_in_small_batches(tmp_path) -> None:
+    """The trainer keeps the deployed version's onnxruntime session between updates, and the session's arena
+    keeps the largest batch it ever ran: held-out sets are scored ORT_BATCH frames at a time, with the same
+    predictions as one big call."""
+    import sys
+    from pathlib import Path
+
+    from trainer.evaluate import ORT_BATCH, onnx_argmax, onnx_session
+    from trainer.export import read_meta
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _helpers import bootstrap_state
+
+    state = bootstrap_state(tmp_path, ["red", "green"])
+    [path] = sorted(state.glob("**/v0001*.onnx"))
+    meta = read_meta(path)
+    sess = onnx_session(path)
+    sizes: list[int] = []
+
+    class Recording:
+        def run(self, names, feed):
+            sizes.append(len(feed[meta.input_name]))
+            return sess.run(names, feed)
+
+    x = np.random.default_rng(0).random((2 * ORT_BATCH + 5, 3, 16, 16), dtype=np.float32)
+    pred = onnx_argmax(Recording(), meta.input_name, meta.output_name, x)
+    assert sizes == [ORT_BATCH, ORT_BATCH, 5]
+    whole = sess.run([meta.output_name], {meta.input_name: x})[0].argmax(1)
+    assert pred.tolist() == whole.tolist()
+    assert onnx_argmax(sess, meta.input_name, meta.output_name, x[:0]).shape == (0,)
