@@ -66,7 +66,7 @@ from . import quarantine, retention
 from .announce import Announcer
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainerConfig
-from .evaluate import chance_check, predict, two_slice_gate
+from .evaluate import chance_check, onnx_argmax, onnx_session, predict, two_slice_gate
 from .export import export_onnx
 from .images import UPLOAD_FORMATS, InputFormat, max_image_size, preprocess_bytes
 from .ingest import describe_write_error
@@ -127,6 +127,10 @@ def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9)
     raise ValueError(f"unknown optimizer {name!r}; use sgd or adam")
+
+
+#: The update buffer holds at most this many batches (B) of labelled rows; the rest waits in the store.
+MAX_BUFFERED_BATCHES = 8
 
 
 class TrainerService:
@@ -405,11 +409,17 @@ class TrainerService:
             return True
 
     def _fill_buffer(self) -> None:
-        while True:
-            rows = self.store.labelled_after(self._fetched_seq, limit=1000, heldout=None)
+        """Move newly labelled training rows from the store into the update buffer, at most
+        :data:`MAX_BUFFERED_BATCHES` batches of them: a trainer slower than its cameras leaves the rest in the
+        store (durable, in labelling order) instead of holding an ever longer list in memory."""
+        limit = MAX_BUFFERED_BATCHES * self.config.update.batch
+        while len(self._buffer) < limit:
+            rows = self.store.labelled_after(self._fetched_seq, limit=min(1000, limit), heldout=None)
             if not rows:
                 return
             for r in rows:
+                if len(self._buffer) >= limit:
+                    return
                 self._fetched_seq = r.label_seq  # type: ignore[assignment]
                 if not r.heldout:
                     if not self._buffer:
@@ -654,23 +664,14 @@ class TrainerService:
         return HeldOut(torch.cat(xs), names, len(fresh), tuple(keys))
 
     def _onnx_predict(self, version: str, path: Path, x: torch.Tensor) -> list[str]:
-        import onnxruntime as ort
         from .export import read_meta
 
         if version not in self._ort_cache:
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = 1
-            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            if len(self._ort_cache) >= 4:
+            if len(self._ort_cache) >= 2:  # the deployed version and the one before: each holds its arena
                 self._ort_cache.clear()
-            self._ort_cache[version] = (sess, read_meta(path))
+            self._ort_cache[version] = (onnx_session(path), read_meta(path))
         sess, meta = self._ort_cache[version]
-        out = []
-        arr = x.numpy().astype(np.float32)
-        for i in range(0, len(arr), 256):
-            logits = sess.run([meta.output_name], {meta.input_name: arr[i:i + 256]})[0]
-            out += [meta.labels[j] for j in logits.argmax(1)]
-        return out
+        return [meta.labels[j] for j in onnx_argmax(sess, meta.input_name, meta.output_name, x.numpy())]
 
     def evaluate_and_maybe_promote(self) -> dict[str, Any]:
         """Gate the current model against the deployed version on the held-out set (the recent uploads and

@@ -39,6 +39,32 @@ def test_needs_bootstrap(tmp_path: Path) -> None:
         TrainerService(_config(tmp_path))
 
 
+def test_a_trainer_behind_its_cameras_buffers_a_bounded_number_of_rows(bootstrapped: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """When labels arrive faster than updates take them, the rest waits in the store, not in a growing list;
+    every training row still reaches the buffer once, in labelling order."""
+    from trainer import service
+
+    monkeypatch.setattr(service, "MAX_BUFFERED_BATCHES", 2)
+    state = tmp_path / "state"
+    shutil.copytree(bootstrapped, state)
+    with SampleStore(state / "samples") as st:
+        fill_store(st, BASE, 150)
+    svc = TrainerService(_config(state), exporter="torchscript")
+    try:
+        svc.labeller.poll(svc.store)
+        seen: list[int] = []
+        for _ in range(20):
+            svc._fill_buffer()  # noqa: SLF001
+            assert len(svc._buffer) <= 2 * 16  # noqa: SLF001
+            seen += [int(r.label_seq) for r in svc._buffer]  # type: ignore[arg-type]  # noqa: SLF001
+            svc._buffer.clear()  # noqa: SLF001 - as if an update took them all
+        training = [int(r.label_seq) for r in svc.store.labelled_after(0, limit=1000, heldout=False)]  # type: ignore[arg-type]
+        assert seen == training and len(training) > 4 * 16
+    finally:
+        svc.stop()
+
+
 def test_stream_promotes_above_chance_and_grows_the_head(bootstrapped: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"
     shutil.copytree(bootstrapped, state)
