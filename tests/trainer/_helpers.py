@@ -61,8 +61,9 @@ def bootstrap_state(d: Path, labels: list[str], **options) -> Path:
     :func:`trainer.bootstrap.bootstrap`."""
     from trainer.bootstrap import bootstrap
 
-    bootstrap(d / "state", image_folder(d / "imgs", labels, 8), arch="small_cnn", input_size=16, epochs=2,
-              batch_size=8, exporter="torchscript", progress=False, replay_size=200, torch_threads=1, **options)
+    options = {"epochs": 2, **options}
+    bootstrap(d / "state", image_folder(d / "imgs", labels, 8), arch="small_cnn", input_size=16, batch_size=8,
+              exporter="torchscript", progress=False, replay_size=200, torch_threads=1, **options)
     return d / "state"
 
 
