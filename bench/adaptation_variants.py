@@ -149,6 +149,10 @@ VARIANTS: dict[str, Variant] = {
     "distill-off": Variant("distill-off", "iw-er without logit distillation (strategy.distill 0): stored logits of "
                                           "a class's first samples pin it to what the model thought of it then",
                            settings={"strategy_settings": {"distill": 0.0}}),
+    "distill-0.1": Variant("distill-0.1", "iw-er with a third of the default distillation weight (strategy.distill 0.1)",
+                           settings={"strategy_settings": {"distill": 0.1}}),
+    "distill-0.6": Variant("distill-0.6", "iw-er with twice the default distillation weight (strategy.distill 0.6)",
+                           settings={"strategy_settings": {"distill": 0.6}}),
     "ace-off": Variant("ace-off", "iw-er with full CE on new samples (strategy.ace false): ACE never lets a new "
                                   "class's samples push down the old classes they are confused with",
                        settings={"strategy_settings": {"ace": False}}),

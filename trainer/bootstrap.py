@@ -17,15 +17,16 @@ attempt is retried from a fresh initialisation at a third, then a tenth of the l
 attempt fails, :class:`BootstrapDiverged` says what happened in each, and nothing is registered.
 
 What it writes into ``state_dir``: a checkpoint (model, empty optimiser state, replay memory seeded with
-the training set, counters), ``bootstrap_heldout.pt`` (the held-out slice, kept for later evaluations so
-that forgetting of the bootstrap classes is measured), and the first registered ONNX version, promoted.
+the training set -- with the model's logits for its rows when the trainer's strategy distils -- counters),
+``bootstrap_heldout.pt`` (the held-out slice, kept for later evaluations so that forgetting of the bootstrap
+classes is measured), and the first registered ONNX version, promoted.
 """
 from __future__ import annotations
 
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,7 @@ from .replay import ReplayMemory
 log = logging.getLogger(__name__)
 
 __all__ = ["bootstrap", "BootstrapResult", "BootstrapDiverged", "Attempt", "collapse_reason", "train_classifier",
-           "load_dataset", "IMAGE_EXTENSIONS", "DEFAULT_LR", "RETRY_LR_FACTORS"]
+           "load_dataset", "distils", "IMAGE_EXTENSIONS", "DEFAULT_LR", "RETRY_LR_FACTORS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 DEFAULT_LR = 1e-3
@@ -310,6 +311,8 @@ def bootstrap(
     torch_threads: int | None = None,
     retries: int = len(RETRY_LR_FACTORS) - 1,
     augment: str | bool | Augment | None = None,
+    strategy: str | None = None,
+    strategy_settings: Mapping[str, Any] | None = None,
 ) -> BootstrapResult:
     """Train ``arch`` on ``data`` and write the trainer state with the first promoted ONNX version.
 
@@ -323,8 +326,13 @@ def bootstrap(
     collapses (see the module docstring); :class:`BootstrapDiverged` when none is healthy. ``augment``
     ("photometric", "geometric", "both"/True) trains on randomly changed copies of the inputs
     (:mod:`trainer.augment`).
+
+    ``strategy`` / ``strategy_settings``: what the trainer will run (config ``update.strategy`` / ``strategy:``;
+    default: the trainer's defaults). When it distils (:func:`distils`), the replay memory stores the bootstrap
+    model's logits for its rows, the targets DER keeps: the logits at the time a sample was memorised.
     """
     t_start = time.perf_counter()
+    store_logits = distils(strategy, strategy_settings)  # before training: a wrong name fails fast
     state_dir = Path(state_dir)
     if torch_threads:
         torch.set_num_threads(torch_threads)
@@ -345,7 +353,8 @@ def bootstrap(
     }
     state_dir.mkdir(parents=True, exist_ok=True)
     rec = _register_first_version(state_dir, model, fmt, arch, data_set, metrics, exporter)
-    _save_state(state_dir, model, arch, fmt, data_set, attempts, rec.version, replay_size, replay_policy, seed)
+    _save_state(state_dir, model, arch, fmt, data_set, attempts, rec.version,
+                ReplayMemory(replay_size, policy=replay_policy, store_logits=store_logits, seed=seed))
     seconds = time.perf_counter() - t_start
     result = BootstrapResult(rec.version, rec.path, list(data_set.names), metrics, int(len(data_set.yt)),
                              int(len(data_set.yh)), seconds, extra={"attempts": [dataclasses.asdict(a) for a in attempts]})
@@ -479,12 +488,25 @@ def _register_first_version(state_dir: Path, model: torch.nn.Module, fmt: InputF
         registry.close()
 
 
+def distils(strategy: str | None = None, settings: Mapping[str, Any] | None = None) -> bool:
+    """Whether the trainer strategy ``strategy`` (default: ``update.strategy``'s default), with ``settings``
+    laid over its defaults, distils replayed logits, so that the bootstrap's replay memory must store them."""
+    from .config import UpdateConfig
+    from .strategies import strategy_class, strategy_settings
+
+    name = strategy or UpdateConfig().strategy
+    return strategy_class(name).wants_logits(strategy_settings(name, settings))
+
+
 def _save_state(state_dir: Path, model: torch.nn.Module, arch: str, fmt: InputFormat, ds: _DataSet,
-                attempts: list[Attempt], version: str, replay_size: int, replay_policy: str, seed: int) -> None:
-    """The trainer's starting state: the checkpoint (replay memory seeded with the training set, kept as uint8
-    so the bootstrap set is rehearsed later to limit forgetting) and the held-out part for later evaluations."""
-    memory = ReplayMemory(replay_size, policy=replay_policy, seed=seed)
+                attempts: list[Attempt], version: str, memory: ReplayMemory) -> None:
+    """The trainer's starting state: the checkpoint (``memory`` seeded with the training set, kept as uint8 so
+    the bootstrap set is rehearsed later to limit forgetting; with the model's logits for the rows it keeps when
+    it stores logits) and the held-out part for later evaluations."""
     memory.add(ds.xt, ds.yt)
+    if memory.store_logits:
+        model.eval()
+        memory.fill_logits(model, len(ds.names))
     torch.save({"x": ds.xh.clone(), "y": ds.yh.clone(), "labels": list(ds.names)}, state_dir / "bootstrap_heldout.pt")
     save_checkpoint(
         state_dir, model=model, arch=arch, labels=list(ds.names), optimizer=None, replay=memory,

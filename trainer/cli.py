@@ -45,7 +45,7 @@ def _fraction(text: str) -> float:
 
 
 def _add_bootstrap(sub: Any) -> None:
-    """``edgeloop trainer bootstrap``'s arguments (its own function: the bootstrap alone has 22 of them)."""
+    """``edgeloop trainer bootstrap``'s arguments (its own function: the bootstrap alone has 23 of them)."""
     b = sub.add_parser("bootstrap", help="train the first model from labelled images and register v0001",
                        description="Train the first model from an ImageFolder (root/<class>/*.png|jpg) or MNIST-format "
                                    "IDX files, write the trainer state directory and register the first ONNX version. "
@@ -74,6 +74,9 @@ def _add_bootstrap(sub: Any) -> None:
                    help="class-stratified fraction kept for evaluation (default: %(default)s)")
     b.add_argument("--max-samples", type=int, metavar="N", help="use at most N samples (random, seeded)")
     b.add_argument("--replay-size", type=int, default=2000, help="replay memory seeded from the training split (default: %(default)s)")
+    b.add_argument("--config", metavar="YAML", help="the trainer config `trainer run` will use (env EDGELOOP_TRAINER__* "
+                   "too): only its strategy is read here -- when it distils (iw-er's default), the replay memory stores "
+                   "the bootstrap model's logits for its rows")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo", help="ONNX exporter (default: %(default)s)")
     b.add_argument("--state-dir", default=DEFAULT_STATE, help="trainer state directory (default: %(default)s)")
@@ -250,15 +253,20 @@ def _setup_logging(level: str = "INFO") -> None:
 
 def _bootstrap(args: argparse.Namespace) -> int:
     _setup_logging()
+    from protocol.config import load_config
+
     from .bootstrap import BootstrapDiverged, bootstrap
+    from .config import ENV_PREFIX, TrainerConfig
 
     try:
+        cfg = load_config(TrainerConfig, args.config, env_prefix=ENV_PREFIX)  # the strategy the trainer will run
         res = bootstrap(
             args.state_dir, args.data, arch=args.arch, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
             labels=args.labels, roi=args.roi, input_size=args.input_size, heldout=args.held_out,
             weights=args.weights, idx_labels=args.idx_labels, max_samples=args.max_samples,
             replay_size=args.replay_size, seed=args.seed, exporter=args.exporter, progress=not args.no_progress,
             force=args.force, torch_threads=args.threads, retries=args.retries, augment=args.augment,
+            strategy=cfg.update.strategy, strategy_settings=cfg.strategy,
         )
     except (ValueError, FileNotFoundError, FileExistsError, BootstrapDiverged) as e:
         print(f"edgeloop trainer bootstrap: {e}", file=sys.stderr)
@@ -359,6 +367,8 @@ def _status(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {"state_dir": str(state)}
     if ckpt is not None:
         out.update(arch=ckpt.arch, labels=ckpt.labels, counters=ckpt.counters, checkpoint=str(ckpt.path))
+        if ckpt.replay_state is not None:
+            out["replay"] = _replay_summary(ckpt.replay_state)
     if (state / "samples").is_dir():
         from . import quarantine
 
@@ -386,6 +396,12 @@ def _status(args: argparse.Namespace) -> int:
         print(f"model      {ckpt.arch}, {len(ckpt.labels)} classes: {', '.join(ckpt.labels)}")
         print(f"learner    {c.get('updates', 0)} updates, {c.get('samples_seen', 0)} samples trained, "
               f"last label_seq {c.get('label_seq', 0)}, {c.get('promotions', 0)} promotions")
+        if "replay" in out:
+            r, filled = out["replay"], c.get("distill_targets_filled")
+            print(f"replay     {r['rows']} of {r['capacity']} rows ({r['policy']}), "
+                  + (f"logits stored for {r['rows_with_logits']} (distillation targets"
+                     + (f"; {filled} filled in from the model at a start" if filled else "") + ")"
+                     if r["store_logits"] else "no logits stored"))
     else:
         print("model      (not bootstrapped: run `edgeloop trainer bootstrap`)")
     print(f"promoted   {out['promoted']} ({out['versions']} versions registered)")
@@ -405,6 +421,14 @@ def _status(args: argparse.Namespace) -> int:
         print(f"last gate  update {d['update']}: {'promoted ' + str(d.get('version')) if d['promote'] else 'kept'} -- {d['reason']}")
     _print_health(out)
     return 0
+
+
+def _replay_summary(state: dict[str, Any]) -> dict[str, Any]:
+    """The checkpointed replay memory in a few numbers (trainer/replay.py's state_dict), for ``trainer status``."""
+    cfg = state["config"]
+    return {"rows": len(state["y"]), "capacity": cfg["capacity"], "policy": cfg["policy"],
+            "store_logits": bool(cfg["store_logits"]),
+            "rows_with_logits": int((state["nlogits"] > 0).sum()) if cfg["store_logits"] else 0}
 
 
 def _live(state: Path) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ Deterministic given ``seed`` (a numpy Generator whose state is part of ``state_d
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,11 +152,55 @@ class ReplayMemory:
             return
         pad = torch.zeros((self._logits.shape[0], num_classes - self._logits.shape[1]))
         self._logits = torch.cat([self._logits, pad], dim=1)
+        self._fit_bytes()
+
+    def _fit_bytes(self) -> None:
+        """After rows got wider: drop random rows if the memory no longer fits ``max_bytes``."""
         if self.max_bytes is not None:
             new_limit = min(self.capacity, self.max_bytes // self.bytes_per_sample())
             if new_limit < self.limit:
                 keep = np.sort(self.rng.permutation(self._size)[: min(self._size, new_limit)])
                 self._compact(torch.from_numpy(keep), new_limit)
+
+    @property
+    def rows_without_logits(self) -> int:
+        """Filled rows with no stored logit (all of them when logits are not stored): rows that cannot be distilled."""
+        if self._logits is None:
+            return self._size
+        return int((self._nlogits[: self._size] == 0).sum())
+
+    @torch.no_grad()
+    def fill_logits(self, predict: Callable[[torch.Tensor], torch.Tensor], num_classes: int,
+                    batch_size: int = 256) -> int:
+        """Store logits from ``predict`` (inputs as :meth:`sample` returns them -> logits) for every row that has
+        none, switching logit storage on if it was off; returns how many rows got them.
+
+        Why: a memory written without logits (``edgeloop trainer bootstrap`` before it stored them, or a strategy
+        switched to a distilling one) would leave distillation off for good, since the checkpoint's settings win
+        on restore. A row whose prediction is not finite keeps no logits (it is not distilled). Storing logits
+        makes rows wider: with ``max_bytes`` random rows may be dropped to stay within it.
+        """
+        if not self.store_logits:
+            self.store_logits = True
+            if self._x is not None:
+                self._logits = torch.zeros((len(self._y), num_classes), dtype=torch.float32)
+                self._nlogits.zero_()
+                self._fit_bytes()
+        if self._x is None:
+            return 0
+        self.grow_logits(num_classes)
+        rows = torch.nonzero(self._nlogits[: self._size] == 0).flatten()
+        filled = 0
+        for i in range(0, len(rows), batch_size):
+            idx = rows[i:i + batch_size]
+            out = predict(self._decode(self._x[idx])).detach().float()
+            ok = torch.isfinite(out).all(1)
+            idx, out = idx[ok], out[ok]
+            k = min(out.shape[1], self._logits.shape[1])
+            self._logits[idx, :k] = out[:, :k]
+            self._nlogits[idx] = k
+            filled += len(idx)
+        return filled
 
     def _compact(self, keep: torch.Tensor, new_limit: int) -> None:
         """Reallocate to ``new_limit`` rows holding only the rows ``keep``."""

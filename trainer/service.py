@@ -197,18 +197,34 @@ class TrainerService:
             ckpt.restore(self.model)
             if self.strategy.memory is not None and ckpt.replay_state is not None:
                 self.strategy.memory.load_state_dict(ckpt.replay_state)
-        mem = self.strategy.memory
-        if mem is not None and not mem.store_logits and type(self.strategy).wants_logits(self.strategy.config):
-            # The checkpoint's memory settings win on restore, and `edgeloop trainer bootstrap` writes a memory
-            # without logits: a distilling strategy would silently train without its distillation term.
-            log.warning("strategy %s is set to distil replayed logits, but the replay memory restored from the "
-                        "checkpoint stores none: distillation is off in this run (README, Adaptation #20)",
-                        self.strategy.name)
         self.counters: dict[str, Any] = {"label_seq": 0, "samples_seen": 0, "updates": 0, "evaluations": 0,
                                          "promotions": 0, **ckpt.counters}
+        self._fill_distillation_targets()
         self.history: list[list[int]] = [list(h) for h in ckpt.extra.get("history", [])]
         self.retried: list[int] = [int(q) for q in ckpt.extra.get("retried_quarantine", [])]
         self.generation = ckpt.generation
+
+    def _fill_distillation_targets(self) -> None:
+        """Give every replayed row a distillation target when the strategy distils and the restored memory has none.
+
+        The checkpoint's memory settings win on restore, and a memory written without logits (a bootstrap from
+        before it stored them, a state first run with a strategy that does not distil) would leave a distilling
+        strategy without its distillation term for good (README, Adaptation #20). The targets are the restored
+        model's logits: for a fresh bootstrap state that is the bootstrap model, whose logits DER stores for the
+        rows it memorises. Counted in ``counters["distill_targets_filled"]`` (``edgeloop trainer status``).
+        """
+        mem = self.strategy.memory
+        if mem is None or not type(self.strategy).wants_logits(self.strategy.config) or not mem.rows_without_logits:
+            return
+        missing = mem.rows_without_logits
+        filled = mem.fill_logits(self.strategy.predict_logits, self.model.num_classes)
+        self.counters["distill_targets_filled"] = int(self.counters.get("distill_targets_filled", 0)) + filled
+        log.info("replay memory restored with %d of %d rows without logits: stored the restored model's logits for "
+                 "%d of them as distillation targets for %s", missing, len(mem), filled, self.strategy.name)
+        if mem.rows_without_logits:
+            log.warning("strategy %s is set to distil replayed logits, but the model's logits for %d of %d replayed "
+                        "rows are not finite: those rows are not distilled (distillation is off for them in this run)",
+                        self.strategy.name, mem.rows_without_logits, len(mem))
 
     def _build(self, labeller: Labeller | None) -> None:
         """What the learner works with: the sample store, the labeller, the buffer, caches and thread state.

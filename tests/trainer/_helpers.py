@@ -56,12 +56,14 @@ def fill_store(store: SampleStore, labels: list[str], n: int, seed: int = 1, sta
     return [it.sample_id for it in items]
 
 
-def bootstrap_state(d: Path, labels: list[str]) -> Path:
-    """A small_cnn (16x16) trained on ``labels`` colours in ``d/state`` (tests copy it per test)."""
+def bootstrap_state(d: Path, labels: list[str], **options) -> Path:
+    """A small_cnn (16x16) trained on ``labels`` colours in ``d/state`` (tests copy it per test); ``options`` go to
+    :func:`trainer.bootstrap.bootstrap`."""
     from trainer.bootstrap import bootstrap
 
-    bootstrap(d / "state", image_folder(d / "imgs", labels, 8), arch="small_cnn", input_size=16, epochs=2,
-              batch_size=8, exporter="torchscript", progress=False, replay_size=200, torch_threads=1)
+    options = {"epochs": 2, **options}
+    bootstrap(d / "state", image_folder(d / "imgs", labels, 8), arch="small_cnn", input_size=16, batch_size=8,
+              exporter="torchscript", progress=False, replay_size=200, torch_threads=1, **options)
     return d / "state"
 
 

@@ -56,10 +56,32 @@ def test_cli_bootstrap_from_idx_then_status_and_versions(tmp_path: Path, capsys:
     assert main(["versions", "--state-dir", str(state), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["version"] == "v0001"
     assert main(["status", "--state-dir", str(state)]) == 0
-    assert "promoted   v0001" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "promoted   v0001" in out
+    assert "replay     36 of 2000 rows (class_balanced), logits stored for 36 (distillation targets)" in out  # iw-er distils
     # an existing state is never silently replaced
     assert main(["bootstrap", str(data), "--state-dir", str(state), "--no-progress"]) == 2
     assert "already holds a trainer state" in capsys.readouterr().err
+
+
+def test_cli_bootstrap_reads_the_trainers_strategy_from_its_config(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The memory stores logits only for a strategy that distils: `--config` is the file `trainer run` will read
+    (a key that strategy does not have is refused before any training, naming the key)."""
+    folder = image_folder(tmp_path / "imgs", ["red", "green"], 6)
+    common = ["--arch", "small_cnn", "--input-size", "16", "--epochs", "1", "--batch-size", "4", "--exporter",
+              "torchscript", "--no-progress", "--threads", "1"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("update:\n  strategy: er\nstrategy:\n  distill: 0.3\n")  # er has no distill
+    assert main(["bootstrap", str(folder), "--config", str(bad), "--state-dir", str(tmp_path / "s0"), *common]) == 2
+    assert "distill" in capsys.readouterr().err and not (tmp_path / "s0").exists()
+    cfg = tmp_path / "trainer.yaml"
+    cfg.write_text("strategy:\n  distill: 0\n")  # iw-er without distillation
+    state = tmp_path / "state"
+    assert main(["bootstrap", str(folder), "--config", str(cfg), "--state-dir", str(state), *common]) == 0
+    capsys.readouterr()
+    assert main(["status", "--state-dir", str(state)]) == 0
+    assert "replay     10 of 2000 rows (class_balanced), no logits stored" in capsys.readouterr().out
 
 
 def test_bootstrap_from_image_folder_with_roi(tmp_path: Path) -> None:

@@ -95,6 +95,60 @@ def test_logit_growth_respects_byte_budget():
     assert len(m) == m.limit == 7 and m.nbytes <= m.max_bytes
 
 
+def _head(x):
+    """A fixed 'model': 3 logits per row from the input's mean (what fill_logits is given)."""
+    m = x.flatten(1).mean(1, keepdim=True)
+    return torch.cat([m, 2 * m, -m], dim=1)
+
+
+def test_fill_logits_turns_storage_on_and_stores_the_given_models_logits():
+    m = ReplayMemory(capacity=10)  # a memory written without logits (as the bootstrap once did)
+    x, y = _stream(6, [0, 1])
+    m.add(x, y)
+    assert not m.store_logits and m.rows_without_logits == 6
+    assert m.fill_logits(_head, 3) == 6
+    assert m.store_logits and m.rows_without_logits == 0
+    b = m.sample(6, np.random.default_rng(0))
+    assert b.logit_mask.all()
+    torch.testing.assert_close(b.logits, _head(b.x))
+    assert m.fill_logits(_head, 3) == 0  # nothing left to fill
+    state = m.state_dict()  # ... and they are checkpointed
+    m2 = ReplayMemory()
+    m2.load_state_dict(state)
+    assert m2.store_logits and m2.rows_without_logits == 0
+
+
+def test_fill_logits_keeps_stored_targets_and_skips_non_finite_predictions():
+    m = ReplayMemory(capacity=10, store_logits=True)
+    x, y = _stream(4, [0, 1])
+    m.add(x[:2], y[:2], logits=torch.full((2, 3), 5.0))  # memorised with their logits
+    m.add(x[2:], y[2:])  # memorised without: these get filled
+    bad = lambda t: torch.where(t.flatten(1).mean(1, keepdim=True) > 0, float("nan"), 0.0).expand(-1, 3)  # noqa: E731
+    assert m.fill_logits(bad, 3) == 0 and m.rows_without_logits == 2  # a NaN target is worse than none
+    assert m.fill_logits(_head, 3) == 2 and m.rows_without_logits == 0
+    b = m.sample(4, np.random.default_rng(0))
+    kept = (b.logits == 5.0).all(1)
+    assert int(kept.sum()) == 2
+    torch.testing.assert_close(b.logits[~kept], _head(b.x[~kept]))
+
+
+def test_fill_logits_respects_the_byte_budget():
+    per = 64 + 14  # uint8 1x8x8 + y/weight/count, no logits
+    m = ReplayMemory(capacity=100, max_bytes=10 * per)
+    m.add(*_stream(10, [0, 1]))
+    assert len(m) == 10
+    m.fill_logits(_head, 3)  # rows now 64 + 14 + 12 bytes: only 8 fit
+    assert len(m) == m.limit == 8 and m.nbytes <= m.max_bytes and m.rows_without_logits == 0
+
+
+def test_fill_logits_on_an_empty_memory_stores_logits_from_then_on():
+    m = ReplayMemory(capacity=10)
+    assert m.fill_logits(_head, 3) == 0 and m.store_logits
+    x, y = _stream(2, [0, 1])
+    m.add(x, y, logits=_head(x))
+    assert m.rows_without_logits == 0
+
+
 @pytest.mark.parametrize("policy", ["reservoir", "class_balanced"])
 def test_state_dict_round_trip_continues_identically(policy):
     a = ReplayMemory(capacity=15, policy=policy, store_logits=True, seed=7)

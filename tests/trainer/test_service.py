@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from protocol.messages import Sample, encode_message
 from protocol.mqtt import make_client, start
@@ -28,7 +29,9 @@ BASE = ["red", "green", "blue"]
 
 @pytest.fixture(scope="module")
 def bootstrapped(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return bootstrap_state(tmp_path_factory.mktemp("boot"), BASE)
+    # 6 epochs, not the helper's 2: iw-er distils towards v0001's logits, and after 2 epochs v0001 is at chance
+    # (logits ~0.1): at these tests' lr 0.05 the pull towards "knows nothing" collapsed the updates to one class
+    return bootstrap_state(tmp_path_factory.mktemp("boot"), BASE, epochs=6)
 
 
 _config = service_config
@@ -198,16 +201,112 @@ def test_over_mqtt_state_and_promotion_notice(bootstrapped: Path, tmp_path: Path
     assert json.loads(seen[t.trainer_state()])["state"] == "offline"
 
 
-def test_a_distilling_strategy_on_a_memory_without_logits_says_so(bootstrapped: Path, tmp_path: Path,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
-    """iw-er's default distils replayed logits; the bootstrap's memory has none, so the service says the term is
-    off instead of training without it in silence (README, Adaptation #20)."""
+def _model_logits(state: Path, x: torch.Tensor) -> torch.Tensor:
+    """The checkpointed model's logits for ``x`` (eval mode), from the state on disk."""
+    from trainer.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(state)
+    model = ckpt.build_model()
+    ckpt.restore(model)
+    model.eval()
+    with torch.no_grad():
+        return model(x)
+
+
+def test_bootstrap_stores_the_models_logits_when_the_strategy_distils(bootstrapped: Path) -> None:
+    """iw-er's default distils: the bootstrap's memory holds the bootstrap model's logits for every row it keeps,
+    the targets DER stores (README, Adaptation #20: it wrote none, and distillation never ran in the loop)."""
+    from trainer.checkpoint import load_checkpoint
+    from trainer.replay import ReplayMemory
+
+    mem = ReplayMemory()
+    mem.load_state_dict(load_checkpoint(bootstrapped).replay_state)
+    assert mem.store_logits and len(mem) > 0 and mem.rows_without_logits == 0
+    batch = mem.sample(len(mem))
+    assert batch.logit_mask.all() and batch.logits.shape[1] == len(BASE)
+    torch.testing.assert_close(batch.logits, _model_logits(bootstrapped, batch.x))
+
+
+@pytest.fixture(scope="module")
+def bootstrapped_without_logits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A state whose memory stores no logits: bootstrapped for a strategy that does not distil (as every bootstrap
+    before the fix was written)."""
+    return bootstrap_state(tmp_path_factory.mktemp("boot-nolog"), BASE, strategy_settings={"distill": 0.0})
+
+
+def test_a_memory_without_logits_gets_the_restored_models_at_start(bootstrapped_without_logits: Path, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A distilling trainer on a logit-less memory fills the targets in from the restored model once, says so at
+    INFO and counts it, and its updates then carry the distillation term; the filled memory is checkpointed, so
+    `trainer status` shows it and the next start fills nothing."""
+    import msgspec
+
+    from trainer.checkpoint import load_checkpoint
+    from trainer.cli import main
+    from trainer.strategies.base import LabelledBatch
+
     state = tmp_path / "state"
-    shutil.copytree(bootstrapped, state)
-    with caplog.at_level("WARNING", logger="trainer.service"):
+    shutil.copytree(bootstrapped_without_logits, state)
+    assert not load_checkpoint(state).replay_state["config"]["store_logits"]
+    with caplog.at_level("INFO", logger="trainer.service"):
         svc = TrainerService(_config(state), exporter="torchscript")
     try:
-        assert svc.strategy.name == "iw-er" and not svc.strategy.memory.store_logits
-        assert any("distillation is off" in r.getMessage() for r in caplog.records)
+        mem = svc.strategy.memory
+        assert mem.store_logits and mem.rows_without_logits == 0
+        assert svc.counters["distill_targets_filled"] == len(mem) > 0
+        assert any("without logits" in r.getMessage() and r.levelname == "INFO" for r in caplog.records)
+        assert not any(r.levelname == "WARNING" for r in caplog.records)
+        batch = mem.sample(len(mem))
+        torch.testing.assert_close(batch.logits, _model_logits(state, batch.x))
+        with SampleStore(state / "samples") as st:
+            fill_store(st, BASE, 40)
+        assert svc.step(force=True)  # a real update: the model moves away from the stored targets
+        replay = mem.sample(16, np.random.default_rng(0))
+        empty = LabelledBatch(replay.x[:0], replay.y[:0])  # the loss of a replay-only step, with and without the term
+        with torch.no_grad():
+            with_term = float(svc.strategy.step_loss(empty, replay))
+            cfg = svc.strategy.config
+            svc.strategy.config = msgspec.structs.replace(cfg, distill=0.0)
+            without = float(svc.strategy.step_loss(empty, replay))
+            svc.strategy.config = cfg
+        assert with_term > without + 1e-6, (with_term, without)
+    finally:
+        svc.stop()
+    capsys.readouterr()
+    assert main(["status", "--state-dir", str(state)]) == 0
+    out = capsys.readouterr().out
+    assert "filled in from the model at a start" in out and "distillation targets" in out
+    caplog.clear()
+    with caplog.at_level("INFO", logger="trainer.service"):
+        svc = TrainerService(_config(state), exporter="torchscript")
+    svc.stop()
+    assert not any("without logits" in r.getMessage() for r in caplog.records)
+
+
+def test_a_memory_whose_targets_cannot_be_computed_says_distillation_is_off(
+        bootstrapped_without_logits: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The one case that still cannot distil: the restored model's logits are not finite. Those rows get no target
+    (a NaN target would poison every later step), and the trainer says that distillation is off for them."""
+    from trainer.checkpoint import load_checkpoint, save_checkpoint
+    from trainer.replay import ReplayMemory
+
+    state = tmp_path / "state"
+    shutil.copytree(bootstrapped_without_logits, state)
+    ckpt = load_checkpoint(state)
+    model = ckpt.build_model()
+    ckpt.restore(model)
+    with torch.no_grad():
+        model.head.bias.fill_(float("nan"))
+    mem = ReplayMemory()
+    mem.load_state_dict(ckpt.replay_state)
+    save_checkpoint(state, model=model, arch=ckpt.arch, labels=ckpt.labels, optimizer=None, replay=mem,
+                    counters=ckpt.counters, extra=ckpt.extra)
+    with caplog.at_level("INFO", logger="trainer.service"):
+        svc = TrainerService(_config(state), exporter="torchscript")
+    try:
+        assert svc.strategy.memory.rows_without_logits == len(svc.strategy.memory) > 0
+        assert svc.counters["distill_targets_filled"] == 0
+        assert any("distillation is off" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
     finally:
         svc.stop()
