@@ -112,6 +112,9 @@ VARIANTS: dict[str, Variant] = {
                             "B=32 / K=20 / Adam 1e-3, gate, waves"),
     "no-calib": Variant("no-calib", "the demo before calibration became its default (calibration off)",
                         settings={"calibration": "off"}),
+    "input64": Variant("input64", "the demo before its model saw the parts ROI at full resolution: small_cnn at "
+                                  "64x64 (a 2x downscale of the 128x128 ROI) instead of 128x128",
+                       bootstrap={"input_size": 64}),
     "aug-boot": Variant("aug-boot", "photometric + geometric augmentation in the bootstrap (trainer.augment)",
                         bootstrap={"augment": "both"}),
     "boot40": Variant("boot40", "a longer bootstrap: 40 epochs instead of the benchmark's 27 (the demo's cap on a "
