@@ -110,14 +110,18 @@ def _cached(path: Path, make: Any) -> tuple[np.ndarray, list[str]]:
     return z["x"], [str(v) for v in z["y"]]
 
 
-def _sets(seed: int, size: int) -> tuple[Path, dict[str, Any], tuple[np.ndarray, list[str]], tuple[np.ndarray, list[str]]]:
+Frames = tuple[np.ndarray, list[str]]  # model inputs (N, C, H, W) and their truths
+
+
+def _sets(seed: int, size: int) -> tuple[Path, dict[str, Any], Frames, Frames]:
     """The bootstrap state at ``size``, v0001's metrics, the test set and the labelled pool."""
     from bench.adaptation_replay import final_window_set
     from edge.model import EdgeModel
 
     state = _state(seed, size)
     boot = EdgeModel.load(_v0001(state), threads=1).meta.metrics or {}
-    test = _cached(state.parent / "newclass-test.npz", lambda: final_window_set("default", seed, boot_model=_v0001(state)))
+    test = _cached(state.parent / "newclass-test.npz",
+                   lambda: final_window_set("default", seed, boot_model=_v0001(state)))
     pool = _cached(state.parent / "newclass-pool.npz", lambda: labelled_pool(state, seed))
     return state, boot, test, pool
 
@@ -139,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         for size in (int(v) for v in a.sizes.split(",")):
             state, boot, test, pool = _sets(seed, size)
             print(f"seed {seed} size {size}: test {len(test[1])} frames ({test[1].count('crack')} crack), pool "
-                  f"{len(pool[1])} ({pool[1].count('crack')} crack); v0001 held-out {boot.get('accuracy', 0):.3f}", flush=True)
+                  f"{len(pool[1])} ({pool[1].count('crack')} crack); v0001 held-out {boot.get('accuracy', 0):.3f}",
+                  flush=True)
             for n in (int(v) for v in a.crack.split(",") if v.strip()):
                 for r in learn_newclass(state, pool, test, n, steps, seed):
                     row = {"seed": seed, "size": size, "n_crack": n, **r, "v0001_heldout": boot.get("accuracy")}
