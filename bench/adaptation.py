@@ -131,7 +131,12 @@ DEMO_BOOTSTRAP = {"epochs": 27, "lr": 3e-3, "batch_size": 32, "frames": 1600}
 def bootstrap_state(kind: str, seed: int, options: dict[str, Any] | None = None, cache: Path = CACHE) -> Path:
     """The trainer state bootstrapped the demo's way for ``kind`` and ``seed`` (rendered initial-condition
     frames, then :func:`trainer.bootstrap.bootstrap`); built once per (kind, seed, options) and cached."""
-    opts = {**DEMO_BOOTSTRAP, **(options or {})}
+    from deploy.demo.plan import SCENARIOS
+    from trainer.nets import ARCH_INPUT
+
+    opts = {**DEMO_BOOTSTRAP, "input_size": SCENARIOS[kind]["input_size"], **(options or {})}
+    if opts["input_size"] in (None, ARCH_INPUT[SCENARIOS[kind]["arch"]].width):
+        del opts["input_size"]  # the architecture's own size: the key states had before the option existed
     key = hashlib.sha256(json.dumps([kind, seed, opts], sort_keys=True).encode()).hexdigest()[:10]
     state = cache / f"{kind}-s{seed}-{key}"
     if (state / "trainer" / "DONE").exists():
@@ -139,7 +144,7 @@ def bootstrap_state(kind: str, seed: int, options: dict[str, Any] | None = None,
     import shutil
 
     from deploy.demo.bootstrap import render_bootstrap_set
-    from deploy.demo.plan import SCENARIOS, DemoOptions
+    from deploy.demo.plan import DemoOptions
     from trainer.bootstrap import bootstrap
 
     shutil.rmtree(state, ignore_errors=True)

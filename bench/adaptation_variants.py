@@ -112,6 +112,9 @@ VARIANTS: dict[str, Variant] = {
                             "B=32 / K=20 / Adam 1e-3, gate, waves"),
     "no-calib": Variant("no-calib", "the demo before calibration became its default (calibration off)",
                         settings={"calibration": "off"}),
+    "input128": Variant("input128", "small_cnn sees the parts ROI at its full 128x128 instead of the demo's 2x "
+                                    "downscale to 64x64",
+                        bootstrap={"input_size": 128}),
     "aug-boot": Variant("aug-boot", "photometric + geometric augmentation in the bootstrap (trainer.augment)",
                         bootstrap={"augment": "both"}),
     "boot40": Variant("boot40", "a longer bootstrap: 40 epochs instead of the benchmark's 27 (the demo's cap on a "

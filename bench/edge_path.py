@@ -6,8 +6,9 @@ metadata-driven preprocessing, softmax, uncertainty scoring, drift tracking and 
 the seed's PyTorch-eager loop it replaces.
 
 Single thread everywhere (ORT intra_op 1, ``cv2.setNumThreads(1)``, ``torch.set_num_threads(1)``), two
-models: the seed ConvNet (28x28 grey, on ``sim:digits`` frames) and small_cnn (64x64 RGB, on
-``sim:parts``), both cropped to the simulator's ROI. Frames are generated into a list first, so capture
+models at the input the demo ships them with (deploy/demo/plan.py ``SCENARIOS``): the seed ConvNet (28x28
+grey, on ``sim:digits`` frames) and small_cnn (64x64 RGB, on ``sim:parts``), both cropped to the
+simulator's ROI. Frames are generated into a list first, so capture
 is excluded (each frame is copied, untimed, just before its timed call, as a capture thread would have
 just written it). Per model, interleaved in each repeat so background load hits all three alike:
 
@@ -45,6 +46,8 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from deploy.demo.plan import SCENARIOS
+
 GOAL = "edge path >= 85% of bare ORT fps and >= 2x PyTorch-eager fps (single thread, batch 1); edge process peak RSS <= 200 MB"
 GOAL_VS_ORT = 0.85
 GOAL_VS_TORCH = 2.0
@@ -52,9 +55,12 @@ GOAL_RSS_MB = 200.0
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results" / "edge_path.json"
 
+#: ``size``: the model input the demo ships for that scenario (None: the architecture's own)
 CASES = {
-    "convnet": {"url": "sim:digits?seed=1", "labels": [str(i) for i in range(10)]},
-    "small_cnn": {"url": "sim:parts?seed=1", "labels": ["ok", "scratch", "dent", "stain"]},
+    "convnet": {"url": "sim:digits?seed=1", "labels": [str(i) for i in range(10)],
+                "size": SCENARIOS["digits"]["input_size"]},
+    "small_cnn": {"url": "sim:parts?seed=1", "labels": ["ok", "scratch", "dent", "stain"],
+                  "size": SCENARIOS["parts"]["input_size"]},
 }
 
 
@@ -76,7 +82,7 @@ def _frames(url: str, n: int) -> tuple[list[np.ndarray], list[int] | None]:
     return frames, roi
 
 
-def _export(arch: str, labels: list[str], roi: list[int] | None, path: Path) -> Any:
+def _export(arch: str, labels: list[str], roi: list[int] | None, path: Path, size: int | None = None) -> Any:
     """A (randomly initialised, speed does not care) torch model and its ONNX export with edge metadata."""
     import torch
 
@@ -87,8 +93,9 @@ def _export(arch: str, labels: list[str], roi: list[int] | None, path: Path) -> 
     torch.manual_seed(0)
     spec = ARCH_INPUT[arch]
     gray = spec.channels == 1
+    w, h = (size, size) if size else (spec.width, spec.height)
     meta = ModelMeta(
-        version="bench", labels=labels, width=spec.width, height=spec.height, channels=spec.channels,
+        version="bench", labels=labels, width=w, height=h, channels=spec.channels,
         color_order="GRAY" if gray else "RGB", scale=1 / 255,
         mean=[0.1307] if gray else [0.485, 0.456, 0.406], std=[0.3081] if gray else [0.229, 0.224, 0.225],
         roi=roi, architecture=arch,
@@ -132,7 +139,7 @@ def _bench_case(arch: str, n_frames: int, repeats: int, workdir: Path, link: Any
     case = CASES[arch]
     frames, roi = _frames(case["url"], n_frames)
     path = workdir / f"{arch}.onnx"
-    torch_model, meta = _export(arch, case["labels"], roi, path)
+    torch_model, meta = _export(arch, case["labels"], roi, path, case["size"])
 
     # (a) bare ORT on preprocessed tensors (same session options as the edge uses).
     model = EdgeModel.load(path, threads=1)

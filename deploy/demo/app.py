@@ -285,7 +285,7 @@ class DemoApp:
         """v0001 on the scenario's initial conditions, trained for what is left of the bootstrap budget."""
         import shutil
 
-        opts, arch = self.opts, SCENARIOS[self.opts.scenario]["arch"]
+        opts, arch, size = self.opts, SCENARIOS[self.opts.scenario]["arch"], SCENARIOS[self.opts.scenario]["input_size"]
         for sub in ("trainer", "deploy", "cameras", "bootstrap"):
             shutil.rmtree(self.out / sub, ignore_errors=True)
         t_b = time.monotonic()
@@ -296,10 +296,10 @@ class DemoApp:
                                  f"bootstrapping {arch}")
         from trainer.bootstrap import bootstrap  # after rendering: importing torch is part of the budget
 
-        epochs = opts.bootstrap_epochs or self._bootstrap_epochs(arch, time.monotonic() - t_b)
+        epochs = opts.bootstrap_epochs or self._bootstrap_epochs(arch, time.monotonic() - t_b, size)
         boot = bootstrap(self.out / "trainer", self.out / "bootstrap" / "images", arch=arch, epochs=epochs,
-                         labels=labels, roi=list(roi), progress=False, seed=opts.seed, torch_threads=2, lr=3e-3,
-                         batch_size=32)
+                         labels=labels, roi=list(roi), input_size=size, progress=False, seed=opts.seed,
+                         torch_threads=2, lr=3e-3, batch_size=32)
         self.boot = boot
         self.rec.bootstrap = {"version": boot.version, "accuracy": boot.metrics.get("accuracy"),
                               "macro_f1": boot.metrics.get("macro_f1"), "train": boot.train_size,
@@ -309,10 +309,10 @@ class DemoApp:
                                  f"on {boot.heldout_size} ({self.rec.bootstrap['seconds']:.0f}s)")
         shutil.copyfile(boot.path, self.model0)
 
-    def _bootstrap_epochs(self, arch: str, render_s: float) -> int:
+    def _bootstrap_epochs(self, arch: str, render_s: float, input_size: int | None = None) -> int:
         budget_s = bootstrap_budget(self.opts, render_s)
         n_train = int(0.8 * self.opts.bootstrap_frames)
-        epochs, per_sample = bootstrap_epochs(arch, n_train, budget_s)
+        epochs, per_sample = bootstrap_epochs(arch, n_train, budget_s, input_size=input_size)
         log.info("bootstrap: %.2f ms per sample step measured -> %d epochs in %.0fs", per_sample * 1e3, epochs,
                  budget_s)
         if epochs == min_epochs(n_train) and epochs * n_train * per_sample * 1.15 > budget_s * 1.2:

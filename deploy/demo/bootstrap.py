@@ -14,7 +14,8 @@ from deploy.demo.plan import DemoOptions, sim_url
 __all__ = ["bootstrap_epochs", "render_bootstrap_set"]
 
 
-def bootstrap_epochs(arch: str, n_train: int, budget_s: float, threads: int = 2) -> tuple[int, float]:
+def bootstrap_epochs(arch: str, n_train: int, budget_s: float, threads: int = 2,
+                     input_size: int | None = None) -> tuple[int, float]:
     """Epochs that fit ``budget_s`` of training on *this* machine, measured, not assumed.
 
     A few timed optimiser steps of ``arch`` give the cost of one sample's forward+backward pass; the epoch
@@ -22,6 +23,7 @@ def bootstrap_epochs(arch: str, n_train: int, budget_s: float, threads: int = 2)
     fewer than :data:`MIN_STEPS` optimiser steps: below that a loaded box (2 epochs measured at load 4) got a
     one-class v0001, which the bootstrap rightly refused, and the demo ended with no model at all. A late
     demo beats a dead one; the caller logs when the floor overrode the budget.
+    ``input_size`` (square) overrides the architecture's input, as the bootstrap will.
     Returns (epochs, measured seconds per sample)."""
     import torch
     import torch.nn.functional as F
@@ -32,7 +34,8 @@ def bootstrap_epochs(arch: str, n_train: int, budget_s: float, threads: int = 2)
     spec = ARCH_INPUT[arch]
     net = build_model(arch, 4)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x = torch.rand(32, spec.channels, spec.height, spec.width)
+    h, w = (input_size, input_size) if input_size else (spec.height, spec.width)
+    x = torch.rand(32, spec.channels, h, w)
     y = torch.randint(0, 4, (32,))
     times = []
     for _ in range(4):

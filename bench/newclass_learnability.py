@@ -1,0 +1,161 @@
+"""What binds the new class ``crack``: the model's input size or the number of its labels? (offline, minutes)
+
+For each input size, the demo's v0001 is bootstrapped at that size (:func:`bench.adaptation.bootstrap_state`
+with ``input_size``; the default scenario's 320x240 frames carry a 128x128 ROI, so 64 is half the native
+resolution and 128 is native). The test set is the default scenario's final window (after both drifts,
+:func:`bench.adaptation_replay.final_window_set`: every 3rd frame of the seed's 4 cameras, through each camera's
+input calibration as it stood). The labels come from the same window of 4 *other* cameras (other seeds, every
+frame): the first frames of a shuffled pool that hold ``N`` ``crack`` frames, with the stream's own class mix
+around them -- what a fully labelled stream gives by the time it has shown ``N`` cracks.
+
+From v0001, each (size, N) trains jointly on the bootstrap set and those frames, with class-balanced minibatches
+of 32 (``crack`` about a fifth of each: the most oversampling can give), batch norm in inference mode (as the
+loop's updates), Adam 1e-3 -- README row #18's recipe -- and is scored on the test set after each of ``--steps``.
+
+    python -m bench.newclass_learnability --sizes 64,128 --crack 25,60,120,240 --seeds 0 --json OUT.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["labelled_pool", "learn_newclass"]
+
+POOL_BASE = 1000  # pool cameras' seed base: camera_seed(1000 + seed, k), far from the test's and bootstrap's
+
+
+def _state(seed: int, size: int) -> Path:
+    from bench.adaptation import bootstrap_state, run_one_settings
+
+    _, (kind, opts) = run_one_settings("default", seed, "demo")
+    return bootstrap_state(kind, seed, {**opts, "input_size": size})
+
+
+def _v0001(state: Path) -> Path:
+    return sorted((state / "models").glob("v0001*.onnx"))[0]
+
+
+def labelled_pool(state: Path, seed: int, cameras: int = 4) -> tuple[np.ndarray, list[str]]:
+    """The final window of ``cameras`` cameras no test or bootstrap frame comes from, every frame."""
+    from bench.adaptation_replay import final_window_set
+
+    return final_window_set("default", POOL_BASE + seed, cameras=cameras, every=1, boot_model=_v0001(state))
+
+
+def _first_with(names: list[str], n_crack: int, seed: int) -> np.ndarray:
+    """Indices of the shortest prefix of a seeded shuffle of the pool that holds ``n_crack`` crack frames."""
+    order = np.random.default_rng(seed).permutation(len(names))
+    crack_seen = np.cumsum([names[i] == "crack" for i in order])
+    if crack_seen[-1] < n_crack:
+        raise ValueError(f"the pool holds {crack_seen[-1]} crack frames, fewer than {n_crack}")
+    return order[: int(np.searchsorted(crack_seen, n_crack)) + 1]
+
+
+def learn_newclass(state: Path, pool: tuple[np.ndarray, list[str]], test: tuple[np.ndarray, list[str]],
+                   n_crack: int, steps: list[int], seed: int) -> list[dict[str, Any]]:
+    """v0001 trained on the bootstrap set + the pool frames holding ``n_crack`` cracks; test scores per step."""
+    import torch
+    import torch.nn.functional as F
+
+    from bench.adaptation_loop import UpperBound
+    from trainer.evaluate import evaluate_model
+    from trainer.nets import grow_head
+
+    torch.manual_seed(seed)
+    base = UpperBound(state, 0, seed)  # v0001, its labels and the bootstrap set, as the upper bound loads them
+    labels = base.labels + ["crack"]
+    model = base.model
+    grow_head(model, len(labels))
+    pick = _first_with(pool[1], n_crack, seed)
+    x = torch.cat([base.x0.float() / 255.0, torch.from_numpy(pool[0][pick])])
+    y = torch.cat([base.y0.long(), torch.tensor([labels.index(pool[1][i]) for i in pick])])
+    w = 1.0 / torch.bincount(y, minlength=len(labels)).float().clamp(min=1)[y]
+    x_test, y_test = torch.from_numpy(test[0]), np.array([labels.index(t) for t in test[1]])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+    rows, t0 = [], time.process_time()
+    for k in range(1, max(steps) + 1):
+        model.train()
+        for m in model.modules():  # batch norm in inference mode, as the loop's updates (strategy.freeze_bn)
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        idx = torch.multinomial(w, 32, replacement=True, generator=g)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if k in steps:
+            m = evaluate_model(model, x_test, y_test, len(labels))
+            rows.append({"steps": k, "accuracy": round(100 * m["accuracy"], 1),
+                         "crack": round(100 * m["per_class"][labels.index("crack")], 1),
+                         "recall": {c: round(100 * v, 1) for c, v in zip(labels, m["per_class"]) if v is not None},
+                         "frames": int(len(pick)), "cpu_s": round(time.process_time() - t0, 1)})
+    return rows
+
+
+def _cached(path: Path, make: Any) -> tuple[np.ndarray, list[str]]:
+    """Rendered sets beside the bootstrap state they were preprocessed for (parallel runs share them)."""
+    if not path.exists():
+        x, y = make()
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, x=x, y=np.array(y))
+        tmp.rename(path)
+    z = np.load(path)
+    return z["x"], [str(v) for v in z["y"]]
+
+
+Frames = tuple[np.ndarray, list[str]]  # model inputs (N, C, H, W) and their truths
+
+
+def _sets(seed: int, size: int) -> tuple[Path, dict[str, Any], Frames, Frames]:
+    """The bootstrap state at ``size``, v0001's metrics, the test set and the labelled pool."""
+    from bench.adaptation_replay import final_window_set
+    from edge.model import EdgeModel
+
+    state = _state(seed, size)
+    boot = EdgeModel.load(_v0001(state), threads=1).meta.metrics or {}
+    test = _cached(state.parent / "newclass-test.npz",
+                   lambda: final_window_set("default", seed, boot_model=_v0001(state)))
+    pool = _cached(state.parent / "newclass-pool.npz", lambda: labelled_pool(state, seed))
+    return state, boot, test, pool
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.newclass_learnability", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="64,128", help="model input sizes (square), comma-separated")
+    ap.add_argument("--crack", default="25,60,120,240", help="crack training frames, comma-separated (empty: only "
+                                                              "render and cache the sets)")
+    ap.add_argument("--seeds", default="0", help="comma-separated")
+    ap.add_argument("--steps", default="200,400", help="score after these optimiser steps")
+    ap.add_argument("--json", help="append one JSON line per (seed, size, N) here")
+    a = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    steps = sorted(int(v) for v in a.steps.split(","))
+    for seed in (int(v) for v in a.seeds.split(",")):
+        for size in (int(v) for v in a.sizes.split(",")):
+            state, boot, test, pool = _sets(seed, size)
+            print(f"seed {seed} size {size}: test {len(test[1])} frames ({test[1].count('crack')} crack), pool "
+                  f"{len(pool[1])} ({pool[1].count('crack')} crack); v0001 held-out {boot.get('accuracy', 0):.3f}",
+                  flush=True)
+            for n in (int(v) for v in a.crack.split(",") if v.strip()):
+                for r in learn_newclass(state, pool, test, n, steps, seed):
+                    row = {"seed": seed, "size": size, "n_crack": n, **r, "v0001_heldout": boot.get("accuracy")}
+                    print(f"  size {size} crack {n:>3} ({r['frames']:>4} frames) {r['steps']:>4} steps: accuracy "
+                          f"{r['accuracy']:5.1f}  crack {r['crack']:5.1f}  "
+                          f"[{' '.join(f'{c}:{v:.0f}' for c, v in r['recall'].items())}]  {r['cpu_s']}s", flush=True)
+                    if a.json:
+                        with open(a.json, "a") as fh:
+                            fh.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
