@@ -58,7 +58,7 @@ from deploy.demo.cameras import Camera, start_camera, stop_cameras
 from deploy.demo.frozen_control import FrozenControl
 from deploy.demo.live import CameraRow, View, ViewState, make_view
 from deploy.demo.monitor import Monitor
-from deploy.demo.plan import (FLEET, MIN_STREAM_S, MODEL_ID, PREFIX, SCENARIOS, TEARDOWN_RESERVE_S, DemoOptions,
+from deploy.demo.plan import (CALIBRATION, FLEET, MIN_STREAM_S, MODEL_ID, PREFIX, SCENARIOS, TEARDOWN_RESERVE_S, DemoOptions,
                               Timeline, bootstrap_budget, camera_seed, confusion_seed, demo_policy, plan_timeline,
                               sim_url, trainer_settings)
 from deploy.rollout_feeder import RolloutFeeder
@@ -113,6 +113,7 @@ class RunRecord:
     window_frames: int = 0
     confusion_url: str = ""
     confusion_seed: int = 0
+    calibration: str = "off"  # the cameras' input calibration mode: the confusion frames go through it too
     bootstrap: dict[str, Any] = field(default_factory=dict)
     series: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     frozen_correct: dict[str, list[int]] = field(default_factory=dict)
@@ -336,6 +337,7 @@ class DemoApp:
         self.rec.window_frames = timeline.window_frames
         self.rec.confusion_seed = confusion_seed(self.opts.seed)
         self.rec.confusion_url = sim_url(self.opts, self.rec.confusion_seed, timeline, realtime=False)
+        self.rec.calibration = CALIBRATION
         self.state.stream_len = timeline.stream_s
         self.state.timeline = timeline.events()
 

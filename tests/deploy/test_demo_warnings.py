@@ -42,3 +42,28 @@ def test_a_busy_machine_still_gets_a_bootstrap_that_can_learn(monkeypatch: pytes
     assert per_sample == pytest.approx(5.0 / 32)
     assert epochs == demo_bootstrap.min_epochs(1280) == 10 and epochs * 1280 // 32 >= demo_bootstrap.MIN_STEPS
     assert demo_bootstrap.min_epochs(320) == 40 and demo_bootstrap.min_epochs(10) == 60
+
+
+def test_the_confusion_panel_sees_frames_through_the_cameras_calibration(tmp_path) -> None:
+    """The cameras run with input calibration, and the models they get are trained on calibrated uploads. The
+    report scored those models on raw post-drift frames: a run whose cameras were at 78 % showed its final
+    model at 22 % and warned CHANCE LEVEL. The panel must see what a camera sees, and say so."""
+    pytest.importorskip("torch")
+    from deploy.demo.report import confusion_matrices
+    from tests.model_factory import make_onnx_model
+
+    from edge.sources.sim import open_sim
+
+    url = "sim:parts?seed=99&fps=15&drift=brightness:-0.6@12.0s~1s"  # after the calibration's 150 reference frames
+    src = open_sim(url)
+    roi = [int(v) for v in src.frame_at(0).info["roi"]]
+    path = make_onnx_model(tmp_path / "m.onnx", arch="small_cnn", train_steps=5, roi=roi)
+    rec = {"timeline": {"newclass_s": 14.0, "ramp_s": 1.0, "fps": 15.0}, "confusion_url": url, "confusion_seed": 99,
+           "versions": [{"version": "v0001", "path": str(path)}], "series": {}}
+    raw = confusion_matrices({**rec, "calibration": "off"}, n=60)
+    cal = confusion_matrices({**rec, "calibration": "always"}, n=60)
+    old = confusion_matrices(rec, n=60)  # a record from before the field: raw frames, as it was
+    assert raw["calibration"] == old["calibration"] == "off" and cal["calibration"] == "always"
+    assert old["models"] == raw["models"] and raw["models"]["frozen"]["calibration_gain"] is None
+    gain = cal["models"]["frozen"]["calibration_gain"]  # 60 % darker light: the map brings it back up
+    assert gain is not None and min(gain) > 1.5, gain
