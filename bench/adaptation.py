@@ -128,17 +128,28 @@ def variants() -> dict[str, Variant]:
 DEMO_BOOTSTRAP = {"epochs": 27, "lr": 3e-3, "batch_size": 32, "frames": 1600}
 
 
-def bootstrap_state(kind: str, seed: int, options: dict[str, Any] | None = None, cache: Path = CACHE) -> Path:
-    """The trainer state bootstrapped the demo's way for ``kind`` and ``seed`` (rendered initial-condition
-    frames, then :func:`trainer.bootstrap.bootstrap`); built once per (kind, seed, options) and cached."""
+def bootstrap_options(kind: str, seed: int, options: dict[str, Any] | None = None) -> tuple[str, str, dict[str, Any]]:
+    """(cache directory name, architecture, bootstrap options) of one bootstrap. The name hashes every option that
+    changes the model, the architecture included: without it a state of one architecture was reused for another."""
     from deploy.demo.plan import SCENARIOS
     from trainer.nets import ARCH_INPUT
 
     opts = {**DEMO_BOOTSTRAP, "input_size": SCENARIOS[kind]["input_size"], **(options or {})}
-    if opts["input_size"] in (None, ARCH_INPUT[SCENARIOS[kind]["arch"]].width):
-        del opts["input_size"]  # the architecture's own size: the key states had before the option existed
+    opts.setdefault("arch", SCENARIOS[kind]["arch"])
+    arch = opts["arch"]
+    if arch in ("small_cnn", "convnet"):
+        del opts["arch"]  # the architectures states were built with before the key named one: their keys stay
+    if opts["input_size"] in (None, ARCH_INPUT[arch].width):
+        del opts["input_size"]  # the architecture's own size: likewise
     key = hashlib.sha256(json.dumps([kind, seed, opts], sort_keys=True).encode()).hexdigest()[:10]
-    state = cache / f"{kind}-s{seed}-{key}"
+    return f"{kind}-s{seed}-{key}", arch, opts
+
+
+def bootstrap_state(kind: str, seed: int, options: dict[str, Any] | None = None, cache: Path = CACHE) -> Path:
+    """The trainer state bootstrapped the demo's way for ``kind`` and ``seed`` (rendered initial-condition
+    frames, then :func:`trainer.bootstrap.bootstrap`); built once per (kind, seed, options) and cached."""
+    name, arch, opts = bootstrap_options(kind, seed, options)
+    state = cache / name
     if (state / "trainer" / "DONE").exists():
         return state / "trainer"
     import shutil
@@ -151,8 +162,8 @@ def bootstrap_state(kind: str, seed: int, options: dict[str, Any] | None = None,
     images = state / "images"
     labels, roi = render_bootstrap_set(DemoOptions(scenario=kind, seed=seed, bootstrap_frames=int(opts["frames"])),
                                        images)
-    extra = {k: v for k, v in opts.items() if k not in ("epochs", "lr", "batch_size", "frames")}
-    bootstrap(state / "trainer", images, arch=SCENARIOS[kind]["arch"], epochs=int(opts["epochs"]), labels=labels,
+    extra = {k: v for k, v in opts.items() if k not in ("epochs", "lr", "batch_size", "frames", "arch")}
+    bootstrap(state / "trainer", images, arch=arch, epochs=int(opts["epochs"]), labels=labels,
               roi=list(roi), progress=False, seed=seed, torch_threads=1, lr=float(opts["lr"]),
               batch_size=int(opts["batch_size"]), exporter="torchscript", **extra)
     shutil.rmtree(images, ignore_errors=True)
@@ -206,7 +217,10 @@ def run_one_settings(scenario: str, seed: int, variant: str = "demo", upper: boo
     stages = {k: v for k, v in stage_times(ROOT / "bench" / "results.json").items() if not k.startswith("freshness")}
     s = LoopSettings(cameras=cameras, fps=FPS, stream_s=stream_s, upper_bound=upper, **stages)
     for k, v in var.settings.items():
-        if k in ("update", "eval", "strategy_settings"):
+        if k == "stage_scale":  # a variant whose trainer costs more: its measured stage times, scaled
+            for stage, factor in v.items():
+                setattr(s, stage, getattr(s, stage) * factor)
+        elif k in ("update", "eval", "strategy_settings"):
             setattr(s, k, {**getattr(s, k), **v})
         else:
             setattr(s, k, v)

@@ -107,14 +107,24 @@ def _react(budget_factor: float = 2.0, batch: int = 16, wait_s: float = 3.0, ste
     return make
 
 
+#: small_cnn128's CPU per update step (B=64) and per evaluation over small_cnn's at 64x64, one torch thread, measured
+#: in one run on 2026-11-30 (816 vs 320 ms; 3.26 vs 1.20 s for 500 inputs): the loop charges its stages this much more
+CNN128_UPDATE_COST = 2.55
+CNN128_EVAL_COST = 2.7
+
 VARIANTS: dict[str, Variant] = {
     "demo": Variant("demo", "the demo's settings (deploy/demo/plan.py): edge input calibration always on; iw-er, "
                             "B=32 / K=20 / Adam 1e-3, gate, waves"),
     "no-calib": Variant("no-calib", "the demo before calibration became its default (calibration off)",
                         settings={"calibration": "off"}),
-    "input128": Variant("input128", "small_cnn sees the parts ROI at its full 128x128 instead of the demo's 2x "
-                                    "downscale to 64x64",
-                        bootstrap={"input_size": 128}),
+    "input128": Variant("input128", "small_cnn on the full 128x128 ROI instead of the demo's 2x downscale to 64x64 "
+                                    "(trainer stages charged at the demo's measured 64x64 times)",
+                        bootstrap={"arch": "small_cnn", "input_size": 128}),
+    "cnn128": Variant("cnn128", "small_cnn128 (trainer/nets.py): an 8-channel block at full 128x128 resolution in "
+                                "front of small_cnn's four; update and evaluation charged at 2.6x / 2.7x the measured "
+                                "64x64 times (their single-thread CPU ratio)",
+                      bootstrap={"arch": "small_cnn128"},
+                      settings={"stage_scale": {"update_s": CNN128_UPDATE_COST, "evaluate_s": CNN128_EVAL_COST}}),
     "aug-boot": Variant("aug-boot", "photometric + geometric augmentation in the bootstrap (trainer.augment)",
                         bootstrap={"augment": "both"}),
     "boot40": Variant("boot40", "a longer bootstrap: 40 epochs instead of the benchmark's 27 (the demo's cap on a "

@@ -55,12 +55,14 @@ GOAL_RSS_MB = 200.0
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results" / "edge_path.json"
 
-#: ``size``: the model input the demo ships for that scenario (None: the architecture's own)
+#: One case per demo scenario, keyed by the architecture the demo ships for it; ``size``: its model input
+#: (None: the architecture's own)
+PARTS_ARCH = SCENARIOS["parts"]["arch"]
 CASES = {
-    "convnet": {"url": "sim:digits?seed=1", "labels": [str(i) for i in range(10)],
-                "size": SCENARIOS["digits"]["input_size"]},
-    "small_cnn": {"url": "sim:parts?seed=1", "labels": ["ok", "scratch", "dent", "stain"],
-                  "size": SCENARIOS["parts"]["input_size"]},
+    SCENARIOS["digits"]["arch"]: {"url": "sim:digits?seed=1", "labels": [str(i) for i in range(10)],
+                                  "size": SCENARIOS["digits"]["input_size"]},
+    PARTS_ARCH: {"url": "sim:parts?seed=1", "labels": ["ok", "scratch", "dent", "stain"],
+                 "size": SCENARIOS["parts"]["input_size"]},
 }
 
 
@@ -312,7 +314,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             if broker is not None:
                 broker.stop()
         figures["verdict_link"] = "mosquitto" if broker is not None else "offline (no mosquitto: verdicts dropped)"
-        rss = _peak_rss_mb(work / "small_cnn.onnx", CASES["small_cnn"]["url"], 100 if quick else 300)
+        rss = _peak_rss_mb(work / f"{PARTS_ARCH}.onnx", CASES[PARTS_ARCH]["url"], 100 if quick else 300)
     figures["edge_peak_rss_mb"] = round(rss, 1)
     met = all(figures[a]["met"] for a in CASES) and rss <= GOAL_RSS_MB
     return {"name": "edge_path", "figures": figures, "goal": GOAL, "met": bool(met)}

@@ -13,6 +13,7 @@ of 32 (``crack`` about a fifth of each: the most oversampling can give), batch n
 loop's updates), Adam 1e-3 -- README row #18's recipe -- and is scored on the test set after each of ``--steps``.
 
     python -m bench.newclass_learnability --sizes 64,128 --crack 25,60,120,240 --seeds 0 --json OUT.json
+    python -m bench.newclass_learnability --sizes small_cnn128@128 --crack 25,60 --seeds 0
 """
 from __future__ import annotations
 
@@ -30,11 +31,11 @@ __all__ = ["labelled_pool", "learn_newclass"]
 POOL_BASE = 1000  # pool cameras' seed base: camera_seed(1000 + seed, k), far from the test's and bootstrap's
 
 
-def _state(seed: int, size: int) -> Path:
+def _state(seed: int, size: int, arch: str | None = None) -> Path:
     from bench.adaptation import bootstrap_state, run_one_settings
 
     _, (kind, opts) = run_one_settings("default", seed, "demo")
-    return bootstrap_state(kind, seed, {**opts, "input_size": size})
+    return bootstrap_state(kind, seed, {**opts, "input_size": size, **({"arch": arch} if arch else {})})
 
 
 def _v0001(state: Path) -> Path:
@@ -113,12 +114,13 @@ def _cached(path: Path, make: Any) -> tuple[np.ndarray, list[str]]:
 Frames = tuple[np.ndarray, list[str]]  # model inputs (N, C, H, W) and their truths
 
 
-def _sets(seed: int, size: int) -> tuple[Path, dict[str, Any], Frames, Frames]:
-    """The bootstrap state at ``size``, v0001's metrics, the test set and the labelled pool."""
+def _sets(seed: int, size: int, arch: str | None = None) -> tuple[Path, dict[str, Any], Frames, Frames]:
+    """The bootstrap state at ``size`` (of ``arch``; None: the scenario's), v0001's metrics, the test set and the
+    labelled pool."""
     from bench.adaptation_replay import final_window_set
     from edge.model import EdgeModel
 
-    state = _state(seed, size)
+    state = _state(seed, size, arch)
     boot = EdgeModel.load(_v0001(state), threads=1).meta.metrics or {}
     test = _cached(state.parent / "newclass-test.npz",
                    lambda: final_window_set("default", seed, boot_model=_v0001(state)))
@@ -128,7 +130,8 @@ def _sets(seed: int, size: int) -> tuple[Path, dict[str, Any], Frames, Frames]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.newclass_learnability", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="64,128", help="model input sizes (square), comma-separated")
+    ap.add_argument("--sizes", default="64,128", help="model input sizes (square), comma-separated; ARCH@SIZE for "
+                                                      "another architecture than the scenario's (small_cnn128@128)")
     ap.add_argument("--crack", default="25,60,120,240", help="crack training frames, comma-separated (empty: only "
                                                               "render and cache the sets)")
     ap.add_argument("--seeds", default="0", help="comma-separated")
@@ -140,14 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     steps = sorted(int(v) for v in a.steps.split(","))
     for seed in (int(v) for v in a.seeds.split(",")):
-        for size in (int(v) for v in a.sizes.split(",")):
-            state, boot, test, pool = _sets(seed, size)
+        for spec in a.sizes.split(","):
+            arch, _, size_s = spec.strip().rpartition("@")
+            size = int(size_s)
+            state, boot, test, pool = _sets(seed, size, arch or None)
             print(f"seed {seed} size {size}: test {len(test[1])} frames ({test[1].count('crack')} crack), pool "
                   f"{len(pool[1])} ({pool[1].count('crack')} crack); v0001 held-out {boot.get('accuracy', 0):.3f}",
                   flush=True)
             for n in (int(v) for v in a.crack.split(",") if v.strip()):
                 for r in learn_newclass(state, pool, test, n, steps, seed):
-                    row = {"seed": seed, "size": size, "n_crack": n, **r, "v0001_heldout": boot.get("accuracy")}
+                    row = {"seed": seed, "size": size, "arch": arch or None, "n_crack": n, **r, "v0001_heldout": boot.get("accuracy")}
                     print(f"  size {size} crack {n:>3} ({r['frames']:>4} frames) {r['steps']:>4} steps: accuracy "
                           f"{r['accuracy']:5.1f}  crack {r['crack']:5.1f}  "
                           f"[{' '.join(f'{c}:{v:.0f}' for c, v in r['recall'].items())}]  {r['cpu_s']}s", flush=True)

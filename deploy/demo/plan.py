@@ -84,8 +84,9 @@ class Timeline:
 #: ``input_size``: the model's square input (None: the architecture's own, trainer/nets.py ``ARCH_INPUT``).
 SCENARIOS: dict[str, dict[str, Any]] = {
     # darker + warmer light (a lamp failed, the other one is a warm one), then a new defect type. The parts ROI is
-    # 128x128 and small_cnn sees it at 64x64; 128 doubles `crack` recall for the same labels (README, Adaptation
-    # #28, variant `input128`), but the demo's time budget and CI at 128 are not measured yet.
+    # 128x128 and small_cnn sees it at 64x64; a `crack` is a 1-px line that the 2x downscale halves. Seeing it at
+    # full size learns `crack` better but costs 2.5-6x per training step (README, Adaptation #28 and #29:
+    # variants `input128` and `cnn128`).
     "parts": {"arch": "small_cnn", "input_size": None, "lighting": "brightness:-0.45+cast:0.8/1.0/1.25",
               "newclass": "crack=0.2", "extra": ""},
     # digits: dimmer and lower-contrast labels, then digit 5 appears on the line

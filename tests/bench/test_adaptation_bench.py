@@ -120,3 +120,26 @@ def test_final_window_set_is_the_final_window_as_the_cameras_saw_it(tmp_path) ->
     assert len(y) == len(range(first, int(ad.STREAM_S * ad.FPS), 25)) and y == y_raw
     assert set(y) <= set(PARTS_LABELS) | {"crack"} and "crack" in y  # the new class is in the window
     assert x_cal.shape == x_raw.shape and float(np.abs(x_cal - x_raw).mean()) > 0.01
+
+
+def test_bootstrap_cache_names_the_architecture() -> None:
+    """A state bootstrapped for one architecture was once reused for another (the key left the scenario's own
+    architecture out, and the scenario's architecture was what changed); states of the old archs keep their keys."""
+    plain, arch, _ = ad.bootstrap_options("parts", 0, {})
+    assert arch == "small_cnn"
+    assert ad.bootstrap_options("parts", 0, {"arch": "small_cnn"})[0] == plain
+    assert ad.bootstrap_options("parts", 0, {"input_size": 64})[0] == plain  # small_cnn's own size
+    cnn128, arch128, opts = ad.bootstrap_options("parts", 0, {"arch": "small_cnn128"})
+    assert arch128 == "small_cnn128" and opts["arch"] == "small_cnn128" and cnn128 != plain
+    raw128 = ad.bootstrap_options("parts", 0, {"arch": "small_cnn", "input_size": 128})[0]
+    assert len({plain, cnn128, raw128}) == 3 and ad.bootstrap_options("parts", 1, {})[0] != plain
+
+
+def test_a_costlier_variant_is_charged_its_trainer_time() -> None:
+    from bench.adaptation_variants import CNN128_EVAL_COST, CNN128_UPDATE_COST
+
+    demo, _ = ad.run_one_settings("default", 0, "demo")
+    cnn, (_, boot) = ad.run_one_settings("default", 0, "cnn128")
+    assert cnn.update_s == pytest.approx(demo.update_s * CNN128_UPDATE_COST)
+    assert cnn.evaluate_s == pytest.approx(demo.evaluate_s * CNN128_EVAL_COST)
+    assert cnn.export_s == demo.export_s and boot == {"arch": "small_cnn128"}

@@ -1,6 +1,7 @@
 """Bootstrap from tiny IDX files and an ImageFolder: a registered, promoted ONNX v0001 with the right metadata."""
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import struct
@@ -105,3 +106,13 @@ def test_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for cmd in ("bootstrap", "run", "status", "versions"):
         assert cmd in out
+
+
+def test_bootstrap_offers_every_architecture_the_trainer_can_build() -> None:
+    """The CLI lists its choices literally (it does not import torch to print help); they must not fall behind."""
+    from trainer.cli import build_parser
+    from trainer.nets import ARCH_INPUT, BUILDERS
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    arch = next(a for a in sub.choices["bootstrap"]._actions if "--arch" in a.option_strings)  # noqa: SLF001
+    assert sorted(arch.choices) == sorted(ARCH_INPUT) == sorted(BUILDERS)

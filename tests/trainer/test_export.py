@@ -40,7 +40,8 @@ def _trained(arch: str, labels: list[str], steps: int = 3) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("arch,labels", [("convnet", [str(d) for d in range(10)]), ("small_cnn", ["ok", "scratch", "dent"])])
+@pytest.mark.parametrize("arch,labels", [("convnet", [str(d) for d in range(10)]), ("small_cnn", ["ok", "scratch", "dent"]),
+                                         ("small_cnn128", ["ok", "scratch", "dent", "crack"])])
 def test_round_trip(tmp_path: Path, arch: str, labels: list[str]) -> None:
     model = _trained(arch, labels)
     model.train()
