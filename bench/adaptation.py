@@ -16,7 +16,7 @@ Scenarios (stream of 127 s, 4 cameras at 15 fps, like the default demo):
 ``digits``     sim:digits with 0-4, digits 5-9 arrive at 30 %
 =============  =======================================================================================
 
-Reported per scenario and arm (frozen, loop, upper bound), median over seeds: accuracy before the first
+Reported per scenario and arm (frozen, frozen behind the cameras' input calibration, loop, upper bound), median over seeds: accuracy before the first
 drift, after each drift the mean accuracy over the segment up to the next drift (the area under the accuracy
 curve divided by its length) and the time to recover (from the drift's start until the fleet's rolling
 accuracy is back within 5 points of its pre-drift level), the final accuracy (the demo report's
@@ -273,7 +273,8 @@ def metrics(tr: Any, sc: Scenario, window_s: float, upper: bool) -> dict[str, An
     n = len(tr.truth[0])
     stream_s = n / fps
     events = sc.events()
-    arms = {"loop": tr.loop, "frozen": tr.frozen} | ({"upper": tr.upper} if upper else {})
+    arms = ({"loop": tr.loop, "frozen": tr.frozen} | ({"frozen_cal": tr.frozen_cal} if tr.frozen_cal else {})
+            | ({"upper": tr.upper} if upper else {}))
     curves = {a: np.mean([rolling(c.astype(np.float64), w) for c in cs], axis=0) for a, cs in arms.items()}
     pooled = {a: np.mean([c.astype(np.float64) for c in cs], axis=0) for a, cs in arms.items()}
     first = int(round(events[0][0] * fps))
@@ -412,7 +413,8 @@ def demo_agreement(summary: dict[str, Any], variant: str = "demo") -> dict[str, 
 
 
 # -- the picture ---------------------------------------------------------------------------------------------
-ARM_STYLE = {"loop": ("#d62728", "loop"), "frozen": ("#555555", "frozen v0001"), "upper": ("#1f77b4", "upper bound")}
+ARM_STYLE = {"loop": ("#d62728", "loop"), "frozen": ("#555555", "frozen v0001"),
+             "frozen_cal": ("#2ca02c", "frozen v0001 + edge calibration"), "upper": ("#1f77b4", "upper bound")}
 
 
 def render_png(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path, variant: str = "demo") -> Path:
@@ -536,12 +538,12 @@ def result(rows: list[dict[str, Any]], quick: bool = False, variant: str = "demo
 
 def format_table(summary: dict[str, Any]) -> str:
     """One line per (variant, scenario, arm)."""
-    lines = [f"{'variant/scenario':<28} {'arm':<7} {'before':>7} {'final':>7}  per drift: auc / recover   recall"]
+    lines = [f"{'variant/scenario':<28} {'arm':<10} {'before':>7} {'final':>7}  per drift: auc / recover   recall"]
     for key, s in summary.items():
         for a, m in s["arms"].items():
             drifts = "  ".join(f"{d['auc']:.1f}/{_fmt_s(d['recover_s'])}({d['recovered']})" for d in m["drifts"])
             rec = " ".join(f"{k}:{_fmt(v)}" for k, v in m["recall"].items())
-            lines.append(f"{key:<28} {a:<7} {_fmt(m['before_drift']):>7} {_fmt(m['final']):>7}  {drifts:<26} {rec}")
+            lines.append(f"{key:<28} {a:<10} {_fmt(m['before_drift']):>7} {_fmt(m['final']):>7}  {drifts:<26} {rec}")
         extra = f"worst 10 s loop-frozen {_fmt(s['worst_window_loop_minus_frozen'])}"
         if s.get("after_lighting"):
             extra += f", after lighting {_fmt(s['after_lighting'].get('loop'))} (frozen {_fmt(s['after_lighting'].get('frozen'))})"

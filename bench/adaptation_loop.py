@@ -194,6 +194,9 @@ class RunTrace:
     updates: list[dict[str, Any]] = field(default_factory=list)
     freshness: list[float] = field(default_factory=list)   # label -> every camera runs a model trained on it
     seconds: float = 0.0
+    # the frozen v0001 behind each camera's own input calibration (when the cameras calibrate): how much of the
+    # loop's gain the torch-free edge calibration gets alone, without a single label
+    frozen_cal: list[np.ndarray] = field(default_factory=list)
 
 
 # -- the upper bound ------------------------------------------------------------------------------------------
@@ -369,6 +372,7 @@ def run_loop(state_src: Path, workdir: Path, urls: list[str], s: LoopSettings, s
                 hooks.on_camera(c)
         labels = list(cams[0].src.labels)
         frozen = cams[0].load(boot_path) if s.frozen else None
+        frozen_cal = [c.load(boot_path) for c in cams] if s.frozen and s.calibration != "off" else []
         ub = UpperBound(state, s.upper_steps, seed) if s.upper_bound else None
         ub_model = copy.deepcopy(ub.model) if ub else None
         ub_pending: list[tuple[float, Any]] = []
@@ -381,7 +385,8 @@ def run_loop(state_src: Path, workdir: Path, urls: list[str], s: LoopSettings, s
                       upper=[np.zeros(n_frames, np.uint8) for _ in cams],
                       loop_pred=[np.zeros(n_frames, np.int16) for _ in cams],
                       drift=[np.zeros(n_frames, np.uint8) for _ in cams],
-                      version=[[] for _ in cams], uploads=[0] * C)
+                      version=[[] for _ in cams], uploads=[0] * C,
+                      frozen_cal=[np.zeros(n_frames, np.uint8) for _ in frozen_cal])
         busy_until = 0.0
         next_poll = 0.0
         active: _Rollout | None = None
@@ -439,6 +444,10 @@ def run_loop(state_src: Path, workdir: Path, urls: list[str], s: LoopSettings, s
                 if frozen is not None:
                     for k, p in enumerate(frozen.predictions(frozen.predict(x))):
                         tr.frozen[k][i] = p.label == frames[k].truth
+                for k, fz in enumerate(frozen_cal):
+                    cams[k].slot.calibration.apply(fz)  # the camera's map as it stands now (identity until engaged)
+                    tr.frozen_cal[k][i] = fz.predictions(fz.predict(fz.preprocess(frames[k].image)))[0].label \
+                        == frames[k].truth
                 if ub_model is not None:
                     # the upper bound sees what the loop's cameras feed their models: each camera's input
                     # calibration applies (it was trained on calibrated uploads); the frozen control sees raw input

@@ -94,6 +94,24 @@ def test_metrics_and_goals_on_a_hand_made_trace() -> None:
     assert ag is not None and ag["final_loop"]["diff"] == pytest.approx(100.0 - 69.8)
 
 
+def test_the_calibrated_frozen_control_is_an_arm_of_its_own() -> None:
+    """The frozen v0001 behind the cameras' calibration is scored like the others when the trace has it (how much
+    of the loop's gain the edge gets without labels), and traces without it keep the three arms."""
+    sc = ad.Scenario("x", "parts", "small_cnn", (("blur:2", 10.0, "blur"),), ramp_s=0.0)
+    tr = _trace()
+    assert "frozen_cal" not in ad.metrics(tr, sc, window_s=1.0, upper=False)["arms"]
+    n = len(tr.truth[0])
+    tr.frozen_cal = [np.r_[np.ones(150), np.zeros(n - 150)].astype(np.uint8) for _ in range(2)]
+    m = ad.metrics(tr, sc, window_s=1.0, upper=False)
+    cal = m["arms"]["frozen_cal"]
+    assert cal["before_drift"] == pytest.approx(100.0) and cal["final"] == pytest.approx(0.0)
+    assert cal["drifts"][0]["auc"] == pytest.approx(25.0)  # right for the first 5 of the 20 s after the drift
+    row = {**m, "scenario": "default", "seed": 0, "variant": "demo", "freshness_p50_s": 20.0, "uploads": 10,
+           "promoted": 2, "seconds": 1.0}
+    assert "frozen_cal" in ad.summarise([row])["demo/default"]["arms"]
+    assert "frozen_cal" in ad.format_table(ad.summarise([row]))
+
+
 def test_run_one_settings_merge_a_variants_overrides_into_the_demos() -> None:
     s, (kind, boot) = ad.run_one_settings("default", 0, "distill-off", upper=False)
     assert kind == "parts" and boot == {} and s.upper_bound is False
