@@ -302,15 +302,16 @@ def metrics(tr: Any, sc: Scenario, window_s: float, upper: bool) -> dict[str, An
                        for k, lab in enumerate(tr.labels)}
         m["curve"] = [round(100 * float(v), 2) for v in cur[grid]]
         out["arms"][a] = m
-    # the worst 10 s window of loop minus frozen after the first drift (pooled over cameras, per frame)
+    # the worst 10 s window of loop minus frozen after the first drift (pooled over cameras, per frame); and the
+    # same against the calibrated frozen model, from the start: do the labels ever cost what calibration holds?
     ww = int(round(WORST_WINDOW_S * fps))
-    d = pooled["loop"][first:] - pooled["frozen"][first:]
-    if len(d) >= ww:
-        cs = np.concatenate([[0.0], np.cumsum(d)])
-        win = (cs[ww:] - cs[:-ww]) / ww
-        k = int(np.argmin(win))
-        out["worst_window"] = {"loop_minus_frozen": round(100 * float(win[k]), 2),
-                               "from_s": round((first + k) / fps, 1)}
+    w = _worst_window(pooled["loop"][first:] - pooled["frozen"][first:], ww)
+    if w is not None:
+        out["worst_window"] = {"loop_minus_frozen": w[0], "from_s": round((first + w[1]) / fps, 1)}
+    if "frozen_cal" in pooled:
+        w = _worst_window(pooled["loop"] - pooled["frozen_cal"], ww)
+        if w is not None:
+            out["worst_window_cal"] = {"loop_minus_frozen_cal": w[0], "from_s": round(w[1] / fps, 1)}
     after_light = None
     if sc.name == "default":  # the demo report's after_lighting window
         lo, hi = events[0][0] + sc.ramp_s + window_s, events[1][0]
@@ -318,6 +319,16 @@ def metrics(tr: Any, sc: Scenario, window_s: float, upper: bool) -> dict[str, An
     out["after_lighting"] = after_light
     out["grid_s"] = [round(float(g / fps), 1) for g in grid]
     return out
+
+
+def _worst_window(d: np.ndarray, ww: int) -> tuple[float, int] | None:
+    """(lowest mean of ``d`` over ``ww`` consecutive frames in points, its first frame), None if ``d`` is shorter."""
+    if len(d) < ww:
+        return None
+    cs = np.concatenate([[0.0], np.cumsum(d)])
+    win = (cs[ww:] - cs[:-ww]) / ww
+    k = int(np.argmin(win))
+    return round(100 * float(win[k]), 2), k
 
 
 def recovery_time(curve: np.ndarray, pre: float, fps: float) -> float | None:
@@ -357,10 +368,12 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             arm["recall"] = {lab: _med([m["recall"].get(lab) for m in ms]) for lab in ms[0]["recall"]}
             arms[a] = arm
         ww = [r["worst_window"]["loop_minus_frozen"] for r in rs if r.get("worst_window")]
+        wc = [r["worst_window_cal"]["loop_minus_frozen_cal"] for r in rs if r.get("worst_window_cal")]
         al = [r["after_lighting"] for r in rs if r.get("after_lighting")]
         out[f"{key[0]}/{key[1]}"] = {
             "variant": key[0], "scenario": key[1], "seeds": sorted(r["seed"] for r in rs), "arms": arms,
             "worst_window_loop_minus_frozen": _med(ww),
+            "worst_window_loop_minus_frozen_cal": _med(wc) if len(wc) == len(rs) else None,
             "after_lighting": {a: _med([x.get(a) for x in al]) for a in al[0]} if al else None,
             "freshness_p50_s": _med([r["freshness_p50_s"] for r in rs]),
             "uploads": _med([r["uploads"] for r in rs]), "promoted": _med([r["promoted"] for r in rs]),
@@ -545,6 +558,8 @@ def format_table(summary: dict[str, Any]) -> str:
             rec = " ".join(f"{k}:{_fmt(v)}" for k, v in m["recall"].items())
             lines.append(f"{key:<28} {a:<10} {_fmt(m['before_drift']):>7} {_fmt(m['final']):>7}  {drifts:<26} {rec}")
         extra = f"worst 10 s loop-frozen {_fmt(s['worst_window_loop_minus_frozen'])}"
+        if s.get("worst_window_loop_minus_frozen_cal") is not None:
+            extra += f" (loop-frozen_cal {_fmt(s['worst_window_loop_minus_frozen_cal'])})"
         if s.get("after_lighting"):
             extra += f", after lighting {_fmt(s['after_lighting'].get('loop'))} (frozen {_fmt(s['after_lighting'].get('frozen'))})"
         lines.append(f"{'':<28} {extra}; freshness p50 {_fmt(s['freshness_p50_s'])} s, "

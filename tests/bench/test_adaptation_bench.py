@@ -106,9 +106,15 @@ def test_the_calibrated_frozen_control_is_an_arm_of_its_own() -> None:
     cal = m["arms"]["frozen_cal"]
     assert cal["before_drift"] == pytest.approx(100.0) and cal["final"] == pytest.approx(0.0)
     assert cal["drifts"][0]["auc"] == pytest.approx(25.0)  # right for the first 5 of the 20 s after the drift
+    # the loop is wrong from 10 to 20 s, the calibrated model from 15 s on: loop minus calibrated is -1 over 10-15 s,
+    # 0 over 15-20 s, +1 after; the first 10 s window holding the whole -1 stretch starts at 5 s (from the start,
+    # not from the drift: updates before a drift can cost too)
+    assert m["worst_window_cal"]["loop_minus_frozen_cal"] == pytest.approx(-50.0)
+    assert m["worst_window_cal"]["from_s"] == pytest.approx(5.0)
     row = {**m, "scenario": "default", "seed": 0, "variant": "demo", "freshness_p50_s": 20.0, "uploads": 10,
            "promoted": 2, "seconds": 1.0}
     assert "frozen_cal" in ad.summarise([row])["demo/default"]["arms"]
+    assert ad.summarise([row])["demo/default"]["worst_window_loop_minus_frozen_cal"] == pytest.approx(-50.0)
     assert "frozen_cal" in ad.format_table(ad.summarise([row]))
 
 
