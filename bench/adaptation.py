@@ -53,9 +53,10 @@ WORST_WINDOW_S = 10.0
 STREAM_S = 127.0
 FPS = 15.0
 CACHE = Path(os.environ.get("EDGELOOP_BENCH_CACHE", Path.home() / ".cache" / "edgeloop-bench")) / "adaptation"
-#: the README's demo run (two runs on the 2-core machine) the default scenario is compared with
-DEMO_REFERENCE = {"before_drift": 96.7, "after_lighting": 55.0, "final_loop": (66.7, 69.8),
-                  "final_frozen": (42.6, 47.8)}
+#: the README's demo runs the default scenario is compared with: the range of three (seeds 0-2, 2026-11-30, with
+#: the cameras' calibration; on this VM their bootstraps hit the 10-epoch floor and the streams ran 100-102 s)
+DEMO_REFERENCE = {"before_drift": (89.2, 91.7), "after_lighting": (84.3, 91.6), "final_loop": (71.0, 72.6),
+                  "final_frozen": (19.5, 30.5)}
 
 
 # -- scenarios ------------------------------------------------------------------------------------------------

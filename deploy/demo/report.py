@@ -428,7 +428,8 @@ def _plot_confusion(fig: Any, gs: Any, summary: dict[str, Any]) -> None:
         axc.set_ylabel("true")
         info = conf["models"][name]
         axc.set_title(f"{'Frozen' if name == 'frozen' else 'Final'} model {info['version']}: accuracy "
-                      f"{_pct(info['accuracy'])}\non {conf['frames']} unseen post-drift frames", loc="left",
+                      f"{_pct(info['accuracy'])}\non {conf['frames']} unseen post-drift frames"
+                      + (", calibrated" if conf.get("calibration", "off") != "off" else ""), loc="left",
                       fontsize=10)
         axc.spines[:].set_visible(False)
 
