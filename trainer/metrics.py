@@ -79,6 +79,13 @@ class TrainerCollector(Collector):
                       values=c.get("undecodable", 0))
         yield _family(C, p + "retention_deleted", "Unlabelled samples deleted by retention.",
                       values=c.get("retention_deleted", 0))
+        mem = svc.strategy.memory
+        yield _family(G, p + "replay_rows", "Rows in the replay memory.", values=len(mem))
+        yield _family(G, p + "replay_rows_without_logits", "Replay rows with no stored logits: rows distillation "
+                      "cannot use (all of them when the strategy does not distil).", values=mem.rows_without_logits)
+        yield _family(C, p + "distill_targets_filled", "Replay rows whose distillation targets the trainer filled in "
+                      "from the restored model at a start (a memory saved without them).",
+                      values=c.get("distill_targets_filled", 0))
         degraded = svc.degraded
         yield _family(G, p + "degraded", "1 while a part is impaired (reason in /healthz, trainer status and the "
                       "retained trainer/state).", "part", {k: float(k in degraded) for k in _PARTS})

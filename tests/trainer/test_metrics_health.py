@@ -65,6 +65,10 @@ def test_metrics_are_scraped_and_parsed_and_healthz_fails_when_the_loop_stalls(s
         value = {s.name: s.value for f in fams.values() for s in f.samples if not s.labels}
         assert value["edgeloop_trainer_updates_total"] == svc.counters["updates"] >= 1
         assert value["edgeloop_trainer_store_samples"] == 40
+        mem = svc.strategy.memory
+        assert value["edgeloop_trainer_replay_rows"] == len(mem) > 0
+        assert value["edgeloop_trainer_replay_rows_without_logits"] == mem.rows_without_logits
+        assert value["edgeloop_trainer_distill_targets_filled_total"] == svc.counters.get("distill_targets_filled", 0)
         decisions = {s.labels["outcome"]: s.value for s in fams["edgeloop_trainer_gate_decisions"].samples}
         assert decisions["promote"] + decisions["keep"] == svc.counters["evaluations"]
         assert {s.labels["part"] for s in fams["edgeloop_trainer_degraded"].samples} == {"ingest", "checkpoint", "learner"}
