@@ -171,6 +171,14 @@ VARIANTS: dict[str, Variant] = {
                        settings={"strategy_settings": {"ace": False}}),
     "replay64": Variant("replay64", "64 replayed samples per step instead of 32 (strategy.replay_batch_size)",
                         settings={"strategy_settings": {"replay_batch_size": 64}}),
+    "budget4x": Variant("budget4x", "4x the cameras' upload budget (160 per minute each instead of 40): what "
+                                    "more labels alone buy, the ceiling of a budget that follows new classes",
+                        settings={"budget_per_minute": 160}),
+    "cnn128-budget4x": Variant("cnn128-budget4x", "cnn128 with 4x the upload budget",
+                               bootstrap={"arch": "small_cnn128"},
+                               settings={"budget_per_minute": 160,
+                                         "stage_scale": {"update_s": CNN128_UPDATE_COST,
+                                                         "evaluate_s": CNN128_EVAL_COST}}),
     "mer": Variant("mer", "Meta-Experience Replay (trainer/strategies/mer.py) instead of iw-er (update.strategy)",
                    settings={"strategy": "mer"}),
 }
