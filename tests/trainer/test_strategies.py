@@ -144,6 +144,36 @@ def test_iw_er_importance_options_run():
         assert np.isfinite(m["loss"])
 
 
+def _iw_er_losses(configs, new_classes=(2, 3)):
+    """iw-er's step loss under each setting in ``configs``, for one model, one memory holding classes 0 and 1,
+    the same new batch (of ``new_classes``) and the same 10 replayed samples."""
+    tmpl = templates()
+    model = tiny_model(2)
+    s = make_strategy("iw-er", model, adam, config={"replay_batch_size": 10}, capacity=40)
+    run_stream(s, *make_data([0, 1], 20, seed=0, tmpl=tmpl))
+    s.observe_new_classes(4)
+    new = LabelledBatch(*make_data(list(new_classes), 5, seed=1, tmpl=tmpl))
+    replay = s.memory.sample(10, np.random.default_rng(0), balanced=True)
+    out = []
+    for cfg in configs:
+        s.config = s.settings(cfg)
+        out.append(float(s.step_loss(new, replay).detach()))
+    return out
+
+
+def test_iw_er_ace_mix_blends_asymmetric_and_full_ce():
+    """ace_mix = a gives a·ACE + (1 − a)·full CE on the new samples: the loss is linear in it between the two."""
+    ace, full, half, none, by_replay = _iw_er_losses(
+        [{"ace_mix": 1.0}, {"ace": False}, {"ace_mix": 0.5}, {"ace_mix": 0.0}, {"ace_mix": "replay"}])
+    assert abs(ace - full) > 1e-3  # the two losses differ, so the blend is measurable
+    assert half == pytest.approx((ace + full) / 2, rel=1e-5)
+    assert none == pytest.approx(full, rel=1e-6)
+    assert by_replay == pytest.approx(half, rel=1e-6)  # 10 replayed beside 10 new: a = 10 / 20
+    for bad, message in ((1.5, "ace_mix: 1.5 is out of range"), ("half", "ace_mix: Invalid enum value 'half'")):
+        with pytest.raises(ValueError, match=message):
+            make_strategy("iw-er", tiny_model(2), adam, config={"ace_mix": bad})
+
+
 def test_ewc_penalty_anchors_parameters():
     model = tiny_model(2)
     s = make_strategy("ewc", model, adam, config={"ewc_lambda": 50.0, "ewc_window": 2})
