@@ -166,6 +166,9 @@ VARIANTS: dict[str, Variant] = {
                            settings={"strategy_settings": {"distill": 0.1}}),
     "distill-0.6": Variant("distill-0.6", "iw-er with twice the default distillation weight (strategy.distill 0.6)",
                            settings={"strategy_settings": {"distill": 0.6}}),
+    "ace-replay": Variant("ace-replay", "iw-er's ACE share set by the replayed share of each step (strategy.ace_mix "
+                                        "replay): the rule that meets the equal-compute goal on Split-MNIST",
+                          settings={"strategy_settings": {"ace_mix": "replay"}}),
     "ace-off": Variant("ace-off", "iw-er with full CE on new samples (strategy.ace false): ACE never lets a new "
                                   "class's samples push down the old classes they are confused with",
                        settings={"strategy_settings": {"ace": False}}),
