@@ -150,6 +150,30 @@ def test_fill_logits_on_an_empty_memory_stores_logits_from_then_on():
 
 
 @pytest.mark.parametrize("policy", ["reservoir", "class_balanced"])
+def test_logits_from_a_function_are_predicted_only_for_the_samples_kept(policy):
+    """Given a function, the memory predicts logits only for the samples it stores, and ends exactly as if it
+    had been given every sample's logits (rows replaced twice within one batch included)."""
+    x, y = _stream(60, [0, 1, 2], seed=3)
+    eager = ReplayMemory(capacity=8, policy=policy, store_logits=True, seed=5)
+    lazy = ReplayMemory(capacity=8, policy=policy, store_logits=True, seed=5)
+    asked = []
+
+    def head(xb):
+        asked.append(len(xb))
+        return _head(xb)
+
+    for i in range(0, 60, 12):
+        kept = eager.add(x[i:i + 12], y[i:i + 12], logits=_head(x[i:i + 12]))
+        assert lazy.add(x[i:i + 12], y[i:i + 12], logits=head) == kept
+    assert asked[0] == 12  # the first batch allocates the memory: every sample is predicted
+    assert sum(asked[1:]) < 48  # then only the kept ones (the memory is full after the first batch)
+    a, b = eager.sample(8, np.random.default_rng(0)), lazy.sample(8, np.random.default_rng(0))
+    torch.testing.assert_close(b.x, a.x)
+    torch.testing.assert_close(b.logits, a.logits)
+    torch.testing.assert_close(b.logit_mask, a.logit_mask)
+
+
+@pytest.mark.parametrize("policy", ["reservoir", "class_balanced"])
 def test_state_dict_round_trip_continues_identically(policy):
     a = ReplayMemory(capacity=15, policy=policy, store_logits=True, seed=7)
     x, y = _stream(50, [0, 1, 2])

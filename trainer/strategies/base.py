@@ -331,10 +331,10 @@ class Strategy:
             self.remember(batch)
 
     def remember(self, batch: LabelledBatch, weight: torch.Tensor | None = None) -> None:
-        logits = None
-        if self.memory is not None and self.memory.store_logits:
-            logits = self.predict_logits(batch.x)
+        """Offer ``batch`` to memory; with stored logits, the model after the update predicts them for the
+        samples the memory keeps (only those: see :meth:`ReplayMemory.add`)."""
         if self.memory is not None:
+            logits = self.predict_logits if self.memory.store_logits else None
             self.memory.add(batch.x, batch.y, weight, logits)
 
     @torch.no_grad()
