@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from protocol.model_meta import ModelMeta
 
+from . import torch_cpu
 from .augment import Augment, parse_augment
 from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import read_idx
@@ -243,7 +244,7 @@ def train_classifier(model: torch.nn.Module, x_u8: torch.Tensor, y: torch.Tensor
     collapse (:func:`collapse_reason`)."""
     k = int(y.max()) + 1 if len(y) else 1
     chance = math.log(max(2, k))
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch_cpu.adam(model.parameters(), lr)
     steps_per_epoch = max(1, -(-len(y) // batch_size))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(epochs * steps_per_epoch))
     gen = torch.Generator().manual_seed(seed)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainer import torch_cpu
 from trainer.datasets import SplitMNIST, make_split_mnist
 from trainer.evaluate import ForgettingTracker, evaluate_model
 from trainer.nets import build_model
@@ -44,7 +45,7 @@ LR = 1e-3
 
 
 def _adam(params):  # type: ignore[no-untyped-def]
-    return torch.optim.Adam(params, lr=LR)
+    return torch_cpu.adam(params, LR)
 
 
 def _data(seed: int, images: str | None, labels: str | None, cache: dict[Any, SplitMNIST]) -> SplitMNIST:

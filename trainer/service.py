@@ -62,7 +62,7 @@ from protocol.model_meta import ModelMeta
 from protocol.reports import State, encode_report
 from protocol.topics import Topics
 
-from . import quarantine, retention
+from . import quarantine, retention, torch_cpu
 from .announce import Announcer
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainerConfig
@@ -123,7 +123,7 @@ def promoted_topic(topics: Topics) -> str:
 def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
     """The update optimiser; SGD with momentum is the continual-learning default (Adam's moments go stale)."""
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
+        return torch_cpu.adam(params, lr)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9)
     raise ValueError(f"unknown optimizer {name!r}; use sgd or adam")
