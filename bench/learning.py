@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -99,35 +100,65 @@ def main(argv: list[str] | None = None) -> int:
     known, _ = peer_parser.parse_known_args(argv)
     if known.peer is None or "-h" in argv or "--help" in argv:
         if "-h" in argv or "--help" in argv:
-            print("  --peer avalanche     also run Avalanche's Naive, Replay and DER++ on the same stream "
-                  "(needs: python -m bench.avalanche_env --create)\n"
+            print("  --peer avalanche     also run Avalanche's Naive, Replay and DER++ on the same stream, seed by seed\n"
+                  "                       right after ours, and print our wall time over DER++'s per seed\n"
+                  "                       (needs: python -m bench.avalanche_env --create)\n"
                   "  --budget             the label-budget experiment instead (edgeloop bench label_budget --help)\n")
         return trainer_main([a for a in argv if a != "--peer" and a != "avalanche"])
 
     from bench.avalanche_peer import PeerUnavailable, run_peer
 
     rest = [a for i, a in enumerate(argv) if a != "--peer" and not (i and argv[i - 1] == "--peer")]
-    with tempfile.TemporaryDirectory() as tmp:
-        ours_json = Path(tmp) / "ours.json"
-        if "--json" in rest:
-            i = rest.index("--json")
+    for flag in ("--json", "--seeds"):
+        if flag in rest:
+            i = rest.index(flag)
             del rest[i:i + 2]
-        rc = trainer_main(rest + ["--json", str(ours_json)])
-        ours = json.loads(ours_json.read_text())
     seeds = [int(s) for s in known.seeds.split(",") if s.strip()]
-    try:
-        peer_rows = run_peer(known.images, known.labels, seeds, known.buffer, verbose=True)
-    except PeerUnavailable as exc:
-        print(f"\navalanche peer skipped: {exc}")
-        peer_rows = []
-    rows = ours["rows"] + peer_rows
+    ours_rows: list[dict[str, Any]] = []
+    peer_rows: list[dict[str, Any]] = []
+    rc = 0
+    peer_ok = True
+    # Seed by seed, ours and then Avalanche's back to back (DER++ first): this VM's speed drifts by ±7 % over
+    # minutes, so a block of all our runs followed by a block of theirs measured the drift as much as the code.
+    for seed in seeds:
+        with tempfile.TemporaryDirectory() as tmp:
+            ours_json = Path(tmp) / "ours.json"
+            rc = trainer_main(rest + ["--seeds", str(seed), "--json", str(ours_json)]) or rc
+            ours = json.loads(ours_json.read_text())
+        ours_rows += ours["rows"]
+        if not peer_ok:
+            continue
+        try:
+            peer_rows += run_peer(known.images, known.labels, [seed], known.buffer, strategies=PEER_ORDER, verbose=True)
+        except PeerUnavailable as exc:
+            print(f"\navalanche peer skipped: {exc}")
+            peer_ok = False
+    rows = ours_rows + peer_rows
     print("\nours beside Avalanche, same stream, same run:")
     print(format_table(summarise(rows)))
+    ratios = wall_time_ratios(rows)
+    for name, per_seed in ratios.items():
+        med = statistics.median(per_seed.values())
+        print(f"wall time / Avalanche DER++'s, same seed, back to back: {name} "
+              + ", ".join(f"{v:.3f}" for v in per_seed.values()) + f" (median {med:.3f}; equal-compute goal <= 1: "
+              + ("met" if med <= 1.0 else "NOT met") + ")")
     if known.json:
-        Path(known.json).write_text(json.dumps({**ours, "rows": rows, "summary": summarise(rows)}, indent=2,
-                                               default=float))
+        Path(known.json).write_text(json.dumps({**ours, "rows": rows, "summary": summarise(rows),
+                                                "wall_time_vs_avalanche_der": ratios}, indent=2, default=float))
     return rc
 
+
+PEER_ORDER = ("der", "naive", "replay")  # DER++ right after ours: the pair the equal-compute goal compares
+
+
+def wall_time_ratios(rows: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
+    """Per strategy of ours, per seed: its training wall time over Avalanche DER++'s on the same seed."""
+    der = {r["seed"]: r["seconds"] for r in rows if r["strategy"] == "avalanche-der" and r["seconds"] > 0}
+    out: dict[str, dict[int, float]] = {}
+    for r in rows:
+        if not r["strategy"].startswith("avalanche-") and r["seed"] in der:
+            out.setdefault(r["strategy"], {})[r["seed"]] = r["seconds"] / der[r["seed"]]
+    return out
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -96,3 +96,18 @@ def test_peer_rows_are_well_formed() -> None:
             assert 0 < r["memory_samples"] <= buffer
             # at least a float32 28x28 image and a label per stored sample
             assert r["memory_bytes"] >= r["memory_samples"] * (28 * 28 * 4 + 8)
+
+
+def test_wall_time_ratio_pairs_each_of_our_runs_with_der_on_the_same_seed() -> None:
+    """The equal-compute goal's wall-time half: ours over Avalanche DER++'s, seed by seed (runs made back to back)."""
+    from bench.learning import wall_time_ratios
+
+    rows = [
+        {"strategy": "iw-er", "seed": 0, "seconds": 45.0},
+        {"strategy": "iw-er", "seed": 1, "seconds": 60.0},
+        {"strategy": "iw-er", "seed": 2, "seconds": 10.0},  # no DER++ row for seed 2: not paired
+        {"strategy": "avalanche-der", "seed": 0, "seconds": 50.0},
+        {"strategy": "avalanche-der", "seed": 1, "seconds": 50.0},
+        {"strategy": "avalanche-replay", "seed": 0, "seconds": 1.0},
+    ]
+    assert wall_time_ratios(rows) == {"iw-er": {0: pytest.approx(0.9), 1: pytest.approx(1.2)}}
