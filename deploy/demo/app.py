@@ -59,8 +59,8 @@ from deploy.demo.frozen_control import FrozenControl
 from deploy.demo.live import CameraRow, View, ViewState, make_view
 from deploy.demo.monitor import Monitor
 from deploy.demo.plan import (CALIBRATION, FLEET, MIN_STREAM_S, MODEL_ID, PREFIX, SCENARIOS, TEARDOWN_RESERVE_S, DemoOptions,
-                              Timeline, bootstrap_budget, camera_seed, confusion_seed, demo_policy, plan_timeline,
-                              sim_url, trainer_settings)
+                              Timeline, bootstrap_budget, camera_seed, confusion_seed, demo_arch, demo_policy,
+                              plan_timeline, sim_url, trainer_settings)
 from deploy.rollout_feeder import RolloutFeeder
 from deploy.service import DeployService
 
@@ -286,7 +286,8 @@ class DemoApp:
         """v0001 on the scenario's initial conditions, trained for what is left of the bootstrap budget."""
         import shutil
 
-        opts, arch, size = self.opts, SCENARIOS[self.opts.scenario]["arch"], SCENARIOS[self.opts.scenario]["input_size"]
+        opts, size = self.opts, SCENARIOS[self.opts.scenario]["input_size"]
+        arch = demo_arch(opts)
         for sub in ("trainer", "deploy", "cameras", "bootstrap"):
             shutil.rmtree(self.out / sub, ignore_errors=True)
         t_b = time.monotonic()
@@ -305,7 +306,7 @@ class DemoApp:
         self.rec.bootstrap = {"version": boot.version, "accuracy": boot.metrics.get("accuracy"),
                               "macro_f1": boot.metrics.get("macro_f1"), "train": boot.train_size,
                               "heldout": boot.heldout_size, "seconds": round(time.monotonic() - t_b, 1),
-                              "epochs": epochs, "labels": labels}
+                              "epochs": epochs, "labels": labels, "arch": arch}
         self.events.add("setup", f"bootstrap {boot.version}: held-out accuracy {boot.metrics.get('accuracy', 0):.3f} "
                                  f"on {boot.heldout_size} ({self.rec.bootstrap['seconds']:.0f}s)")
         shutil.copyfile(boot.path, self.model0)

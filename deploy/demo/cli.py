@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="./edgeloop-demo", help="output directory (default ./edgeloop-demo)")
     p.add_argument("--fps", type=float, default=15.0, help="frames per second of each camera (default 15)")
     p.add_argument("--budget", type=int, default=40, help="uploads per minute per camera (default 40)")
+    p.add_argument("--arch", help="model architecture (default: the scenario's, small_cnn for parts, convnet for "
+                                  "digits); small_cnn128 sees the parts at full resolution for ~2.5x the training cost")
     p.add_argument("--plain", action="store_true", help="plain event lines even on a terminal")
     p.add_argument("--insecure", action="store_true",
                    help="an anonymous plain-MQTT broker on loopback instead of the default TLS broker with client "
@@ -44,7 +46,14 @@ def main(argv: list[str] | None = None) -> int:
         print("edgeloop demo: --duration must be >= 45 s (bootstrap + a stream long enough to show drift)",
               file=sys.stderr)
         return 2
-    opts = DemoOptions(cameras=args.cameras, duration=args.duration, scenario=args.scenario, data=args.data,
+    if args.arch is not None:
+        from trainer.nets import ARCH_INPUT  # torch: only when the option is used
+
+        if args.arch not in ARCH_INPUT:
+            print(f"edgeloop demo: --arch {args.arch!r} is not an architecture; known: {', '.join(sorted(ARCH_INPUT))}",
+                  file=sys.stderr)
+            return 2
+    opts = DemoOptions(arch=args.arch, cameras=args.cameras, duration=args.duration, scenario=args.scenario, data=args.data,
                        broker=args.broker, seed=args.seed, out=args.out, fps=args.fps, budget=args.budget,
                        plain=args.plain, insecure=args.insecure)
     if opts.duration < 120:

@@ -42,6 +42,7 @@ class DemoOptions:
     budget: int = 40              # uploads per minute per camera (the edge's minute budget)
     plain: bool = False
     insecure: bool = False        # an anonymous loopback broker instead of TLS + client certificates + ACL
+    arch: str | None = None       # the model architecture (trainer/nets.py); None: the scenario's (SCENARIOS)
     bootstrap_frames: int = 1600
     bootstrap_epochs: int | None = None
     bootstrap_budget_s: float | None = None   # seconds of bootstrap training; None: see bootstrap_budget()
@@ -93,6 +94,11 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "digits": {"arch": "convnet", "input_size": None, "lighting": "brightness:-0.5+contrast:0.6", "newclass": "5=0.2",
                "extra": "classes=0-4"},
 }
+
+
+def demo_arch(opts: DemoOptions) -> str:
+    """The architecture the demo bootstraps: ``--arch`` if given, else the scenario's."""
+    return opts.arch or SCENARIOS[opts.scenario]["arch"]
 
 
 def plan_timeline(stream_s: float, fps: float, scenario: str) -> Timeline:
