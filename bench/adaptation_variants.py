@@ -169,6 +169,9 @@ VARIANTS: dict[str, Variant] = {
     "ace-replay": Variant("ace-replay", "iw-er's ACE share set by the replayed share of each step (strategy.ace_mix "
                                         "replay): the rule that meets the equal-compute goal on Split-MNIST",
                           settings={"strategy_settings": {"ace_mix": "replay"}}),
+    "pure-ace": Variant("pure-ace", "iw-er with pure ACE on new samples (strategy.ace_mix 1), the default until the "
+                                    "ace_mix \"steps\" rule (0.975 at the trainer's 20 steps)",
+                        settings={"strategy_settings": {"ace_mix": 1.0}}),
     "ace-off": Variant("ace-off", "iw-er with full CE on new samples (strategy.ace false): ACE never lets a new "
                                   "class's samples push down the old classes they are confused with",
                        settings={"strategy_settings": {"ace": False}}),

@@ -174,6 +174,26 @@ def test_iw_er_ace_mix_blends_asymmetric_and_full_ce():
             make_strategy("iw-er", tiny_model(2), adam, config={"ace_mix": bad})
 
 
+def test_iw_er_ace_share_follows_the_steps_of_the_update():
+    """ace_mix "steps" (the default): a = 1 − 1/(2K) for an update of K steps -- half full CE at one step per
+    minibatch, nearly pure ACE at the trainer's 20 -- and the loss is that blend."""
+    s = make_strategy("iw-er", tiny_model(2), adam, config={"replay_batch_size": 4})
+    assert s.config.ace_mix == "steps"
+    x, y = make_data([0, 1], 8, seed=0)
+    new = LabelledBatch(*make_data([0], 4, seed=1))  # one class: its ACE leaves class 1's logit alone
+    for k, share in ((1, 0.5), (3, 1 - 1 / 6), (20, 0.975)):
+        s.update(LabelledBatch(x, y), steps=k)
+        replay = s.memory.sample(4, np.random.default_rng(0))
+        assert s._ace_share(len(new), replay) == pytest.approx(share)
+        losses = {}
+        for mix in ("steps", 1.0, 0.0):
+            s.config = s.settings({"replay_batch_size": 4, "ace_mix": mix})
+            losses[mix] = float(s.step_loss(new, replay).detach())
+        assert abs(losses[1.0] - losses[0.0]) > 1e-3  # ACE and full CE differ, so the blend is measurable
+        assert losses["steps"] == pytest.approx(share * losses[1.0] + (1 - share) * losses[0.0], rel=1e-5)
+        s.config = s.settings({"replay_batch_size": 4})
+
+
 def test_ewc_penalty_anchors_parameters():
     model = tiny_model(2)
     s = make_strategy("ewc", model, adam, config={"ewc_lambda": 50.0, "ewc_window": 2})

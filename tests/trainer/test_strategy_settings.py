@@ -41,7 +41,7 @@ def test_one_source_of_defaults_the_values_the_benchmark_measured() -> None:
     assert make_strategy("ewc", _model(), _adam, config={"ewc_gamma": 0.9}).config.ewc_lambda == 100.0
     iw = make_strategy("iw-er", _model(), _adam)
     assert (iw.config.class_balance, iw.config.ace, iw.config.distill, iw.config.w_max) == (True, True, 0.3, 10.0)
-    assert iw.config.ace_mix == 1.0  # pure ACE; "replay" wins on Split-MNIST, not in the loop (README, "At Avalanche's budget")
+    assert iw.config.ace_mix == "steps"  # 1 − 1/(2K): half full CE at one step, ~pure ACE at the trainer's 20 (README, "At Avalanche's budget")
     assert iw.memory is not None and iw.memory.store_logits  # distill > 0 by default
     assert TrainerConfig().strategy == strategy_settings("iw-er").as_dict()
 

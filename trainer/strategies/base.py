@@ -177,6 +177,7 @@ class Strategy:
         self.rng = np.random.default_rng(seed)
         self.updates = 0
         self.steps = 0
+        self.update_steps = 1
 
     @classmethod
     def settings(cls, config: StrategyConfig | Mapping[str, Any] | None = None) -> Any:
@@ -249,7 +250,8 @@ class Strategy:
         self.train_mode()
         losses = []
         n_replay = 0
-        for _ in range(max(1, int(steps))):
+        self.update_steps = max(1, int(steps))  # how many steps this update makes (iw-er's ace_mix="steps" reads it)
+        for _ in range(self.update_steps):
             new = self._new_minibatch(batch)
             replay = self._replay_minibatch()
             n_replay = 0 if replay is None else len(replay)
