@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = ours_rows + peer_rows
     print("\nours beside Avalanche, same stream, same run:")
     print(format_table(summarise(rows)))
+    met = lb.goal_met(summarise(ours_rows), known.buffer, len(seeds))
+    print(lb.goal_line(met, len(seeds)))
+    rc = 0 if met or len(seeds) < lb.GOAL_SEEDS else 1  # each seed's own run is "not judged" (rc 0)
     ratios = wall_time_ratios(rows)
     for name, per_seed in ratios.items():
         med = statistics.median(per_seed.values())

@@ -200,10 +200,21 @@ def run_benchmark(
     return {"rows": rows, "summary": summary, "met": goal_met(summary, buffer, len(seeds))}
 
 
+GOAL_SEEDS = 3
+
+
 def goal_met(summary: dict[str, dict[str, float]], buffer: int, seeds: int) -> bool:
     """The issue's goal: iw-er at buffer 500, mean of >= 3 seeds, final accuracy >= 96 %, forgetting <= 3."""
     iw = summary.get("iw-er")
-    return bool(iw is not None and buffer == 500 and seeds >= 3 and iw["final_acc"] >= 96.0 and iw["forgetting"] <= 3.0)
+    return bool(iw is not None and buffer == 500 and seeds >= GOAL_SEEDS and iw["final_acc"] >= 96.0 and iw["forgetting"] <= 3.0)
+
+
+def goal_line(met: bool, seeds: int) -> str:
+    """The goal's verdict as printed. The goal is a mean over >= 3 seeds, so a run of fewer (each seed of a paired
+    ``--peer`` run is one) says "not judged" rather than a "NOT met" that reads like a failure."""
+    if seeds < GOAL_SEEDS:
+        return f"goal: {GOAL} -> not judged ({seeds} seed(s); the goal needs >= {GOAL_SEEDS})"
+    return f"goal: {GOAL} -> {'MET' if met else 'NOT met'}"
 
 
 # --------------------------------------------------------------------------- entry points
@@ -256,7 +267,7 @@ def _merge(files: list[str], out: str | None) -> int:
     met = goal_met(summary, buffers.pop() if len(buffers) == 1 else -1, len(seeds_seen))
     print(f"merged {len(files)} files, seeds {sorted({r['seed'] for r in rows})}")
     print(format_table(summary))
-    print(f"goal: {GOAL} -> {'MET' if met else 'NOT met'}")
+    print(goal_line(met, len(seeds_seen)))
     if out:
         Path(out).write_text(json.dumps({"rows": rows, "summary": summary, "met": met}, indent=2, default=float))
     return 0 if met else 1
@@ -286,14 +297,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nSplit-MNIST, buffer {a.buffer} ({a.policy}), K={a.steps} steps/minibatch, replay {a.replay}/step, "
           f"seeds {seeds}, torch threads {a.threads}")
     print(format_table(res["summary"]))
-    print(f"goal: {GOAL} -> {'MET' if res['met'] else 'NOT met'}")
+    judged = len(seeds) >= GOAL_SEEDS
+    print(goal_line(res["met"], len(seeds)))
     total = time.perf_counter() - t0
     print(f"total wall time {total:.0f} s")
     res["total_seconds"] = total
     res["threads"] = a.threads
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2, default=float))
-    return 0 if res["met"] or a.quick else 1
+    return 0 if res["met"] or a.quick or not judged else 1
 
 
 if __name__ == "__main__":

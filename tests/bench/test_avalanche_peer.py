@@ -111,3 +111,12 @@ def test_wall_time_ratio_pairs_each_of_our_runs_with_der_on_the_same_seed() -> N
         {"strategy": "avalanche-replay", "seed": 0, "seconds": 1.0},
     ]
     assert wall_time_ratios(rows) == {"iw-er": {0: pytest.approx(0.9), 1: pytest.approx(1.2)}}
+
+
+def test_one_seed_of_a_paired_run_is_not_judged_against_the_three_seed_goal() -> None:
+    from trainer.learning_bench import GOAL_SEEDS, goal_line
+
+    assert "not judged (1 seed(s)" in goal_line(False, 1)
+    assert "NOT met" not in goal_line(False, GOAL_SEEDS - 1)
+    assert goal_line(False, GOAL_SEEDS).endswith("NOT met")
+    assert goal_line(True, GOAL_SEEDS).endswith("MET")
