@@ -127,10 +127,23 @@ VARIANTS: dict[str, Variant] = {
                       settings={"stage_scale": {"update_s": CNN128_UPDATE_COST, "evaluate_s": CNN128_EVAL_COST}}),
     "aug-boot": Variant("aug-boot", "photometric + geometric augmentation in the bootstrap (trainer.augment)",
                         bootstrap={"augment": "both"}),
-    "boot40": Variant("boot40", "a longer bootstrap: 40 epochs instead of the benchmark's 27 (the demo's cap on a "
-                                "quiet machine; deploy/demo/bootstrap.py)", bootstrap={"epochs": 40}),
-    "boot-3200": Variant("boot-3200", "a bootstrap on twice the rendered frames (3,200 instead of the demo's 1,600), "
+    "boot40": Variant("boot40", "a longer bootstrap on the old 1,600 frames: 40 epochs instead of 27 (the demo's "
+                                "cap on a quiet machine; deploy/demo/bootstrap.py)",
+                      bootstrap={"frames": 1600, "epochs": 40}),
+    "boot-3200": Variant("boot-3200", "a bootstrap on twice the old rendered frames (3,200 instead of 1,600), "
                                       "20 epochs", bootstrap={"frames": 3200, "epochs": 20}),
+    "boot-1600": Variant("boot-1600", "the demo's bootstrap before 4,800 frames became its default: 1,600 frames, "
+                                      "27 epochs (the same sample steps)", bootstrap={"frames": 1600, "epochs": 27}),
+    "boot-3200-e13": Variant("boot-3200-e13", "twice the old bootstrap frames in the same sample steps: 3,200 frames, "
+                                              "13 epochs", bootstrap={"frames": 3200, "epochs": 13}),
+    "boot-6400-e7": Variant("boot-6400-e7", "four times the old bootstrap frames in the same sample steps: 6,400 "
+                                            "frames, 7 epochs", bootstrap={"frames": 6400, "epochs": 7}),
+    "boot-floor": Variant("boot-floor", "the old bootstrap on a slow or busy machine: 1,600 frames at the floor of "
+                                        "400 optimiser steps (10 epochs; deploy/demo/bootstrap.py MIN_STEPS)",
+                          bootstrap={"frames": 1600, "epochs": 10}),
+    "boot-4800-floor": Variant("boot-4800-floor", "the demo's bootstrap on a slow or busy machine: 4,800 frames at "
+                                                  "the floor of 400 optimiser steps (4 epochs)",
+                               bootstrap={"frames": 4800, "epochs": 4}),
     "aug": Variant("aug", "augmentation in the bootstrap and in every update step (hook: update.augment in the "
                           "strategies' base step)", bootstrap={"augment": "both"}, hooks=_augmented_updates()),
     "calib-drift": Variant("calib-drift", "edge input calibration, engaged by the drift signal (edge.model)",

@@ -43,7 +43,7 @@ class DemoOptions:
     plain: bool = False
     insecure: bool = False        # an anonymous loopback broker instead of TLS + client certificates + ACL
     arch: str | None = None       # the model architecture (trainer/nets.py); None: the scenario's (SCENARIOS)
-    bootstrap_frames: int = 1600
+    bootstrap_frames: int = 4800
     bootstrap_epochs: int | None = None
     bootstrap_budget_s: float | None = None   # seconds of bootstrap training; None: see bootstrap_budget()
 
