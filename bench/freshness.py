@@ -29,7 +29,7 @@ copied), with the demo's *default* timing-relevant settings (:mod:`deploy.demo.p
 What differs from the demo, on purpose: no frozen control (nothing here is compared with v0001, and its CPU
 would be measured as load), its own drift plan, a loop that ends once every counted sample has reached the
 whole fleet, the trainer's store and timeline read instead of a report, and a bootstrap set of 2400 frames
-(the demo's default is 1600; BENCHMARKS.md's figures were measured with 2400).
+(the demo's default is 4800, 1600 until 2026-12-01; BENCHMARKS.md's figures were measured with 2400).
 
 "Default demo settings" means the settings ``edgeloop demo`` derives for its default 180 s run, whose stream
 is about 120 s (``DEMO_STREAM_S``); they do not shrink with this benchmark's ``--duration``, so quick and
