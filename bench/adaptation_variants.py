@@ -146,6 +146,12 @@ VARIANTS: dict[str, Variant] = {
                                bootstrap={"frames": 4800, "epochs": 4}),
     "aug": Variant("aug", "augmentation in the bootstrap and in every update step (hook: update.augment in the "
                           "strategies' base step)", bootstrap={"augment": "both"}, hooks=_augmented_updates()),
+    "dihedral": Variant("dihedral", "quarter turns and mirror images of every sample in every update step "
+                                    "(trainer.augment dihedral): each label of a surface defect stands for eight "
+                                    "(hook: update.augment in the strategies' base step)",
+                        hooks=_augmented_updates("dihedral")),
+    "dihedral-boot": Variant("dihedral-boot", "dihedral in the bootstrap as well as in every update step",
+                             bootstrap={"augment": "dihedral"}, hooks=_augmented_updates("dihedral")),
     "calib-drift": Variant("calib-drift", "edge input calibration, engaged by the drift signal (edge.model)",
                            settings={"calibration": "drift"}),
     "calib": Variant("calib", "edge input calibration, always following the light (edge.model); now = demo",

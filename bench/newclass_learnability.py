@@ -59,14 +59,19 @@ def _first_with(names: list[str], n_crack: int, seed: int) -> np.ndarray:
 
 
 def learn_newclass(state: Path, pool: tuple[np.ndarray, list[str]], test: tuple[np.ndarray, list[str]],
-                   n_crack: int, steps: list[int], seed: int) -> list[dict[str, Any]]:
-    """v0001 trained on the bootstrap set + the pool frames holding ``n_crack`` cracks; test scores per step."""
+                   n_crack: int, steps: list[int], seed: int, augment: str = "none") -> list[dict[str, Any]]:
+    """v0001 trained on the bootstrap set + the pool frames holding ``n_crack`` cracks; test scores per step.
+    ``augment`` (trainer.augment's names) changes every minibatch, e.g. ``dihedral``: each label of a surface
+    defect stands for its eight turns and mirror images."""
     import torch
     import torch.nn.functional as F
 
     from bench.adaptation_loop import UpperBound
+    from trainer.augment import parse_augment
     from trainer.evaluate import evaluate_model
     from trainer.nets import grow_head
+
+    aug = parse_augment(augment)
 
     torch.manual_seed(seed)
     base = UpperBound(state, 0, seed)  # v0001, its labels and the bootstrap set, as the upper bound loads them
@@ -87,7 +92,8 @@ def learn_newclass(state: Path, pool: tuple[np.ndarray, list[str]], test: tuple[
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.eval()
         idx = torch.multinomial(w, 32, replacement=True, generator=g)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
+        xb = x[idx] if aug is None else aug(x[idx], g)
+        loss = F.cross_entropy(model(xb), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -136,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                                                               "render and cache the sets)")
     ap.add_argument("--seeds", default="0", help="comma-separated")
     ap.add_argument("--steps", default="200,400", help="score after these optimiser steps")
+    ap.add_argument("--augment", default="none", help="augment every minibatch (trainer.augment: none, photometric, "
+                                                      "geometric, both, dihedral, all); comma-separated to compare")
     ap.add_argument("--json", help="append one JSON line per (seed, size, N) here")
     a = ap.parse_args(argv)
     import torch
@@ -150,10 +158,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed} size {size}: test {len(test[1])} frames ({test[1].count('crack')} crack), pool "
                   f"{len(pool[1])} ({pool[1].count('crack')} crack); v0001 held-out {boot.get('accuracy', 0):.3f}",
                   flush=True)
-            for n in (int(v) for v in a.crack.split(",") if v.strip()):
-                for r in learn_newclass(state, pool, test, n, steps, seed):
-                    row = {"seed": seed, "size": size, "arch": arch or None, "n_crack": n, **r, "v0001_heldout": boot.get("accuracy")}
-                    print(f"  size {size} crack {n:>3} ({r['frames']:>4} frames) {r['steps']:>4} steps: accuracy "
+            for n, aug in ((int(v), g) for v in a.crack.split(",") if v.strip() for g in a.augment.split(",")):
+                for r in learn_newclass(state, pool, test, n, steps, seed, aug):
+                    row = {"seed": seed, "size": size, "arch": arch or None, "n_crack": n, "augment": aug, **r,
+                           "v0001_heldout": boot.get("accuracy")}
+                    print(f"  size {size} crack {n:>3} aug {aug} ({r['frames']:>4} frames) {r['steps']:>4} steps: accuracy "
                           f"{r['accuracy']:5.1f}  crack {r['crack']:5.1f}  "
                           f"[{' '.join(f'{c}:{v:.0f}' for c, v in r['recall'].items())}]  {r['cpu_s']}s", flush=True)
                     if a.json:

@@ -10,7 +10,10 @@ few degrees.
 - photometric: per-sample global gain (brightness), contrast around the sample's mean, per-channel gains (a
   colour cast; colour inputs only) and a gamma; then clamped to [0, 1];
 - geometric: per-sample rotation, scale and translation through one affine resampling (border: the edge
-  pixels, so no black corners appear that the data never has).
+  pixels, so no black corners appear that the data never has);
+- dihedral (off unless asked for): per-sample quarter turns and mirroring, exact pixel permutations. Only for
+  inputs whose orientation carries no meaning -- a defect on a part's surface is a crack whichever way it
+  runs -- so each label of a new defect stands for eight; never for digits.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Augment", "AUGMENTS", "augment", "augmented", "parse_augment"]
+__all__ = ["Augment", "AUGMENTS", "augment", "augmented", "dihedral", "parse_augment"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Augment:
     rotate_deg: float = 10.0
     scale: float = 0.1
     translate: float = 0.06      # fraction of the side
+    dihedral: bool = False       # quarter turns and flips (label-preserving for surface defects, not for digits)
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         return augment(x, self, gen)
@@ -48,11 +52,14 @@ AUGMENTS = {
     "photometric": Augment(geometric=False),
     "geometric": Augment(photometric=False),
     "both": Augment(),
+    "dihedral": Augment(photometric=False, geometric=False, dihedral=True),
+    "all": Augment(dihedral=True),
 }
 
 
 def parse_augment(value: str | bool | Augment | None) -> Augment | None:
-    """``None``/``False``/"none" -> None; ``True``/"both" -> both; "photometric"/"geometric" -> that one."""
+    """``None``/``False``/"none" -> None; ``True``/"both" -> both; "photometric"/"geometric"/"dihedral" -> that
+    one; "all" -> both and dihedral."""
     if value is None or value is False:
         return None
     if value is True:
@@ -74,6 +81,8 @@ def augment(x: torch.Tensor, a: Augment, gen: torch.Generator | None = None) -> 
     if n == 0:
         return x
     out = x
+    if a.dihedral:
+        out = dihedral(out, gen)
     if a.geometric:
         on = (torch.rand(n, generator=gen) < a.p).float().view(n, 1, 1, 1)
         ang = _u(n, -a.rotate_deg, a.rotate_deg, gen) * math.pi / 180.0
@@ -98,6 +107,22 @@ def augment(x: torch.Tensor, a: Augment, gen: torch.Generator | None = None) -> 
         y = y.clamp(min=1e-6).pow(gam)
         out = on * y + (1 - on) * out
     return out.clamp(0.0, 1.0)
+
+
+def dihedral(x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Each sample of ``x`` (N, C, H, W; square) turned by a random multiple of 90 degrees and mirrored with
+    probability 1/2: one of the eight symmetries of the square, uniformly, as an exact pixel permutation."""
+    n = x.shape[0]
+    turns = torch.randint(0, 4, (n,), generator=gen)
+    flips = torch.randint(0, 2, (n,), generator=gen)
+    out = x.clone()
+    for k in range(4):
+        for f in range(2):
+            sel = ((turns == k) & (flips == f)).nonzero().flatten()
+            if len(sel):
+                y = torch.rot90(x[sel], k, dims=(2, 3))
+                out[sel] = torch.flip(y, dims=(3,)) if f else y
+    return out
 
 
 def augmented(cls: type) -> type:

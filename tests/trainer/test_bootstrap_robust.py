@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import trainer.bootstrap as tb
-from trainer.augment import Augment, augment, parse_augment
+from trainer.augment import Augment, augment, dihedral, parse_augment
 from trainer.bootstrap import BootstrapDiverged, bootstrap, collapse_reason
 from trainer.cli import main
 from trainer.registry import Registry
@@ -91,6 +91,25 @@ def test_augment_keeps_shape_range_and_is_seeded() -> None:
     assert parse_augment("none") is None and parse_augment(True) == Augment()
     with pytest.raises(ValueError, match="unknown augmentation"):
         parse_augment("mixup")
+
+
+def test_dihedral_gives_each_sample_one_of_the_eight_symmetries_of_itself() -> None:
+    """Quarter turns and mirror images only: exact pixel permutations, all eight used, seeded, input untouched."""
+    x = torch.rand(400, 3, 8, 8)
+    keep = x.clone()
+    out = dihedral(x, torch.Generator().manual_seed(3))
+    assert torch.equal(x, keep) and out.shape == x.shape
+    seen = set()
+    for i in range(len(x)):
+        syms = [torch.rot90(x[i], k, dims=(1, 2)) for k in range(4)]
+        syms += [torch.flip(s, dims=(2,)) for s in syms]
+        hits = [j for j, s in enumerate(syms) if torch.equal(out[i], s)]
+        assert len(hits) == 1, f"sample {i} is not a symmetry of its input"
+        seen.add(hits[0])
+    assert seen == set(range(8))
+    assert torch.equal(out, dihedral(x, torch.Generator().manual_seed(3)))
+    assert parse_augment("dihedral") == Augment(photometric=False, geometric=False, dihedral=True)
+    assert torch.equal(augment(x, parse_augment("dihedral"), torch.Generator().manual_seed(3)), out)
 
 
 def test_bootstrap_diverged_survives_pickling() -> None:
