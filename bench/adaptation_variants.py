@@ -41,15 +41,6 @@ def _strategy(cls_path: str, extra: dict[str, Any] | None = None) -> Callable[[]
     return make
 
 
-def _augmented_updates(kind: str = "both") -> Callable[[], Hooks]:
-    def make() -> Hooks:
-        from trainer.augment import augmented
-        from trainer.strategies.iw_er import IWER
-
-        return Hooks(make_strategy=lambda svc: _rebuild(svc, augmented(IWER), {"augment": kind}))
-    return make
-
-
 # -- reacting to drift -------------------------------------------------------------------------------------------------
 class _DriftReaction:
     """When the edge's drift signal is on, the camera's minute budget is multiplied by ``budget_factor``; when a
@@ -144,14 +135,17 @@ VARIANTS: dict[str, Variant] = {
     "boot-4800-floor": Variant("boot-4800-floor", "the demo's bootstrap on a slow or busy machine: 4,800 frames at "
                                                   "the floor of 400 optimiser steps (4 epochs)",
                                bootstrap={"frames": 4800, "epochs": 4}),
-    "aug": Variant("aug", "augmentation in the bootstrap and in every update step (hook: update.augment in the "
-                          "strategies' base step)", bootstrap={"augment": "both"}, hooks=_augmented_updates()),
+    "aug": Variant("aug", "augmentation in the bootstrap and in every update step (strategy.augment both)",
+                   bootstrap={"augment": "both"}, settings={"strategy_settings": {"augment": "both"}}),
     "dihedral": Variant("dihedral", "quarter turns and mirror images of every sample in every update step "
-                                    "(trainer.augment dihedral): each label of a surface defect stands for eight "
-                                    "(hook: update.augment in the strategies' base step)",
-                        hooks=_augmented_updates("dihedral")),
+                                    "(strategy.augment dihedral): each label of a surface defect stands for eight",
+                        settings={"strategy_settings": {"augment": "dihedral"}}),
+    "dihedral-k60": Variant("dihedral-k60", "dihedral with 60 optimiser steps per update instead of 20 (8x the "
+                                            "samples bear more steps before they overfit); update charged 3x",
+                            settings={"update": {"steps": 60}, "strategy_settings": {"augment": "dihedral"},
+                                      "stage_scale": {"update_s": 3.0}}),
     "dihedral-boot": Variant("dihedral-boot", "dihedral in the bootstrap as well as in every update step",
-                             bootstrap={"augment": "dihedral"}, hooks=_augmented_updates("dihedral")),
+                             bootstrap={"augment": "dihedral"}, settings={"strategy_settings": {"augment": "dihedral"}}),
     "calib-drift": Variant("calib-drift", "edge input calibration, engaged by the drift signal (edge.model)",
                            settings={"calibration": "drift"}),
     "calib": Variant("calib", "edge input calibration, always following the light (edge.model); now = demo",

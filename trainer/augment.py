@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Augment", "AUGMENTS", "augment", "augmented", "dihedral", "parse_augment"]
+__all__ = ["Augment", "AUGMENTS", "augment", "dihedral", "parse_augment"]
 
 
 @dataclass(frozen=True)
@@ -123,30 +123,3 @@ def dihedral(x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tenso
                 y = torch.rot90(x[sel], k, dims=(2, 3))
                 out[sel] = torch.flip(y, dims=(3,)) if f else y
     return out
-
-
-def augmented(cls: type) -> type:
-    """A subclass of the strategy class ``cls`` whose every optimiser step sees augmented copies of its new and
-    replayed inputs (its Config gains ``augment``: photometric, geometric or both; default both). Replayed logits
-    (distillation targets) stay those of the stored, unaugmented inputs. The product hook this stands in for is
-    an ``augment`` setting read by the strategies' shared step (trainer/strategies/base.py)."""
-    import dataclasses
-
-    class AugmentedConfig(cls.Config, kw_only=True):  # type: ignore[name-defined, misc]
-        augment: str = "both"
-
-    class Augmented(cls):  # type: ignore[valid-type, misc]
-        Config = AugmentedConfig
-
-        def _optimise(self, new: Any, replay: Any) -> float:
-            a = parse_augment(self.config.augment)
-            if a is not None:
-                gen = self.__dict__.setdefault("_aug_gen", torch.Generator().manual_seed(int(self.rng.integers(1 << 30))))
-                if len(new):
-                    new = dataclasses.replace(new, x=a(new.x, gen))
-                if replay is not None and len(replay):
-                    replay = dataclasses.replace(replay, x=a(replay.x, gen))
-            return super()._optimise(new, replay)
-
-    Augmented.__name__ = Augmented.__qualname__ = f"Augmented{cls.__name__}"
-    return Augmented

@@ -296,3 +296,48 @@ def test_freeze_bn_keeps_the_running_statistics_the_exported_model_uses(freeze):
     assert torch.equal(bn.running_mean, mean0) == freeze and torch.equal(bn.running_var, var0) == freeze
     assert model.training  # the strategy leaves the model in training mode ...
     assert bn.training != freeze  # ... and its batch norms in inference mode when frozen
+
+
+@pytest.mark.parametrize("name", ["iw-er", "der++", "er"])
+def test_augment_dihedral_trains_on_turned_copies_and_leaves_the_stored_ones(name):
+    """strategy.augment: every step's new and replayed inputs are one of the eight symmetries of the originals;
+    what the memory keeps is the original; "none" (the default) hands the step its inputs unchanged."""
+    x, y = make_data([0, 1], 10, seed=0)
+    seen: list[torch.Tensor] = []
+    for augment in ("none", "dihedral"):
+        s = make_strategy(name, tiny_model(2), adam, capacity=50, config={"augment": augment, **small_settings(name)})
+        step_loss = s.step_loss
+
+        def spy(new, replay, step_loss=step_loss):
+            seen.append(new.x.clone())
+            return step_loss(new, replay)
+
+        s.step_loss = spy
+        seen.clear()
+        s.update(LabelledBatch(x, y), steps=6)
+        if augment == "none":
+            assert all(torch.equal(v, x) for v in seen)
+            continue
+        changed = 0
+        for v in seen:
+            for i in range(len(x)):
+                syms = [torch.rot90(x[i], k, dims=(1, 2)) for k in range(4)]
+                syms += [torch.flip(t, dims=(2,)) for t in syms]
+                assert any(torch.equal(v[i], t) for t in syms)
+                changed += not torch.equal(v[i], x[i])
+        assert changed > len(seen) * len(x) // 2  # 7 of 8 symmetries change an asymmetric input
+        if s.memory is not None:
+            kept = s.memory.sample(len(s.memory), np.random.default_rng(0)).x
+            # the originals, as the memory stores them (quantised to k/255)
+            assert all(any(torch.allclose(k, xi, atol=1 / 255) for xi in x) for k in kept)
+
+
+def test_augment_names_the_key_when_unknown():
+    with pytest.raises(ValueError, match="augment"):
+        make_strategy("iw-er", tiny_model(2), adam, config={"augment": "mirror"})
+    from trainer.augment import AUGMENTS
+    from trainer.strategies import StrategyConfig
+    import typing
+
+    allowed = typing.get_args(typing.get_type_hints(StrategyConfig)["augment"])
+    assert set(allowed) == set(AUGMENTS)  # the setting offers exactly what trainer.augment knows
