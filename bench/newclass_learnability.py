@@ -10,10 +10,12 @@ around them -- what a fully labelled stream gives by the time it has shown ``N``
 
 From v0001, each (size, N) trains jointly on the bootstrap set and those frames, with class-balanced minibatches
 of 32 (``crack`` about a fifth of each: the most oversampling can give), batch norm in inference mode (as the
-loop's updates), Adam 1e-3 -- README row #18's recipe -- and is scored on the test set after each of ``--steps``.
+loop's updates), Adam 1e-3 -- README row #18's recipe -- and is scored on the test set after each of ``--steps``;
+``--augment`` changes every minibatch (README row #35: ``dihedral``).
 
     python -m bench.newclass_learnability --sizes 64,128 --crack 25,60,120,240 --seeds 0 --json OUT.json
     python -m bench.newclass_learnability --sizes small_cnn128@128 --crack 25,60 --seeds 0
+    python -m bench.newclass_learnability --sizes 64 --crack 25,60 --augment none,dihedral --steps 200,400,800
 """
 from __future__ import annotations
 
@@ -59,10 +61,15 @@ def _first_with(names: list[str], n_crack: int, seed: int) -> np.ndarray:
 
 
 def learn_newclass(state: Path, pool: tuple[np.ndarray, list[str]], test: tuple[np.ndarray, list[str]],
-                   n_crack: int, steps: list[int], seed: int, augment: str = "none") -> list[dict[str, Any]]:
+                   n_crack: int, steps: list[int], seed: int, augment: str = "none",
+                   train: str = "all", align: bool = False) -> list[dict[str, Any]]:
     """v0001 trained on the bootstrap set + the pool frames holding ``n_crack`` cracks; test scores per step.
     ``augment`` (trainer.augment's names) changes every minibatch, e.g. ``dihedral``: each label of a surface
-    defect stands for its eight turns and mirror images."""
+    defect stands for its eight turns and mirror images. ``train``: ``all`` parameters, the ``head`` only, or the
+    head and the ``last`` block of ``features`` (the rest frozen: does the new class cost the old ones less?).
+    ``align`` also scores each checkpoint with the new row weight-aligned (:func:`_aligned_scores`)."""
+    if train not in ("all", "head", "last"):
+        raise ValueError(f"train {train!r}: use all, head or last")
     import torch
     import torch.nn.functional as F
 
@@ -71,7 +78,7 @@ def learn_newclass(state: Path, pool: tuple[np.ndarray, list[str]], test: tuple[
     from trainer.evaluate import evaluate_model
     from trainer.nets import grow_head
 
-    aug = parse_augment(augment)
+    aug = parse_augment(augment)  # an unknown name fails here, before any training
 
     torch.manual_seed(seed)
     base = UpperBound(state, 0, seed)  # v0001, its labels and the bootstrap set, as the upper bound loads them
@@ -83,7 +90,12 @@ def learn_newclass(state: Path, pool: tuple[np.ndarray, list[str]], test: tuple[
     y = torch.cat([base.y0.long(), torch.tensor([labels.index(pool[1][i]) for i in pick])])
     w = 1.0 / torch.bincount(y, minlength=len(labels)).float().clamp(min=1)[y]
     x_test, y_test = torch.from_numpy(test[0]), np.array([labels.index(t) for t in test[1]])
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    if train != "all":
+        blocks = [m for m in model.features if any(True for _ in m.parameters())]
+        keep = set(model.head.parameters()) | (set(blocks[-1].parameters()) if train == "last" else set())
+        for prm in model.parameters():
+            prm.requires_grad_(prm in keep)
+    opt = torch.optim.Adam([prm for prm in model.parameters() if prm.requires_grad], lr=1e-3)
     g = torch.Generator().manual_seed(seed)
     rows, t0 = [], time.process_time()
     for k in range(1, max(steps) + 1):
@@ -103,7 +115,31 @@ def learn_newclass(state: Path, pool: tuple[np.ndarray, list[str]], test: tuple[
                          "crack": round(100 * m["per_class"][labels.index("crack")], 1),
                          "recall": {c: round(100 * v, 1) for c, v in zip(labels, m["per_class"]) if v is not None},
                          "frames": int(len(pick)), "cpu_s": round(time.process_time() - t0, 1)})
+            if align:
+                rows[-1]["aligned"] = _aligned_scores(model, x_test, y_test, labels)
     return rows
+
+
+def _aligned_scores(model: Any, x_test: Any, y_test: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """The scores with the new row's weight norm scaled to the old rows' mean (weight aligning, Zhao et al.
+    2020): a row trained on a few oversampled samples grows long and claims the old classes' samples."""
+    import copy
+
+    import torch
+
+    from trainer.evaluate import evaluate_model
+
+    m2 = copy.deepcopy(model)
+    with torch.no_grad():
+        w = m2.head.weight
+        norms = w.norm(dim=1)
+        factor = norms[:-1].mean() / norms[-1]
+        w[-1] *= factor
+        m2.head.bias[-1] *= factor
+    m = evaluate_model(m2, x_test, y_test, len(labels))
+    return {"factor": round(float(factor), 3), "accuracy": round(100 * m["accuracy"], 1),
+            "crack": round(100 * m["per_class"][labels.index("crack")], 1),
+            "recall": {c: round(100 * v, 1) for c, v in zip(labels, m["per_class"]) if v is not None}}
 
 
 def _cached(path: Path, make: Any) -> tuple[np.ndarray, list[str]]:
@@ -144,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", default="200,400", help="score after these optimiser steps")
     ap.add_argument("--augment", default="none", help="augment every minibatch (trainer.augment: none, photometric, "
                                                       "geometric, both, dihedral, all); comma-separated to compare")
+    ap.add_argument("--train", default="all", help="what learns: all, head, last (head + the last feature block); "
+                                                   "comma-separated to compare")
+    ap.add_argument("--align", action="store_true", help="also score with the new row's norm aligned to the old rows'")
     ap.add_argument("--json", help="append one JSON line per (seed, size, N) here")
     a = ap.parse_args(argv)
     import torch
@@ -158,13 +197,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed} size {size}: test {len(test[1])} frames ({test[1].count('crack')} crack), pool "
                   f"{len(pool[1])} ({pool[1].count('crack')} crack); v0001 held-out {boot.get('accuracy', 0):.3f}",
                   flush=True)
-            for n, aug in ((int(v), g) for v in a.crack.split(",") if v.strip() for g in a.augment.split(",")):
-                for r in learn_newclass(state, pool, test, n, steps, seed, aug):
-                    row = {"seed": seed, "size": size, "arch": arch or None, "n_crack": n, "augment": aug, **r,
+            for n, aug, tr in ((int(v), g, t) for v in a.crack.split(",") if v.strip() for g in a.augment.split(",")
+                               for t in a.train.split(",")):
+                for r in learn_newclass(state, pool, test, n, steps, seed, aug, tr, a.align):
+                    row = {"seed": seed, "size": size, "arch": arch or None, "n_crack": n, "augment": aug, "train": tr, **r,
                            "v0001_heldout": boot.get("accuracy")}
-                    print(f"  size {size} crack {n:>3} aug {aug} ({r['frames']:>4} frames) {r['steps']:>4} steps: accuracy "
+                    print(f"  size {size} crack {n:>3} aug {aug} train {tr} ({r['frames']:>4} frames) {r['steps']:>4} steps: accuracy "
                           f"{r['accuracy']:5.1f}  crack {r['crack']:5.1f}  "
                           f"[{' '.join(f'{c}:{v:.0f}' for c, v in r['recall'].items())}]  {r['cpu_s']}s", flush=True)
+                    if "aligned" in r:
+                        al = r["aligned"]
+                        print(f"    weight-aligned (x{al['factor']}): accuracy {al['accuracy']:5.1f}  crack {al['crack']:5.1f}  "
+                              f"[{' '.join(f'{c}:{v:.0f}' for c, v in al['recall'].items())}]", flush=True)
                     if a.json:
                         with open(a.json, "a") as fh:
                             fh.write(json.dumps(row) + "\n")

@@ -19,3 +19,12 @@ def test_the_prefix_holds_exactly_n_cracks_and_the_others_around_them() -> None:
 def test_asking_for_more_cracks_than_the_pool_holds_says_so() -> None:
     with pytest.raises(ValueError, match="holds 2 crack frames, fewer than 3"):
         _first_with(["crack", "ok", "crack"], 3, seed=0)
+
+
+@pytest.mark.parametrize("option,message", [({"train": "backbone"}, "train 'backbone': use all, head or last"),
+                                            ({"augment": "mirror"}, "unknown augmentation 'mirror'")])
+def test_an_unknown_option_fails_before_anything_is_loaded(tmp_path, option, message) -> None:
+    from bench.newclass_learnability import learn_newclass
+
+    with pytest.raises(ValueError, match=message):
+        learn_newclass(tmp_path / "no-state", ([], []), ([], []), 25, [200], 0, **option)
