@@ -144,6 +144,12 @@ VARIANTS: dict[str, Variant] = {
                                             "samples bear more steps before they overfit); update charged 3x",
                             settings={"update": {"steps": 60}, "strategy_settings": {"augment": "dihedral"},
                                       "stage_scale": {"update_s": 3.0}}),
+    "cnn128-dihedral": Variant("cnn128-dihedral", "cnn128 with dihedral updates (README #38: offline the pair learns "
+                                                  "crack from 25 labels without giving up the old classes)",
+                               bootstrap={"arch": "small_cnn128"},
+                               settings={"strategy_settings": {"augment": "dihedral"},
+                                         "stage_scale": {"update_s": CNN128_UPDATE_COST,
+                                                         "evaluate_s": CNN128_EVAL_COST}}),
     "dihedral-boot": Variant("dihedral-boot", "dihedral in the bootstrap as well as in every update step",
                              bootstrap={"augment": "dihedral"}, settings={"strategy_settings": {"augment": "dihedral"}}),
     "calib-drift": Variant("calib-drift", "edge input calibration, engaged by the drift signal (edge.model)",

@@ -167,3 +167,16 @@ def test_a_costlier_variant_is_charged_its_trainer_time() -> None:
     assert cnn.update_s == pytest.approx(demo.update_s * CNN128_UPDATE_COST)
     assert cnn.evaluate_s == pytest.approx(demo.evaluate_s * CNN128_EVAL_COST)
     assert cnn.export_s == demo.export_s and boot == {"arch": "small_cnn128"}
+
+
+def test_every_variants_strategy_settings_are_settings_its_strategy_has() -> None:
+    """A misspelt setting in a variant fails here, not ten minutes into a benchmark run."""
+    from trainer.strategies import strategy_settings
+
+    for name in ad.variants():
+        s, _ = ad.run_one_settings("default", 0, name)
+        strategy_settings(s.strategy, s.strategy_settings)  # ValueError naming the key otherwise
+    demo, _ = ad.run_one_settings("default", 0, "demo")
+    k60, _ = ad.run_one_settings("default", 0, "dihedral-k60")
+    assert k60.update["steps"] == 60 and k60.update_s == pytest.approx(3 * demo.update_s)
+    assert k60.strategy_settings == {"augment": "dihedral"} and demo.strategy_settings == {}
