@@ -5,7 +5,7 @@ exposure drifts, the part sits a little rotated or off-centre. A model that has 
 learning loses less when they happen, before any new label arrives. Everything here is a batched tensor
 operation (a few hundred microseconds for 32 inputs of 64x64x3), seeded by a ``torch.Generator`` so runs
 repeat, and label-preserving by construction: no flips (a mirrored 2 is not a 2), rotations of at most a
-few degrees.
+few degrees -- except ``dihedral`` below, which flips and turns, and is only ever asked for by name.
 
 - photometric: per-sample global gain (brightness), contrast around the sample's mean, per-channel gains (a
   colour cast; colour inputs only) and a gamma; then clamped to [0, 1];
