@@ -203,7 +203,8 @@ def run_one(scenario: str, seed: int, variant: str = "demo", upper: bool = True,
     out = metrics(tr, sc, s.accuracy_window_s, upper)
     out.update(scenario=scenario, seed=seed, variant=variant, seconds=round(tr.seconds, 1), stages=stages,
                uploads=int(sum(tr.uploads)), frames=int(sum(len(x) for x in tr.truth)),
-               updates=len(tr.updates), promoted=sum(1 for u in tr.updates if u["promoted"]),
+               updates=sum(1 for u in tr.updates if "rehearsal" not in u),
+               rehearsals=sum(1 for u in tr.updates if u.get("rehearsal")), promoted=sum(1 for u in tr.updates if u["promoted"]),
                rollouts=sum(1 for e in tr.events if e["kind"] == "rollout"),
                freshness_p50_s=_q(tr.freshness, 50), freshness_p95_s=_q(tr.freshness, 95), bootstrap=boot,
                stream_s=stream_s, cameras=cameras, upper=upper, decisions=tr.updates)

@@ -46,7 +46,7 @@ from deploy.demo.plan import CALIBRATION
 
 log = logging.getLogger("edgeloop.bench.adaptation")
 
-__all__ = ["Clock", "LoopSettings", "Hooks", "RunTrace", "run_loop", "sim_clock", "UpperBound"]
+__all__ = ["Clock", "LoopSettings", "Hooks", "RunTrace", "busy_s", "run_loop", "sim_clock", "UpperBound"]
 
 
 # -- simulated time ---------------------------------------------------------------------------------------
@@ -289,6 +289,17 @@ def plan_rollout(version: str, path: Path, start: float, cameras: int, waves: tu
     return _Rollout(version, path, start, swaps, t)
 
 
+def busy_s(s: LoopSettings, work: dict[str, Any], update_steps: int, promoted: bool) -> float:
+    """Stream seconds the trainer is busy after a step that worked: an update is charged the measured update and
+    evaluation times; a rehearsal round (``update.rehearse_steps``) its share of the update time by optimiser
+    steps, and an evaluation if it made any step; either, the export when it promoted a version."""
+    export = s.export_s if promoted else 0.0
+    if work.get("kind") != "rehearsal":
+        return s.update_s + s.evaluate_s + export
+    steps = int(work.get("steps", 0))
+    return s.update_s * steps / max(1, update_steps) + (s.evaluate_s if steps else 0.0) + export
+
+
 # -- the run -----------------------------------------------------------------------------------------------------
 def _trainer_config(state_dir: Path, s: LoopSettings, seed: int) -> Any:
     import msgspec
@@ -471,7 +482,9 @@ def run_loop(state_src: Path, workdir: Path, urls: list[str], s: LoopSettings, s
                     upd = svc.history[-1]
                     dec = svc.last_decision or {}
                     prom = len(promoted) > n_before
-                    busy = s.update_s + s.evaluate_s + (s.export_s if prom else 0.0)
+                    work = svc.last_work or {"kind": "update"}
+                    rehearsal = work["kind"] == "rehearsal"
+                    busy = busy_s(s, work, svc.config.update.steps, prom)
                     busy_until = t + busy
                     if prom:  # the announcement happens when evaluation and export are done
                         v, p, _ = promoted[-1]
@@ -482,8 +495,10 @@ def run_loop(state_src: Path, workdir: Path, urls: list[str], s: LoopSettings, s
                             margins[v] = 100 * (rec["candidate_accuracy"] - rec["deployed_accuracy"])
                     tr.updates.append({"t": t, "update": upd[0], "first": upd[1], "last": upd[2], "n": upd[3],
                                        "promoted": dec.get("version") if prom else None,
-                                       "reason": dec.get("reason", "")})
-                    if ub is not None and len(tr.updates) % s.upper_every == 0:
+                                       "reason": dec.get("reason", ""),
+                                       **({"rehearsal": int(work.get("steps", 0))} if rehearsal else {})})
+                    n_updates = sum("rehearsal" not in u for u in tr.updates)
+                    if ub is not None and not rehearsal and n_updates % s.upper_every == 0:
                         rows = svc.store.labelled_after(0, limit=100000, heldout=False)
                         rows = [r for r in rows if r.label_seq <= upd[2]]
                         xs = [svc._tensor(r) for r in rows]  # noqa: SLF001 - the service's own decoding

@@ -150,6 +150,21 @@ VARIANTS: dict[str, Variant] = {
                                settings={"strategy_settings": {"augment": "dihedral"},
                                          "stage_scale": {"update_s": CNN128_UPDATE_COST,
                                                          "evaluate_s": CNN128_EVAL_COST}}),
+    "rehearse": Variant("rehearse", "the trainer's idle time spent on replay (update.rehearse_steps 20, up to 3 "
+                                    "rounds after each update, each gated): a new class's few labels get hundreds "
+                                    "of steps before the final window instead of ~60", settings={"update": {
+                                        "rehearse_steps": 20, "rehearse_rounds": 3}}),
+    "rehearse-dihedral": Variant("rehearse-dihedral", "rehearse, every step's samples turned and mirrored "
+                                                      "(strategy.augment dihedral; README #35)",
+                                 settings={"update": {"rehearse_steps": 20, "rehearse_rounds": 3},
+                                           "strategy_settings": {"augment": "dihedral"}}),
+    "cnn128-rehearse-dihedral": Variant("cnn128-rehearse-dihedral", "rehearse-dihedral with small_cnn128 (README #38: "
+                                                                    "offline the pair reaches 90 % after 800 steps)",
+                                        bootstrap={"arch": "small_cnn128"},
+                                        settings={"update": {"rehearse_steps": 20, "rehearse_rounds": 2},
+                                                  "strategy_settings": {"augment": "dihedral"},
+                                                  "stage_scale": {"update_s": CNN128_UPDATE_COST,
+                                                                  "evaluate_s": CNN128_EVAL_COST}}),
     "dihedral-boot": Variant("dihedral-boot", "dihedral in the bootstrap as well as in every update step",
                              bootstrap={"augment": "dihedral"}, settings={"strategy_settings": {"augment": "dihedral"}}),
     "calib-drift": Variant("calib-drift", "edge input calibration, engaged by the drift signal (edge.model)",

@@ -100,6 +100,12 @@ class UpdateConfig(_Section):
     steps: Annotated[int, Meta(ge=1, le=100_000)] = 20  # K: optimiser steps per update (new samples mixed with replay)
     optimizer: Literal["sgd", "adam"] = "sgd"   # sgd = SGD with momentum 0.9
     lr: Annotated[float, Meta(gt=0.0, le=10.0)] = 0.01
+    # While it waits for the next batch, the trainer may spend its idle time on replay: after each update, up to
+    # rehearse_rounds rounds of rehearse_steps replay-only optimiser steps (Strategy.rehearse: the memory,
+    # class-balanced, so a new class's few samples are a fair share of every step), each round checkpointed and
+    # gated like an update. 0 = off: the CPU stays free between batches. Numbers: README, Adaptation #39.
+    rehearse_steps: Annotated[int, Meta(ge=0, le=100_000)] = 0
+    rehearse_rounds: Annotated[int, Meta(ge=1, le=10_000)] = 3
     replay_size: Size = 2000                    # replay memory capacity (samples)
     replay: Literal["reservoir", "class_balanced"] = "class_balanced"
     seed: Seed = 0                              # torch, the strategy's minibatch draws and the replay memory

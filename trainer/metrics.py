@@ -68,6 +68,10 @@ class TrainerCollector(Collector):
         yield _family(G, p + "buffered_samples", "Labelled samples waiting for the next update.", values=svc.buffered)
         yield _family(C, p + "updates", "Updates trained.", values=c.get("updates", 0))
         yield _family(C, p + "samples_trained", "Samples trained on (each once).", values=c.get("samples_seen", 0))
+        yield _family(C, p + "rehearsal_steps", "Replay-only optimiser steps run while waiting for labels "
+                      "(update.rehearse_steps).", values=c.get("rehearsal_steps", 0))
+        yield _family(C, p + "rehearsals_failed", "Rehearsal rounds undone: a non-finite loss or weight.",
+                      values=c.get("rehearsals_failed", 0))
         evaluations, promotions = c.get("evaluations", 0), c.get("promotions", 0)
         yield _family(C, p + "gate_decisions", "Promotion gate decisions, by outcome.", "outcome",
                       {"promote": promotions, "keep": max(0, evaluations - promotions)})

@@ -198,7 +198,7 @@ class TrainerService:
             if self.strategy.memory is not None and ckpt.replay_state is not None:
                 self.strategy.memory.load_state_dict(ckpt.replay_state)
         self.counters: dict[str, Any] = {"label_seq": 0, "samples_seen": 0, "updates": 0, "evaluations": 0,
-                                         "promotions": 0, **ckpt.counters}
+                                         "promotions": 0, "rehearsals": 0, "rehearsal_steps": 0, **ckpt.counters}
         self._fill_distillation_targets()
         self.history: list[list[int]] = [list(h) for h in ckpt.extra.get("history", [])]
         self.retried: list[int] = [int(q) for q in ckpt.extra.get("retried_quarantine", [])]
@@ -245,6 +245,8 @@ class TrainerService:
         self._degraded: dict[str, str] = {}  # what is impaired -> why (published as trainer/state "degraded")
         self._unsaved: str | None = None     # why the last update's checkpoint could not be written yet
         self._eval_due = False               # the update waiting for a checkpoint is due for the gate
+        self._rehearse_left = 0              # rehearsal rounds still allowed before the next update (rehearse_once)
+        self.last_work: dict[str, Any] | None = None  # what the last step that worked did: update or rehearsal
         self._retry_marks: list[int] = []    # retried quarantine ids to mark once their checkpoint is written
         self.last_loop = time.monotonic()    # the update loop's last round (/healthz)
         self.model_health: dict[str, Any] | None = None  # the deployed version at chance level? (see _check_deployed)
@@ -420,6 +422,9 @@ class TrainerService:
             if self._retry_quarantined():
                 return True
             if not self._due() and not (force and self._buffer):
+                if self._rehearse_left > 0:
+                    self.rehearse_once()
+                    return True
                 return False
             self.update_once()
             return True
@@ -511,12 +516,60 @@ class TrainerService:
                  f", quarantined batch {retry_of} retried" if retry_of is not None else "", u.steps,
                  result.get("loss", float("nan")), time.perf_counter() - t0)
         self._eval_due = self.counters["updates"] % max(1, self.config.eval.every) == 0
+        self._rehearse_left = u.rehearse_rounds if u.rehearse_steps > 0 else 0
+        self.last_work = {"kind": "update", "steps": u.steps}
         decision = None
         if self._save_checkpoint() and self._eval_due:  # never promote what is not on disk
             decision = self.evaluate_and_maybe_promote()
         self._write_timeline(t_start, t_trained, first, last, rows, len(xs), decision)
         return {"update": self.counters["updates"], "first": first, "last": last, "n": len(xs),
                 "loss": result.get("loss"), "decision": decision}
+
+    def rehearse_once(self) -> dict[str, Any]:
+        """One round of ``update.rehearse_steps`` replay-only optimiser steps, then checkpoint and gate.
+
+        Why: the trainer waits most of its time for labels (in the demo an update, its evaluation and export
+        take ~3 s of every ~11), while a new class that arrived with a handful of labels needs hundreds of
+        steps before a candidate stops trading the old classes for it (README, Adaptation #35-#38). Replay is
+        class-balanced, so those labels are a fair share of every step; with ``strategy.augment: dihedral``
+        each step sees them turned. Bounded: at most ``rehearse_rounds`` rounds per update, so a line without
+        new labels leaves the CPU alone. A round that fails (non-finite loss or weight) is undone from the
+        checkpoint and the rounds stop until the next update; it is counted (``rehearsals_failed``).
+        """
+        u = self.config.update
+        self._rehearse_left -= 1
+        self._marks = {}
+        t0 = time.perf_counter()
+        try:
+            result = self.strategy.rehearse(u.rehearse_steps)
+            loss = result.get("loss")
+            if result.get("steps") and ((isinstance(loss, float) and not math.isfinite(loss)) or not all(
+                    bool(torch.isfinite(p).all()) for p in self.model.parameters())):
+                raise UpdateFailed(f"rehearsal left a non-finite loss or weight ({loss})")
+        except Exception as e:
+            log.error("rehearsal after update %d failed (%s): the learner goes back to its last checkpoint and "
+                      "rehearses no more until the next update", self.counters["updates"], e, exc_info=e)
+            ckpt = load_checkpoint(self.state_dir)
+            if ckpt is None:
+                raise NotBootstrapped(f"checkpoint of {self.state_dir} disappeared") from e
+            self._restore(ckpt)  # (the counters too: count the failure after)
+            self.counters["rehearsals_failed"] = int(self.counters.get("rehearsals_failed", 0)) + 1
+            self._rehearse_left = 0
+            self.last_work = {"kind": "rehearsal", "steps": 0, "failed": True}
+            return {"rehearsal": None, "steps": 0, "decision": None, "error": str(e)}
+        steps = int(result.get("steps", 0))
+        self.last_work = {"kind": "rehearsal", "steps": steps}
+        if steps == 0:  # an empty memory: nothing to rehearse
+            self._rehearse_left = 0
+            return {"rehearsal": None, "steps": 0, "decision": None}
+        self.counters["rehearsals"] = int(self.counters.get("rehearsals", 0)) + 1
+        self.counters["rehearsal_steps"] = int(self.counters.get("rehearsal_steps", 0)) + steps
+        log.info("rehearsal %d after update %d: %d replay steps, loss %.4f, %.2fs", self.counters["rehearsals"],
+                 self.counters["updates"], steps, result.get("loss", float("nan")), time.perf_counter() - t0)
+        self._eval_due = True
+        decision = self.evaluate_and_maybe_promote() if self._save_checkpoint() else None
+        return {"rehearsal": self.counters["rehearsals"], "steps": steps, "loss": result.get("loss"),
+                "decision": decision}
 
     def _batch_tensors(self, rows: list[StoredSample]) -> tuple[list[torch.Tensor], list[int], list[float]]:
         xs, ys, ps = [], [], []

@@ -180,3 +180,21 @@ def test_every_variants_strategy_settings_are_settings_its_strategy_has() -> Non
     k60, _ = ad.run_one_settings("default", 0, "dihedral-k60")
     assert k60.update["steps"] == 60 and k60.update_s == pytest.approx(3 * demo.update_s)
     assert k60.strategy_settings == {"augment": "dihedral"} and demo.strategy_settings == {}
+
+
+def test_every_variants_trainer_settings_load_and_rehearsal_is_charged_by_its_steps(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A variant's update / eval keys are trainer config keys (a typo fails here), and the loop charges a
+    rehearsal round its share of the measured update time by steps, an evaluation only if it made any."""
+    from bench.adaptation_loop import _trainer_config, busy_s
+
+    for name in ad.variants():
+        s, _ = ad.run_one_settings("default", 0, name)
+        _trainer_config(tmp_path, s, 0)  # ValueError naming the key otherwise
+    s, _ = ad.run_one_settings("default", 0, "rehearse-dihedral")
+    cfg = _trainer_config(tmp_path, s, 0)
+    assert (cfg.update.rehearse_steps, cfg.update.rehearse_rounds, cfg.update.steps) == (20, 3, 20)
+    assert busy_s(s, {"kind": "update"}, 20, False) == pytest.approx(s.update_s + s.evaluate_s)
+    assert busy_s(s, {"kind": "rehearsal", "steps": 10}, 20, False) == pytest.approx(s.update_s / 2 + s.evaluate_s)
+    assert busy_s(s, {"kind": "rehearsal", "steps": 20}, 20, True) == pytest.approx(
+        s.update_s + s.evaluate_s + s.export_s)
+    assert busy_s(s, {"kind": "rehearsal", "steps": 0}, 20, False) == 0.0

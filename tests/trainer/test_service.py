@@ -312,3 +312,75 @@ def test_a_memory_whose_targets_cannot_be_computed_says_distillation_is_off(
         assert any("distillation is off" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
     finally:
         svc.stop()
+
+
+def test_idle_rehearsal_is_bounded_gated_checkpointed_and_counted(bootstrapped: Path, tmp_path: Path) -> None:
+    """With update.rehearse_steps, the trainer spends the time it waits for labels on replay-only steps: at most
+    rehearse_rounds rounds after each update, each one changing the model, written to the checkpoint and judged by
+    the gate like an update; nothing new is trained twice (samples_seen, label_seq unchanged)."""
+    from trainer.checkpoint import load_checkpoint
+
+    state = tmp_path / "state"
+    shutil.copytree(bootstrapped, state)
+    with SampleStore(state / "samples") as st:
+        fill_store(st, BASE + ["yellow"], 40)
+    svc = TrainerService(_config(state, **{"update.rehearse_steps": 4, "update.rehearse_rounds": 2}),
+                         exporter="torchscript")
+    try:
+        assert svc.step() and svc.last_work == {"kind": "update", "steps": 5}
+        seen, seq, updates = svc.counters["samples_seen"], svc.counters["label_seq"], svc.counters["updates"]
+        decisions = len((state / "decisions.jsonl").read_text().splitlines())
+        svc._buffer.clear()  # noqa: SLF001 - as if the rest had not been labelled yet: no update is due
+        svc._fetched_seq = 10**9  # noqa: SLF001
+        before = [p.detach().clone() for p in svc.model.parameters()]
+        assert svc.step() and svc.last_work == {"kind": "rehearsal", "steps": 4}
+        assert any(not torch.equal(a, b) for a, b in zip(before, svc.model.parameters()))
+        assert svc.step() and svc.counters["rehearsals"] == 2 and svc.counters["rehearsal_steps"] == 8
+        assert not svc.step(), "more rounds than update.rehearse_rounds"
+        assert (svc.counters["samples_seen"], svc.counters["label_seq"], svc.counters["updates"]) == (seen, seq, updates)
+        assert len((state / "decisions.jsonl").read_text().splitlines()) == decisions + 2  # each round gated
+        ck = load_checkpoint(state)
+        assert ck is not None and ck.counters["rehearsals"] == 2
+        assert all(torch.equal(ck.model_state[k], v) for k, v in svc.model.state_dict().items())
+        from trainer.metrics import TrainerCollector
+
+        names = {m.name: m for m in TrainerCollector(svc).collect()}
+        assert names["edgeloop_trainer_rehearsal_steps"].samples[0].value == 8
+    finally:
+        svc.stop()
+
+
+def test_rehearsal_is_off_by_default_and_a_failed_round_is_undone(bootstrapped: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    shutil.copytree(bootstrapped, state)
+    with SampleStore(state / "samples") as st:
+        fill_store(st, BASE, 48)
+    svc = TrainerService(_config(state), exporter="torchscript")
+    try:
+        assert svc.config.update.rehearse_steps == 0
+        assert svc.step(force=True)
+        svc._buffer.clear()  # noqa: SLF001 - no update due
+        svc._fetched_seq = 10**9  # noqa: SLF001
+        assert not svc.step() and svc.counters["rehearsals"] == 0  # off: an idle trainer stays idle
+    finally:
+        svc.stop()
+    svc = TrainerService(_config(state, **{"update.rehearse_steps": 3}), exporter="torchscript")
+    try:
+        assert svc.step(force=True)
+        svc._buffer.clear()  # noqa: SLF001
+        svc._fetched_seq = 10**9  # noqa: SLF001
+        real = svc.strategy.rehearse
+
+        def poison(steps):
+            out = real(steps)
+            with torch.no_grad():
+                next(svc.model.parameters()).fill_(float("nan"))
+            return out
+
+        svc.strategy.rehearse = poison  # type: ignore[method-assign]
+        assert svc.step() and svc.last_work["failed"]  # type: ignore[index]
+        assert svc.counters["rehearsals_failed"] == 1 and svc.counters["rehearsals"] == 0
+        assert all(bool(torch.isfinite(p).all()) for p in svc.model.parameters())  # back to the checkpoint
+        assert not svc.step(), "rehearsal goes on after a failed round"
+    finally:
+        svc.stop()
