@@ -62,14 +62,18 @@ def _first_with(names: list[str], n_crack: int, seed: int) -> np.ndarray:
 
 def learn_newclass(state: Path, pool: tuple[np.ndarray, list[str]], test: tuple[np.ndarray, list[str]],
                    n_crack: int, steps: list[int], seed: int, augment: str = "none",
-                   train: str = "all", align: bool = False) -> list[dict[str, Any]]:
+                   train: str = "all", align: bool = False, scope: str = "all") -> list[dict[str, Any]]:
     """v0001 trained on the bootstrap set + the pool frames holding ``n_crack`` cracks; test scores per step.
     ``augment`` (trainer.augment's names) changes every minibatch, e.g. ``dihedral``: each label of a surface
     defect stands for its eight turns and mirror images. ``train``: ``all`` parameters, the ``head`` only, or the
     head and the ``last`` block of ``features`` (the rest frozen: does the new class cost the old ones less?).
-    ``align`` also scores each checkpoint with the new row weight-aligned (:func:`_aligned_scores`)."""
+    ``align`` also scores each checkpoint with the new row weight-aligned (:func:`_aligned_scores`). ``scope``:
+    ``augment`` changes every sample (``all``) or only the new class's (``new``: does turning the old classes'
+    thousands of samples cost them what the few gain?)."""
     if train not in ("all", "head", "last"):
         raise ValueError(f"train {train!r}: use all, head or last")
+    if scope not in ("all", "new"):
+        raise ValueError(f"scope {scope!r}: use all or new")
     import torch
     import torch.nn.functional as F
 
@@ -104,7 +108,14 @@ def learn_newclass(state: Path, pool: tuple[np.ndarray, list[str]], test: tuple[
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.eval()
         idx = torch.multinomial(w, 32, replacement=True, generator=g)
-        xb = x[idx] if aug is None else aug(x[idx], g)
+        xb = x[idx]
+        if aug is not None and scope == "all":
+            xb = aug(xb, g)
+        elif aug is not None:
+            new = y[idx] == labels.index("crack")
+            xb = xb.clone()
+            if bool(new.any()):
+                xb[new] = aug(xb[new], g)
         loss = F.cross_entropy(model(xb), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -182,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                                                       "geometric, both, dihedral, all); comma-separated to compare")
     ap.add_argument("--train", default="all", help="what learns: all, head, last (head + the last feature block); "
                                                    "comma-separated to compare")
+    ap.add_argument("--scope", default="all", help="which samples --augment changes: all, or new (the crack samples "
+                                                   "only); comma-separated to compare")
     ap.add_argument("--align", action="store_true", help="also score with the new row's norm aligned to the old rows'")
     ap.add_argument("--json", help="append one JSON line per (seed, size, N) here")
     a = ap.parse_args(argv)
@@ -197,12 +210,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed} size {size}: test {len(test[1])} frames ({test[1].count('crack')} crack), pool "
                   f"{len(pool[1])} ({pool[1].count('crack')} crack); v0001 held-out {boot.get('accuracy', 0):.3f}",
                   flush=True)
-            for n, aug, tr in ((int(v), g, t) for v in a.crack.split(",") if v.strip() for g in a.augment.split(",")
-                               for t in a.train.split(",")):
-                for r in learn_newclass(state, pool, test, n, steps, seed, aug, tr, a.align):
-                    row = {"seed": seed, "size": size, "arch": arch or None, "n_crack": n, "augment": aug, "train": tr, **r,
-                           "v0001_heldout": boot.get("accuracy")}
-                    print(f"  size {size} crack {n:>3} aug {aug} train {tr} ({r['frames']:>4} frames) {r['steps']:>4} steps: accuracy "
+            for n, aug, tr, sc in ((int(v), g, t, c) for v in a.crack.split(",") if v.strip()
+                                   for g in a.augment.split(",") for t in a.train.split(",") for c in a.scope.split(",")):
+                for r in learn_newclass(state, pool, test, n, steps, seed, aug, tr, a.align, sc):
+                    row = {"seed": seed, "size": size, "arch": arch or None, "n_crack": n, "augment": aug, "train": tr,
+                           "scope": sc, **r, "v0001_heldout": boot.get("accuracy")}
+                    print(f"  size {size} crack {n:>3} aug {aug}/{sc} train {tr} ({r['frames']:>4} frames) {r['steps']:>4} steps: accuracy "
                           f"{r['accuracy']:5.1f}  crack {r['crack']:5.1f}  "
                           f"[{' '.join(f'{c}:{v:.0f}' for c, v in r['recall'].items())}]  {r['cpu_s']}s", flush=True)
                     if "aligned" in r:

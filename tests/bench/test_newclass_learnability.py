@@ -22,7 +22,8 @@ def test_asking_for_more_cracks_than_the_pool_holds_says_so() -> None:
 
 
 @pytest.mark.parametrize("option,message", [({"train": "backbone"}, "train 'backbone': use all, head or last"),
-                                            ({"augment": "mirror"}, "unknown augmentation 'mirror'")])
+                                            ({"augment": "mirror"}, "unknown augmentation 'mirror'"),
+                                            ({"scope": "old"}, "scope 'old': use all or new")])
 def test_an_unknown_option_fails_before_anything_is_loaded(tmp_path, option, message) -> None:
     from bench.newclass_learnability import learn_newclass
 
