@@ -543,8 +543,7 @@ class TrainerService:
         try:
             result = self.strategy.rehearse(u.rehearse_steps)
             loss = result.get("loss")
-            if result.get("steps") and ((isinstance(loss, float) and not math.isfinite(loss)) or not all(
-                    bool(torch.isfinite(p).all()) for p in self.model.parameters())):
+            if result.get("steps") and self._left_nonfinite(loss):
                 raise UpdateFailed(f"rehearsal left a non-finite loss or weight ({loss})")
         except Exception as e:
             log.error("rehearsal after update %d failed (%s): the learner goes back to its last checkpoint and "
@@ -592,10 +591,14 @@ class TrainerService:
         batch = LabelledBatch(torch.stack(xs), torch.tensor(ys), torch.tensor(ps, dtype=torch.float64))
         result = self.strategy.update(batch, steps=self.config.update.steps)
         loss = result.get("loss")
-        if (isinstance(loss, float) and not math.isfinite(loss)) or not all(
-                bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+        if self._left_nonfinite(loss):
             raise UpdateFailed(f"the update left a non-finite {'loss' if loss is not None else 'weight'} ({loss})")
         return result
+
+    def _left_nonfinite(self, loss: Any) -> bool:
+        """Did the last optimiser steps leave a non-finite loss or weight behind?"""
+        return (isinstance(loss, float) and not math.isfinite(loss)) or not all(
+            bool(torch.isfinite(p).all()) for p in self.model.parameters())
 
     def _quarantine(self, rows: list[StoredSample], exc: Exception, retry_of: int | None) -> dict[str, Any]:
         """Set a failed batch aside: restore the learner from its checkpoint (the state before the batch),
