@@ -158,6 +158,14 @@ VARIANTS: dict[str, Variant] = {
                                                       "(strategy.augment dihedral; README #35)",
                                  settings={"update": {"rehearse_steps": 20, "rehearse_rounds": 3},
                                            "strategy_settings": {"augment": "dihedral"}}),
+    "rehearse-dihedral-ema": Variant("rehearse-dihedral-ema", "rehearse-dihedral, the candidate the moving average "
+                                                              "of the weights (strategy.ema 0.99; README #41)",
+                                     settings={"update": {"rehearse_steps": 20, "rehearse_rounds": 3},
+                                               "strategy_settings": {"augment": "dihedral", "ema": 0.99}}),
+    "rehearse-dihedral-ema95": Variant("rehearse-dihedral-ema95", "rehearse-dihedral-ema at decay 0.95 (a time "
+                                                                  "constant of one update's 20 steps)",
+                                       settings={"update": {"rehearse_steps": 20, "rehearse_rounds": 3},
+                                                 "strategy_settings": {"augment": "dihedral", "ema": 0.95}}),
     "cnn128-rehearse-dihedral": Variant("cnn128-rehearse-dihedral", "rehearse-dihedral with small_cnn128 (README #38: "
                                                                     "offline the pair reaches 90 % after 800 steps)",
                                         bootstrap={"arch": "small_cnn128"},

@@ -62,14 +62,16 @@ def _first_with(names: list[str], n_crack: int, seed: int) -> np.ndarray:
 
 def learn_newclass(state: Path, pool: tuple[np.ndarray, list[str]], test: tuple[np.ndarray, list[str]],
                    n_crack: int, steps: list[int], seed: int, augment: str = "none",
-                   train: str = "all", align: bool = False, scope: str = "all") -> list[dict[str, Any]]:
+                   train: str = "all", align: bool = False, scope: str = "all",
+                   ema: float | None = None) -> list[dict[str, Any]]:
     """v0001 trained on the bootstrap set + the pool frames holding ``n_crack`` cracks; test scores per step.
     ``augment`` (trainer.augment's names) changes every minibatch, e.g. ``dihedral``: each label of a surface
     defect stands for its eight turns and mirror images. ``train``: ``all`` parameters, the ``head`` only, or the
     head and the ``last`` block of ``features`` (the rest frozen: does the new class cost the old ones less?).
     ``align`` also scores each checkpoint with the new row weight-aligned (:func:`_aligned_scores`). ``scope``:
     ``augment`` changes every sample (``all``) or only the new class's (``new``: does turning the old classes'
-    thousands of samples cost them what the few gain?)."""
+    thousands of samples cost them what the few gain?). ``ema``: also score the exponential moving average of the
+    weights with this decay per step (does averaging steady a learner whose checkpoints swing?)."""
     if train not in ("all", "head", "last"):
         raise ValueError(f"train {train!r}: use all, head or last")
     if scope not in ("all", "new"):
@@ -100,6 +102,11 @@ def learn_newclass(state: Path, pool: tuple[np.ndarray, list[str]], test: tuple[
         for prm in model.parameters():
             prm.requires_grad_(prm in keep)
     opt = torch.optim.Adam([prm for prm in model.parameters() if prm.requires_grad], lr=1e-3)
+    avg = None
+    if ema is not None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        avg = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema))
     g = torch.Generator().manual_seed(seed)
     rows, t0 = [], time.process_time()
     for k in range(1, max(steps) + 1):
@@ -120,6 +127,8 @@ def learn_newclass(state: Path, pool: tuple[np.ndarray, list[str]], test: tuple[
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if avg is not None:
+            avg.update_parameters(model)
         if k in steps:
             m = evaluate_model(model, x_test, y_test, len(labels))
             rows.append({"steps": k, "accuracy": round(100 * m["accuracy"], 1),
@@ -128,6 +137,12 @@ def learn_newclass(state: Path, pool: tuple[np.ndarray, list[str]], test: tuple[
                          "frames": int(len(pick)), "cpu_s": round(time.process_time() - t0, 1)})
             if align:
                 rows[-1]["aligned"] = _aligned_scores(model, x_test, y_test, labels)
+            if avg is not None:
+                me = evaluate_model(avg.module, x_test, y_test, len(labels))
+                rows[-1]["ema"] = {"accuracy": round(100 * me["accuracy"], 1),
+                                   "crack": round(100 * me["per_class"][labels.index("crack")], 1),
+                                   "recall": {c: round(100 * v, 1) for c, v in zip(labels, me["per_class"])
+                                              if v is not None}}
     return rows
 
 
@@ -195,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    "comma-separated to compare")
     ap.add_argument("--scope", default="all", help="which samples --augment changes: all, or new (the crack samples "
                                                    "only); comma-separated to compare")
+    ap.add_argument("--ema", type=float, help="also score the weights' exponential moving average with this decay "
+                                            "per step (e.g. 0.99)")
     ap.add_argument("--align", action="store_true", help="also score with the new row's norm aligned to the old rows'")
     ap.add_argument("--json", help="append one JSON line per (seed, size, N) here")
     a = ap.parse_args(argv)
@@ -212,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             for n, aug, tr, sc in ((int(v), g, t, c) for v in a.crack.split(",") if v.strip()
                                    for g in a.augment.split(",") for t in a.train.split(",") for c in a.scope.split(",")):
-                for r in learn_newclass(state, pool, test, n, steps, seed, aug, tr, a.align, sc):
+                for r in learn_newclass(state, pool, test, n, steps, seed, aug, tr, a.align, sc, a.ema):
                     row = {"seed": seed, "size": size, "arch": arch or None, "n_crack": n, "augment": aug, "train": tr,
                            "scope": sc, **r, "v0001_heldout": boot.get("accuracy")}
                     print(f"  size {size} crack {n:>3} aug {aug}/{sc} train {tr} ({r['frames']:>4} frames) {r['steps']:>4} steps: accuracy "
@@ -222,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
                         al = r["aligned"]
                         print(f"    weight-aligned (x{al['factor']}): accuracy {al['accuracy']:5.1f}  crack {al['crack']:5.1f}  "
                               f"[{' '.join(f'{c}:{v:.0f}' for c, v in al['recall'].items())}]", flush=True)
+                    if "ema" in r:
+                        e = r["ema"]
+                        print(f"    weight average (decay {a.ema}): accuracy {e['accuracy']:5.1f}  crack {e['crack']:5.1f}  "
+                              f"[{' '.join(f'{c}:{v:.0f}' for c, v in e['recall'].items())}]", flush=True)
                     if a.json:
                         with open(a.json, "a") as fh:
                             fh.write(json.dumps(row) + "\n")

@@ -760,7 +760,7 @@ class TrainerService:
             return self._record(decision)
         ref = self.registry.latest_promoted()
         ref_pred = self._reference_predictions(ref, held)
-        cand_pred = [self.labels[i] for i in predict(self.model, held.x)]
+        cand_pred = [self.labels[i] for i in predict(self.strategy.candidate(), held.x)]
         verdict = two_slice_gate(held.names, cand_pred, ref_pred,
                                  self.labels, min(ev.recent, held.n_uploaded), max_regression=ev.max_regression,
                                  max_forgetting=ev.max_forgetting, min_recent=ev.min_recent)
@@ -843,7 +843,7 @@ class TrainerService:
             samples_seen=int(self.counters["samples_seen"]), metrics=_scalar_metrics(clean), created=time.time(),
         )
         x = self.heldout_set().x
-        export_onnx(self.model, meta, path, exporter=self.exporter, verify_inputs=x[:16] if len(x) else None)  # type: ignore[arg-type]
+        export_onnx(self.strategy.candidate(), meta, path, exporter=self.exporter, verify_inputs=x[:16] if len(x) else None)  # type: ignore[arg-type]
         self._marks["exported"] = time.time()
         rec = self.registry.register(version, path=path, labels=list(self.labels), parent=parent, metrics=clean,
                                      samples_seen=int(self.counters["samples_seen"]), status="promoted", arch=self.arch)

@@ -384,3 +384,39 @@ def test_rehearsal_is_off_by_default_and_a_failed_round_is_undone(bootstrapped: 
         assert not svc.step(), "rehearsal goes on after a failed round"
     finally:
         svc.stop()
+
+
+def test_with_strategy_ema_the_gate_judges_and_the_version_ships_the_average(bootstrapped: Path, tmp_path: Path) -> None:
+    """strategy.ema: what is gated and exported is the moving average of the weights (the ONNX file predicts what
+    the average predicts, which is not what the learner's own weights predict), and the checkpoint carries it."""
+    from trainer.checkpoint import load_checkpoint
+    from trainer.evaluate import onnx_argmax, onnx_session, predict
+
+    state = tmp_path / "state"
+    shutil.copytree(bootstrapped, state)
+    with SampleStore(state / "samples") as st:
+        fill_store(st, BASE, 120)
+    promoted: list[tuple[str, Path, dict]] = []
+    svc = TrainerService(_config(state, **{"strategy.ema": 0.8, "update.lr": 0.1}), exporter="torchscript",
+                         on_promoted=lambda v, p, m: promoted.append((v, p, m)))
+    try:
+        while svc.step(force=True):
+            if promoted and svc.last_decision and svc.last_decision.get("promote"):
+                break
+        assert promoted, "nothing promoted"
+        cand = svc.strategy.candidate()
+        assert cand is not svc.model
+        x = svc.heldout_set().x
+        meta = read_meta(promoted[-1][1])
+        sess = onnx_session(promoted[-1][1])
+        shipped = sess.run([meta.output_name], {meta.input_name: x.numpy()})[0]
+        with torch.no_grad():
+            svc.model.eval()
+            average, weights = cand(x).numpy(), svc.model(x).numpy()
+        assert np.allclose(shipped, average, atol=1e-4) and not np.allclose(shipped, weights, atol=1e-3)
+        assert np.array_equal(np.asarray(onnx_argmax(sess, meta.input_name, meta.output_name, x.numpy())),
+                              predict(cand, x))
+        ck = load_checkpoint(state)
+        assert ck is not None and ck.extra["strategy"]["ema"] is not None and meta.labels == sorted(BASE)
+    finally:
+        svc.stop()

@@ -341,3 +341,44 @@ def test_augment_names_the_key_when_unknown():
 
     allowed = typing.get_args(typing.get_type_hints(StrategyConfig)["augment"])
     assert set(allowed) == set(AUGMENTS)  # the setting offers exactly what trainer.augment knows
+
+
+def test_ema_candidate_is_the_moving_average_of_the_weights_and_survives_growth_and_a_checkpoint():
+    """strategy.ema: the candidate is the average of the weights over optimiser steps, exactly (decay 0.5, two
+    steps: the mean of the two); it grows with the head (new rows start as the model's), is restored from the
+    strategy's state, and training goes on from the weights, not the average."""
+    x, y = make_data([0, 1], 10, seed=0)
+    model = tiny_model(2)
+    s = make_strategy("iw-er", model, adam, config={"replay_batch_size": 4, "ema": 0.5}, capacity=20, seed=1)
+    assert s.candidate() is model  # no step yet: the weights themselves
+    s.update(LabelledBatch(x, y), steps=1)
+    w1 = [p.detach().clone() for p in model.parameters()]
+    s.update(LabelledBatch(x, y), steps=1)
+    cand = s.candidate()
+    assert cand is not model and not cand.training
+    for e, a, b in zip(cand.parameters(), w1, model.parameters()):
+        assert torch.allclose(e, (a + b) / 2, atol=1e-7)
+    assert not all(torch.equal(e, b) for e, b in zip(cand.parameters(), model.parameters()))
+    x2, y2 = make_data([2], 6, seed=3)
+    s.update(LabelledBatch(x2, y2), steps=1)  # label 2 grows both heads
+    assert model.num_classes == 3 and s.candidate().num_classes == 3
+    m2 = tiny_model(2, seed=9)
+    s2 = make_strategy("iw-er", m2, adam, config={"replay_batch_size": 4, "ema": 0.5}, capacity=20, seed=1)
+    s2.load_state_dict(s.state_dict())
+    for a, b in zip(s.candidate().parameters(), s2.candidate().parameters()):
+        assert torch.equal(a, b)
+    off = make_strategy("iw-er", tiny_model(2), adam, config={"replay_batch_size": 4}, capacity=20)
+    off.update(LabelledBatch(x, y), steps=2)
+    assert off.candidate() is off.model and off.state_dict()["ema"] is None
+
+
+def test_ema_new_rows_start_as_the_models():
+    x, y = make_data([0, 1], 10, seed=0)
+    model = tiny_model(2)
+    s = make_strategy("iw-er", model, adam, config={"replay_batch_size": 4, "ema": 0.9}, capacity=20)
+    s.update(LabelledBatch(x, y), steps=2)
+    s.observe_new_classes(3)
+    assert torch.equal(s.candidate().head.weight[2], model.head.weight[2])
+    assert torch.equal(s.candidate().head.bias[2], model.head.bias[2])
+    with pytest.raises(ValueError, match="ema"):
+        make_strategy("iw-er", tiny_model(2), adam, config={"ema": 1.0})
