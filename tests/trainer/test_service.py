@@ -314,6 +314,12 @@ def test_a_memory_whose_targets_cannot_be_computed_says_distillation_is_off(
         svc.stop()
 
 
+def _nothing_due(svc: TrainerService) -> None:
+    """As if no more labels had arrived: the buffer empty and the store read to its end, so no update is due."""
+    svc._buffer.clear()  # noqa: SLF001
+    svc._fetched_seq = 10**9  # noqa: SLF001
+
+
 def test_idle_rehearsal_is_bounded_gated_checkpointed_and_counted(bootstrapped: Path, tmp_path: Path) -> None:
     """With update.rehearse_steps, the trainer spends the time it waits for labels on replay-only steps: at most
     rehearse_rounds rounds after each update, each one changing the model, written to the checkpoint and judged by
@@ -330,8 +336,7 @@ def test_idle_rehearsal_is_bounded_gated_checkpointed_and_counted(bootstrapped: 
         assert svc.step() and svc.last_work == {"kind": "update", "steps": 5}
         seen, seq, updates = svc.counters["samples_seen"], svc.counters["label_seq"], svc.counters["updates"]
         decisions = len((state / "decisions.jsonl").read_text().splitlines())
-        svc._buffer.clear()  # noqa: SLF001 - as if the rest had not been labelled yet: no update is due
-        svc._fetched_seq = 10**9  # noqa: SLF001
+        _nothing_due(svc)
         before = [p.detach().clone() for p in svc.model.parameters()]
         assert svc.step() and svc.last_work == {"kind": "rehearsal", "steps": 4}
         assert any(not torch.equal(a, b) for a, b in zip(before, svc.model.parameters()))
@@ -359,16 +364,14 @@ def test_rehearsal_is_off_by_default_and_a_failed_round_is_undone(bootstrapped: 
     try:
         assert svc.config.update.rehearse_steps == 0
         assert svc.step(force=True)
-        svc._buffer.clear()  # noqa: SLF001 - no update due
-        svc._fetched_seq = 10**9  # noqa: SLF001
+        _nothing_due(svc)
         assert not svc.step() and svc.counters["rehearsals"] == 0  # off: an idle trainer stays idle
     finally:
         svc.stop()
     svc = TrainerService(_config(state, **{"update.rehearse_steps": 3}), exporter="torchscript")
     try:
         assert svc.step(force=True)
-        svc._buffer.clear()  # noqa: SLF001
-        svc._fetched_seq = 10**9  # noqa: SLF001
+        _nothing_due(svc)
         real = svc.strategy.rehearse
 
         def poison(steps):
