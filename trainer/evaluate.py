@@ -6,6 +6,7 @@ hand-made arrays and stored per model version (as plain floats/lists) in the reg
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ __all__ = [
     "one_class_reason",
     "per_class_accuracy",
     "predict",
+    "sign_test",
     "stratified_split",
     "two_slice_gate",
 ]
@@ -290,6 +292,20 @@ def named_metrics(predicted: Sequence[str], truth: Sequence[str], space: Sequenc
     return m
 
 
+def sign_test(wins: int, losses: int) -> float:
+    """One-sided exact sign test on paired outcomes: the probability of ``losses`` or more among ``wins + losses``
+    discordant samples if losing and winning were equally likely (1.0 when there are none).
+
+    Two models judged on the same samples differ only where one is right and the other wrong; the samples both
+    get right or both get wrong say nothing about which is better (McNemar's insight). On ~40 recent uploads a
+    2-point allowance is one sample, a coin toss; the discordant pairs say how much of a loss chance explains.
+    """
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    return sum(math.comb(n, k) for k in range(losses, n + 1)) / 2 ** n
+
+
 def two_slice_gate(
     truth: Sequence[str],
     candidate: Sequence[str],
@@ -300,6 +316,7 @@ def two_slice_gate(
     max_regression: float,
     max_forgetting: float,
     min_recent: int,
+    paired_alpha: float = 0.0,
 ) -> dict[str, Any]:
     """Promote the candidate or not, judged against the deployed version on the same held-out samples.
 
@@ -311,6 +328,12 @@ def two_slice_gate(
     mostly the old world, so judging on it alone keeps rejecting exactly the models that adapt; judging
     on the recent slice alone would let a model forget the classes that are rare right now. With fewer
     than ``min_recent`` recent samples the whole set is judged with ``max_regression``.
+
+    ``paired_alpha`` > 0 makes the recent slice's test paired: a candidate that falls more than ``max_regression``
+    behind there is refused only if it is also *significantly* behind, i.e. a :func:`sign_test` on the samples
+    where the two disagree gives p < ``paired_alpha``. The slice is small (tens of samples) and the first version
+    that knows a new class trades some old-class samples for it: the fixed allowance refuses it on one or two
+    samples' difference, the paired test when the losses outnumber the wins by more than chance explains.
 
     Whatever the baseline, a candidate that answers one class (:func:`one_class_reason` on the whole set) is
     never promoted: a deployed model that is dead already must not make a dead successor look "no worse".
@@ -341,11 +364,19 @@ def two_slice_gate(
         sl = slice(len(truth) - n_recent, len(truth))
         cand_r = named_metrics(candidate[sl], truth[sl], space)
         ref_r = named_metrics(deployed[sl], truth[sl], ref_space)
-        out["recent"] = {"n": n_recent, "candidate_accuracy": cand_r["accuracy"], "deployed_accuracy": ref_r["accuracy"]}
+        wins = sum(c == t != d for t, c, d in zip(truth[sl], candidate[sl], deployed[sl]))
+        losses = sum(d == t != c for t, c, d in zip(truth[sl], candidate[sl], deployed[sl]))
+        out["recent"] = {"n": n_recent, "candidate_accuracy": cand_r["accuracy"], "deployed_accuracy": ref_r["accuracy"],
+                         "wins": wins, "losses": losses}
         checks.append((cand_r, ref_r, max_regression, "accuracy", f"recent {n_recent}"))
     promote, reasons = True, []
     for c, r, allowed, metric, where in checks:
         ok, why = gate(c, r, allowed, metric)
+        if not ok and paired_alpha > 0 and where.startswith("recent"):
+            p = out["recent"]["p_worse"] = sign_test(out["recent"]["wins"], out["recent"]["losses"])
+            ok = p >= paired_alpha
+            why += (f"; paired: {out['recent']['wins']} wins, {out['recent']['losses']} losses, p {p:.3f} "
+                    + (f">= {paired_alpha:g}: not significantly worse" if ok else f"< {paired_alpha:g}: worse"))
         promote &= ok
         reasons.append(f"{where}: {why}")
     return {**out, "promote": promote, "reason": "; ".join(reasons)}

@@ -764,7 +764,8 @@ class TrainerService:
         cand_pred = [self.labels[i] for i in predict(self.strategy.candidate(), held.x)]
         verdict = two_slice_gate(held.names, cand_pred, ref_pred,
                                  self.labels, min(ev.recent, held.n_uploaded), max_regression=ev.max_regression,
-                                 max_forgetting=ev.max_forgetting, min_recent=ev.min_recent)
+                                 max_forgetting=ev.max_forgetting, min_recent=ev.min_recent,
+                                 paired_alpha=ev.paired_alpha)
         if "best" in verdict:
             verdict["best"] = {"version": ref.version, **verdict["best"]}
         decision.update(verdict)

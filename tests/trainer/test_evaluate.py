@@ -16,6 +16,7 @@ from trainer.evaluate import (
     macro_f1,
     per_class_accuracy,
     stratified_split,
+    sign_test,
     two_slice_gate,
 )
 
@@ -106,7 +107,7 @@ def test_two_slice_gate_promotes_a_model_that_adapts():
     candidate = _flip(OLD, 8) + _flip(RECENT, 2)  # 90 % on the whole set, 90 % recent
     d = two_slice_gate(OLD + RECENT, candidate, deployed, ["a", "b"], 20, **LIMITS)
     assert d["promote"], d["reason"]
-    assert d["recent"] == {"n": 20, "candidate_accuracy": 0.9, "deployed_accuracy": 0.7}
+    assert d["recent"] == {"n": 20, "candidate_accuracy": 0.9, "deployed_accuracy": 0.7, "wins": 4, "losses": 0}
     assert d["best"]["accuracy"] == pytest.approx(0.94) and d["candidate"]["accuracy"] == pytest.approx(0.90)
     assert d["candidate"]["forgetting"] > 0 and d["reason"].count("whole set:") == 2 and "recent 20:" in d["reason"]
     # Too few recent uploads to judge on: the whole set alone, with max_regression -> kept.
@@ -119,6 +120,43 @@ def test_two_slice_gate_rejects_a_regression_on_the_recent_slice():
     candidate = OLD + _flip(RECENT, 10)  # same old world, worse on the recent uploads
     d = two_slice_gate(OLD + RECENT, candidate, deployed, ["a", "b"], 20, **LIMITS)
     assert not d["promote"] and "recent 20: accuracy 0.5000 vs best 0.7000" in d["reason"]
+
+
+def test_sign_test_is_the_exact_binomial_tail():
+    assert sign_test(0, 0) == 1.0 and sign_test(5, 0) == 1.0
+    assert sign_test(0, 1) == 0.5 and sign_test(0, 5) == pytest.approx(1 / 32)
+    assert sign_test(2, 4) == pytest.approx((15 + 6 + 1) / 64)  # P(X >= 4), X ~ Binomial(6, 1/2)
+
+
+def _trade(n_lost: int, n_won: int) -> tuple[list[str], list[str]]:
+    """A deployed version right on every recent sample but the last 6, and a candidate that gets ``n_won`` of
+    those 6 right and loses the first ``n_lost`` the deployed version gets right (the old world identical)."""
+    deployed = OLD + RECENT[:14] + _flip(RECENT[14:], 6)
+    candidate = OLD + _flip(RECENT[:n_lost], n_lost) + RECENT[n_lost:14] + RECENT[14:14 + n_won] + _flip(RECENT[14 + n_won:], 6 - n_won)
+    return deployed, candidate
+
+
+def test_paired_recent_slice_passes_a_loss_chance_explains_and_refuses_a_significant_one():
+    """Two samples behind on 20 (10 points) with 2 wins and 4 losses: the fixed allowance refuses, a sign test
+    says chance does it 34 % of the time. Five losses and no win (p 1/32) stay refused."""
+    deployed, candidate = _trade(4, 2)
+    d = two_slice_gate(OLD + RECENT, candidate, deployed, ["a", "b"], 20, **LIMITS)
+    assert not d["promote"] and "paired" not in d["reason"] and "p_worse" not in d["recent"]
+    d = two_slice_gate(OLD + RECENT, candidate, deployed, ["a", "b"], 20, **LIMITS, paired_alpha=0.05)
+    assert d["promote"], d["reason"]
+    assert d["recent"]["wins"] == 2 and d["recent"]["losses"] == 4 and d["recent"]["p_worse"] == pytest.approx(22 / 64)
+    assert "paired: 2 wins, 4 losses, p 0.344 >= 0.05: not significantly worse" in d["reason"]
+    deployed, candidate = _trade(5, 0)
+    d = two_slice_gate(OLD + RECENT, candidate, deployed, ["a", "b"], 20, **LIMITS, paired_alpha=0.05)
+    assert not d["promote"] and "paired: 0 wins, 5 losses, p 0.031 < 0.05: worse" in d["reason"]
+
+
+def test_paired_recent_slice_does_not_relax_the_whole_set():
+    """The test is paired on the recent slice only: forgetting on the whole set is refused as before."""
+    deployed = OLD + RECENT
+    candidate = _flip(OLD, 12) + RECENT  # 15 points behind on the old world, identical on the recent slice
+    d = two_slice_gate(OLD + RECENT, candidate, deployed, ["a", "b"], 20, **LIMITS, paired_alpha=0.5)
+    assert not d["promote"] and "paired" not in d["reason"] and "regression 0.1200 > allowed 0.1000" in d["reason"]
 
 
 def test_two_slice_gate_without_a_deployed_version_and_with_new_names():
