@@ -173,17 +173,27 @@ VARIANTS: dict[str, Variant] = {
                                                   "strategy_settings": {"augment": "dihedral"},
                                                   "stage_scale": {"update_s": CNN128_UPDATE_COST,
                                                                   "evaluate_s": CNN128_EVAL_COST}}),
-    "paired": Variant("paired", "the gate's recent slice judged by a paired sign test (eval.paired_alpha 0.05): a "
-                                "candidate behind by more than the 2-point allowance is refused only if significantly "
-                                "behind on the samples where it and the deployed version disagree (README #23)",
-                      settings={"eval": {"paired_alpha": 0.05}}),
+    "paired": Variant("paired", "the gate's recent slice also judged by a paired sign test (eval.paired always, "
+                                "level 0.05): a candidate behind by more than the 2-point allowance is refused only if "
+                                "significantly behind on the samples where it and the deployed version disagree "
+                                "(README #23)", settings={"eval": {"paired": "always"}}),
     "paired20": Variant("paired20", "paired at level 0.2: refused when the losses outnumber the wins by more than "
-                                    "chance explains four times in five", settings={"eval": {"paired_alpha": 0.2}}),
+                                    "chance explains four times in five",
+                        settings={"eval": {"paired": "always", "paired_alpha": 0.2}}),
+    "paired-new": Variant("paired-new", "the paired test only for a candidate that knows a class of the recent slice "
+                                        "that the deployed version does not (eval.paired new-class): the first crossing",
+                          settings={"eval": {"paired": "new-class"}}),
     "rehearse-dihedral-paired": Variant("rehearse-dihedral-paired", "rehearse-dihedral with the paired recent slice "
-                                                                    "(eval.paired_alpha 0.05): the first crossing",
+                                                                    "for every candidate (eval.paired always)",
                                         settings={"update": {"rehearse_steps": 20, "rehearse_rounds": 3},
                                                   "strategy_settings": {"augment": "dihedral"},
-                                                  "eval": {"paired_alpha": 0.05}}),
+                                                  "eval": {"paired": "always"}}),
+    "rehearse-dihedral-paired-new": Variant("rehearse-dihedral-paired-new", "rehearse-dihedral with the paired test "
+                                                                            "at the first crossing only (eval.paired "
+                                                                            "new-class)",
+                                            settings={"update": {"rehearse_steps": 20, "rehearse_rounds": 3},
+                                                      "strategy_settings": {"augment": "dihedral"},
+                                                      "eval": {"paired": "new-class"}}),
     "dihedral-boot": Variant("dihedral-boot", "dihedral in the bootstrap as well as in every update step",
                              bootstrap={"augment": "dihedral"}, settings={"strategy_settings": {"augment": "dihedral"}}),
     "calib-drift": Variant("calib-drift", "edge input calibration, engaged by the drift signal (edge.model)",

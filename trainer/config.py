@@ -117,9 +117,12 @@ class EvalConfig(_Section):
     recent: Size = 60                           # the latest N held-out uploads: "what the cameras see now"
     min_recent: Size = 20                       # below this many recent held-out samples, judge on the whole set only
     max_forgetting: Fraction = 0.10             # with a recent slice: largest allowed drop on the whole held-out set
-    # > 0: a candidate more than max_regression behind on the recent slice is refused only if a sign test on the
-    # samples where it and the deployed version disagree says it is worse at this level (0: the allowance alone)
-    paired_alpha: Annotated[float, Meta(ge=0.0, lt=1.0)] = 0.0
+    # A candidate more than max_regression behind on the recent slice is refused only if a sign test on the samples
+    # where it and the deployed version disagree says it is worse at level paired_alpha: "always", or only for a
+    # candidate that knows a class in the recent slice that the deployed version does not ("new-class"); "off":
+    # the allowance alone
+    paired: Literal["off", "new-class", "always"] = "off"
+    paired_alpha: Annotated[float, Meta(gt=0.0, lt=1.0)] = 0.05
     min_heldout: Size = 1                       # with fewer held-out samples, the gate cannot judge: promote only if --force
     every: Count = 1                            # evaluate (and maybe promote) after every N-th update
     # The gate judges on the newest max_heldout held-out uploads (plus the bootstrap slice): a bounded set, whose

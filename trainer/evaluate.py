@@ -18,6 +18,7 @@ import torch
 __all__ = [
     "ForgettingTracker",
     "MIN_EVIDENCE",
+    "PAIRED_MODES",
     "accuracy",
     "chance_check",
     "collapse_reason",
@@ -292,6 +293,10 @@ def named_metrics(predicted: Sequence[str], truth: Sequence[str], space: Sequenc
     return m
 
 
+#: When the gate's recent slice is judged by :func:`sign_test` as well as by the allowance (``eval.paired``).
+PAIRED_MODES = ("off", "new-class", "always")
+
+
 def sign_test(wins: int, losses: int) -> float:
     """One-sided exact sign test on paired outcomes: the probability of ``losses`` or more among ``wins + losses``
     discordant samples if losing and winning were equally likely (1.0 when there are none).
@@ -316,7 +321,9 @@ def two_slice_gate(
     max_regression: float,
     max_forgetting: float,
     min_recent: int,
-    paired_alpha: float = 0.0,
+    paired: str = "off",
+    paired_alpha: float = 0.05,
+    deployed_labels: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Promote the candidate or not, judged against the deployed version on the same held-out samples.
 
@@ -329,11 +336,14 @@ def two_slice_gate(
     on the recent slice alone would let a model forget the classes that are rare right now. With fewer
     than ``min_recent`` recent samples the whole set is judged with ``max_regression``.
 
-    ``paired_alpha`` > 0 makes the recent slice's test paired: a candidate that falls more than ``max_regression``
-    behind there is refused only if it is also *significantly* behind, i.e. a :func:`sign_test` on the samples
-    where the two disagree gives p < ``paired_alpha``. The slice is small (tens of samples) and the first version
-    that knows a new class trades some old-class samples for it: the fixed allowance refuses it on one or two
-    samples' difference, the paired test when the losses outnumber the wins by more than chance explains.
+    ``paired`` makes the recent slice's test paired: a candidate that falls more than ``max_regression`` behind
+    there is refused only if it is also *significantly* behind, i.e. a :func:`sign_test` on the samples where the
+    two disagree gives p < ``paired_alpha``. The slice is small (tens of samples): the fixed allowance refuses on
+    one or two samples' difference. ``"always"`` applies it to every candidate; ``"new-class"`` only to a
+    candidate that knows a class the deployed version does not (``deployed_labels``) and that occurs in the recent
+    truth: the first version that knows a new defect trades some old-class samples for it and is judged against a
+    version that can never get that class right; once one is deployed, its successors face the fixed allowance
+    again, so a chain of "not significantly worse" steps cannot walk the fleet downhill (measured: README #42).
 
     Whatever the baseline, a candidate that answers one class (:func:`one_class_reason` on the whole set) is
     never promoted: a deployed model that is dead already must not make a dead successor look "no worse".
@@ -342,6 +352,8 @@ def two_slice_gate(
     ``forgetting`` per class against the deployed version), ``best`` (the deployed version's metrics)
     and ``recent`` (both accuracies on the recent slice) when they were computed.
     """
+    if paired not in PAIRED_MODES:
+        raise ValueError(f"paired must be one of {', '.join(PAIRED_MODES)}, not {paired!r}")
     space = list(labels) + sorted({n for n in truth if n not in labels})
     cand = named_metrics(candidate, truth, space)
     out: dict[str, Any] = {"candidate": cand}
@@ -368,14 +380,21 @@ def two_slice_gate(
         losses = sum(d == t != c for t, c, d in zip(truth[sl], candidate[sl], deployed[sl]))
         out["recent"] = {"n": n_recent, "candidate_accuracy": cand_r["accuracy"], "deployed_accuracy": ref_r["accuracy"],
                          "wins": wins, "losses": losses}
+        if paired == "always":
+            out["recent"]["paired"] = "always"
+        elif paired == "new-class" and deployed_labels is not None:
+            new = sorted((set(truth[sl]) & set(labels)) - set(deployed_labels))
+            if new:
+                out["recent"]["paired"] = "new class " + ", ".join(new)
         checks.append((cand_r, ref_r, max_regression, "accuracy", f"recent {n_recent}"))
     promote, reasons = True, []
     for c, r, allowed, metric, where in checks:
         ok, why = gate(c, r, allowed, metric)
-        if not ok and paired_alpha > 0 and where.startswith("recent"):
+        if not ok and where.startswith("recent") and "paired" in out["recent"]:
             p = out["recent"]["p_worse"] = sign_test(out["recent"]["wins"], out["recent"]["losses"])
             ok = p >= paired_alpha
-            why += (f"; paired: {out['recent']['wins']} wins, {out['recent']['losses']} losses, p {p:.3f} "
+            why += (f"; paired ({out['recent']['paired']}): {out['recent']['wins']} wins, {out['recent']['losses']} "
+                    f"losses, p {p:.3f} "
                     + (f">= {paired_alpha:g}: not significantly worse" if ok else f"< {paired_alpha:g}: worse"))
         promote &= ok
         reasons.append(f"{where}: {why}")

@@ -765,7 +765,8 @@ class TrainerService:
         verdict = two_slice_gate(held.names, cand_pred, ref_pred,
                                  self.labels, min(ev.recent, held.n_uploaded), max_regression=ev.max_regression,
                                  max_forgetting=ev.max_forgetting, min_recent=ev.min_recent,
-                                 paired_alpha=ev.paired_alpha)
+                                 paired=ev.paired, paired_alpha=ev.paired_alpha,
+                                 deployed_labels=ref.labels if ref is not None else None)
         if "best" in verdict:
             verdict["best"] = {"version": ref.version, **verdict["best"]}
         decision.update(verdict)

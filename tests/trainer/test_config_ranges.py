@@ -16,7 +16,7 @@ from trainer.config import TrainerConfig
     ("strategy.w_max", 0.5, "strategy.w_max: 0.5 is out of range [1, 1000000]"),
     ("update.batch", 0, "update.batch: 0 is out of range [1, 2147483647]"),
     ("eval.heldout", 1.0, "eval.heldout: 1.0 is out of range [0, 1)"),
-    ("eval.paired_alpha", 1.0, "eval.paired_alpha: 1.0 is out of range [0, 1)"),
+    ("eval.paired_alpha", 0, "eval.paired_alpha: 0 is out of range (0, 1)"),
     ("labeler.noise", 1.5, "labeler.noise: 1.5 is out of range [0, 1]"),
     ("ingest.device_rate", 0, "ingest.device_rate: 0 is out of range (0, 1000000]"),
     ("mqtt.keepalive_s", -1, "mqtt.keepalive_s: -1 is out of range [5, 65535]"),

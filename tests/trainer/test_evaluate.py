@@ -142,20 +142,47 @@ def test_paired_recent_slice_passes_a_loss_chance_explains_and_refuses_a_signifi
     deployed, candidate = _trade(4, 2)
     d = two_slice_gate(OLD + RECENT, candidate, deployed, ["a", "b"], 20, **LIMITS)
     assert not d["promote"] and "paired" not in d["reason"] and "p_worse" not in d["recent"]
-    d = two_slice_gate(OLD + RECENT, candidate, deployed, ["a", "b"], 20, **LIMITS, paired_alpha=0.05)
+    d = two_slice_gate(OLD + RECENT, candidate, deployed, ["a", "b"], 20, **LIMITS, paired="always")
     assert d["promote"], d["reason"]
     assert d["recent"]["wins"] == 2 and d["recent"]["losses"] == 4 and d["recent"]["p_worse"] == pytest.approx(22 / 64)
-    assert "paired: 2 wins, 4 losses, p 0.344 >= 0.05: not significantly worse" in d["reason"]
+    assert "paired (always): 2 wins, 4 losses, p 0.344 >= 0.05: not significantly worse" in d["reason"]
     deployed, candidate = _trade(5, 0)
-    d = two_slice_gate(OLD + RECENT, candidate, deployed, ["a", "b"], 20, **LIMITS, paired_alpha=0.05)
-    assert not d["promote"] and "paired: 0 wins, 5 losses, p 0.031 < 0.05: worse" in d["reason"]
+    d = two_slice_gate(OLD + RECENT, candidate, deployed, ["a", "b"], 20, **LIMITS, paired="always")
+    assert not d["promote"] and "paired (always): 0 wins, 5 losses, p 0.031 < 0.05: worse" in d["reason"]
+    # At level 0.5 even 2 wins against 4 losses are too many.
+    deployed, candidate = _trade(4, 2)
+    d = two_slice_gate(OLD + RECENT, candidate, deployed, ["a", "b"], 20, **LIMITS, paired="always", paired_alpha=0.5)
+    assert not d["promote"] and "p 0.344 < 0.5: worse" in d["reason"]
+    with pytest.raises(ValueError, match="paired must be one of off, new-class, always, not 'sometimes'"):
+        two_slice_gate(OLD + RECENT, candidate, deployed, ["a", "b"], 20, **LIMITS, paired="sometimes")
+
+
+def test_paired_new_class_judges_only_the_first_version_that_knows_a_class_the_deployed_one_does_not():
+    """The deployed version knows a and b; the recent slice holds c, which only the candidate knows. The candidate
+    gets 2 of the 4 c right and loses 4 old samples: 10 points behind, p 0.34 -> promoted under "new-class". Against
+    a deployed version that knows c too, or with no c in the recent slice, the allowance alone judges."""
+    truth = OLD + RECENT[:16] + ["c"] * 4
+    deployed = OLD + RECENT[:16] + ["a"] * 4                       # 16/20 recent
+    candidate = OLD + _flip(RECENT[:4], 4) + RECENT[4:16] + ["c", "c", "a", "a"]  # 14/20 recent
+    args = (truth, candidate, deployed, ["a", "b", "c"], 20)
+    d = two_slice_gate(*args, **LIMITS, paired="new-class", deployed_labels=["a", "b"])
+    assert d["promote"], d["reason"]
+    assert d["recent"]["paired"] == "new class c" and "paired (new class c): 2 wins, 4 losses, p 0.344" in d["reason"]
+    for kw in ({"deployed_labels": ["a", "b", "c"]}, {"deployed_labels": None}, {"paired": "off", "deployed_labels": ["a", "b"]}):
+        d = two_slice_gate(*args, **LIMITS, **{"paired": "new-class", **kw})
+        assert not d["promote"] and "paired" not in d["reason"] and "paired" not in d["recent"], kw
+    # No c among the recent samples: nothing new to judge by, whatever the candidate's label list.
+    truth, deployed = OLD + RECENT, OLD + RECENT
+    d = two_slice_gate(truth, OLD + _flip(RECENT, 2), deployed, ["a", "b", "c"], 20, **LIMITS, paired="new-class",
+                       deployed_labels=["a", "b"])
+    assert not d["promote"] and "paired" not in d["recent"]
 
 
 def test_paired_recent_slice_does_not_relax_the_whole_set():
     """The test is paired on the recent slice only: forgetting on the whole set is refused as before."""
     deployed = OLD + RECENT
     candidate = _flip(OLD, 12) + RECENT  # 15 points behind on the old world, identical on the recent slice
-    d = two_slice_gate(OLD + RECENT, candidate, deployed, ["a", "b"], 20, **LIMITS, paired_alpha=0.5)
+    d = two_slice_gate(OLD + RECENT, candidate, deployed, ["a", "b"], 20, **LIMITS, paired="always")
     assert not d["promote"] and "paired" not in d["reason"] and "regression 0.1200 > allowed 0.1000" in d["reason"]
 
 

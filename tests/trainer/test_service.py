@@ -133,6 +133,33 @@ def test_a_class_labelled_in_the_loop_gets_an_output_and_is_predicted(bootstrapp
         svc.stop()
 
 
+def test_paired_new_class_applies_while_the_deployed_version_does_not_know_the_class(bootstrapped: Path,
+                                                                                      tmp_path: Path) -> None:
+    """``eval.paired: new-class`` reaches the gate with the deployed version's own label list: the paired test is
+    named on the recent slice exactly while the deployed version lacks ``yellow`` and ``yellow`` is held out there."""
+    state = tmp_path / "state"
+    shutil.copytree(bootstrapped, state)
+    with SampleStore(state / "samples") as st:
+        fill_store(st, BASE, 48)
+        fill_store(st, BASE + ["yellow"], 96, seed=2, start=48)
+    svc = TrainerService(_config(state, **{"eval.paired": "new-class", "eval.min_recent": 5}), exporter="torchscript")
+    try:
+        while svc.step():
+            pass
+        svc.step(force=True)
+    finally:
+        svc.stop()
+    decisions = [json.loads(x) for x in (state / "decisions.jsonl").read_text().splitlines()]
+    with Registry(state) as reg:
+        knows = {r.version: "yellow" in r.labels for r in reg.list()}
+    judged = [d for d in decisions if "recent" in d and "best" in d]
+    assert judged, decisions
+    for d in judged:  # against a version that knows yellow: never; against one that does not: only when it is there
+        allowed = {None} if knows[d["best"]["version"]] else {None, "new class yellow"}
+        assert d["recent"].get("paired") in allowed, (d["best"]["version"], d["recent"])
+    assert any(d["recent"].get("paired") == "new class yellow" for d in judged), [d["recent"] for d in judged]
+
+
 def test_gate_rejects_a_regressing_candidate(bootstrapped: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"
     shutil.copytree(bootstrapped, state)
