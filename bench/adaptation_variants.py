@@ -100,6 +100,13 @@ def _react(budget_factor: float = 2.0, batch: int = 16, wait_s: float = 3.0, ste
 
 #: small_cnn128's CPU per update step (B=64) and per evaluation over small_cnn's at 64x64, one torch thread, measured
 #: in one run on 2026-11-30 (816 vs 320 ms; 3.26 vs 1.20 s for 500 inputs): the loop charges its stages this much more
+def _rehearsal(rounds: int = 3, augment: str = "dihedral", paired: str = "off") -> dict[str, Any]:
+    """Settings of the idle-time rehearsal variants (README #39-#42): 20-step rounds, at most ``rounds`` after each
+    update, every step's samples changed by ``augment``, the gate's recent slice paired as ``paired`` says."""
+    return {"update": {"rehearse_steps": 20, "rehearse_rounds": rounds}, "strategy_settings": {"augment": augment},
+            "eval": {"paired": paired}}
+
+
 CNN128_UPDATE_COST = 2.55
 CNN128_EVAL_COST = 2.7
 
@@ -185,15 +192,25 @@ VARIANTS: dict[str, Variant] = {
                           settings={"eval": {"paired": "new-class"}}),
     "rehearse-dihedral-paired": Variant("rehearse-dihedral-paired", "rehearse-dihedral with the paired recent slice "
                                                                     "for every candidate (eval.paired always)",
-                                        settings={"update": {"rehearse_steps": 20, "rehearse_rounds": 3},
-                                                  "strategy_settings": {"augment": "dihedral"},
-                                                  "eval": {"paired": "always"}}),
+                                        settings=_rehearsal(paired="always")),
     "rehearse-dihedral-paired-new": Variant("rehearse-dihedral-paired-new", "rehearse-dihedral with the paired test "
                                                                             "at the first crossing only (eval.paired "
                                                                             "new-class)",
-                                            settings={"update": {"rehearse_steps": 20, "rehearse_rounds": 3},
-                                                      "strategy_settings": {"augment": "dihedral"},
-                                                      "eval": {"paired": "new-class"}}),
+                                            settings=_rehearsal(paired="new-class")),
+    "rehearse-paired-new": Variant("rehearse-paired-new", "rehearse with the paired test at the first crossing "
+                                                          "(eval.paired new-class), samples not turned",
+                                   settings=_rehearsal(augment="none", paired="new-class")),
+    "rehearse6-dihedral-paired-new": Variant("rehearse6-dihedral-paired-new", "rehearse-dihedral-paired-new with up "
+                                                                              "to 6 rehearsal rounds after each "
+                                                                              "update instead of 3",
+                                             settings=_rehearsal(rounds=6, paired="new-class")),
+    "cnn128-rehearse-dihedral-paired-new": Variant("cnn128-rehearse-dihedral-paired-new",
+                                                   "cnn128-rehearse-dihedral with the paired test at the first "
+                                                   "crossing (eval.paired new-class)",
+                                                   bootstrap={"arch": "small_cnn128"},
+                                                   settings={**_rehearsal(rounds=2, paired="new-class"),
+                                                             "stage_scale": {"update_s": CNN128_UPDATE_COST,
+                                                                             "evaluate_s": CNN128_EVAL_COST}}),
     "dihedral-boot": Variant("dihedral-boot", "dihedral in the bootstrap as well as in every update step",
                              bootstrap={"augment": "dihedral"}, settings={"strategy_settings": {"augment": "dihedral"}}),
     "calib-drift": Variant("calib-drift", "edge input calibration, engaged by the drift signal (edge.model)",
