@@ -76,6 +76,9 @@ class TrainerCollector(Collector):
         yield _family(C, p + "gate_decisions", "Promotion gate decisions, by outcome.", "outcome",
                       {"promote": promotions, "keep": max(0, evaluations - promotions)})
         yield _family(C, p + "promotions", "Versions promoted.", values=promotions)
+        yield _family(C, p + "paired_promotions", "Versions promoted although behind the deployed one by more than "
+                      "eval.max_regression on the recent slice, because the paired test (eval.paired) found the loss "
+                      "within chance.", values=c.get("paired_promotions", 0))
         q = svc.quarantine_counts()
         yield _family(G, p + "quarantined_batches", "Batches set aside because their update failed, by state.",
                       "state", q)

@@ -198,7 +198,8 @@ class TrainerService:
             if self.strategy.memory is not None and ckpt.replay_state is not None:
                 self.strategy.memory.load_state_dict(ckpt.replay_state)
         self.counters: dict[str, Any] = {"label_seq": 0, "samples_seen": 0, "updates": 0, "evaluations": 0,
-                                         "promotions": 0, "rehearsals": 0, "rehearsal_steps": 0, **ckpt.counters}
+                                         "promotions": 0, "paired_promotions": 0, "rehearsals": 0,
+                                         "rehearsal_steps": 0, **ckpt.counters}
         self._fill_distillation_targets()
         self.history: list[list[int]] = [list(h) for h in ckpt.extra.get("history", [])]
         self.retried: list[int] = [int(q) for q in ckpt.extra.get("retried_quarantine", [])]
@@ -773,6 +774,8 @@ class TrainerService:
         self._marks["evaluated"] = time.time()
         self._eval_due = False
         if decision["promote"]:
+            if "p_worse" in verdict.get("recent", {}):  # behind by more than the allowance; the paired test let it by
+                self.counters["paired_promotions"] += 1
             decision["version"] = self.promote(verdict["candidate"], ref.version if ref else None)
         deployed = (decision.get("version"), cand_pred) if decision["promote"] else (ref.version if ref else None, ref_pred)
         if deployed[0] is not None and deployed[1] is not None:

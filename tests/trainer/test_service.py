@@ -158,6 +158,8 @@ def test_paired_new_class_applies_while_the_deployed_version_does_not_know_the_c
         allowed = {None} if knows[d["best"]["version"]] else {None, "new class yellow"}
         assert d["recent"].get("paired") in allowed, (d["best"]["version"], d["recent"])
     assert any(d["recent"].get("paired") == "new class yellow" for d in judged), [d["recent"] for d in judged]
+    let_by = sum(d["promote"] and "p_worse" in d["recent"] for d in judged)
+    assert svc.counters["paired_promotions"] == let_by, (svc.counters, [d["recent"] for d in judged])
 
 
 def test_gate_rejects_a_regressing_candidate(bootstrapped: Path, tmp_path: Path) -> None:
