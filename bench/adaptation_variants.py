@@ -100,10 +100,13 @@ def _react(budget_factor: float = 2.0, batch: int = 16, wait_s: float = 3.0, ste
 
 #: small_cnn128's CPU per update step (B=64) and per evaluation over small_cnn's at 64x64, one torch thread, measured
 #: in one run on 2026-11-30 (816 vs 320 ms; 3.26 vs 1.20 s for 500 inputs): the loop charges its stages this much more
-def _rehearsal(rounds: int = 3, augment: str = "dihedral", paired: str = "off") -> dict[str, Any]:
+def _rehearsal(rounds: int = 3, augment: str = "dihedral", paired: str = "off", ema: float = 0.0,
+               augment_from: str = "start") -> dict[str, Any]:
     """Settings of the idle-time rehearsal variants (README #39-#42): 20-step rounds, at most ``rounds`` after each
-    update, every step's samples changed by ``augment``, the gate's recent slice paired as ``paired`` says."""
-    return {"update": {"rehearse_steps": 20, "rehearse_rounds": rounds}, "strategy_settings": {"augment": augment},
+    update, every step's samples changed by ``augment`` (from ``augment_from``), the gate's recent slice paired as
+    ``paired`` says, the candidate the weights' moving average at decay ``ema`` (0: the weights)."""
+    return {"update": {"rehearse_steps": 20, "rehearse_rounds": rounds},
+            "strategy_settings": {"augment": augment, "augment_from": augment_from, "ema": ema},
             "eval": {"paired": paired}}
 
 
@@ -197,6 +200,15 @@ VARIANTS: dict[str, Variant] = {
                                                                             "at the first crossing only (eval.paired "
                                                                             "new-class)",
                                             settings=_rehearsal(paired="new-class")),
+    "rehearse-dihedral-ema95-paired-new": Variant("rehearse-dihedral-ema95-paired-new",
+                                                  "rehearse-dihedral-paired-new, the candidate the moving average of "
+                                                  "the weights at decay 0.95 (README #41)",
+                                                  settings=_rehearsal(paired="new-class", ema=0.95)),
+    "rehearse-dihedral-late-paired-new": Variant("rehearse-dihedral-late-paired-new",
+                                                 "rehearse-dihedral-paired-new, the samples turned only once the loop "
+                                                 "has added a class (strategy.augment_from new-class): the old world "
+                                                 "before it as without dihedral",
+                                                 settings=_rehearsal(paired="new-class", augment_from="new-class")),
     "rehearse-paired-new": Variant("rehearse-paired-new", "rehearse with the paired test at the first crossing "
                                                           "(eval.paired new-class), samples not turned",
                                    settings=_rehearsal(augment="none", paired="new-class")),

@@ -332,6 +332,38 @@ def test_augment_dihedral_trains_on_turned_copies_and_leaves_the_stored_ones(nam
             assert all(any(torch.allclose(k, xi, atol=1 / 255) for xi in x) for k in kept)
 
 
+def test_augment_from_new_class_waits_for_the_loop_to_add_a_class():
+    """strategy.augment_from "new-class": steps see their inputs unchanged until the head grows, turned copies
+    after; whether it grew is kept in the strategy's state."""
+    seen: list[torch.Tensor] = []
+    s = make_strategy("iw-er", tiny_model(2), adam, capacity=50,
+                      config={"augment": "dihedral", "augment_from": "new-class"})
+    step_loss = s.step_loss
+
+    def spy(new, replay):
+        seen.append(new.x.clone())
+        return step_loss(new, replay)
+
+    s.step_loss = spy
+    x, y = make_data([0, 1], 10, seed=0)
+    s.update(LabelledBatch(x, y), steps=4)
+    assert not s.grown and len(seen) == 4 and all(torch.equal(v, x) for v in seen)
+    assert s.state_dict()["grown"] is False
+    assert s.observe_new_classes(3) and s.grown
+    seen.clear()
+    x3, y3 = make_data([0, 1, 2], 10, seed=1)
+    s.update(LabelledBatch(x3, y3), steps=4)
+    assert sum(not torch.equal(v, x3) for v in seen) >= 3  # a step leaves all 30 inputs as they were 1 in 8^30
+    again = make_strategy("iw-er", tiny_model(3), adam, capacity=50,
+                          config={"augment": "dihedral", "augment_from": "new-class"})
+    again.load_state_dict(s.state_dict())
+    assert again.grown
+    old = {k: v for k, v in s.state_dict().items() if k != "grown"}  # a checkpoint from before the flag
+    fresh = make_strategy("iw-er", tiny_model(3), adam, capacity=50, config={"augment": "dihedral"})
+    fresh.load_state_dict(old)
+    assert not fresh.grown
+
+
 def test_augment_names_the_key_when_unknown():
     with pytest.raises(ValueError, match="augment"):
         make_strategy("iw-er", tiny_model(2), adam, config={"augment": "mirror"})

@@ -122,6 +122,9 @@ class StrategyConfig(msgspec.Struct, kw_only=True):
     # every step's new and replayed inputs changed by trainer.augment (see Strategy._optimise); "dihedral" only
     # where orientation means nothing (surface defects: the demo's parts), never for digits
     augment: Literal["none", "photometric", "geometric", "both", "dihedral", "all"] = "none"
+    # when augment starts: from the first step ("start"), or from the first class the loop adds to the head
+    # ("new-class": a new defect's few labels need the turned copies, the old world does not; see _augmented)
+    augment_from: Literal["start", "new-class"] = "start"
     # the candidate the trainer gates and ships: the weights themselves (0), or their exponential moving average
     # over optimiser steps with this decay (see Strategy.candidate)
     ema: Annotated[float, Meta(ge=0.0, lt=1.0)] = 0.0
@@ -187,6 +190,7 @@ class Strategy:
         self.steps = 0
         self.update_steps = 1
         self.ema_model: Classifier | None = None  # the weights' moving average, with ``ema`` > 0 (candidate())
+        self.grown = False  # has the head grown since this strategy's first state (a class learnt in the loop)?
 
     @classmethod
     def settings(cls, config: StrategyConfig | Mapping[str, Any] | None = None) -> Any:
@@ -244,6 +248,7 @@ class Strategy:
                 self.ema_model.head.bias[n_old:] = self.model.head.bias[n_old:]
         if self.memory is not None:
             self.memory.grow_logits(num_classes)
+        self.grown = True
         self.on_head_grown(old_w, old_b)
         return True
 
@@ -365,11 +370,13 @@ class Strategy:
 
         Why: a new defect arrives with a handful of labels. With quarter turns and mirror images each stands for
         eight, and the adaptation benchmark's ``crack``, 25 labels, went from 5-20 % recall to 56-75 %
-        (README, Adaptation #35). The generator is seeded from the strategy's own on first use, so a run repeats;
+        (README, Adaptation #35). But the turned copies cost the old world about two points before any new class
+        arrives (#36, #42); ``augment_from: new-class`` turns them on only once the loop has added a class to the
+        head (:attr:`grown`, kept in the checkpoint). The generator is seeded from the strategy's own on first use, so a run repeats;
         it is not checkpointed (a restarted trainer draws other turns, which changes nothing that matters).
         """
         a = parse_augment(self.config.augment)
-        if a is None:
+        if a is None or (self.config.augment_from == "new-class" and not self.grown):
             return new, replay
         gen = self.__dict__.get("_aug_gen")
         if gen is None:
@@ -428,6 +435,7 @@ class Strategy:
             "steps": self.steps,
             "rng": self.rng.bit_generator.state,
             "ema": None if self.ema_model is None else self.ema_model.state_dict(),
+            "grown": self.grown,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -441,6 +449,7 @@ class Strategy:
             self.memory.load_state_dict(state["memory"])
         self.updates, self.steps = int(state["updates"]), int(state["steps"])
         self.rng.bit_generator.state = state["rng"]
+        self.grown = bool(state.get("grown", self.grown))  # a checkpoint from before the flag: what loading did
         self.ema_model = None
         if self.config.ema > 0 and state.get("ema") is not None:  # else it starts again from the weights
             self.ema_model = copy.deepcopy(self.model).eval()
