@@ -137,6 +137,8 @@ def _readable(message: str, path: Path | str | None, data: Any = None, cls: Any 
         if found:
             message = (f"{value!r} is out of range {bounds}" if bounds
                        else f"{value!r} is out of range (expected{message[len('Expected'):]})")
+    if message.startswith("Expected `str`, got `bool`"):  # YAML 1.1: off/on/yes/no are booleans
+        message += ' (YAML reads off, on, yes and no as true/false: quote the word, e.g. "off")'
     prefix = f"{path}: " if path else ""
     return f"{prefix}{where + ': ' if where else ''}{message}"
 

@@ -362,7 +362,7 @@ class DemoApp:
         from trainer.config import TrainerConfig
         from trainer.service import TrainerService
 
-        cfg = load_config(TrainerConfig, overrides={
+        cfg = load_config(TrainerConfig, self.opts.trainer_config, overrides={
             "state_dir": str(self.out / "trainer"), "model_id": MODEL_ID, "mqtt.url": self.broker_url,
             "mqtt.topic_prefix": PREFIX, "mqtt.client_id": f"{self.client_name}-trainer-{os.getpid()}",
             **{f"mqtt.{k}": v for k, v in self.identity("trainer").items()},

@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, default=40, help="uploads per minute per camera (default 40)")
     p.add_argument("--arch", help="model architecture (default: the scenario's, small_cnn for parts, convnet for "
                                   "digits); small_cnn128 sees the parts at full resolution for ~2.5x the training cost")
+    p.add_argument("--trainer-config", metavar="YAML",
+                   help="trainer settings for the keys the demo does not set itself, in the YAML of `edgeloop "
+                        "trainer run --config` (e.g. update.rehearse_steps, strategy.augment, eval.paired); a key the "
+                        "demo sets (paths, broker, labels, update cadence) is refused")
     p.add_argument("--plain", action="store_true", help="plain event lines even on a terminal")
     p.add_argument("--insecure", action="store_true",
                    help="an anonymous plain-MQTT broker on loopback instead of the default TLS broker with client "
@@ -53,7 +57,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"edgeloop demo: --arch {args.arch!r} is not an architecture; known: {', '.join(sorted(ARCH_INPUT))}",
                   file=sys.stderr)
             return 2
-    opts = DemoOptions(arch=args.arch, cameras=args.cameras, duration=args.duration, scenario=args.scenario, data=args.data,
+    if args.trainer_config is not None:
+        from deploy.demo.plan import check_trainer_config
+
+        why = check_trainer_config(args.trainer_config)
+        if why is not None:
+            print(f"edgeloop demo: --trainer-config: {why}", file=sys.stderr)
+            return 2
+    opts = DemoOptions(arch=args.arch, trainer_config=args.trainer_config, cameras=args.cameras, duration=args.duration, scenario=args.scenario, data=args.data,
                        broker=args.broker, seed=args.seed, out=args.out, fps=args.fps, budget=args.budget,
                        plain=args.plain, insecure=args.insecure)
     if opts.duration < 120:

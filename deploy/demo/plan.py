@@ -46,6 +46,7 @@ class DemoOptions:
     bootstrap_frames: int = 4800
     bootstrap_epochs: int | None = None
     bootstrap_budget_s: float | None = None   # seconds of bootstrap training; None: see bootstrap_budget()
+    trainer_config: str | None = None         # a trainer YAML for the keys the demo does not set (check_trainer_config)
 
 
 @dataclass
@@ -154,6 +155,40 @@ def trainer_settings(stream_s: float) -> dict[str, Any]:
     return {"labeler.kind": "oracle", "labeler.api_port": "none", "update.batch": 32, "update.steps": 20,
             "update.wait_s": max(5.0, stream_s / 15.0), "update.min_batch": 8, "update.optimizer": "adam",
             "update.lr": 1e-3, "torch_threads": 1, "log_level": "WARNING"}
+
+
+#: Trainer keys the demo always sets itself (paths, broker, identity, labels, cadence): a --trainer-config file
+#: may not set them, so what the demo's report says about its loop stays true.
+DEMO_TRAINER_KEYS = ("state_dir", "model_id", "mqtt", "labeler", "update.batch", "update.steps", "update.wait_s",
+                     "update.min_batch", "update.optimizer", "update.lr", "torch_threads")
+
+
+def check_trainer_config(path: str) -> str | None:
+    """Why the trainer YAML at ``path`` cannot be the demo's (a message naming the file and key), or None.
+
+    The file sets what a deployment would tune (``update.rehearse_steps``, ``strategy.augment``, ``eval.paired``,
+    ...); it is validated as ``edgeloop trainer run --config`` validates it, and a key the demo sets itself
+    (:data:`DEMO_TRAINER_KEYS`) is refused rather than silently overridden."""
+    import yaml
+
+    from protocol.config import ConfigError, load_config
+    from trainer.config import TrainerConfig
+
+    try:
+        load_config(TrainerConfig, path)
+    except ConfigError as e:
+        return str(e)
+    data = yaml.safe_load(Path(path).read_text()) or {}
+
+    def keys(node: Any, where: str = "") -> list[str]:
+        if not isinstance(node, dict):
+            return [where]
+        return [k for name, v in node.items() for k in keys(v, f"{where}.{name}" if where else str(name))]
+
+    own = [k for k in keys(data) if any(k == d or k.startswith(d + ".") for d in DEMO_TRAINER_KEYS)]
+    if own:
+        return f"{path}: the demo sets {', '.join(own)} itself (leave {'it' if len(own) == 1 else 'them'} out)"
+    return None
 
 
 def bootstrap_budget(opts: DemoOptions, render_s: float) -> float:

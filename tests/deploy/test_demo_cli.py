@@ -17,3 +17,36 @@ def test_the_architecture_is_the_scenarios_unless_asked() -> None:
     assert demo_arch(DemoOptions()) == "small_cnn"
     assert demo_arch(DemoOptions(scenario="digits")) == "convnet"
     assert demo_arch(DemoOptions(arch="small_cnn128")) == "small_cnn128"
+
+
+def test_a_trainer_config_file_is_checked_before_anything_starts(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--trainer-config: validated as `edgeloop trainer run --config` validates it, naming the key; a key the demo
+    sets itself is refused rather than silently overridden; a missing file is named."""
+    from deploy.demo.plan import check_trainer_config
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("eval:\n  paired: sometimes\n")
+    assert main(["--trainer-config", str(bad), "--out", "/nonexistent/never-written"]) == 2
+    err = capsys.readouterr().err
+    assert "--trainer-config:" in err and "eval.paired" in err and "sometimes" in err
+    own = tmp_path / "own.yaml"
+    own.write_text("update:\n  batch: 8\n  rehearse_steps: 20\nmqtt:\n  url: mqtt://x\n")
+    assert check_trainer_config(str(own)) == f"{own}: the demo sets update.batch, mqtt.url itself (leave them out)"
+    assert "config file not found" in (check_trainer_config(str(tmp_path / "missing.yaml")) or "")
+    good = tmp_path / "good.yaml"
+    good.write_text("update:\n  rehearse_steps: 20\nstrategy:\n  augment: dihedral\n  augment_from: new-class\n"
+                    "eval:\n  paired: new-class\n")
+    assert check_trainer_config(str(good)) is None
+
+
+def test_the_trainer_gets_the_files_settings_under_the_demos_own(tmp_path) -> None:
+    """What start_trainer builds: the file's keys, the demo's cadence over the defaults."""
+    from deploy.demo.plan import trainer_settings
+    from protocol.config import load_config
+    from trainer.config import TrainerConfig
+
+    f = tmp_path / "t.yaml"
+    f.write_text("update:\n  rehearse_steps: 20\neval:\n  paired: new-class\n")
+    cfg = load_config(TrainerConfig, str(f), overrides=trainer_settings(127.0))
+    assert cfg.update.rehearse_steps == 20 and cfg.eval.paired == "new-class"
+    assert cfg.update.batch == 32 and cfg.update.optimizer == "adam"
