@@ -350,7 +350,8 @@ def two_slice_gate(
 
     Returns ``promote``, ``reason`` (every check with its numbers), ``candidate`` metrics (with
     ``forgetting`` per class against the deployed version), ``best`` (the deployed version's metrics)
-    and ``recent`` (both accuracies on the recent slice) when they were computed.
+    and ``recent`` (both accuracies on the recent slice, the candidate's ``wins`` and ``losses`` there, ``paired``
+    when the sign test applies and ``p_worse`` when it was consulted) when they were computed.
     """
     if paired not in PAIRED_MODES:
         raise ValueError(f"paired must be one of {', '.join(PAIRED_MODES)}, not {paired!r}")

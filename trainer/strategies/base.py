@@ -372,8 +372,9 @@ class Strategy:
         eight, and the adaptation benchmark's ``crack``, 25 labels, went from 5-20 % recall to 56-75 %
         (README, Adaptation #35). But the turned copies cost the old world about two points before any new class
         arrives (#36, #42); ``augment_from: new-class`` turns them on only once the loop has added a class to the
-        head (:attr:`grown`, kept in the checkpoint). The generator is seeded from the strategy's own on first use, so a run repeats;
-        it is not checkpointed (a restarted trainer draws other turns, which changes nothing that matters).
+        head (:attr:`grown`, kept in the checkpoint; README #43). The generator is seeded from the strategy's own
+        on first use, so a run repeats; it is not checkpointed (a restarted trainer draws other turns, which
+        changes nothing that matters).
         """
         a = parse_augment(self.config.augment)
         if a is None or (self.config.augment_from == "new-class" and not self.grown):
