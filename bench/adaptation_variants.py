@@ -105,8 +105,10 @@ def _rehearsal(rounds: int = 3, augment: str = "dihedral", paired: str = "off", 
     """Settings of the idle-time rehearsal variants (README #39-#42): 20-step rounds, at most ``rounds`` after each
     update, every step's samples changed by ``augment`` (from ``augment_from``), the gate's recent slice paired as
     ``paired`` says, the candidate the weights' moving average at decay ``ema`` (0: the weights)."""
-    return {"update": {"rehearse_steps": 20, "rehearse_rounds": rounds},
-            "strategy_settings": {"augment": augment, "augment_from": augment_from, "ema": ema},
+    strategy = {"augment_from": augment_from, "ema": ema}
+    if augment != "none":  # the default; the word "none" in an override means null (protocol.config)
+        strategy["augment"] = augment
+    return {"update": {"rehearse_steps": 20, "rehearse_rounds": rounds}, "strategy_settings": strategy,
             "eval": {"paired": paired}}
 
 

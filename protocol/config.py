@@ -139,6 +139,9 @@ def _readable(message: str, path: Path | str | None, data: Any = None, cls: Any 
                        else f"{value!r} is out of range (expected{message[len('Expected'):]})")
     if message.startswith("Expected `str`, got `bool`"):  # YAML 1.1: off/on/yes/no are booleans
         message += ' (YAML reads off, on, yes and no as true/false: quote the word, e.g. "off")'
+    elif message.startswith("Expected `str`, got `null`"):
+        message += (' (in the environment and on the command line the word none means null; where "none" is a '
+                    "value of this setting, it is the default: leave the key out)")
     prefix = f"{path}: " if path else ""
     return f"{prefix}{where + ': ' if where else ''}{message}"
 

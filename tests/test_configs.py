@@ -55,6 +55,8 @@ def test_an_unquoted_off_is_explained(tmp_path: Path) -> None:
         load_config(TrainerConfig, cfg)
     cfg.write_text('eval:\n  paired: "off"\n')
     assert load_config(TrainerConfig, cfg).eval.paired == "off"
+    with pytest.raises(ConfigError, match="strategy.augment: Expected `str`, got `null` .*the word none means null"):
+        load_config(TrainerConfig, overrides={"strategy.augment": "none"})
 
 
 def test_renamed_edge_key_fails_naming_the_new_one(tmp_path: Path) -> None:
