@@ -311,6 +311,22 @@ def sign_test(wins: int, losses: int) -> float:
     return sum(math.comb(n, k) for k in range(losses, n + 1)) / 2 ** n
 
 
+def _pairs(truth: Sequence[str], candidate: Sequence[str], deployed: Sequence[str], labels: Sequence[str],
+           paired: str, deployed_labels: Sequence[str] | None) -> dict[str, Any]:
+    """The candidate's ``wins`` and ``losses`` against the deployed version on these samples, and ``paired``
+    (why the sign test applies) when ``paired`` says it does: "always", or "new-class" when the samples hold a
+    class the candidate knows and ``deployed_labels`` lack."""
+    out: dict[str, Any] = {"wins": sum(c == t != d for t, c, d in zip(truth, candidate, deployed)),
+                           "losses": sum(d == t != c for t, c, d in zip(truth, candidate, deployed))}
+    if paired == "always":
+        out["paired"] = "always"
+    elif paired == "new-class" and deployed_labels is not None:
+        new = sorted((set(truth) & set(labels)) - set(deployed_labels))
+        if new:
+            out["paired"] = "new class " + ", ".join(new)
+    return out
+
+
 def two_slice_gate(
     truth: Sequence[str],
     candidate: Sequence[str],
@@ -336,14 +352,11 @@ def two_slice_gate(
     on the recent slice alone would let a model forget the classes that are rare right now. With fewer
     than ``min_recent`` recent samples the whole set is judged with ``max_regression``.
 
-    ``paired`` makes the recent slice's test paired: a candidate that falls more than ``max_regression`` behind
-    there is refused only if it is also *significantly* behind, i.e. a :func:`sign_test` on the samples where the
-    two disagree gives p < ``paired_alpha``. The slice is small (tens of samples): the fixed allowance refuses on
-    one or two samples' difference. ``"always"`` applies it to every candidate; ``"new-class"`` only to a
-    candidate that knows a class the deployed version does not (``deployed_labels``) and that occurs in the recent
-    truth: the first version that knows a new defect trades some old-class samples for it and is judged against a
-    version that can never get that class right; once one is deployed, its successors face the fixed allowance
-    again, so a chain of "not significantly worse" steps cannot walk the fleet downhill (measured: README #42).
+    ``paired`` (:func:`_pairs`): a candidate more than ``max_regression`` behind on the recent slice (tens of
+    samples: the allowance is one or two) is refused only if also *significantly* behind, a :func:`sign_test` on
+    the samples where the two disagree giving p < ``paired_alpha``. "new-class" asks it only of the first version
+    that knows a class the deployed one cannot name; its successors face the allowance again, so a chain of "not
+    significantly worse" steps cannot walk the fleet downhill as "always" did (README, Adaptation #42).
 
     Whatever the baseline, a candidate that answers one class (:func:`one_class_reason` on the whole set) is
     never promoted: a deployed model that is dead already must not make a dead successor look "no worse".
@@ -377,16 +390,8 @@ def two_slice_gate(
         sl = slice(len(truth) - n_recent, len(truth))
         cand_r = named_metrics(candidate[sl], truth[sl], space)
         ref_r = named_metrics(deployed[sl], truth[sl], ref_space)
-        wins = sum(c == t != d for t, c, d in zip(truth[sl], candidate[sl], deployed[sl]))
-        losses = sum(d == t != c for t, c, d in zip(truth[sl], candidate[sl], deployed[sl]))
         out["recent"] = {"n": n_recent, "candidate_accuracy": cand_r["accuracy"], "deployed_accuracy": ref_r["accuracy"],
-                         "wins": wins, "losses": losses}
-        if paired == "always":
-            out["recent"]["paired"] = "always"
-        elif paired == "new-class" and deployed_labels is not None:
-            new = sorted((set(truth[sl]) & set(labels)) - set(deployed_labels))
-            if new:
-                out["recent"]["paired"] = "new class " + ", ".join(new)
+                         **_pairs(truth[sl], candidate[sl], deployed[sl], labels, paired, deployed_labels)}
         checks.append((cand_r, ref_r, max_regression, "accuracy", f"recent {n_recent}"))
     promote, reasons = True, []
     for c, r, allowed, metric, where in checks:
