@@ -63,7 +63,7 @@ def _first_with(names: list[str], n_crack: int, seed: int) -> np.ndarray:
 def learn_newclass(state: Path, pool: tuple[np.ndarray, list[str]], test: tuple[np.ndarray, list[str]],
                    n_crack: int, steps: list[int], seed: int, augment: str = "none",
                    train: str = "all", align: bool = False, scope: str = "all",
-                   ema: float | None = None) -> list[dict[str, Any]]:
+                   ema: float | None = None, probe: bool = False) -> list[dict[str, Any]]:
     """v0001 trained on the bootstrap set + the pool frames holding ``n_crack`` cracks; test scores per step.
     ``augment`` (trainer.augment's names) changes every minibatch, e.g. ``dihedral``: each label of a surface
     defect stands for its eight turns and mirror images. ``train``: ``all`` parameters, the ``head`` only, or the
@@ -71,7 +71,9 @@ def learn_newclass(state: Path, pool: tuple[np.ndarray, list[str]], test: tuple[
     ``align`` also scores each checkpoint with the new row weight-aligned (:func:`_aligned_scores`). ``scope``:
     ``augment`` changes every sample (``all``) or only the new class's (``new``: does turning the old classes'
     thousands of samples cost them what the few gain?). ``ema``: also score the exponential moving average of the
-    weights with this decay per step (does averaging steady a learner whose checkpoints swing?)."""
+    weights with this decay per step (does averaging steady a learner whose checkpoints swing?). ``probe``: also
+    score each checkpoint with test-time dihedral averaging and with the best bias on the new class's logit
+    (:func:`_probe_scores`: how much of the new class's trade is the operating point, not the features?)."""
     if train not in ("all", "head", "last"):
         raise ValueError(f"train {train!r}: use all, head or last")
     if scope not in ("all", "new"):
@@ -135,6 +137,8 @@ def learn_newclass(state: Path, pool: tuple[np.ndarray, list[str]], test: tuple[
                          "crack": round(100 * m["per_class"][labels.index("crack")], 1),
                          "recall": {c: round(100 * v, 1) for c, v in zip(labels, m["per_class"]) if v is not None},
                          "frames": int(len(pick)), "cpu_s": round(time.process_time() - t0, 1)})
+            if probe:
+                rows[-1]["probe"] = _probe_scores(model, x_test, y_test, labels)
             if align:
                 rows[-1]["aligned"] = _aligned_scores(model, x_test, y_test, labels)
             if avg is not None:
@@ -166,6 +170,36 @@ def _aligned_scores(model: Any, x_test: Any, y_test: np.ndarray, labels: list[st
     return {"factor": round(float(factor), 3), "accuracy": round(100 * m["accuracy"], 1),
             "crack": round(100 * m["per_class"][labels.index("crack")], 1),
             "recall": {c: round(100 * v, 1) for c, v in zip(labels, m["per_class"]) if v is not None}}
+
+
+def _probe_scores(model: Any, x_test: Any, y_test: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """Two upper bounds of post-hoc fixes for the new class's trade, on the test set itself: ``tta``, the softmax
+    averaged over the input's eight turns and mirror images (what an exported model could do at 8x the edge's
+    compute); ``bias``, the accuracy at the best constant added to the new class's logit (what a bias correction
+    fitted on held-out uploads could reach at most, BiC, Wu et al. 2019)."""
+    import torch
+
+    new = labels.index("crack")
+    y = torch.from_numpy(y_test)
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(x_test[i:i + 256]) for i in range(0, len(x_test), 256)])
+        views = [torch.flip(torch.rot90(x_test, k, dims=(2, 3)), dims=(3,)) if f else torch.rot90(x_test, k, dims=(2, 3))
+                 for k in range(4) for f in (0, 1)]
+        tta = sum(torch.cat([model(v[i:i + 256]).softmax(1) for i in range(0, len(v), 256)]) for v in views)
+
+    def score(pred: torch.Tensor) -> dict[str, float]:
+        return {"accuracy": round(100 * float((pred == y).float().mean()), 1),
+                "crack": round(100 * float((pred[y == new] == new).float().mean()), 1)}
+
+    best = None
+    for b in np.linspace(-4, 4, 33):
+        shifted = logits.clone()
+        shifted[:, new] += float(b)
+        s = score(shifted.argmax(1))
+        if best is None or s["accuracy"] > best["accuracy"]:
+            best = {**s, "b": round(float(b), 2)}
+    return {"tta": score(tta.argmax(1)), "bias": best}
 
 
 def _cached(path: Path, make: Any) -> tuple[np.ndarray, list[str]]:
@@ -213,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ema", type=float, help="also score the weights' exponential moving average with this decay "
                                             "per step (e.g. 0.99)")
     ap.add_argument("--align", action="store_true", help="also score with the new row's norm aligned to the old rows'")
+    ap.add_argument("--probe", action="store_true", help="also score with test-time dihedral averaging and with the "
+                                                         "best bias on the new class's logit (upper bounds)")
     ap.add_argument("--json", help="append one JSON line per (seed, size, N) here")
     a = ap.parse_args(argv)
     import torch
@@ -229,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             for n, aug, tr, sc in ((int(v), g, t, c) for v in a.crack.split(",") if v.strip()
                                    for g in a.augment.split(",") for t in a.train.split(",") for c in a.scope.split(",")):
-                for r in learn_newclass(state, pool, test, n, steps, seed, aug, tr, a.align, sc, a.ema):
+                for r in learn_newclass(state, pool, test, n, steps, seed, aug, tr, a.align, sc, a.ema,
+                                            a.probe):
                     row = {"seed": seed, "size": size, "arch": arch or None, "n_crack": n, "augment": aug, "train": tr,
                            "scope": sc, **r, "v0001_heldout": boot.get("accuracy")}
                     print(f"  size {size} crack {n:>3} aug {aug}/{sc} train {tr} ({r['frames']:>4} frames) {r['steps']:>4} steps: accuracy "
@@ -239,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
                         al = r["aligned"]
                         print(f"    weight-aligned (x{al['factor']}): accuracy {al['accuracy']:5.1f}  crack {al['crack']:5.1f}  "
                               f"[{' '.join(f'{c}:{v:.0f}' for c, v in al['recall'].items())}]", flush=True)
+                    if "probe" in r:
+                        pr = r["probe"]
+                        print(f"    dihedral-averaged: accuracy {pr['tta']['accuracy']:5.1f}  crack {pr['tta']['crack']:5.1f}"
+                              f"   best new-class bias {pr['bias']['b']:+.2f}: accuracy {pr['bias']['accuracy']:5.1f}  "
+                              f"crack {pr['bias']['crack']:5.1f}", flush=True)
                     if "ema" in r:
                         e = r["ema"]
                         print(f"    weight average (decay {a.ema}): accuracy {e['accuracy']:5.1f}  crack {e['crack']:5.1f}  "
