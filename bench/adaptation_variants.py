@@ -101,19 +101,25 @@ def _react(budget_factor: float = 2.0, batch: int = 16, wait_s: float = 3.0, ste
 #: small_cnn128's CPU per update step (B=64) and per evaluation over small_cnn's at 64x64, one torch thread, measured
 #: in one run on 2026-11-30 (816 vs 320 ms; 3.26 vs 1.20 s for 500 inputs): the loop charges its stages this much more
 def _rehearsal(rounds: int = 3, augment: str = "dihedral", paired: str = "off", ema: float = 0.0,
-               augment_from: str = "start") -> dict[str, Any]:
+               augment_from: str = "start", tta: bool = False) -> dict[str, Any]:
     """Settings of the idle-time rehearsal variants (README #39-#42): 20-step rounds, at most ``rounds`` after each
     update, every step's samples changed by ``augment`` (from ``augment_from``), the gate's recent slice paired as
-    ``paired`` says, the candidate the weights' moving average at decay ``ema`` (0: the weights)."""
-    strategy = {"augment_from": augment_from, "ema": ema}
+    ``paired`` says, the candidate the weights' moving average at decay ``ema`` (0: the weights), asked its eight
+    views with ``tta`` (its evaluations charged :data:`TTA_EVAL_COST` times, from the start: an upper bound of the
+    cost with ``augment_from: new-class``)."""
+    strategy = {"augment_from": augment_from, "ema": ema, "tta": tta}
     if augment != "none":  # the default; the word "none" in an override means null (protocol.config)
         strategy["augment"] = augment
     return {"update": {"rehearse_steps": 20, "rehearse_rounds": rounds}, "strategy_settings": strategy,
-            "eval": {"paired": paired}}
+            "eval": {"paired": paired}, **({"stage_scale": {"evaluate_s": TTA_EVAL_COST}} if tta else {})}
 
 
 CNN128_UPDATE_COST = 2.55
 CNN128_EVAL_COST = 2.7
+#: an evaluation asking the eight views (trainer.nets.DihedralMean) over one asking one, small_cnn at 64x64, one torch
+#: thread, 500 inputs, thread CPU of three runs on 2026-12-01 on a loaded machine (15.7 / 16.2 / 16.6 s vs
+#: 1.60 / 1.73 / 1.90 s; the median of the ratios)
+TTA_EVAL_COST = 9.3
 
 VARIANTS: dict[str, Variant] = {
     "demo": Variant("demo", "the demo's settings (deploy/demo/plan.py): edge input calibration always on; iw-er, "
@@ -211,6 +217,15 @@ VARIANTS: dict[str, Variant] = {
                                                  "has added a class (strategy.augment_from new-class): the old world "
                                                  "before it as without dihedral",
                                                  settings=_rehearsal(paired="new-class", augment_from="new-class")),
+    "rehearse-dihedral-paired-new-tta": Variant("rehearse-dihedral-paired-new-tta",
+                                                "rehearse-dihedral-paired-new, the candidate asked its eight turns "
+                                                "and mirror images (strategy.tta; evaluations charged 9.3x)",
+                                                settings=_rehearsal(paired="new-class", tta=True)),
+    "rehearse-dihedral-late-paired-new-tta": Variant("rehearse-dihedral-late-paired-new-tta",
+                                                     "rehearse-dihedral-late-paired-new with strategy.tta "
+                                                     "(evaluations charged 9.3x from the start)",
+                                                     settings=_rehearsal(paired="new-class", augment_from="new-class",
+                                                                         tta=True)),
     "rehearse-paired-new": Variant("rehearse-paired-new", "rehearse with the paired test at the first crossing "
                                                           "(eval.paired new-class), samples not turned",
                                    settings=_rehearsal(augment="none", paired="new-class")),

@@ -5,6 +5,7 @@ class-incremental growth only ever touches ``head`` and strategies that need emb
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +46,38 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class DihedralMean(nn.Module):
+    """A classifier asked all eight turns and mirror images of its input; it answers their mean probability.
+
+    The output is ``log`` of the mean softmax, so it is still a row of logits (their softmax *is* the mean)
+    and every consumer -- the gate, the ONNX export, the edge's softmax and uncertainty -- reads it unchanged.
+    The eight views run as one batch of 8N through the wrapped model, so the exported graph is one model.
+
+    Why: a learner trained on turned copies (``strategy.augment: dihedral``) is invariant only on average, and
+    its checkpoints swing by class (README, Adaptation #40); asked all eight views, the same checkpoint scored
+    2.4-4.4 points higher on the final-window frames, 25 ``crack`` labels, offline (#44). The price is eight
+    forward passes per frame: at 64x64 about a millisecond on the edge, and the trainer's evaluations cost
+    as much more.
+    """
+
+    VIEWS = 8
+
+    def __init__(self, model: Classifier) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        t = x.transpose(2, 3)  # flips and a transpose are the eight (rot90 has no ONNX export in torchscript)
+        views = torch.cat([x, x.flip(2), x.flip(3), x.flip(2, 3), t, t.flip(2), t.flip(3), t.flip(2, 3)])
+        logp = torch.log_softmax(self.model(views), dim=1).reshape(self.VIEWS, n, self.num_classes)
+        return torch.logsumexp(logp, dim=0) - math.log(self.VIEWS)
 
 
 def convnet(num_classes: int = 10, in_channels: int = 1) -> Classifier:

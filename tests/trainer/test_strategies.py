@@ -404,6 +404,56 @@ def test_ema_candidate_is_the_moving_average_of_the_weights_and_survives_growth_
     assert off.candidate() is off.model and off.state_dict()["ema"] is None
 
 
+def test_tta_candidate_answers_the_mean_of_the_eight_views_while_they_are_learnt():
+    """strategy.tta: the candidate is the model asked all eight turns and mirror images (the same answer for
+    every view of an input, the softmax the mean of the views'); with augment_from new-class only once the head
+    grew; the weights the strategy trains are untouched; without a dihedral augment the setting is refused."""
+    from trainer.nets import DihedralMean
+
+    x, y = make_data([0, 1], 6, seed=0)
+    s = make_strategy("iw-er", tiny_model(2), adam, capacity=20,
+                      config={"augment": "dihedral", "augment_from": "new-class", "tta": True})
+    assert s.candidate() is s.model  # nothing turned yet: the model asked as it learns
+    s.observe_new_classes(3)
+    cand = s.candidate()
+    assert isinstance(cand, DihedralMean) and cand.model is s.model and cand.num_classes == 3
+    cand.eval()
+    with torch.no_grad():
+        views = [torch.rot90(x, k, dims=(2, 3)) for k in range(4)]
+        views += [torch.flip(v, dims=(3,)) for v in views]
+        mean = torch.stack([s.model(v).softmax(1) for v in views]).mean(0)
+        for v in views:
+            assert torch.allclose(cand(v).softmax(1), mean, atol=1e-5)
+    always = make_strategy("iw-er", tiny_model(2), adam, capacity=20, config={"augment": "all", "tta": True})
+    assert isinstance(always.candidate(), DihedralMean)
+    for augment in ("none", "both"):
+        with pytest.raises(ValueError, match="tta"):
+            make_strategy("iw-er", tiny_model(2), adam, config={"augment": augment, "tta": True})
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_tta_candidate_exports_to_one_onnx_graph_the_edge_runs(tmp_path, exporter):
+    """The eight views are inside the exported graph: onnxruntime answers as the torch candidate does, and a
+    turned input gets the same answer as the original."""
+    from edge.model import EdgeModel
+    from protocol.model_meta import ModelMeta
+    from trainer.export import export_onnx
+    from trainer.nets import DihedralMean, build_model
+
+    net = DihedralMean(build_model("small_cnn", 3)).eval()
+    x = torch.rand(4, 3, 64, 64)
+    meta = ModelMeta(version="v0002", labels=["a", "b", "c"], width=64, height=64, architecture="small_cnn")
+    path = tmp_path / "v0002.onnx"
+    export_onnx(net, meta, path, exporter=exporter, verify_inputs=x)
+    session = EdgeModel.load(path, threads=1).session
+    name = session.get_inputs()[0].name
+    out = session.run(None, {name: x.numpy()})[0]
+    turned = session.run(None, {name: torch.rot90(x, 1, dims=(2, 3)).contiguous().numpy()})[0]
+    with torch.no_grad():
+        assert np.allclose(out, net(x).numpy(), atol=1e-4)
+    assert np.allclose(out, turned, atol=1e-4)
+
+
 def test_ema_new_rows_start_as_the_models():
     x, y = make_data([0, 1], 10, seed=0)
     model = tiny_model(2)

@@ -24,7 +24,7 @@ from torch import nn
 
 from protocol.config import value_error
 from trainer.augment import parse_augment
-from trainer.nets import Classifier, grow_head
+from trainer.nets import Classifier, DihedralMean, grow_head
 from trainer.replay import ReplayBatch, ReplayMemory
 
 __all__ = ["LabelledBatch", "LabelledSample", "OptimizerLike", "Strategy", "StrategyConfig", "NonNegative", "Positive"]
@@ -128,6 +128,9 @@ class StrategyConfig(msgspec.Struct, kw_only=True):
     # the candidate the trainer gates and ships: the weights themselves (0), or their exponential moving average
     # over optimiser steps with this decay (see Strategy.candidate)
     ema: Annotated[float, Meta(ge=0.0, lt=1.0)] = 0.0
+    # the candidate answers the mean of its input's eight turns and mirror images while the turned copies are
+    # being learnt (needs augment dihedral or all; see Strategy.candidate and trainer.nets.DihedralMean)
+    tta: bool = False
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None, strategy: str = "") -> Self:
@@ -140,9 +143,13 @@ class StrategyConfig(msgspec.Struct, kw_only=True):
                 who = f"strategy {strategy}" if strategy else cls.__name__
                 raise ValueError(f"{key}: not a setting of {who} (its settings: {', '.join(sorted(known))})")
         try:
-            return msgspec.convert(values, type=cls, strict=False)
+            config = msgspec.convert(values, type=cls, strict=False)
         except msgspec.ValidationError as e:
             raise ValueError(value_error(e, values, cls)) from None
+        if config.tta and not _dihedral(config.augment):
+            raise ValueError(f"tta: true needs augment dihedral or all (the views a model is asked are the ones "
+                             f"it learnt), not {config.augment!r}")
+        return config
 
     def as_dict(self) -> dict[str, Any]:
         """Every setting with its value (for configs printed or written back)."""
@@ -334,8 +341,9 @@ class Strategy:
         self._update_ema()
         return float(loss.detach())
 
-    def candidate(self) -> Classifier:
-        """The model to judge and ship: the learner's weights, or with ``ema`` > 0 their moving average.
+    def candidate(self) -> Classifier | DihedralMean:
+        """The model to judge and ship: the learner's weights, or with ``ema`` > 0 their moving average; with
+        ``tta``, while the turned copies are being learnt, asked all eight views (:class:`DihedralMean`).
 
         Why: a new class learnt from a few samples makes the weights swing from step to step between giving it
         the old classes' samples and taking them back; offline, 25 `crack` labels turned and mirrored scored
@@ -344,9 +352,10 @@ class Strategy:
         checkpoint, so it draws from that lottery; the average is what the steps agree on. Training continues
         from the weights themselves, never from the average.
         """
-        if self.config.ema > 0 and self.ema_model is not None:
-            return self.ema_model
-        return self.model
+        model = self.ema_model if self.config.ema > 0 and self.ema_model is not None else self.model
+        if self.config.tta and self.augmenting():
+            return DihedralMean(model)
+        return model
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -377,7 +386,7 @@ class Strategy:
         changes nothing that matters).
         """
         a = parse_augment(self.config.augment)
-        if a is None or (self.config.augment_from == "new-class" and not self.grown):
+        if a is None or not self.augmenting():
             return new, replay
         gen = self.__dict__.get("_aug_gen")
         if gen is None:
@@ -387,6 +396,12 @@ class Strategy:
         if replay is not None and len(replay):
             replay = dataclasses.replace(replay, x=a(replay.x, gen))
         return new, replay
+
+    def augmenting(self) -> bool:
+        """Whether steps now see changed inputs: ``augment`` is set and, with ``augment_from: new-class``, the
+        loop has added a class to the head."""
+        return (parse_augment(self.config.augment) is not None
+                and (self.config.augment_from == "start" or self.grown))
 
     def _new_minibatch(self, batch: LabelledBatch) -> LabelledBatch:
         k = self.config.new_batch_size
@@ -457,6 +472,11 @@ class Strategy:
             for p in self.ema_model.parameters():
                 p.requires_grad_(False)
             self.ema_model.load_state_dict(state["ema"])
+
+
+def _dihedral(augment: str) -> bool:
+    a = parse_augment(augment)
+    return a is not None and a.dihedral
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
