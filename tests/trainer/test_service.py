@@ -452,3 +452,38 @@ def test_with_strategy_ema_the_gate_judges_and_the_version_ships_the_average(boo
         assert ck is not None and ck.extra["strategy"]["ema"] is not None and meta.labels == sorted(BASE)
     finally:
         svc.stop()
+
+
+def test_with_strategy_tta_the_version_ships_the_eight_view_mean(bootstrapped: Path, tmp_path: Path) -> None:
+    """strategy.tta through the real service: the gate judges the candidate asked its eight views, the registered
+    ONNX file answers as that candidate does, and a turned or mirrored input gets the same answer."""
+    from trainer.evaluate import onnx_session, predict
+    from trainer.nets import DihedralMean
+
+    state = tmp_path / "state"
+    shutil.copytree(bootstrapped, state)
+    with SampleStore(state / "samples") as st:
+        fill_store(st, BASE, 120)
+    promoted: list[tuple[str, Path, dict]] = []
+    svc = TrainerService(_config(state, **{"strategy.augment": "dihedral", "strategy.tta": True}),
+                         exporter="torchscript", on_promoted=lambda v, p, m: promoted.append((v, p, m)))
+    try:
+        while svc.step(force=True):
+            if promoted and svc.last_decision and svc.last_decision.get("promote"):
+                break
+        assert promoted, "nothing promoted"
+        cand = svc.strategy.candidate()
+        assert isinstance(cand, DihedralMean) and cand.model is svc.model
+        x = svc.heldout_set().x
+        meta = read_meta(promoted[-1][1])
+        sess = onnx_session(promoted[-1][1])
+        shipped = sess.run([meta.output_name], {meta.input_name: x.numpy()})[0]
+        turned = sess.run([meta.output_name], {meta.input_name: torch.rot90(x, 1, dims=(2, 3)).contiguous().numpy()})[0]
+        mirrored = sess.run([meta.output_name], {meta.input_name: torch.flip(x, dims=(3,)).contiguous().numpy()})[0]
+        with torch.no_grad():
+            cand.eval()
+            assert np.allclose(shipped, cand(x).numpy(), atol=1e-4)
+        assert np.allclose(shipped, turned, atol=1e-4) and np.allclose(shipped, mirrored, atol=1e-4)
+        assert np.array_equal(shipped.argmax(1), predict(cand, x))
+    finally:
+        svc.stop()
