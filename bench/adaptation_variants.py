@@ -240,6 +240,14 @@ VARIANTS: dict[str, Variant] = {
                                                    settings={**_rehearsal(rounds=2, paired="new-class"),
                                                              "stage_scale": {"update_s": CNN128_UPDATE_COST,
                                                                              "evaluate_s": CNN128_EVAL_COST}}),
+    "cnn128-rehearse-dihedral-paired-new-fast3": Variant("cnn128-rehearse-dihedral-paired-new-fast3",
+                                                         "cnn128-rehearse-dihedral-paired-new on a trainer with 3x "
+                                                         "this machine's CPU (update and evaluation charged a third "
+                                                         "of it; export as measured), up to 6 rehearsal rounds",
+                                                         bootstrap={"arch": "small_cnn128"},
+                                                         settings={**_rehearsal(rounds=6, paired="new-class"),
+                                                                   "stage_scale": {"update_s": CNN128_UPDATE_COST / 3,
+                                                                                   "evaluate_s": CNN128_EVAL_COST / 3}}),
     "dihedral-boot": Variant("dihedral-boot", "dihedral in the bootstrap as well as in every update step",
                              bootstrap={"augment": "dihedral"}, settings={"strategy_settings": {"augment": "dihedral"}}),
     "calib-drift": Variant("calib-drift", "edge input calibration, engaged by the drift signal (edge.model)",
