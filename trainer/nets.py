@@ -57,9 +57,9 @@ class DihedralMean(nn.Module):
 
     Why: a learner trained on turned copies (``strategy.augment: dihedral``) is invariant only on average, and
     its checkpoints swing by class (README, Adaptation #40); asked all eight views, the same checkpoint scored
-    2.4-4.4 points higher on the final-window frames, 25 ``crack`` labels, offline (#44). The price is eight
-    forward passes per frame: at 64x64 about a millisecond on the edge, and the trainer's evaluations cost
-    as much more.
+    1.3-4.9 points higher on the final-window frames, 25 ``crack`` labels, offline (two seeds, #44). The price is
+    eight forward passes per frame: at 64x64 about a millisecond on the edge, and the trainer's evaluations
+    cost ~9x; in the loop on this 2-core VM that took the idle time rehearsal needed and the loop ended lower.
     """
 
     VIEWS = 8
