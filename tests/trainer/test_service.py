@@ -418,6 +418,26 @@ def test_rehearsal_is_off_by_default_and_a_failed_round_is_undone(bootstrapped: 
         svc.stop()
 
 
+def _until_promoted(bootstrapped: Path, state: Path, **overrides: object) -> tuple[TrainerService, list]:
+    """A service with these settings on a copy of the bootstrap and 120 samples, stepped until it promotes a
+    version; the caller stops it. ``promoted`` holds (version, path, meta) per promotion."""
+    shutil.copytree(bootstrapped, state)
+    with SampleStore(state / "samples") as st:
+        fill_store(st, BASE, 120)
+    promoted: list[tuple[str, Path, dict]] = []
+    svc = TrainerService(_config(state, **overrides), exporter="torchscript",
+                         on_promoted=lambda v, p, m: promoted.append((v, p, m)))
+    try:
+        while svc.step(force=True):
+            if promoted and svc.last_decision and svc.last_decision.get("promote"):
+                break
+        assert promoted, "nothing promoted"
+    except BaseException:
+        svc.stop()
+        raise
+    return svc, promoted
+
+
 def test_with_strategy_ema_the_gate_judges_and_the_version_ships_the_average(bootstrapped: Path, tmp_path: Path) -> None:
     """strategy.ema: what is gated and exported is the moving average of the weights (the ONNX file predicts what
     the average predicts, which is not what the learner's own weights predict), and the checkpoint carries it."""
@@ -425,17 +445,8 @@ def test_with_strategy_ema_the_gate_judges_and_the_version_ships_the_average(boo
     from trainer.evaluate import onnx_argmax, onnx_session, predict
 
     state = tmp_path / "state"
-    shutil.copytree(bootstrapped, state)
-    with SampleStore(state / "samples") as st:
-        fill_store(st, BASE, 120)
-    promoted: list[tuple[str, Path, dict]] = []
-    svc = TrainerService(_config(state, **{"strategy.ema": 0.8, "update.lr": 0.1}), exporter="torchscript",
-                         on_promoted=lambda v, p, m: promoted.append((v, p, m)))
+    svc, promoted = _until_promoted(bootstrapped, state, **{"strategy.ema": 0.8, "update.lr": 0.1})
     try:
-        while svc.step(force=True):
-            if promoted and svc.last_decision and svc.last_decision.get("promote"):
-                break
-        assert promoted, "nothing promoted"
         cand = svc.strategy.candidate()
         assert cand is not svc.model
         x = svc.heldout_set().x
@@ -460,18 +471,9 @@ def test_with_strategy_tta_the_version_ships_the_eight_view_mean(bootstrapped: P
     from trainer.evaluate import onnx_session, predict
     from trainer.nets import DihedralMean
 
-    state = tmp_path / "state"
-    shutil.copytree(bootstrapped, state)
-    with SampleStore(state / "samples") as st:
-        fill_store(st, BASE, 120)
-    promoted: list[tuple[str, Path, dict]] = []
-    svc = TrainerService(_config(state, **{"strategy.augment": "dihedral", "strategy.tta": True}),
-                         exporter="torchscript", on_promoted=lambda v, p, m: promoted.append((v, p, m)))
+    svc, promoted = _until_promoted(bootstrapped, tmp_path / "state",
+                                    **{"strategy.augment": "dihedral", "strategy.tta": True})
     try:
-        while svc.step(force=True):
-            if promoted and svc.last_decision and svc.last_decision.get("promote"):
-                break
-        assert promoted, "nothing promoted"
         cand = svc.strategy.candidate()
         assert isinstance(cand, DihedralMean) and cand.model is svc.model
         x = svc.heldout_set().x
