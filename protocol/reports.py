@@ -30,7 +30,7 @@ from .fields import Id, Label, NonNegFloat, NonNegInt, Prob, Text, check_finite
 
 __all__ = [
     "REPORT_SCHEMA", "MAX_REPORT_BYTES", "Report", "State", "Birth", "Stats", "ModelStatus", "TopK",
-    "PredictionReport", "REPORT_TYPES", "KIND_TYPES", "MODEL_STATES", "encode_report", "decode_report",
+    "PredictionReport", "SelectionHint", "REPORT_TYPES", "KIND_TYPES", "MODEL_STATES", "encode_report", "decode_report",
 ]
 
 REPORT_SCHEMA = 2
@@ -167,13 +167,33 @@ class PredictionReport(Report, frozen=True, kw_only=True, tag="prediction"):
     latency_ms: NonNegFloat
 
 
+class SelectionHint(Report, frozen=True, kw_only=True, tag="selection_hint"):
+    """The trainer's request for more frames of the kinds a class the fleet misses hides in, retained on
+    ``trainer/selection_hint`` (``device`` is ``trainer``).
+
+    ``boost`` maps a label the cameras *predict* to a multiplier on such a frame's selection probability;
+    the extra uploads come from ``budget_per_minute`` of their own per camera, until ``expires`` (Unix
+    seconds). An empty ``boost`` withdraws the hint. A camera applies at most its own caps
+    (``hints.max_boost``, ``hints.max_budget_per_minute``) and the probability it used travels with every
+    sample as always, so the trainer's weights stay exact. ``reason`` says which labels asked for it.
+    """
+
+    TYPE: ClassVar[str] = "selection_hint"
+    _FLOATS: ClassVar[tuple[str, ...]] = ("expires",)
+
+    boost: Annotated[dict[Label, Annotated[float, Meta(ge=1.0, le=1000.0)]], Meta(max_length=64)] = {}
+    budget_per_minute: Annotated[int, Meta(ge=0, le=100_000)] = 0
+    expires: NonNegFloat
+    reason: Text = ""
+
+
 REPORT_TYPES: dict[str, type[Report]] = {
-    cls.TYPE: cls for cls in (State, Birth, Stats, ModelStatus, PredictionReport)
+    cls.TYPE: cls for cls in (State, Birth, Stats, ModelStatus, PredictionReport, SelectionHint)
 }
 #: Which report each topic kind (``protocol.topics.ParsedTopic.kind``) carries.
 KIND_TYPES: dict[str, type[Report]] = {
     "state": State, "trainer_state": State, "birth": Birth, "stats": Stats, "model_status": ModelStatus,
-    "predictions": PredictionReport,
+    "predictions": PredictionReport, "selection_hint": SelectionHint,
 }
 
 _decoder = msgspec.json.Decoder(Union[tuple(REPORT_TYPES.values())])  # type: ignore[misc]

@@ -117,6 +117,10 @@ class Topics:
         """Retained JSON notice of the newest promoted version (protocol/promotion.py)."""
         return f"{self.prefix}/trainer/promoted"
 
+    def selection_hint(self) -> str:
+        """Retained JSON ``SelectionHint``: which predicted classes the cameras should upload more of."""
+        return f"{self.prefix}/trainer/selection_hint"
+
     def trainer_model(self, version: str) -> str:
         """Retained JSON notice of one promoted version whose bytes the trainer keeps on the broker."""
         return f"{self.prefix}/trainer/models/{check_id(version, 'version')}"
@@ -194,6 +198,8 @@ class Topics:
             return ParsedTopic("trainer_state")
         if rest == ["trainer", "promoted"]:
             return ParsedTopic("trainer_promoted")
+        if rest == ["trainer", "selection_hint"]:
+            return ParsedTopic("selection_hint")
         if len(rest) == 3 and rest[:2] == ["trainer", "models"]:
             return ParsedTopic("trainer_model", version=check_id(rest[2], "version"))
         if len(rest) == 5 and rest[:2] == ["trainer", "models"] and rest[3] == "chunk":

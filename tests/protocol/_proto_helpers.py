@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from protocol.messages import Chunk, Manifest, Sample
-from protocol.reports import Birth, ModelStatus, PredictionReport, State, Stats, TopK
+from protocol.reports import Birth, ModelStatus, PredictionReport, SelectionHint, State, Stats, TopK
 
 IMAGE = bytes(range(256)) * 4  # 1 KiB stand-in for a JPEG
 CHUNK = b"onnx-bytes" * 100
@@ -59,4 +59,6 @@ def report_examples() -> list[object]:
         PredictionReport(device="cam-1", ts=1.7e9, label="scratch", confidence=0.55, ok=False,
                          topk=[TopK("scratch", 0.55), TopK("ok", 0.4)], model_version="v3", frame_index=17,
                          frame_time=1.7e9 - 0.02, roi=(96, 56, 128, 128), latency_ms=3.2),
+        SelectionHint(device="cam-1", ts=1.7e9, boost={"scratch": 10.0}, budget_per_minute=40, expires=1.7e9 + 60,
+                      reason="crack: 18 of 27 labels predicted as scratch (~55 % of its frames)"),
     ]
