@@ -62,7 +62,7 @@ class Pipeline:
         score = score_prediction(pred, self.uncertainty)
         self.drift.update(pred.confidence, pred.entropy)
         self._calibrate(model, [small])
-        return Result(pred, self.sampler.decide(score, small, boost=self.drift.boost), small)
+        return Result(pred, self.sampler.decide(score, small, boost=self.drift.boost, label=pred.label), small)
 
     def step_batch(self, images: list[np.ndarray]) -> list[Result]:
         """A micro-batch in one inference call: the throughput path."""
@@ -78,5 +78,5 @@ class Pipeline:
         self.drift.update(probs.max(axis=1), ents)
         self._calibrate(model, smalls)
         boost = self.drift.boost
-        return [Result(p, self.sampler.decide(float(s), sm, boost=boost), sm)
+        return [Result(p, self.sampler.decide(float(s), sm, boost=boost, label=p.label), sm)
                 for p, s, sm in zip(preds, scores, smalls)]

@@ -32,7 +32,16 @@ actually used for the draw):
    small budgets the count's random spread (~sqrt(B)) would often exhaust a window a little early and
    starve its last seconds, so pacing aims at a window ``pacing_headroom`` (default 10 %) longer than it
    is: ~90 % utilisation, and at B=30/min under 0.5 % of frames ever see p = 0 (measured; vs 3.7 % at 0).
-5. Draw ``u ~ U[0, 1)`` from a seeded generator; selected iff ``u < p_select``. ``u`` is drawn for every
+5. Selection hint (the trainer's ``selection_hint`` report, :class:`Hint`): while one is in force, a frame
+   the model *predicts* as a hinted class also gets ``p_hint = min(1, p * boost[label])`` paced by the
+   hint's own per-minute budget (its own demand estimate; the hour and day budgets still cap everything),
+   and ``p_select = max(p * factor, p_hint * factor_hint)``. Why: a class the deployed model cannot name
+   hides in the classes it is confused with, mostly with confident predictions that the uncertainty curve
+   gives ``p_min``; the trainer sees in the labels where it hides and asks for those frames. The probability
+   stays the one used for the draw, so the weights stay exact; the extra uploads come from a budget of
+   their own, so the other classes keep theirs. An upload is charged to the hint's budget only when the
+   base probability alone would not have taken it (reason ``hint``).
+6. Draw ``u ~ U[0, 1)`` from a seeded generator; selected iff ``u < p_select``. ``u`` is drawn for every
    frame so that a given seed gives the same decisions whatever the dedup/budget state.
 
 ``Sampler.decide`` returns a ``Decision`` with the effective ``p_select``, the reason and the budget
@@ -73,9 +82,28 @@ class SamplerConfig:
     duplicate_factor: float = 0.0
     seed: int | None = None
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    # The trainer's selection hint (step 5): whether to follow it, and this device's caps on what it may ask
+    # (a hint asking more is clamped to them, and says so in the log); a hint lives at most hint_max_ttl_s here
+    # whatever its ``expires`` says, so a skewed clock cannot keep one in force.
+    hints: bool = True
+    hint_max_boost: float = 10.0
+    hint_max_budget_per_minute: int = 30
+    hint_max_ttl_s: float = 600.0
 
     def budgets(self) -> dict[str, int | None]:
         return {"minute": self.budget_per_minute, "hour": self.budget_per_hour, "day": self.budget_per_day}
+
+
+@dataclass(frozen=True)
+class Hint:
+    """A selection hint in force on this device (:meth:`Sampler.set_hint`): more frames predicted as the
+    ``boost`` labels (label -> multiplier on the frame's probability, >= 1), from ``budget_per_minute``
+    uploads of their own, until ``expires`` (Unix seconds; a hint nobody renews lapses by itself)."""
+
+    boost: dict[str, float]
+    budget_per_minute: int
+    expires: float
+    reason: str = ""
 
 
 @dataclass(slots=True)
@@ -90,7 +118,7 @@ class Decision:
     p_select: float
     p_base: float
     score: float
-    reason: str  # selected: "uncertain" | "explore" | "drift"; not: "not_drawn" | "duplicate" | "budget"
+    reason: str  # selected: "uncertain" | "explore" | "drift" | "hint"; not: "not_drawn" | "duplicate" | "budget"
     budget_factor: float
     duplicate: bool
     budget_left: dict[str, int | None]
@@ -187,6 +215,11 @@ class Sampler:
         self.selected = 0
         self.reasons: dict[str, int] = {}
         self._sum_p = 0.0
+        self._hint: Hint | None = None
+        self._hint_demand = _Demand(self.config.rate_tau_s, self.config.fps_hint)
+        self._hint_used = 0          # hint uploads in the current calendar minute
+        self._hint_minute = -1.0     # start of that minute
+        self.hinted = 0              # uploads charged to a hint's budget, ever
 
     # -- budgets ---------------------------------------------------------------------------------------
     def _roll(self, now: float) -> None:
@@ -257,11 +290,13 @@ class Sampler:
         boost: float = 1.0,
         now: float | None = None,
         fingerprint: object = None,
+        label: str | None = None,
     ) -> Decision:
         """Decide for one frame.
 
         ``image`` (any small uint8 image, ideally the resized model input) is fingerprinted for dedup;
-        pass ``fingerprint`` instead if already computed. ``boost`` is the drift multiplier.
+        pass ``fingerprint`` instead if already computed. ``boost`` is the drift multiplier. ``label`` is
+        the model's top-1 prediction, which a selection hint may ask more frames of (step 5).
         """
         c = self.config
         now = self.clock() if now is None else now
@@ -279,23 +314,30 @@ class Sampler:
             self._roll(now)
             self._demand.add(p, now)
             factor = self._factor(now, self._demand.rate)
+            ph, hfactor = self._hinted(p, label, now) if self._hint is not None else (0.0, 0.0)
             # Dedup can only lower p, so a frame whose draw u >= p * factor is "not selected" whatever its
             # fingerprint says: only frames the draw would take pay for fingerprinting. The p_select a
             # selected frame reports still includes the dedup factor, so its weight stays exact.
-            if u < p * factor:
+            if u < p * factor or u < ph * hfactor:
                 if fp is None and image is not None and dedup.config.enabled:
                     fp = dedup.fingerprint(image)
                 dup = fp is not None and dedup.is_duplicate(fp, now)
                 if dup:
                     p *= c.duplicate_factor
-            p_eff = p * factor
+                    ph *= c.duplicate_factor
+            p_eff = max(p * factor, ph * hfactor)
             selected = u < p_eff
             if selected:
                 used = self._used
                 for name in used:
                     used[name] += 1
                 self._left_cache = None
-                if boost > 1.0 and u >= p0 * factor:
+                if u >= p * factor:  # only the hint took it: its own budget pays (the hour and day ones too)
+                    used["minute"] -= 1
+                    self._hint_used += 1
+                    self.hinted += 1
+                    reason = "hint"
+                elif boost > 1.0 and u >= p0 * factor:
                     reason = "drift"  # would not have been picked without the boost
                 elif p0 <= c.p_min:
                     reason = "explore"
@@ -316,10 +358,52 @@ class Sampler:
             dedup.remember(fp, now)
         return Decision(selected, p_eff, p0, s, reason, factor, dup, left, fp)
 
-    def decide_batch(self, scores: np.ndarray, images: list[np.ndarray] | None = None, *, boost: float = 1.0) -> list[Decision]:
+    def _hinted(self, p: float, label: str | None, now: float) -> tuple[float, float]:
+        """(``p_hint``, the hint budget's pacing factor) for a frame predicted as ``label``; (0, 0) when no
+        hint applies. Called under the lock."""
+        h = self._hint
+        if h is None or now >= h.expires:
+            if h is not None:
+                self._hint = None  # lapsed
+            return 0.0, 0.0
+        mult = h.boost.get(label) if label is not None else None
+        if mult is None:
+            return 0.0, 0.0
+        minute = math.floor(now / 60.0) * 60.0
+        if minute != self._hint_minute:
+            self._hint_minute, self._hint_used = minute, 0
+        ph = min(1.0, p * mult)
+        self._hint_demand.add(ph, now)
+        left = h.budget_per_minute - self._hint_used
+        if left <= 0:
+            return ph, 0.0
+        used = self._used
+        for name, b, end, _extra in self._paced:  # the hour and day budgets bound hinted uploads too
+            if name != "minute" and b - used[name] <= 0:
+                return ph, 0.0
+        remaining = max(minute + 60.0 - now, 1e-3) + self.config.pacing_headroom * 60.0
+        rate = self._hint_demand.rate
+        return ph, (1.0 if rate <= 0.0 else min(1.0, left / remaining / rate))
+
+    def set_hint(self, hint: Hint | None) -> None:
+        """Put a selection hint in force (``None`` withdraws it). Takes effect from the next frame."""
+        with self._lock:
+            if hint is None or (self._hint is not None and set(hint.boost) != set(self._hint.boost)):
+                self._hint_demand = _Demand(self.config.rate_tau_s, self.config.fps_hint)
+            self._hint = hint
+
+    @property
+    def hint(self) -> Hint | None:
+        """The hint in force, if any (a lapsed one is dropped at the next frame)."""
+        return self._hint
+
+    def decide_batch(self, scores: np.ndarray, images: list[np.ndarray] | None = None, *, boost: float = 1.0,
+                     labels: list[str] | None = None) -> list[Decision]:
         """``decide`` over a micro-batch, in frame order (budget state is sequential by nature)."""
         imgs = images if images is not None else [None] * len(scores)
-        return [self.decide(float(s), im, boost=boost) for s, im in zip(np.asarray(scores).ravel(), imgs)]
+        labs = labels if labels is not None else [None] * len(scores)
+        return [self.decide(float(s), im, boost=boost, label=lb)
+                for s, im, lb in zip(np.asarray(scores).ravel(), imgs, labs)]
 
     def budget_left(self, now: float | None = None) -> dict[str, int | None]:
         """Selections still allowed in the current minute/hour/day window (None = unlimited)."""
@@ -342,4 +426,7 @@ class Sampler:
                 "budget_left": self._left(),
                 "reasons": dict(self.reasons),
                 "dedup": self.dedup.stats(),
+                "hint": None if self._hint is None else {"boost": dict(self._hint.boost),
+                                                         "budget_per_minute": self._hint.budget_per_minute,
+                                                         "expires": self._hint.expires, "used": self.hinted},
             }

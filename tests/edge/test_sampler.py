@@ -256,3 +256,78 @@ def test_seeded_sampler_is_reproducible() -> None:
         return out
 
     assert run() == run()
+
+
+# -- the trainer's selection hint (step 5) ------------------------------------------------------------------------
+def _hinted_run(seed: int, hint: object, minutes: float = 2.0, budget: int | None = 30) -> tuple[Sampler, list]:
+    """30 fps, frames alternately predicted "crack-like" (hinted) and "ok", all with p_base = p_min."""
+    from edge.sampler import Hint  # noqa: F401 - the type the hint is
+
+    clock = Clock(6000.0)
+    s = Sampler(SamplerConfig(p_min=0.02, seed=seed, dedup=NO_DEDUP, budget_per_minute=budget, budget_per_hour=None,
+                              budget_per_day=None), clock=clock)
+    s.set_hint(hint)  # type: ignore[arg-type]
+    out = []
+    for i in range(int(minutes * 60 * 30)):
+        clock.t = 6000.0 + i / 30
+        label = "scratch" if i % 2 else "ok"
+        out.append((label, s.decide(0.0, label=label)))
+    return s, out
+
+
+def test_a_hint_takes_more_of_the_hinted_predictions_from_its_own_budget() -> None:
+    """Frames predicted as a hinted label get ``p * boost`` paced by the hint's own per-minute budget; the others
+    keep theirs, and the base budget is not spent on hinted uploads."""
+    from edge.sampler import Hint
+
+    s, out = _hinted_run(0, Hint({"scratch": 10.0}, budget_per_minute=20, expires=1e12), minutes=2.0)
+    _, base = _hinted_run(0, None, minutes=2.0)
+    hinted = [d for lab, d in out if d.selected and d.reason == "hint"]
+    assert hinted and all(lab == "scratch" for lab, d in out if d.selected and d.reason == "hint")
+    assert 20 <= s.hinted == len(hinted) <= 2 * 20  # the hint's budget is spent, not exceeded
+    sel = {lab: sum(d.selected for lb, d in out if lb == lab) for lab in ("ok", "scratch")}
+    assert sel["scratch"] > 1.5 * sel["ok"]
+    per_minute = {}
+    for i, (_lab, d) in enumerate(out):
+        if d.selected and d.reason == "hint":
+            per_minute[i // 1800] = per_minute.get(i // 1800, 0) + 1
+    assert max(per_minute.values()) <= 20
+    base_ok = sum(d.selected for lab, d in base if lab == "ok")
+    assert abs(sel["ok"] - base_ok) <= 0.5 * base_ok + 3  # the other classes keep about their share
+    assert s.stats()["hint"]["used"] == len(hinted)
+
+
+def test_hinted_probabilities_stay_exact() -> None:
+    """Horvitz-Thompson over the uploads (sum of 1 / p_select) estimates the number of frames of each predicted
+    label within a few percent over seeds, with and without the hint: the reported probability is the one drawn."""
+    from edge.sampler import Hint
+
+    n_each = 2 * 60 * 30 // 2
+    for hint in (None, Hint({"scratch": 10.0}, budget_per_minute=20, expires=1e12)):
+        est = {"ok": [], "scratch": []}
+        for seed in range(30):
+            _s, out = _hinted_run(seed, hint, minutes=2.0, budget=None)
+            for lab in est:
+                est[lab].append(sum(1.0 / d.p_select for lb, d in out if lb == lab and d.selected))
+        for lab, xs in est.items():
+            assert abs(np.mean(xs) / n_each - 1.0) < 0.08, (hint, lab, np.mean(xs), n_each)
+
+
+def test_a_hint_lapses_at_expiry_and_is_bounded_by_the_day_budget() -> None:
+    from edge.sampler import Hint
+
+    s, out = _hinted_run(1, Hint({"scratch": 10.0}, budget_per_minute=20, expires=6000.0 + 30), minutes=1.5)
+    assert any(d.reason == "hint" for _l, d in out[:900])
+    assert not any(d.reason == "hint" for _l, d in out[900:])
+    assert s.hint is None  # dropped once lapsed
+    clock = Clock(86400.0 * 3)
+    s = Sampler(SamplerConfig(p_min=0.02, seed=2, dedup=NO_DEDUP, budget_per_minute=None, budget_per_hour=None,
+                              budget_per_day=5), clock=clock)
+    s.set_hint(Hint({"scratch": 50.0}, budget_per_minute=1000, expires=1e12))
+    n = 0
+    for i in range(3000):
+        clock.t = 86400.0 * 3 + i / 30
+        n += s.decide(0.0, label="scratch").selected
+    assert n <= 5  # the day budget caps everything, hinted or not
+    s.set_hint(None)
+    assert s.hint is None and s.stats()["hint"] is None
