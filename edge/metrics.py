@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import time
 from typing import TYPE_CHECKING, Annotated, Iterator
 
 import msgspec
@@ -98,6 +99,12 @@ class EdgeCollector(Collector):
         yield _by(p + "errors", "Errors by reason (inference raised; outbox write failed).", "reason",
                   {"inference": st.errors, "outbox_write": st.outbox_errors + n.link.outbox_write_errors})
         yield _counter(p + "samples_selected", "Frames the sampler selected for upload.", st.selected)
+        yield _counter(p + "samples_hinted", "Uploads only the trainer's selection hint took (its own budget).",
+                       n.sampler.hinted)
+        yield _by(p + "selection_hints", "Selection hints received, by outcome (applied, capped, withdrawn, "
+                  "expired, ignored, rejected).", "outcome", dict(st.hints))
+        yield GaugeMetricFamily(p + "selection_hint_active", "1 while a selection hint is in force.",
+                                value=float(n.sampler.hint is not None and n.sampler.hint.expires > time.time()))
         yield _counter(p + "samples_stored", "Selected samples committed to the outbox.", st.stored)
         yield _by(p + "samples_not_stored", "Selected samples not committed: refused by the outbox bound, or "
                   "the outbox could not be written (disk full).", "reason",

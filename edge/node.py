@@ -30,6 +30,7 @@ from edge.capture import Capture
 from edge.config import EdgeConfig
 from edge.counters import SequenceLease, next_boot
 from edge.drift import DriftMonitor
+from edge.hints import take_hint
 from edge.homeassistant import discovery_messages
 from edge.link import Link
 from edge.metrics import LatencyHistogram, metrics_server
@@ -42,6 +43,7 @@ from edge.sources.base import Frame
 from edge.updater import Updater, select_boot_model
 from edge.verdicts import Verdicts
 from protocol.config import config_digest
+from protocol.errors import ProtocolError
 from protocol.memory import trim_heap
 from protocol.messages import Sample, encode_message
 from protocol.reports import Birth, Stats, encode_report
@@ -77,6 +79,7 @@ class LoopStats:
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # since start, for /metrics
     correct: deque[int] = field(default_factory=lambda: deque(maxlen=200))
+    hints: dict[str, int] = field(default_factory=dict)  # selection hints received, by outcome (edge/hints.py)
     started: float = field(default_factory=time.monotonic)
     last_frame: float = field(default_factory=time.monotonic)  # when a frame was last classified
 
@@ -124,8 +127,10 @@ class EdgeNode:
             self.updater = Updater(self.device_id, config.fleet, self.state_dir, trusted, self.slot, self.link,
                                    self.topics, config.updater.limits,
                                    min_seq=config.updater.min_manifest_seq)  # a reset device accepts nothing older
-            self.link.on_message = self._route
             self.link.on_connected.append(lambda: self.link.subscribe(self.updater.subscriptions()))
+        self.link.on_message = self._route
+        if config.sampler.hints:
+            self.link.on_connected.append(lambda: self.link.subscribe([(self.topics.selection_hint(), 1)]))
         self.pipeline = Pipeline(self.slot, self.sampler, self.drift, config.uncertainty)
         self.verdicts = Verdicts(config.predictions, self.device_id, self.topics.predictions(self.device_id),
                                  self.link)
@@ -375,7 +380,8 @@ class EdgeNode:
                 "waiting_for_trainer": self.link.held, "model_version": self.slot.get().version, "boot": self.boot,
                 "capture": {"frames": cap.frames, "dropped": cap.dropped, "reconnects": cap.reconnects,
                             "stalls": cap.stalls},
-                "outbox": ob, "sampler": self.sampler.stats()["reasons"], "drift_active": bool(self.drift.active),
+                "outbox": ob, "sampler": self.sampler.stats()["reasons"],
+                "hint": self._hint_stats(), "drift_active": bool(self.drift.active),
                 "accuracy": (sum(correct) / len(correct)) if correct else None,
                 "updater": getattr(self.updater, "state", None), "predictions": self.verdicts.stats(),
                 "calibration": self.slot.calibration.stats() if self.slot.calibration is not None else None,
@@ -413,5 +419,25 @@ class EdgeNode:
             self.link.publish(topic, payload, qos=1, retain=True)
 
     def _route(self, topic: str, payload: bytes) -> None:
-        if self.updater is not None and self.updater.wants(topic):
+        if topic == self.topics.selection_hint():
+            self._take_hint(payload)
+        elif self.updater is not None and self.updater.wants(topic):
             self.updater.on_message(topic, payload)
+
+    def _hint_stats(self) -> dict | None:
+        """The selection hint in force (labels, budget, uploads it took, until when) and the hints received."""
+        h = self.sampler.hint
+        if h is None and not self.stats.hints:
+            return None
+        return {"boost": dict(h.boost) if h else {}, "budget_per_minute": h.budget_per_minute if h else 0,
+                "expires": h.expires if h else None, "uploads": self.sampler.hinted, "received": dict(self.stats.hints)}
+
+    def _take_hint(self, payload: bytes) -> None:
+        """The trainer's selection hint (edge/hints.py): applied within this device's caps; a malformed one is
+        logged, counted (``rejected``) and changes nothing."""
+        try:
+            outcome = take_hint(self.sampler, payload)
+        except ProtocolError as e:
+            log.warning("selection hint rejected (%s): %s", e.reason, e.detail)
+            outcome = "rejected"
+        self.stats.hints[outcome] = self.stats.hints.get(outcome, 0) + 1

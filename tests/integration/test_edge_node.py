@@ -393,3 +393,63 @@ def test_the_hold_is_on_by_default_and_a_flag_turns_it_off(tmp_path) -> None:
     off = subprocess.run(base + ["--no-wait-for-trainer"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
     assert "wait_for_trainer: true" in on.stdout and "wait_for_trainer: false" in off.stdout
+
+
+def test_the_trainer_s_selection_hint_reaches_the_sampler_within_the_device_s_caps(mosquitto_broker, topic_prefix,
+                                                                                    tmp_path, edge_model) -> None:
+    """A retained ``selection_hint`` (the trainer's) is in force on the camera's sampler, clamped to the camera's
+    own caps; the hinted uploads carry the probability they were drawn with and say ``hint``; a malformed hint
+    is refused, counted and changes nothing; an empty one withdraws it."""
+    from protocol.reports import SelectionHint, encode_report
+
+    topics = Topics(topic_prefix)
+    trainer = make_client(f"hinter-{topic_prefix[-8:]}", mosquitto_broker.url, protocol="3.1.1")
+    start(trainer)
+    hint = SelectionHint(device="trainer", boost={str(d): 50.0 for d in range(10)}, budget_per_minute=500,
+                         expires=time.time() + 3600, reason="test: every digit")
+    trainer.publish(topics.selection_hint(), encode_report(hint), 1, retain=True).wait_for_publish(5)
+    collector = Collector(mosquitto_broker.url, topic_prefix)
+    config = node_config(tmp_path, mosquitto_broker.url, topic_prefix, edge_model,
+                         **{"source.url": "sim:digits?seed=5&realtime=1&fps=60&limit=100000",
+                            "sampler.threshold": 5.0, "sampler.p_min": 0.01, "sampler.budget_per_minute": 5,
+                            "sampler.hint_max_budget_per_minute": 20, "sampler.hint_max_boost": 8})
+    node = EdgeNode(config)
+    thread = threading.Thread(target=node.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and node.sampler.hint is None:
+            time.sleep(0.05)
+        h = node.sampler.hint
+        assert h is not None and h.budget_per_minute == 20 and set(h.boost.values()) == {8.0}  # capped
+        assert h.expires <= time.time() + 600  # the device's own limit on how long a hint lives
+        assert node.stats.hints == {"capped": 1}
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and node.sampler.hinted < 3:
+            time.sleep(0.1)
+        assert node.sampler.hinted >= 3
+        trainer.publish(topics.selection_hint(), b'{"type": "selection_hint", "boost": {"0": 0.5}}', 1,
+                        retain=True).wait_for_publish(5)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "rejected" not in node.stats.hints:
+            time.sleep(0.05)
+        assert node.stats.hints.get("rejected") == 1 and node.sampler.hint is h  # refused; the hint stands
+        withdraw = SelectionHint(device="trainer", boost={}, expires=time.time(), reason="nothing missed")
+        trainer.publish(topics.selection_hint(), encode_report(withdraw), 1, retain=True).wait_for_publish(5)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and node.sampler.hint is not None:
+            time.sleep(0.05)
+        assert node.sampler.hint is None and node.stats.hints.get("withdrawn") == 1
+        time.sleep(0.6)  # a stats interval
+        assert node.last_snapshot["extra"]["hint"]["received"] == {"capped": 1, "rejected": 1, "withdrawn": 1}
+    finally:
+        node.stop()
+        thread.join(timeout=20)
+        trainer.publish(topics.selection_hint(), b"", 1, retain=True).wait_for_publish(5)
+        trainer.disconnect()
+        trainer.loop_stop()
+    collector.wait_for(node.stats.stored)
+    hinted = [s for s in collector.samples if s.reason == "hint"]
+    collector.close()
+    assert len(hinted) >= 3
+    assert all(0.0 < s.p_select <= 1.0 for s in hinted)
