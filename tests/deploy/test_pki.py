@@ -169,7 +169,8 @@ def test_acl_rules_per_role(pki: PKI) -> None:
     acl = mosquitto_acl(pki, Topics("plant/v1"))
     block = acl.split("user cam-1\n")[1].split("\n\n")[0].splitlines()
     assert block == ["topic write plant/v1/dev/cam-1/#", "topic read plant/v1/fleet/line1/manifest",
-                     "topic read plant/v1/models/#", "topic read plant/v1/trainer/state"]
+                     "topic read plant/v1/models/#", "topic read plant/v1/trainer/state",
+                     "topic read plant/v1/trainer/selection_hint"]
     assert "user cam-2" not in acl  # revoked: no rights at all
     assert "pattern" not in acl.replace("No `pattern` lines", "")
     trainer2 = acl.split("user trainer-2\n")[1].split("\n\n")[0]

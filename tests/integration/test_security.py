@@ -132,7 +132,7 @@ def test_the_broker_prefers_aes_128_gcm_and_still_accepts_the_other_tls13_suites
 @pytest.mark.parametrize("topic", [
     f"{P}/dev/cam-b/samples", f"{P}/dev/cam-b/model/status", f"{P}/dev/cam-b/state",
     f"{P}/fleet/A/manifest", f"{P}/fleet/B/manifest", f"{P}/models/m/v9/chunk/0",
-    f"{P}/trainer/promoted", f"{P}/trainer/state",
+    f"{P}/trainer/promoted", f"{P}/trainer/state", f"{P}/trainer/selection_hint",
 ])
 def test_a_device_writes_only_its_own_topics(secure: Broker, topic: str) -> None:
     reader = Collector(secure, "monitor", f"{P}/#")  # monitor reads everything under the prefix
@@ -151,7 +151,7 @@ def test_a_device_writes_only_its_own_topics(secure: Broker, topic: str) -> None
         reader.close()
 
 
-def test_a_device_reads_only_its_fleet_manifest_models_and_the_trainer_state(secure: Broker) -> None:
+def test_a_device_reads_only_its_fleet_manifest_models_the_trainer_state_and_hint(secure: Broker) -> None:
     deploy = Collector(secure, "deploy")
     trainer = Collector(secure, "trainer")
     cam = Collector(secure, "cam-a", f"{P}/fleet/+/manifest", f"{P}/models/#", f"{P}/dev/+/samples",
@@ -159,7 +159,8 @@ def test_a_device_reads_only_its_fleet_manifest_models_and_the_trainer_state(sec
     other = Collector(secure, "cam-b")
     try:
         trainer.publish(T.trainer_promoted(), b"promoted-1")  # not for devices
-        trainer.publish(T.trainer_state(), b"trainer-online")  # the one trainer topic a device reads (the hold)
+        trainer.publish(T.trainer_state(), b"trainer-online")  # a trainer topic a device reads (the hold)
+        trainer.publish(T.selection_hint(), b"hint-1")  # and the other: what to upload more of
         # publish() waits for the PUBACK, which mosquitto sends after queueing the message to every subscriber:
         # anything leaked to cam-a is queued before the last chunk, which cam-a may read.
         deploy.publish(T.manifest("B"), b"manifest-B", retain=True)
@@ -168,7 +169,7 @@ def test_a_device_reads_only_its_fleet_manifest_models_and_the_trainer_state(sec
         deploy.publish(T.chunk("m", "v1", 0), b"chunk-0", retain=True)
         cam.wait_for(b"chunk-0")
         # not fleet B's manifest, not cam-b's samples, not the trainer's promotion notice
-        assert cam.payloads() == {b"manifest-A", b"chunk-0", b"trainer-online"}
+        assert cam.payloads() == {b"manifest-A", b"chunk-0", b"trainer-online", b"hint-1"}
     finally:
         for c in (deploy, trainer, cam, other):
             c.close()
