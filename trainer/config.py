@@ -12,7 +12,7 @@ import msgspec
 from msgspec import Meta
 
 __all__ = [
-    "MqttConfig", "IngestConfig", "LabelerConfig", "UpdateConfig", "EvalConfig", "RetentionConfig",
+    "MqttConfig", "IngestConfig", "LabelerConfig", "UpdateConfig", "EvalConfig", "HintsConfig", "RetentionConfig",
     "MetricsConfig", "TrainerConfig", "ENV_PREFIX", "LABELLERS",
 ]
 
@@ -130,6 +130,20 @@ class EvalConfig(_Section):
     max_heldout: Count = 5000
 
 
+class HintsConfig(_Section):
+    """The selection hint (trainer/hints.py): when the cameras miss most labels of a class, ask them for more
+    frames of the predicted classes it hides in, from an upload budget of its own. Off by default."""
+
+    enabled: bool = False
+    window_s: Annotated[float, Meta(gt=0.0, le=86400.0)] = 120.0   # labelled uploads of the last window_s judge
+    min_labels: Count = 4                       # a class needs this many labels in the window before it can ask
+    min_miss: Fraction = 0.5                    # ... and the cameras must have predicted at least this share wrong
+    min_share: Fraction = 0.2                   # boost a predicted label whose frames are >= this share the class
+    boost: Annotated[float, Meta(ge=1.0, le=1000.0)] = 10.0        # multiplier on those frames' probability
+    budget_per_minute: Annotated[int, Meta(ge=0, le=100_000)] = 40  # extra uploads per camera and minute
+    ttl_s: Annotated[float, Meta(gt=0.0, le=86400.0)] = 60.0       # a hint nobody renews lapses after this
+
+
 class RetentionConfig(_Section):
     """How much the sample store keeps. Only *unlabelled* samples are ever deleted, oldest first: labelled
     ones (people's work, the training and held-out sets) stay, whatever the limits (a warning says when they
@@ -162,6 +176,7 @@ class TrainerConfig(_Section):
     labeler: LabelerConfig = msgspec.field(default_factory=LabelerConfig)
     update: UpdateConfig = msgspec.field(default_factory=UpdateConfig)
     eval: EvalConfig = msgspec.field(default_factory=EvalConfig)
+    hints: HintsConfig = msgspec.field(default_factory=HintsConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     # The settings of the strategy named by update.strategy, defined (with their defaults and meaning) beside

@@ -59,7 +59,7 @@ import torch
 from protocol.memory import trim_heap
 from protocol.messages import P_SELECT_MIN
 from protocol.model_meta import ModelMeta
-from protocol.reports import State, encode_report
+from protocol.reports import SelectionHint, State, encode_report
 from protocol.topics import Topics
 
 from . import quarantine, retention, torch_cpu
@@ -67,6 +67,7 @@ from .announce import Announcer
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainerConfig
 from .evaluate import chance_check, onnx_argmax, onnx_session, predict, two_slice_gate
+from .hints import Hint, HintPolicy
 from .export import export_onnx
 from .images import UPLOAD_FORMATS, InputFormat, max_image_size, preprocess_bytes
 from .ingest import describe_write_error
@@ -252,6 +253,9 @@ class TrainerService:
         self.last_loop = time.monotonic()    # the update loop's last round (/healthz)
         self.model_health: dict[str, Any] | None = None  # the deployed version at chance level? (see _check_deployed)
         self.labels_waiting = self.labels_skipped = 0
+        self.hints = HintPolicy(config.hints)  # where a missed class hides (trainer/hints.py)
+        self._hint_sent: tuple[Any, float] | None = None  # (boost, expires) last published
+        self.hint_changes = 0                  # hints published or withdrawn (not renewals)
         self._next_retention = self._next_report = 0.0
         self.retention_report: dict[str, Any] | None = None
         self.metrics_server = None
@@ -443,6 +447,8 @@ class TrainerService:
                 if len(self._buffer) >= limit:
                     return
                 self._fetched_seq = r.label_seq  # type: ignore[assignment]
+                if r.topk:
+                    self.hints.observe(r.labelled_at or time.time(), str(r.label), r.topk[0][0], r.p_select)
                 if not r.heldout:
                     if not self._buffer:
                         self._buffer_since = time.monotonic()
@@ -938,6 +944,35 @@ class TrainerService:
             self._next_report = now + 5.0
             self._count_labels()
             self._write_health()
+        if self.ingestor is not None:
+            self.publish_hint(self.ingestor.publish)
+
+    # -- the selection hint ------------------------------------------------------------------------------
+    def selection_hint(self, now: float | None = None) -> Hint | None:
+        """The hint the labelled uploads call for now (None when ``hints.enabled`` is off or nothing is
+        missed; see trainer/hints.py)."""
+        if not self.config.hints.enabled:
+            return None
+        return self.hints.hint(time.time() if now is None else now)
+
+    def publish_hint(self, publish: Callable[[str, bytes, int, bool], Any]) -> Hint | None:
+        """Publish the hint (retained) when it changes, renew it before it lapses, withdraw it (an empty
+        ``boost``) once nothing is missed; returns the hint in force."""
+        now = time.time()
+        h = self.selection_hint(now)
+        sent = self._hint_sent
+        if h is None and sent is None:
+            return None
+        if h is not None and sent is not None and h.boost == sent[0] and now < sent[1] - self.config.hints.ttl_s / 2:
+            return h  # unchanged and not due for renewal
+        msg = SelectionHint(device="trainer", boost=h.boost if h else {}, budget_per_minute=h.budget_per_minute if h else 0,
+                            expires=h.expires if h else now, reason=h.reason if h else "nothing missed")
+        publish(self.topics.selection_hint(), encode_report(msg), 1, True)
+        if (h is None) != (sent is None) or (h is not None and sent is not None and h.boost != sent[0]):
+            log.info("selection hint: %s", f"{h.boost} ({h.reason})" if h else "withdrawn")
+            self.hint_changes += 1
+        self._hint_sent = (h.boost, h.expires) if h else None
+        return h
 
     def _count_labels(self) -> None:
         """How many samples wait for a label and how many the labeller cannot label (the oracle, without

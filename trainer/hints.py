@@ -1,0 +1,82 @@
+"""Where a class the fleet misses hides, read from the labels: the trainer's selection hint.
+
+A defect the deployed model cannot name yet is not *uncertain* to it: the cameras predict it, mostly with
+confidence, as the class it looks most like (a one-pixel crack as a scratch), so the uncertainty curve
+gives those frames ``p_min`` and the few that are uploaded arrive by chance. The labels say where they
+hide: every sample carries the camera's top-1 prediction and the probability it was selected with. For each
+class C and each predicted label P, ``sum(1 / p_select)`` over the window's labelled uploads predicted P
+and labelled C, divided by the same sum over all uploads predicted P, is an unbiased estimate (Horvitz-
+Thompson) of the share of C among *all* frames the cameras predict as P -- not just among those they
+uploaded. When the cameras miss most of a class's labels (``min_miss``) and it makes up at least
+``min_share`` of some predicted label's frames, the hint asks for more frames predicted as that label
+(``boost``), from an upload budget of its own (``budget_per_minute`` per camera, edge/sampler.py step 5).
+A label where the class is rare (`ok` at 13 %) is not boosted: its frames would spend the budget on `ok`.
+
+The hint lapses by itself (``ttl_s``; the trainer renews one still in force) and is withdrawn as soon as
+the cameras name the class, so it costs labels only while a class is being missed. Settings: the trainer
+config's ``hints`` section (:class:`trainer.config.HintsConfig`).
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["HintPolicy", "Hint"]
+
+
+@dataclass(frozen=True)
+class Hint:
+    """What to ask the cameras for, and why (``protocol.reports.SelectionHint`` without the transport)."""
+
+    boost: dict[str, float]
+    budget_per_minute: int
+    expires: float
+    reason: str
+
+
+class HintPolicy:
+    """The labelled uploads of the last ``window_s`` seconds and the hint they call for.
+
+    ``observe`` is fed every labelled upload once (training and held-out alike); ``hint(now)`` is cheap
+    (a pass over at most ``max_rows`` rows) and returns None while nothing is missed.
+    """
+
+    def __init__(self, config: Any, max_rows: int = 5000) -> None:
+        self.config = config
+        self._rows: deque[tuple[float, str, str, float]] = deque(maxlen=max_rows)
+
+    def observe(self, t: float, label: str, predicted: str, p_select: float) -> None:
+        """One labelled upload: when it was labelled, its label, the camera's top-1, its ``p_select``."""
+        self._rows.append((float(t), str(label), str(predicted), max(float(p_select), 1e-6)))
+
+    def hint(self, now: float) -> Hint | None:
+        c = self.config
+        rows = self._rows
+        while rows and rows[0][0] < now - c.window_s:
+            rows.popleft()
+        n: dict[str, int] = {}          # labels per class
+        missed: dict[str, int] = {}     # of them, predicted as something else
+        w_pred: dict[str, float] = {}   # sum of 1/p per predicted label
+        w_pair: dict[tuple[str, str], float] = {}
+        n_pair: dict[tuple[str, str], int] = {}
+        for _t, label, pred, p in rows:
+            n[label] = n.get(label, 0) + 1
+            w_pred[pred] = w_pred.get(pred, 0.0) + 1.0 / p
+            if pred != label:
+                missed[label] = missed.get(label, 0) + 1
+                w_pair[label, pred] = w_pair.get((label, pred), 0.0) + 1.0 / p
+                n_pair[label, pred] = n_pair.get((label, pred), 0) + 1
+        boost: dict[str, float] = {}
+        why: list[str] = []
+        for (label, pred), w in sorted(w_pair.items()):
+            if n[label] < c.min_labels or missed[label] < c.min_miss * n[label] or n_pair[label, pred] < 2:
+                continue
+            share = w / w_pred[pred]
+            if share >= c.min_share:
+                boost[pred] = float(c.boost)
+                why.append(f"{label}: {n_pair[label, pred]} of {n[label]} labels predicted as {pred} "
+                           f"(~{100 * share:.0f} % of its frames)")
+        if not boost:
+            return None
+        return Hint(boost, int(c.budget_per_minute), now + c.ttl_s, "; ".join(why)[:1024])
