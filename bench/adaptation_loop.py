@@ -112,6 +112,8 @@ class LoopSettings:
     wait_s: float | None = None          # None: the demo's max(5, stream_s / 15)
     eval: dict[str, Any] = field(default_factory=dict)
     strategy_settings: dict[str, Any] = field(default_factory=dict)   # the strategy's own (config `strategy:`)
+    hints: dict[str, Any] = field(default_factory=dict)   # the trainer's `hints:` section; its hint reaches the
+    #                                                       cameras' samplers when the trainer publishes it
     poll_s: float = 0.2
     # latencies (seconds of stream time); see stage_times()
     label_delay_s: float = 0.16
@@ -313,6 +315,7 @@ def _trainer_config(state_dir: Path, s: LoopSettings, seed: int) -> Any:
     over.update({f"update.{k}": v for k, v in s.update.items()})
     over.update({f"eval.{k}": v for k, v in s.eval.items()})
     over.update({f"strategy.{k}": v for k, v in s.strategy_settings.items()})
+    over.update({f"hints.{k}": v for k, v in s.hints.items()})
     cfg = load_config(TrainerConfig, overrides=over)
     # a None override means "not given" to load_config: set the label API off explicitly (as the demo does)
     return msgspec.structs.replace(cfg, labeler=msgspec.structs.replace(cfg.labeler, api_port=None),
@@ -505,6 +508,8 @@ def run_loop(state_src: Path, workdir: Path, urls: list[str], s: LoopSettings, s
                         m = ub.retrain(xs, [str(r.label) for r in rows], [float(r.p_select) for r in rows])
                         ub_pending.append((t + s.update_s + s.evaluate_s + s.export_s + s.wave_delay_s
                                            + (len(s.waves) - 1) * s.soak, m))
+            if s.hints.get("enabled"):
+                _deliver_hint(svc, cams, tr, t)
             if progress is not None and i % int(10 * s.fps) == 0:
                 progress(f"t={t:5.0f}s fleet {fleet_version} updates {len(tr.updates)} "
                          f"loop {np.mean([tr.loop[k][max(0, i - 120):i + 1].mean() for k in range(C)]):.3f}")
@@ -512,6 +517,22 @@ def run_loop(state_src: Path, workdir: Path, urls: list[str], s: LoopSettings, s
         svc.stop()
     tr.seconds = _time.perf_counter() - t_wall
     return tr
+
+
+def _deliver_hint(svc: Any, cams: list[_Camera], tr: RunTrace, t: float) -> None:
+    """What the trainer's retained ``selection_hint`` and each camera's :meth:`edge.link` handler do: the
+    service publishes (changes, renewals, withdrawal) and every camera puts it in force (MQTT's ~ms ignored)."""
+    from edge.sampler import Hint
+
+    def publish(_topic: str, payload: bytes, _qos: int, _retain: bool) -> None:
+        from protocol.reports import decode_report
+
+        h = decode_report(payload, "selection_hint")
+        for c in cams:
+            c.sampler.set_hint(Hint(dict(h.boost), h.budget_per_minute, h.expires, h.reason) if h.boost else None)
+        tr.events.append({"t": t, "kind": "hint", "boost": dict(h.boost), "reason": h.reason})
+
+    svc.publish_hint(publish)
 
 
 def _incoming(cam: _Camera, frame: Any, res: Any, s: LoopSettings) -> Any:
