@@ -76,6 +76,10 @@ class TrainerCollector(Collector):
         yield _family(C, p + "gate_decisions", "Promotion gate decisions, by outcome.", "outcome",
                       {"promote": promotions, "keep": max(0, evaluations - promotions)})
         yield _family(C, p + "promotions", "Versions promoted.", values=promotions)
+        yield _family(G, p + "selection_hint_labels", "Predicted labels the selection hint in force asks the cameras "
+                      "for more of (0: none; hints.enabled).", values=len(svc.hint_in_force))
+        yield _family(C, p + "selection_hint_changes", "Selection hints published or withdrawn (not renewals).",
+                      values=svc.hint_changes)
         yield _family(C, p + "paired_promotions", "Versions promoted although behind the deployed one by more than "
                       "eval.max_regression on the recent slice, because the paired test (eval.paired) found the loss "
                       "within chance.", values=c.get("paired_promotions", 0))

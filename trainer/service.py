@@ -955,6 +955,12 @@ class TrainerService:
             return None
         return self.hints.hint(time.time() if now is None else now)
 
+    @property
+    def hint_in_force(self) -> dict[str, float]:
+        """The boost of the hint last published and not withdrawn (empty: none)."""
+        sent = self._hint_sent
+        return dict(sent[0]) if sent is not None and time.time() < sent[1] else {}
+
     def publish_hint(self, publish: Callable[[str, bytes, int, bool], Any]) -> Hint | None:
         """Publish the hint (retained) when it changes, renew it before it lapses, withdraw it (an empty
         ``boost``) once nothing is missed; returns the hint in force."""

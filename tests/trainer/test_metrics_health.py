@@ -59,8 +59,8 @@ def test_metrics_are_scraped_and_parsed_and_healthz_fails_when_the_loop_stalls(s
         want = {"edgeloop_trainer_store_samples", "edgeloop_trainer_samples_rejected", "edgeloop_trainer_labels",
                 "edgeloop_trainer_label_queue_depth", "edgeloop_trainer_labels_skipped_no_truth",
                 "edgeloop_trainer_updates", "edgeloop_trainer_promotions", "edgeloop_trainer_gate_decisions",
-                "edgeloop_trainer_paired_promotions",
-                "edgeloop_trainer_quarantined_batches", "edgeloop_trainer_degraded", "edgeloop_trainer_loop_age_seconds",
+                "edgeloop_trainer_paired_promotions", "edgeloop_trainer_selection_hint_labels",
+                "edgeloop_trainer_selection_hint_changes", "edgeloop_trainer_quarantined_batches", "edgeloop_trainer_degraded", "edgeloop_trainer_loop_age_seconds",
                 "edgeloop_trainer_deployed_at_chance"}
         assert want <= set(fams), want - set(fams)
         value = {s.name: s.value for f in fams.values() for s in f.samples if not s.labels}
@@ -73,6 +73,7 @@ def test_metrics_are_scraped_and_parsed_and_healthz_fails_when_the_loop_stalls(s
         decisions = {s.labels["outcome"]: s.value for s in fams["edgeloop_trainer_gate_decisions"].samples}
         assert decisions["promote"] + decisions["keep"] == svc.counters["evaluations"]
         assert value["edgeloop_trainer_paired_promotions_total"] == svc.counters.get("paired_promotions", 0) == 0
+        assert value["edgeloop_trainer_selection_hint_labels"] == 0 == value["edgeloop_trainer_selection_hint_changes_total"]
         assert {s.labels["part"] for s in fams["edgeloop_trainer_degraded"].samples} == {"ingest", "checkpoint", "learner"}
         status, body = _get(svc.metrics_server.url + "/healthz")
         assert status == 200 and '"status": "ok"' in body

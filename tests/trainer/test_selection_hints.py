@@ -101,6 +101,7 @@ def test_the_service_publishes_renews_and_withdraws_the_hint(tmp_path: Path) -> 
         topic, msg, qos, retain = sent[0]
         assert topic == svc.topics.selection_hint() and qos == 1 and retain
         assert msg.boost == {"red": 10.0} and msg.device == "trainer" and "yellow: 6 of 6" in msg.reason
+        assert svc.hint_in_force == {"red": 10.0}  # edgeloop_trainer_selection_hint_labels 1
         svc.publish_hint(publish)
         assert len(sent) == 1  # unchanged, not due for renewal
         time.sleep(1.1)
@@ -109,7 +110,7 @@ def test_the_service_publishes_renews_and_withdraws_the_hint(tmp_path: Path) -> 
         time.sleep(2.0)  # the misses leave the window; the cameras now name yellow
         upload(200, "yellow", "yellow", 6)
         svc.publish_hint(publish)
-        assert len(sent) == 3 and sent[2][1].boost == {} and svc.hint_changes == 2
+        assert len(sent) == 3 and sent[2][1].boost == {} and svc.hint_changes == 2 and svc.hint_in_force == {}
         svc.publish_hint(publish)
         assert len(sent) == 3
     finally:
