@@ -207,7 +207,8 @@ def run_one(scenario: str, seed: int, variant: str = "demo", upper: bool = True,
                rehearsals=sum(1 for u in tr.updates if u.get("rehearsal")), promoted=sum(1 for u in tr.updates if u["promoted"]),
                rollouts=sum(1 for e in tr.events if e["kind"] == "rollout"),
                freshness_p50_s=_q(tr.freshness, 50), freshness_p95_s=_q(tr.freshness, 95), bootstrap=boot,
-               stream_s=stream_s, cameras=cameras, upper=upper, decisions=tr.updates)
+               stream_s=stream_s, cameras=cameras, upper=upper, decisions=tr.updates,
+               hints=[e for e in tr.events if e["kind"] == "hint"])
     save_row(out)
     return out
 

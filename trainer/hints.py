@@ -7,7 +7,8 @@ hide: every sample carries the camera's top-1 prediction and the probability it 
 class C and each predicted label P, ``sum(1 / p_select)`` over the window's labelled uploads predicted P
 and labelled C, divided by the same sum over all uploads predicted P, is an unbiased estimate (Horvitz-
 Thompson) of the share of C among *all* frames the cameras predict as P -- not just among those they
-uploaded. When the cameras miss most of a class's labels (``min_miss``) and it makes up at least
+uploaded -- counted from C's first label in the window, so that a defect that arrived a minute ago is not
+diluted by the clean frames before it. When the cameras miss most of a class's labels (``min_miss``) and it makes up at least
 ``min_share`` of some predicted label's frames, the hint asks for more frames predicted as that label
 (``boost``), from an upload budget of its own (``budget_per_minute`` per camera, edge/sampler.py step 5).
 A label where the class is rare (`ok` at 13 %) is not boosted: its frames would spend the budget on `ok`.
@@ -57,26 +58,38 @@ class HintPolicy:
             rows.popleft()
         n: dict[str, int] = {}          # labels per class
         missed: dict[str, int] = {}     # of them, predicted as something else
-        w_pred: dict[str, float] = {}   # sum of 1/p per predicted label
-        w_pair: dict[tuple[str, str], float] = {}
-        n_pair: dict[tuple[str, str], int] = {}
-        for _t, label, pred, p in rows:
+        since: dict[str, float] = {}    # when the class was first labelled in the window
+        for t, label, pred, _p in rows:
             n[label] = n.get(label, 0) + 1
-            w_pred[pred] = w_pred.get(pred, 0.0) + 1.0 / p
+            since.setdefault(label, t)
             if pred != label:
                 missed[label] = missed.get(label, 0) + 1
-                w_pair[label, pred] = w_pair.get((label, pred), 0.0) + 1.0 / p
-                n_pair[label, pred] = n_pair.get((label, pred), 0) + 1
         boost: dict[str, float] = {}
         why: list[str] = []
-        for (label, pred), w in sorted(w_pair.items()):
-            if n[label] < c.min_labels or missed[label] < c.min_miss * n[label] or n_pair[label, pred] < 2:
+        for label in sorted(missed):
+            if n[label] < c.min_labels or missed[label] < c.min_miss * n[label]:
                 continue
-            share = w / w_pred[pred]
-            if share >= c.min_share:
-                boost[pred] = float(c.boost)
-                why.append(f"{label}: {n_pair[label, pred]} of {n[label]} labels predicted as {pred} "
-                           f"(~{100 * share:.0f} % of its frames)")
+            for pred, share, k in self._shares(label, since[label]):
+                if k >= 2 and share >= c.min_share:
+                    boost[pred] = float(c.boost)
+                    why.append(f"{label}: {k} of {n[label]} labels predicted as {pred} (~{100 * share:.0f} % of its "
+                               "frames)")
         if not boost:
             return None
         return Hint(boost, int(c.budget_per_minute), now + c.ttl_s, "; ".join(why)[:1024])
+
+    def _shares(self, label: str, since: float) -> list[tuple[str, float, int]]:
+        """(predicted label, the estimated share of ``label`` among all frames predicted as it, uploads behind
+        the estimate) since ``label`` first appeared: a defect that arrived a minute ago is judged on the frames
+        since, not diluted by the hour of clean frames before it."""
+        w_pred: dict[str, float] = {}
+        w_hit: dict[str, float] = {}
+        k: dict[str, int] = {}
+        for t, lab, pred, p in self._rows:
+            if t < since:
+                continue
+            w_pred[pred] = w_pred.get(pred, 0.0) + 1.0 / p
+            if lab == label and pred != label:
+                w_hit[pred] = w_hit.get(pred, 0.0) + 1.0 / p
+                k[pred] = k.get(pred, 0) + 1
+        return [(pred, w / w_pred[pred], k[pred]) for pred, w in sorted(w_hit.items())]

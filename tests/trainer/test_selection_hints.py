@@ -131,3 +131,16 @@ def test_hints_are_off_by_default(tmp_path: Path) -> None:
         assert svc.selection_hint(now=1.0) is None and svc.publish_hint(lambda *a: None) is None
     finally:
         svc.stop()
+
+
+def test_a_new_class_is_judged_since_it_first_appeared() -> None:
+    """Ninety seconds of clean scratch frames, then crack: half of what is predicted scratch. Over the whole
+    window crack would be a sixth of it (below min_share); since its first label it is half, so it asks."""
+    pol = HintPolicy(HintsConfig(enabled=True, window_s=120.0))
+    for t in range(90):
+        pol.observe(float(t), "scratch", "scratch", 0.03)
+    for t in range(90, 96):
+        pol.observe(float(t), "crack", "scratch", 0.03)
+        pol.observe(float(t) + 0.5, "scratch", "scratch", 0.03)
+    h = pol.hint(100.0)
+    assert h is not None and h.boost == {"scratch": 10.0} and "~50 %" in h.reason
