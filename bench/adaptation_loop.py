@@ -520,17 +520,18 @@ def run_loop(state_src: Path, workdir: Path, urls: list[str], s: LoopSettings, s
 
 
 def _deliver_hint(svc: Any, cams: list[_Camera], tr: RunTrace, t: float) -> None:
-    """What the trainer's retained ``selection_hint`` and each camera's :meth:`edge.link` handler do: the
-    service publishes (changes, renewals, withdrawal) and every camera puts it in force (MQTT's ~ms ignored)."""
-    from edge.sampler import Hint
+    """What the trainer's retained ``selection_hint`` and each camera's handler do: the service publishes
+    (changes, renewals, withdrawal) and every camera takes it within its own caps (edge.hints.take_hint, as
+    ``EdgeNode`` does; MQTT's ~ms ignored)."""
+    from edge.hints import take_hint
+    from protocol.reports import decode_report
 
     def publish(_topic: str, payload: bytes, _qos: int, _retain: bool) -> None:
-        from protocol.reports import decode_report
-
-        h = decode_report(payload, "selection_hint")
         for c in cams:
-            c.sampler.set_hint(Hint(dict(h.boost), h.budget_per_minute, h.expires, h.reason) if h.boost else None)
-        tr.events.append({"t": t, "kind": "hint", "boost": dict(h.boost), "reason": h.reason})
+            take_hint(c.sampler, payload)
+        h = decode_report(payload, "selection_hint")
+        tr.events.append({"t": t, "kind": "hint", "boost": dict(h.boost), "budget": c.sampler.hint.budget_per_minute
+                          if c.sampler.hint else 0, "reason": h.reason})
 
     svc.publish_hint(publish)
 

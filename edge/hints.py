@@ -4,7 +4,8 @@ force on its sampler (edge/sampler.py step 5).
 The hint arrives retained on ``trainer/selection_hint`` (only the trainer may write there: deploy/acl.py),
 so a device that connects late still gets the one in force, and a hint from a trainer's earlier life lapses
 at its ``expires``. What it can make a device do is bounded here, not by trusting the sender: at most
-``hint_max_boost`` times a frame's probability, at most ``hint_max_budget_per_minute`` extra uploads, for
+``hint_max_boost`` times a frame's probability, at most ``hint_max_budget_per_minute`` extra uploads a minute
+(by default as many as the device's own ``budget_per_minute``), for
 at most ``hint_max_ttl_s`` seconds, and never past the device's hour and day budgets.
 """
 from __future__ import annotations
@@ -38,7 +39,8 @@ def take_hint(sampler: Sampler, payload: bytes, now: float | None = None) -> str
         return "expired"
     max_boost = max(1.0, float(c.hint_max_boost))
     boost = {label: min(float(b), max_boost) for label, b in msg.boost.items()}
-    budget = min(int(msg.budget_per_minute), max(0, int(c.hint_max_budget_per_minute)))
+    cap = c.hint_max_budget_per_minute if c.hint_max_budget_per_minute is not None else c.budget_per_minute
+    budget = int(msg.budget_per_minute) if cap is None else min(int(msg.budget_per_minute), max(0, int(cap)))
     expires = min(float(msg.expires), now + max(0.0, float(c.hint_max_ttl_s)))
     capped = boost != dict(msg.boost) or budget != msg.budget_per_minute or expires != msg.expires
     sampler.set_hint(Hint(boost, budget, expires, msg.reason))

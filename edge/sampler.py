@@ -83,11 +83,12 @@ class SamplerConfig:
     seed: int | None = None
     dedup: DedupConfig = field(default_factory=DedupConfig)
     # The trainer's selection hint (step 5): whether to follow it, and this device's caps on what it may ask
-    # (a hint asking more is clamped to them, and says so in the log); a hint lives at most hint_max_ttl_s here
-    # whatever its ``expires`` says, so a skewed clock cannot keep one in force.
+    # (a hint asking more is clamped to them, and says so in the log): the boost, the extra uploads a minute
+    # (None: as many as budget_per_minute, the device's own), and how long a hint lives here whatever its
+    # ``expires`` says, so a skewed clock cannot keep one in force.
     hints: bool = True
     hint_max_boost: float = 10.0
-    hint_max_budget_per_minute: int = 30
+    hint_max_budget_per_minute: int | None = None
     hint_max_ttl_s: float = 600.0
 
     def budgets(self) -> dict[str, int | None]:

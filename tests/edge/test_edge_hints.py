@@ -33,6 +33,12 @@ def test_a_hint_asking_more_than_the_device_allows_is_capped() -> None:
     assert s.hint.expires == NOW + 120.0  # a skewed trainer clock cannot keep it in force
 
 
+def test_by_default_a_hint_gets_at_most_the_device_s_own_minute_budget() -> None:
+    s = Sampler(SamplerConfig(budget_per_minute=12))
+    assert take_hint(s, _payload(budget_per_minute=500), now=NOW) == "capped"
+    assert s.hint is not None and s.hint.budget_per_minute == 12
+
+
 def test_withdrawn_expired_and_ignored() -> None:
     s = Sampler(SamplerConfig())
     take_hint(s, _payload(), now=NOW)
