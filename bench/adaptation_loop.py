@@ -528,7 +528,7 @@ def _deliver_hint(svc: Any, cams: list[_Camera], tr: RunTrace, t: float) -> None
 
     def publish(_topic: str, payload: bytes, _qos: int, _retain: bool) -> None:
         for c in cams:
-            take_hint(c.sampler, payload)
+            take_hint(c.sampler, payload, now=c.sampler.clock())  # the simulated clock, as the hint's expiry
         h = decode_report(payload, "selection_hint")
         tr.events.append({"t": t, "kind": "hint", "boost": dict(h.boost), "budget": c.sampler.hint.budget_per_minute
                           if c.sampler.hint else 0, "reason": h.reason})

@@ -198,3 +198,27 @@ def test_every_variants_trainer_settings_load_and_rehearsal_is_charged_by_its_st
     assert busy_s(s, {"kind": "rehearsal", "steps": 20}, 20, True) == pytest.approx(
         s.update_s + s.evaluate_s + s.export_s)
     assert busy_s(s, {"kind": "rehearsal", "steps": 0}, 20, False) == 0.0
+
+
+def test_the_trainer_s_hint_reaches_the_simulated_cameras_on_the_simulated_clock() -> None:
+    """The loop's cameras take the trainer's hint as EdgeNode does (edge.hints.take_hint), judged against the
+    simulated clock: a hint that expires a minute after simulated now is in force, not taken for a stale one
+    from the wall clock's point of view (the first cut dropped every hint as expired), and is recorded."""
+    from types import SimpleNamespace
+
+    from bench.adaptation_loop import _deliver_hint
+    from edge.sampler import Sampler, SamplerConfig
+    from protocol.reports import SelectionHint, encode_report
+
+    clock = Clock(1_700_000_000.0)
+    clock.t = 80.0
+    payload = encode_report(SelectionHint(device="trainer", boost={"scratch": 10.0}, budget_per_minute=40,
+                                          expires=clock.time() + 60, reason="crack: 6 of 6"))
+    svc = SimpleNamespace(publish_hint=lambda publish: publish("t", payload, 1, True))
+    cams = [SimpleNamespace(sampler=Sampler(SamplerConfig(budget_per_minute=40), clock=clock.time)) for _ in range(2)]
+    tr = RunTrace(fps=15.0, labels=[], truth=[], loop=[], frozen=[], upper=[], loop_pred=[], drift=[], version=[],
+                  uploads=[])
+    _deliver_hint(svc, cams, tr, 80.0)  # type: ignore[arg-type]
+    assert all(c.sampler.hint is not None and c.sampler.hint.boost == {"scratch": 10.0} for c in cams)
+    assert tr.events == [{"t": 80.0, "kind": "hint", "boost": {"scratch": 10.0}, "budget": 40,
+                          "reason": "crack: 6 of 6"}]
