@@ -112,8 +112,8 @@ class LoopSettings:
     wait_s: float | None = None          # None: the demo's max(5, stream_s / 15)
     eval: dict[str, Any] = field(default_factory=dict)
     strategy_settings: dict[str, Any] = field(default_factory=dict)   # the strategy's own (config `strategy:`)
-    hints: dict[str, Any] = field(default_factory=dict)   # the trainer's `hints:` section; its hint reaches the
-    #                                                       cameras' samplers when the trainer publishes it
+    hints: dict[str, Any] = field(default_factory=dict)   # overrides of the trainer's `hints:` section (on by
+    #                                                       default); its hint reaches the cameras' samplers
     poll_s: float = 0.2
     # latencies (seconds of stream time); see stage_times()
     label_delay_s: float = 0.16
@@ -508,7 +508,7 @@ def run_loop(state_src: Path, workdir: Path, urls: list[str], s: LoopSettings, s
                         m = ub.retrain(xs, [str(r.label) for r in rows], [float(r.p_select) for r in rows])
                         ub_pending.append((t + s.update_s + s.evaluate_s + s.export_s + s.wave_delay_s
                                            + (len(s.waves) - 1) * s.soak, m))
-            if s.hints.get("enabled"):
+            if svc.config.hints.enabled:
                 _deliver_hint(svc, cams, tr, t)
             if progress is not None and i % int(10 * s.fps) == 0:
                 progress(f"t={t:5.0f}s fleet {fleet_version} updates {len(tr.updates)} "

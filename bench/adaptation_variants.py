@@ -248,9 +248,11 @@ VARIANTS: dict[str, Variant] = {
                                                          settings={**_rehearsal(rounds=6, paired="new-class"),
                                                                    "stage_scale": {"update_s": CNN128_UPDATE_COST / 3,
                                                                                    "evaluate_s": CNN128_EVAL_COST / 3}}),
-    "hint": Variant("hint", "the demo with the trainer's selection hint (hints.enabled, trainer/hints.py): when the "
-                            "cameras miss most labels of a class, they upload more frames predicted as the classes "
-                            "it hides in, from 40 a minute of their own", settings={"hints": {"enabled": True}}),
+    "no-hint": Variant("no-hint", "the demo without the trainer's selection hint (hints.enabled false; the demo's "
+                                  "default before README #47)", settings={"hints": {"enabled": False}}),
+    "hint": Variant("hint", "the demo with the trainer's selection hint (trainer/hints.py, now the default: = demo): "
+                            "when the cameras miss most labels of a class, they upload more frames predicted as the "
+                            "classes it hides in, from 40 a minute of their own", settings={"hints": {"enabled": True}}),
     "rehearse-dihedral-paired-new-hint": Variant("rehearse-dihedral-paired-new-hint",
                                                  "rehearse-dihedral-paired-new with the selection hint",
                                                  settings={**_rehearsal(paired="new-class"),

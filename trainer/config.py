@@ -132,9 +132,10 @@ class EvalConfig(_Section):
 
 class HintsConfig(_Section):
     """The selection hint (trainer/hints.py): when the cameras miss most labels of a class, ask them for more
-    frames of the predicted classes it hides in, from an upload budget of its own. Off by default."""
+    frames of the predicted classes it hides in, from an upload budget of its own. On by default: it spends the
+    cameras' hour and day budgets sooner on where a missed class hides, never beyond them (Adaptation #47)."""
 
-    enabled: bool = False
+    enabled: bool = True
     window_s: Annotated[float, Meta(gt=0.0, le=86400.0)] = 120.0   # labelled uploads of the last window_s judge
     min_labels: Count = 4                       # a class needs this many labels in the window before it can ask
     min_miss: Fraction = 0.5                    # ... and the cameras must have predicted at least this share wrong

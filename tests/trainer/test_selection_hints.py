@@ -117,30 +117,21 @@ def test_the_service_publishes_renews_and_withdraws_the_hint(tmp_path: Path) -> 
         svc.stop()
 
 
-def test_hints_are_off_by_default(tmp_path: Path) -> None:
+def test_hints_are_on_by_default_and_can_be_switched_off(tmp_path: Path) -> None:
     import shutil
 
     from trainer.service import TrainerService
 
     state = tmp_path / "state"
     shutil.copytree(_boot(tmp_path), state)
-    svc = TrainerService(service_config(state))
-    try:
-        for i in range(8):
-            svc.hints.observe(0.0, "yellow", "red", 0.03)
-        assert svc.selection_hint(now=1.0) is None and svc.publish_hint(lambda *a: None) is None
-    finally:
-        svc.stop()
-
-
-def test_a_new_class_is_judged_since_it_first_appeared() -> None:
-    """Ninety seconds of clean scratch frames, then crack: half of what is predicted scratch. Over the whole
-    window crack would be a sixth of it (below min_share); since its first label it is half, so it asks."""
-    pol = HintPolicy(HintsConfig(enabled=True, window_s=120.0))
-    for t in range(90):
-        pol.observe(float(t), "scratch", "scratch", 0.03)
-    for t in range(90, 96):
-        pol.observe(float(t), "crack", "scratch", 0.03)
-        pol.observe(float(t) + 0.5, "scratch", "scratch", 0.03)
-    h = pol.hint(100.0)
-    assert h is not None and h.boost == {"scratch": 10.0} and "~50 %" in h.reason
+    for enabled in (None, False):
+        svc = TrainerService(service_config(state, **({} if enabled is None else {"hints.enabled": enabled})))
+        try:
+            for _ in range(8):
+                svc.hints.observe(0.0, "yellow", "red", 0.03)
+            h = svc.selection_hint(now=1.0)
+            assert (h is not None and h.boost == {"red": 10.0}) if enabled is None else h is None
+            if enabled is False:
+                assert svc.publish_hint(lambda *a: None) is None
+        finally:
+            svc.stop()
