@@ -176,7 +176,7 @@ class RichView:
         ev.add_column()
         styles = {"drift": "magenta", "promoted": "green", "rejected": "yellow", "rollout": "cyan",
                   "wave": "cyan", "completed": "green", "rollback": "red", "rolled_back": "red", "activated": "blue",
-                  "failed": "red"}
+                  "failed": "red", "hint": "magenta"}
         for t, kind, text in self._events:
             ev.add_row(f"{t:6.1f}s", Text(kind, style=styles.get(kind, "white")), text)
         return Group(Panel(head, padding=(0, 1)), table, trainer, rollout,

@@ -8,8 +8,8 @@ benchmark are built from these messages only. It keeps
 * every model status message with its arrival time (:meth:`statuses`; the benchmark's delivery times)
   and the latest one per device (``status``).
 
-Device activations, rollbacks and failures go to ``notify(kind, text, wall, **data)`` (the demo's event
-log). Rows are kept for the run: this is a tool for runs of minutes, not a long-running service.
+Device activations, rollbacks and failures, and the trainer's selection hints, go to ``notify(kind, text,
+wall, **data)`` (the demo's event log). Rows are kept for the run: this is a tool for runs of minutes, not a long-running service.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class Monitor:
         from protocol import mqtt
 
         client = mqtt.make_client(self.client_id, self.url, protocol="3.1.1")
-        subs = [(self.topics.all_stats(), 0), (self.topics.all_model_status(), 1)]
+        subs = [(self.topics.all_stats(), 0), (self.topics.all_model_status(), 1), (self.topics.selection_hint(), 1)]
         client.on_connect = lambda c, *a: c.subscribe(subs)
         client.on_message = lambda c, u, msg: self._on_message(msg.topic, msg.payload)
         self._client = client
@@ -69,6 +69,9 @@ class Monitor:
 
         try:
             parsed = self.topics.parse(topic)
+            if parsed.kind == "selection_hint" and payload:
+                self._on_hint(decode_report(payload, parsed.kind), time.time())
+                return
             if parsed.device not in self.stats or not payload:
                 return
             msg = decode_report(payload, parsed.kind)
@@ -78,6 +81,15 @@ class Monitor:
             self._on_stats(parsed.device, msg, time.time())
         elif isinstance(msg, ModelStatus):
             self._on_status(parsed.device, msg, time.time())
+
+    def _on_hint(self, msg: Any, now: float) -> None:
+        """The trainer's selection hint (trainer/hints.py), as an event line."""
+        if msg.boost:
+            asked = ", ".join(sorted(msg.boost))
+            self.notify("hint", f"trainer asks for more frames predicted {asked} ({msg.reason})", now,
+                        boost=dict(msg.boost))
+        else:
+            self.notify("hint", "trainer withdrew its selection hint", now, boost={})
 
     def _on_stats(self, dev: str, msg: Any, now: float) -> None:
         ex = msg.extra if isinstance(msg.extra, dict) else {}

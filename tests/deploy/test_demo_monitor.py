@@ -68,3 +68,31 @@ def test_monitor_keeps_stats_and_every_status_and_ignores_bad_messages(mosquitto
     assert all(s["wall"] > 0 for s in log) and log[-1]["reason"] == "low_agreement"
     assert [(k, d.get("device")) for k, _, d in notes] == [("activated", "cam-1"), ("rolled_back", "cam-2")]
     assert mon.status["cam-1"]["state"] == "active"
+
+
+def test_the_trainer_s_selection_hint_is_an_event_and_a_malformed_one_is_ignored(mosquitto_broker,
+                                                                                  topic_prefix) -> None:
+    from protocol.reports import SelectionHint
+
+    notes: list[tuple[str, str, dict[str, Any]]] = []
+    mon = Monitor(mosquitto_broker.url, ["cam-1"], lambda kind, text, wall=None, **d: notes.append((kind, text, d)),
+                  prefix=topic_prefix, client_id="test-monitor-hint").start()
+    topics = Topics(topic_prefix)
+    pub = mqtt.make_client("test-monitor-hint-pub", mosquitto_broker.url, protocol="3.1.1")
+    mqtt.start(pub)
+    try:
+        time.sleep(0.5)
+        hint = SelectionHint(device="trainer", boost={"scratch": 10.0}, budget_per_minute=40, expires=time.time() + 60,
+                             reason="crack: 6 of 8 labels predicted as scratch (~55 % of its frames)")
+        pub.publish(topics.selection_hint(), b"not json", qos=1).wait_for_publish(5)
+        pub.publish(topics.selection_hint(), encode_report(hint), qos=1).wait_for_publish(5)
+        pub.publish(topics.selection_hint(), encode_report(msgspec.structs.replace(hint, boost={})),
+                    qos=1).wait_for_publish(5)
+        wait_for(lambda: len(notes) == 2, 10, "hint events")
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        mon.stop()
+    assert notes[0][0] == "hint" and "predicted scratch (crack: 6 of 8" in notes[0][1]
+    assert notes[0][2] == {"boost": {"scratch": 10.0}}
+    assert notes[1] == ("hint", "trainer withdrew its selection hint", {"boost": {}})
