@@ -143,6 +143,9 @@ def compute_summary(rec: Any, confusion: dict[str, Any] | None = None) -> dict[s
     stream_s = float(_get(rec, "timeline")["stream_s"])
     minutes = math.ceil(stream_s / 60.0) + 1  # calendar-minute windows a run of this length can touch
     per_cam_up = {d: r["uploads"] for d, r in last.items()}
+    # uploads the trainer's selection hint took come from a budget of their own (by default the camera's minute
+    # budget again, edge/hints.py): each share is checked against its own cap
+    per_cam_hint = {d: int((r.get("reasons") or {}).get("hint", 0)) for d, r in last.items()}
     acc = accuracy_summary(rec)
     wall_end = _get(rec, "wall_end")
     final_models = {d: r.get("model") for d, r in last.items()}
@@ -159,7 +162,9 @@ def compute_summary(rec: Any, confusion: dict[str, Any] | None = None) -> dict[s
         "upload_fraction": round(uploaded / frames, 4) if frames else None,
         "upload_budget": {"per_camera_per_minute": opts["budget"], "minute_windows": minutes,
                           "max_per_camera": opts["budget"] * minutes, "per_camera": per_cam_up,
-                          "within": all(u <= opts["budget"] * minutes for u in per_cam_up.values())},
+                          "hinted_per_camera": per_cam_hint,
+                          "within": all(u - per_cam_hint[d] <= opts["budget"] * minutes
+                                        and per_cam_hint[d] <= opts["budget"] * minutes for d, u in per_cam_up.items())},
         "model_versions": versions,
         "rollouts": rollouts,
         "final_models": final_models,
@@ -392,7 +397,9 @@ def _plot_uploads(ax2: Any, rec: Any, summary: dict[str, Any], n_cameras: int) -
     ax2.axhline(budget, color="black", lw=1.2, ls="--")
     # The budget counts per calendar minute and a minute's budget may be spent in a burst (a drift makes many
     # frames uncertain at once), so a 10 s bin's rate can rise above this line while every minute stays within it.
-    ax2.text(stream_s, budget, f"fleet budget {budget} per calendar minute (bursts within a minute may rise above)",
+    hinted = sum(summary["upload_budget"].get("hinted_per_camera", {}).values())
+    ax2.text(stream_s, budget, f"fleet budget {budget} per calendar minute, and as many again for the selection hint "
+             f"({hinted} uploads); bursts within a minute may rise above",
              va="bottom", ha="right", fontsize=9)
     for t in (tl["lighting_s"], tl["newclass_s"]):
         ax2.axvline(t, color=DRIFT_COLOR, lw=1.4)
@@ -492,8 +499,10 @@ def render_md(rec: Any, s: dict[str, Any]) -> str:
         f"the lighting change and to {_pct(acc['after_drift_frozen'])} once both drifts were on: it cannot name a "
         f"class it has never seen.", "",
         f"The cameras uploaded {s['uploaded']} uncertain frames ({_pct(s['upload_fraction'], 1)} of {s['frames']}, "
-        f"within a budget of {s['upload_budget']['per_camera_per_minute']} per camera per minute: "
-        f"{'yes' if s['upload_budget']['within'] else 'NO'}); the oracle labelled {s['labels_used']} of them. The "
+        f"within a budget of {s['upload_budget']['per_camera_per_minute']} per camera per minute, and as many "
+        f"again for the trainer's selection hint ({sum(s['upload_budget'].get('hinted_per_camera', {}).values())} "
+        f"uploads): {'yes' if s['upload_budget']['within'] else 'NO'}); the oracle labelled {s['labels_used']} of "
+        f"them. The "
         f"trainer promoted {len(promoted)} versions through its held-out gate and the controller ran "
         f"{len(s['rollouts'])} canary rollouts ({len(done)} completed). With the loop, accuracy after both drifts "
         f"was **{_pct(acc['after_drift_final'])}** against {_pct(acc['after_drift_frozen'])} for the frozen model"

@@ -78,8 +78,10 @@ def test_uploads_within_budget(demo: dict) -> None:
     s = demo["summary"]
     b = s["upload_budget"]
     assert s["uploaded"] > 0 and s["labels_used"] > 0
-    for dev, n in b["per_camera"].items():
-        assert n <= b["max_per_camera"], (dev, n, b)
+    for dev, n in b["per_camera"].items():  # the base budget and the selection hint's, each within its cap
+        hinted = b["hinted_per_camera"][dev]
+        assert n - hinted <= b["max_per_camera"] and hinted <= b["max_per_camera"], (dev, n, b)
+    assert b["within"]
     assert s["labels_used"] <= s["uploaded"]
     assert 0 < s["upload_fraction"] < 0.2
 
