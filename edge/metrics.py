@@ -103,8 +103,9 @@ class EdgeCollector(Collector):
                        n.sampler.hinted)
         yield _by(p + "selection_hints", "Selection hints received, by outcome (applied, capped, withdrawn, "
                   "expired, ignored, rejected).", "outcome", dict(st.hints))
+        hint = n.sampler.hint  # read once: paho's thread may withdraw it meanwhile
         yield GaugeMetricFamily(p + "selection_hint_active", "1 while a selection hint is in force.",
-                                value=float(n.sampler.hint is not None and n.sampler.hint.expires > time.time()))
+                                value=float(hint is not None and hint.expires > time.time()))
         yield _counter(p + "samples_stored", "Selected samples committed to the outbox.", st.stored)
         yield _by(p + "samples_not_stored", "Selected samples not committed: refused by the outbox bound, or "
                   "the outbox could not be written (disk full).", "reason",

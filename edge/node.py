@@ -440,4 +440,5 @@ class EdgeNode:
         except ProtocolError as e:
             log.warning("selection hint rejected (%s): %s", e.reason, e.detail)
             outcome = "rejected"
-        self.stats.hints[outcome] = self.stats.hints.get(outcome, 0) + 1
+        # a new dict, not an update in place: the stats thread copies it while paho's thread counts
+        self.stats.hints = {**self.stats.hints, outcome: self.stats.hints.get(outcome, 0) + 1}

@@ -160,12 +160,14 @@ def test_every_topic_is_plain_json_to_mosquitto_sub(mosquitto_broker, topic_pref
                  "edgeloop_edge_uploads", "edgeloop_edge_outbox_depth", "edgeloop_edge_outbox_dropped",
                  "edgeloop_edge_errors", "edgeloop_edge_model_info", "edgeloop_edge_drift_score",
                  "edgeloop_edge_predictions_published", "edgeloop_edge_model_rejections",
+                 "edgeloop_edge_samples_hinted", "edgeloop_edge_selection_hint_active",
                  "process_resident_memory_bytes"):
         assert name in families, name
     value = metric_values(text)
     assert value[("edgeloop_edge_frames_total", ())] > 0
     assert value[("edgeloop_edge_inference_latency_seconds_count", ())] > 0
     assert value[("edgeloop_edge_model_info", (("version", "v0001"),))] == 1
+    assert value[("edgeloop_edge_selection_hint_active", ())] == 0  # no trainer asked
     assert json.loads(health_text)["status"] == "ok"
 
 
