@@ -16,7 +16,8 @@ decides *what is learnt and when* is the shipping code; only transport and waiti
   trainer is busy (stage times measured by ``bench freshness``) and the next update waits.
 * **deployment**: promoted versions go out like the demo's ``RolloutFeeder`` + controller do it -- one
   rollout at a time, the newest promoted version next, canary waves (5 %, 25 %, 100 %) each soaking for
-  the demo's soak time -- and each camera swaps its model when its wave reaches it. Not simulated: breach
+  the demo's soak time, a wave that adds no camera skipped -- and each camera swaps its model when its wave
+  reaches it. Not simulated: breach
   detection and rollbacks (the demo's runs have none), dropped frames, MQTT.
 * **controls**: the frozen bootstrap model on the same frames, and an upper bound: after every trainer update,
   a model trained on the bootstrap set plus *every* label seen so far (see :class:`UpperBound`), deployed with
@@ -42,7 +43,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from deploy.demo.plan import CALIBRATION
+from deploy.demo.plan import CALIBRATION, soaked_waves
 
 log = logging.getLogger("edgeloop.bench.adaptation")
 
@@ -152,9 +153,12 @@ def stage_times(results_json: Path) -> dict[str, float]:
         return {}
     out = {"label_delay_s": st["label"]["p50"], "update_s": st["update"]["p50"],
            "evaluate_s": st["evaluation"]["p50"], "export_s": st["export"]["p50"]}
-    soak = max(3.0, round(float(fig.get("settings", {}).get("demo_stream_s", 120.0)) / 25.0, 1))
-    # the measured rollout stage is two soaks (waves 1 and 2) plus the delivery of waves 1 and 3
-    out["wave_delay_s"] = max(0.05, (st["rollout"]["p50"] - 2 * soak) / 2.0)
+    settings = fig.get("settings", {})
+    soak = max(3.0, round(float(settings.get("demo_stream_s", 120.0)) / 25.0, 1))
+    # the measured rollout stage is the soaks before the last wave plus two deliveries (the canary's, the last
+    # wave's); runs before the controller skipped waves that add no camera soaked twice on 4 cameras
+    soaks = int(settings.get("rollout", {}).get("soaked_waves", 2))
+    out["wave_delay_s"] = max(0.05, (st["rollout"]["p50"] - soaks * soak) / 2.0)
     out["freshness_p50_s"] = fig.get("total_p50_s")
     out["freshness_p95_s"] = fig.get("total_p95_s")
     return {k: float(v) for k, v in out.items() if v is not None}
@@ -275,19 +279,21 @@ def plan_rollout(version: str, path: Path, start: float, cameras: int, waves: tu
                  delay: float, rng: np.random.Generator) -> _Rollout:
     """When each camera gets ``version``: waves take ceil(fraction x cameras) cameras in a random (per rollout)
     order; each wave is delivered after ``delay`` and soaks ``soak`` seconds once every member runs it; a wave
-    that adds no camera only soaks (as the controller does)."""
+    that adds no camera is skipped, as the controller skips it (deploy/controller.py ``_finish_wave``), unless
+    it is the last."""
     order = [int(c) for c in rng.permutation(cameras)]
     have = 0
     t = start
     swaps: list[tuple[float, list[int]]] = []
-    for frac in waves:
+    for i, frac in enumerate(waves):
         k = cameras if frac >= 1.0 else max(1, math.ceil(frac * cameras))
         new = order[have:k]
         if new:
             t += delay
             swaps.append((t, new))
             have = k
-        t += soak
+        if new or i == len(waves) - 1:  # the last wave is never skipped
+            t += soak
     return _Rollout(version, path, start, swaps, t)
 
 
@@ -507,7 +513,7 @@ def run_loop(state_src: Path, workdir: Path, urls: list[str], s: LoopSettings, s
                         xs = [svc._tensor(r) for r in rows]  # noqa: SLF001 - the service's own decoding
                         m = ub.retrain(xs, [str(r.label) for r in rows], [float(r.p_select) for r in rows])
                         ub_pending.append((t + s.update_s + s.evaluate_s + s.export_s + s.wave_delay_s
-                                           + (len(s.waves) - 1) * s.soak, m))
+                                           + soaked_waves(C, s.waves) * s.soak, m))
             if svc.config.hints.enabled:
                 _deliver_hint(svc, cams, tr, t)
             if progress is not None and i % int(10 * s.fps) == 0:

@@ -76,7 +76,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from deploy.demo.app import DemoApp
-from deploy.demo.plan import P_MIN, SCENARIOS, DemoOptions, Timeline, demo_policy, trainer_settings
+from deploy.demo.plan import P_MIN, SCENARIOS, DemoOptions, Timeline, demo_policy, soaked_waves, trainer_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "freshness.json"
@@ -471,7 +471,8 @@ class FreshnessRun(DemoApp):
                                                     if k.startswith("update.")},
                          "rollout": {"feeder": "deploy.service.DeployService, mode auto (one at a time, coalesced)",
                                      "waves": policy.waves, "soak_s": policy.soak, "health_s": policy.health_seconds,
-                                     "shadow": policy.shadow},
+                                     "shadow": policy.shadow,
+                                     "soaked_waves": soaked_waves(len(self.devices), tuple(policy.waves))},
                          "bootstrap_frames": self.opts.bootstrap_frames},
             "bootstrap": {k: self.rec.bootstrap.get(k) for k in ("version", "epochs", "accuracy", "macro_f1", "seconds")}
             if self.rec.bootstrap else {},

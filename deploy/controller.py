@@ -565,10 +565,22 @@ class Controller:
         self._gc_chunks(set())  # a version this rollout superseded may not be needed any more
 
     def _finish_wave(self, r: Rollout, wave: WaveDevices) -> None:
-        """The wave soaked healthy: on to the next one, or done."""
-        if r.wave + 1 < len(r.policy.waves):
+        """The wave soaked healthy: on to the next one that adds a device, or done.
+
+        A wave that would put no device in beyond those already in (on a 4-device fleet, 25 % is the same one
+        device as the 5 % canary) is skipped, with an event: its manifest would target exactly the buckets the
+        last one did, so its soak would watch the same devices again and only delay the fleet. The canary's
+        watch is ``soak``; the last wave (everyone) is never skipped."""
+        waves = r.policy.waves
+        if r.wave + 1 < len(waves):
             self.counters["gate:advance"] += 1
-            self.store.next_wave(r.id)
+            nxt = r.wave + 1
+            while nxt + 1 < len(waves) and self._wave_below(r, waves[nxt]) == r.below:
+                self.counters["waves_skipped"] += 1
+                self.store.add_event(r.id, "wave_skipped", f"wave {nxt + 1}/{len(waves)} {waves[nxt]:.0%} adds no "
+                                     f"device to the {len(self._members(r, r.below))} already in: not soaked")
+                nxt += 1
+            self.store.next_wave(r.id, to=nxt)
         elif self.store.set_state(r.id, State.COMPLETED, event=("completed", wave.summary())):
             self.counters["gate:complete"] += 1
             self._gc_chunks({(r.model_id, r.version), (r.model_id, r.prev_version)})

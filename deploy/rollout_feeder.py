@@ -270,6 +270,8 @@ class RolloutFeeder:
             self.notify(kind, f"{version} {kind} {detail}".rstrip(), ts, version=version)
         elif kind == "wave":
             self.notify("wave", f"{version} {detail.split(' below=')[0]}", ts, version=version)
+        elif kind == "wave_skipped":
+            self.notify("wave", f"{version} {detail}", ts, version=version)
         elif kind == "completed":
             self.notify("completed", f"{version} on the whole fleet ({detail})", ts, version=version)
         elif kind in ("breach", "rollback", "rolled_back", "halted"):

@@ -442,9 +442,12 @@ class RolloutStore:
     def reset_soak(self, rid: str) -> None:
         self._update(rid, "soak_started=NULL")
 
-    def next_wave(self, rid: str) -> None:
-        """Advance to the next wave (published on the next tick)."""
-        self._update(rid, "wave=wave+1, wave_published=0, soak_started=NULL")
+    def next_wave(self, rid: str, to: int | None = None) -> None:
+        """Advance to the next wave, or to wave index ``to`` (published on the next tick)."""
+        if to is None:
+            self._update(rid, "wave=wave+1, wave_published=0, soak_started=NULL")
+        else:
+            self._update(rid, "wave=?, wave_published=0, soak_started=NULL", (int(to),))
 
     def queue_command(self, rid: str, cmd: str, detail: str | None = None) -> None:
         """Queue an operator command for the running controller (from any process); ``detail``: who, and why."""

@@ -6,6 +6,7 @@ default configuration, takes them from here instead of keeping a copy in step.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,14 @@ def demo_policy(stream_s: float) -> Any:
 
     soak = max(3.0, round(stream_s / 25.0, 1))
     return Policy(soak=soak, health_seconds=max(5.0, soak * 1.5), wave_timeout=max(30.0, stream_s * 0.3))
+
+
+def soaked_waves(cameras: int, waves: tuple[float, ...]) -> int:
+    """How many waves of a rollout on ``cameras`` devices soak before the last one has the model: each wave
+    that adds a device, but the last (the controller skips a wave that adds none: on 4 cameras 5 % and 25 %
+    are the same one camera, so the demo's rollouts soak once)."""
+    sizes = [cameras if f >= 1.0 else max(1, math.ceil(f * cameras)) for f in waves]
+    return sum(1 for i, k in enumerate(sizes) if k > (sizes[i - 1] if i else 0)) - 1
 
 
 def trainer_settings(stream_s: float) -> dict[str, Any]:

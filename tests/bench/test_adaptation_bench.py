@@ -27,12 +27,21 @@ def test_default_scenario_streams_are_the_demos() -> None:
 
 def test_rollout_waves_follow_the_controller() -> None:
     r = plan_rollout("v2", None, 10.0, 4, (0.05, 0.25, 1.0), soak=5.0, delay=0.5, rng=np.random.default_rng(0))  # type: ignore[arg-type]
-    # wave 1 (one camera) after the delivery; wave 2 adds nobody and only soaks; wave 3 takes the rest
-    assert [round(t, 2) for t, _ in r.swaps] == [10.5, 21.0]
+    # wave 1 (one camera) after the delivery and its soak; wave 2 adds nobody and is skipped; wave 3 takes the rest
+    assert [round(t, 2) for t, _ in r.swaps] == [10.5, 16.0]
     assert len(r.swaps[0][1]) == 1 and sorted(r.swaps[0][1] + r.swaps[1][1]) == [0, 1, 2, 3]
-    assert r.end == pytest.approx(26.0)
+    assert r.end == pytest.approx(21.0)
+    # one camera: the canary is everyone; wave 2 is skipped, the last wave is not (it soaks, as the controller's does)
     one = plan_rollout("v2", None, 0.0, 1, (0.05, 0.25, 1.0), soak=5.0, delay=0.5, rng=np.random.default_rng(0))  # type: ignore[arg-type]
-    assert [c for _, c in one.swaps] == [[0]] and one.end == pytest.approx(15.5)
+    assert [c for _, c in one.swaps] == [[0]] and one.end == pytest.approx(10.5)
+
+
+def test_soaked_waves_counts_the_waves_that_add_a_camera() -> None:
+    from deploy.demo.plan import soaked_waves
+
+    assert soaked_waves(4, (0.05, 0.25, 1.0)) == 1   # 5 % and 25 % of 4 are the same camera
+    assert soaked_waves(20, (0.05, 0.25, 1.0)) == 2
+    assert soaked_waves(1, (0.05, 0.25, 1.0)) == 0
 
 
 def test_sim_clock_drives_the_trainer_modules_and_is_restored() -> None:

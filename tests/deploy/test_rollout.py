@@ -47,6 +47,22 @@ def test_good_model_goes_canary_then_full(rollout_env, models) -> None:
     assert all(d.status_metrics.get("agreement", 0) >= 0.5 for d in ctl.fleet.devices())
 
 
+def test_wave_that_adds_no_device_is_skipped(rollout_env, models) -> None:
+    """On 4 devices the 25 % wave is the 5 % canary's one device again: it is skipped, not soaked a second time
+    (the demo's fleet lost a soak per rollout to it), and the last wave still goes to everyone."""
+    ctl, lf = rollout_env(4)
+    rid = ctl.start_rollout("v0002", models["good2"], Policy(waves=[0.05, 0.25, 1.0], **FAST),
+                            previous=("v0001", models["good1"]))
+    assert ctl.wait(rid, 60) == "completed", ctl.store.rollout(rid).reason
+    assert set(lf.versions().values()) == {"v0002"}
+    events = ctl.store.events(rid)
+    kinds = [e.kind for e in events]
+    assert kinds.count("wave") == 2 and kinds.count("wave_skipped") == 1, kinds
+    skipped = next(e for e in events if e.kind == "wave_skipped")
+    assert "wave 2/3 25%" in skipped.detail and "1 already in" in skipped.detail
+    assert ctl.counters["waves_skipped"] == 1 and ctl.counters["waves_published"] == 2
+
+
 @pytest.mark.parametrize("bad, version, reason", [("nan", "v0003", "smoke_test"),
                                                   ("shape", "v0004", "input_mismatch")])
 def test_broken_model_stops_at_canary_and_rolls_back(rollout_env, models, bad, version, reason) -> None:
