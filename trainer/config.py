@@ -143,6 +143,7 @@ class HintsConfig(_Section):
     boost: Annotated[float, Meta(ge=1.0, le=1000.0)] = 10.0        # multiplier on those frames' probability
     budget_per_minute: Annotated[int, Meta(ge=0, le=100_000)] = 40  # extra uploads per camera and minute
     ttl_s: Annotated[float, Meta(gt=0.0, le=86400.0)] = 60.0       # a hint nobody renews lapses after this
+    release: Fraction = 0.5                     # a boost in force holds down to this share of min_miss / min_share
 
 
 class RetentionConfig(_Section):

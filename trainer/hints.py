@@ -14,7 +14,10 @@ diluted by the clean frames before it. When the cameras miss most of a class's l
 A label where the class is rare (`ok` at 13 %) is not boosted: its frames would spend the budget on `ok`.
 
 The hint lapses by itself (``ttl_s``; the trainer renews one still in force) and is withdrawn as soon as
-the cameras name the class, so it costs labels only while a class is being missed. Settings: the trainer
+the cameras name the class, so it costs labels only while a class is being missed. A boost in force is
+released only below ``release`` times the thresholds that started it (hysteresis): with one set of thresholds
+a share estimated from a few dozen labels crossed them back and forth, and the retained hint was published,
+withdrawn and published again within a second (the demo, seed 1). Settings: the trainer
 config's ``hints`` section (:class:`trainer.config.HintsConfig`).
 """
 from __future__ import annotations
@@ -46,6 +49,7 @@ class HintPolicy:
     def __init__(self, config: Any, max_rows: int = 5000) -> None:
         self.config = config
         self._rows: deque[tuple[float, str, str, float]] = deque(maxlen=max_rows)
+        self._on: set[tuple[str, str]] = set()   # (class, predicted label) pairs the last hint boosted
 
     def observe(self, t: float, label: str, predicted: str, p_select: float) -> None:
         """One labelled upload: when it was labelled, its label, the camera's top-1, its ``p_select``."""
@@ -66,14 +70,19 @@ class HintPolicy:
                 missed[label] = missed.get(label, 0) + 1
         boost: dict[str, float] = {}
         why: list[str] = []
+        on: set[tuple[str, str]] = set()
         for label in sorted(missed):
-            if n[label] < c.min_labels or missed[label] < c.min_miss * n[label]:
+            asking = any(cls == label for cls, _ in self._on)
+            if n[label] < c.min_labels or missed[label] < c.min_miss * (c.release if asking else 1.0) * n[label]:
                 continue
             for pred, share, k in self._shares(label, since[label]):
-                if k >= 2 and share >= c.min_share:
+                held = (label, pred) in self._on
+                if k >= 2 and share >= c.min_share * (c.release if held else 1.0):
+                    on.add((label, pred))
                     boost[pred] = float(c.boost)
                     why.append(f"{label}: {k} of {n[label]} labels predicted as {pred} (~{100 * share:.0f} % of its "
                                "frames)")
+        self._on = on
         if not boost:
             return None
         return Hint(boost, int(c.budget_per_minute), now + c.ttl_s, "; ".join(why)[:1024])

@@ -40,6 +40,31 @@ def test_a_missed_class_asks_for_the_predicted_label_it_hides_in() -> None:
     assert h.expires == 110.0 + 60.0 and "crack: 10 of 12 labels predicted as scratch" in h.reason
 
 
+def test_a_boost_in_force_holds_down_to_the_release_thresholds() -> None:
+    """Hysteresis: crack's share of what is predicted scratch falls from 50 % to 15 % -- below min_share (20 %)
+    but above half of it -- and the boost holds; a fresh policy at 15 % does not start one. At 5 % it is
+    released. Without it the retained hint flapped on every labelled batch near the threshold."""
+    cfg = HintsConfig(enabled=True)
+    pol = HintPolicy(cfg)
+    _feed(pol, 100.0, [("crack", "scratch", 0.03, 10), ("scratch", "scratch", 0.03, 10)])
+    assert pol.hint(101.0) is not None
+    _feed(pol, 102.0, [("scratch", "scratch", 0.03, 47)])   # 10 of 67: ~15 %
+    h = pol.hint(103.0)
+    assert h is not None and h.boost == {"scratch": 10.0}
+    fresh = HintPolicy(cfg)
+    _feed(fresh, 100.0, [("crack", "scratch", 0.03, 10), ("scratch", "scratch", 0.03, 57)])
+    assert fresh.hint(103.0) is None
+    _feed(pol, 104.0, [("scratch", "scratch", 0.03, 133)])  # 10 of 200: 5 %
+    assert pol.hint(105.0) is None
+    _feed(pol, 106.0, [("scratch", "scratch", 0.03, 0)])
+    assert pol.hint(107.0) is None   # released: back to the starting thresholds
+    off = HintPolicy(HintsConfig(enabled=True, release=1.0))
+    _feed(off, 100.0, [("crack", "scratch", 0.03, 10), ("scratch", "scratch", 0.03, 10)])
+    assert off.hint(101.0) is not None
+    _feed(off, 102.0, [("scratch", "scratch", 0.03, 47)])
+    assert off.hint(103.0) is None   # release 1.0: no hysteresis
+
+
 def test_the_share_is_weighted_by_the_selection_probability() -> None:
     """10 crack uploads predicted ok but each drawn at p=1 (uncertain) stand for 10 frames; 20 ok uploads at
     p=0.03 stand for ~670: crack is ~1.5 % of what the cameras predict as ok, so nothing is asked for, though it
