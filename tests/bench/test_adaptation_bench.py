@@ -231,3 +231,27 @@ def test_the_trainer_s_hint_reaches_the_simulated_cameras_on_the_simulated_clock
     assert all(c.sampler.hint is not None and c.sampler.hint.boost == {"scratch": 10.0} for c in cams)
     assert tr.events == [{"t": 80.0, "kind": "hint", "boost": {"scratch": 10.0}, "budget": 40,
                           "reason": "crack: 6 of 6"}]
+
+
+def test_trace_summary_counts_where_the_new_class_goes() -> None:
+    """bench/adaptation_trace.py's summary: frames of the new class between its arrival and ``until`` by what the
+    cameras call them, its share of each predicted label, uploads by reason, the first hint that asks."""
+    from bench.adaptation_trace import summarise
+
+    def f(t: float, truth: str, pred: str, up: bool = False, why: str | None = None) -> dict:
+        return {"camera": 0, "t": t, "truth": truth, "predicted": pred, "uploaded": up, "reason": why}
+
+    frames = [f(1.0, "ok", "ok", True, "uncertain"),                         # before the arrival: not counted
+              f(10.0, "crack", "scratch", True, "hint"), f(11.0, "crack", "scratch"), f(12.0, "crack", "ok"),
+              f(13.0, "scratch", "scratch"), f(14.0, "ok", "ok", True, "uncertain"), f(15.0, "ok", "ok"),
+              f(16.0, "crack", "crack", True, "uncertain"),
+              f(30.0, "crack", "crack", True, "uncertain")]                  # after until: only in the end count
+    run = {"scenario": "default", "frames": frames, "new_classes": ["crack"], "arrival_s": 10.0,
+           "hints": [{"t": 9.5, "boost": {}}, {"t": 10.5, "boost": {"scratch": 10.0}}]}
+    s = summarise(run, until=20.0)
+    assert s["frames_seen"] == 4 and s["called"] == {"scratch": 2, "ok": 1, "crack": 1}
+    assert s["share_of_predicted"] == {"scratch": round(2 / 3, 3), "ok": round(1 / 3, 3)}
+    assert s["uploads_by_until"] == 2 and s["uploads_by_until_reason"] == {"hint": 1, "uncertain": 1}
+    assert s["uploads_by_end"] == 3 and s["other_uploads_in_span"] == 1 and s["first_hint_s"] == 10.5
+    with pytest.raises(ValueError, match="no new class"):
+        summarise({**run, "new_classes": []}, until=20.0)
