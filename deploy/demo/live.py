@@ -8,6 +8,7 @@ it; the view decides what a person sees. ``make_view`` picks the rich view only 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
@@ -64,12 +65,16 @@ class PlainView:
         self.out = out or sys.stdout
         self.every_s = every_s
         self._next = 0.0
+        self._lock = threading.Lock()  # events come from several threads; print() writes the newline apart
 
     def start(self) -> None:
         pass
 
     def event(self, t: float, kind: str, text: str) -> None:
-        print(fmt_event(t, kind, text), file=self.out, flush=True)
+        line = fmt_event(t, kind, text) + "\n"
+        with self._lock:  # one write per line: two threads' lines never run together
+            self.out.write(line)
+            self.out.flush()
 
     def update(self, state: ViewState) -> None:
         if state.phase != "streaming" or state.stream_t < self._next:
