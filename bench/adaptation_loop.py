@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
 import shutil
 import time as _time
 import types
@@ -43,7 +42,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from deploy.demo.plan import CALIBRATION, soaked_waves
+from deploy.demo.plan import CALIBRATION, soaked_waves, wave_sizes
 
 log = logging.getLogger("edgeloop.bench.adaptation")
 
@@ -285,8 +284,7 @@ def plan_rollout(version: str, path: Path, start: float, cameras: int, waves: tu
     have = 0
     t = start
     swaps: list[tuple[float, list[int]]] = []
-    for i, frac in enumerate(waves):
-        k = cameras if frac >= 1.0 else max(1, math.ceil(frac * cameras))
+    for i, k in enumerate(wave_sizes(cameras, waves)):
         new = order[have:k]
         if new:
             t += delay

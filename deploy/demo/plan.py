@@ -146,11 +146,17 @@ def demo_policy(stream_s: float) -> Any:
     return Policy(soak=soak, health_seconds=max(5.0, soak * 1.5), wave_timeout=max(30.0, stream_s * 0.3))
 
 
+def wave_sizes(cameras: int, waves: tuple[float, ...]) -> list[int]:
+    """How many of ``cameras`` devices each (nested) wave holds: ceil(fraction x devices), at least one, and
+    everyone in a wave of 100 % -- the controller's rule for known devices (deploy/controller.py ``_wave_below``)."""
+    return [cameras if f >= 1.0 else max(1, math.ceil(f * cameras)) for f in waves]
+
+
 def soaked_waves(cameras: int, waves: tuple[float, ...]) -> int:
     """How many waves of a rollout on ``cameras`` devices soak before the last one has the model: each wave
     that adds a device, but the last (the controller skips a wave that adds none: on 4 cameras 5 % and 25 %
     are the same one camera, so the demo's rollouts soak once)."""
-    sizes = [cameras if f >= 1.0 else max(1, math.ceil(f * cameras)) for f in waves]
+    sizes = wave_sizes(cameras, waves)
     return sum(1 for i, k in enumerate(sizes) if k > (sizes[i - 1] if i else 0)) - 1
 
 
