@@ -71,8 +71,40 @@ def _recall(pred: list[str], truth: list[str]) -> dict[str, float]:
     return out
 
 
+def _bias_probe(svc: Any, n_boot: int, x_test: Any, y_test: list[str]) -> dict[str, Any]:
+    """The candidate with a new-class logit offset (trainer/bias_correction.py): fitted on the held-out uploads
+    the gate sees, and the best offset for the final-window frames themselves (the most any fit could give)."""
+    import torch
+
+    from trainer.bias_correction import fit_new_class_bias
+    from trainer.evaluate import predict_logits
+    from trainer.weighting import selection_weights
+
+    new = list(range(n_boot, len(svc.labels)))
+    if not new:
+        return {}
+    model = svc.strategy.candidate()
+    rows = [r for r in svc.store.heldout() if r.label in svc.labels]
+    xh = torch.stack([svc._tensor(r) for r in rows])  # noqa: SLF001
+    yh = torch.tensor([svc.labels.index(r.label) for r in rows])
+    b = fit_new_class_bias(predict_logits(model, xh), yh, new, selection_weights([r.p_select for r in rows]))
+    lt = predict_logits(model, x_test)
+    yt = torch.tensor([svc.labels.index(t) if t in svc.labels else -1 for t in y_test])
+    mask = torch.zeros(lt.shape[1])
+    mask[new] = 1.0
+
+    def score(off: float) -> tuple[float, float]:
+        p = (lt + off * mask).argmax(1)
+        nc = yt == new[0]
+        return round(100 * float((p == yt).float().mean()), 1), round(100 * float((p[nc] == yt[nc]).float().mean()), 1)
+    grid = [i / 10 for i in range(-40, 41)]
+    best = max(grid, key=lambda o: score(o)[0])
+    return {"fit": b, "fit_acc": score(b), "none_acc": score(0.0), "oracle": best, "oracle_acc": score(best),
+            "n_heldout": len(rows)}
+
+
 def replay(kept: Path, seed: int, variant: str, test: tuple[np.ndarray, list[str]], scenario: str = "default",
-           verbose: bool = True) -> dict[str, Any]:
+           verbose: bool = True, bias_probe: bool = False) -> dict[str, Any]:
     """Run the kept run's updates again from the bootstrap state with ``variant``'s trainer settings and hooks."""
     import torch
 
@@ -106,6 +138,7 @@ def replay(kept: Path, seed: int, variant: str, test: tuple[np.ndarray, list[str
                 return rows[-newest:] if newest else rows
             svc.store.heldout = heldout  # type: ignore[method-assign]
             deployed_pred: list[str] | None = None
+            n_boot = len(svc.labels)
             for u in timeline:
                 rows = [svc.store.get(sid) for sid in u["samples"]]
                 rows = [r for r in rows if r is not None]
@@ -122,6 +155,8 @@ def replay(kept: Path, seed: int, variant: str, test: tuple[np.ndarray, list[str
                        "cand_test_acc": round(acc, 1), "cand_crack": _recall(pred, y_test).get("crack"),
                        "cand_recall": _recall(pred, y_test),
                        "recent": dec.get("recent"), "reason": (dec.get("reason") or "")[-160:]}
+                if bias_probe:
+                    row["bias"] = _bias_probe(svc, n_boot, x_test, y_test)
                 out["updates"].append(row)
                 if verbose:
                     r = row["recent"] or {}
@@ -130,6 +165,8 @@ def replay(kept: Path, seed: int, variant: str, test: tuple[np.ndarray, list[str
                           f"{r.get('deployed_accuracy', float('nan')):.3f}  {'PROMOTED ' + row['promoted'] if row['promoted'] else ''}"
                           f"  [{' '.join(f'{k}:{v:.0f}' for k, v in row['cand_recall'].items())}]",
                           flush=True)
+                    if bias_probe:
+                        print(f"  {'':<14}     bias {row['bias']}", flush=True)
             svc.stop()
     last = out["updates"][-1] if out["updates"] else {}
     out["last_candidate"] = {"acc": last.get("cand_test_acc"), "crack": last.get("cand_crack")}
@@ -147,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenario", default="default")
     ap.add_argument("--variant", default="demo", help="comma-separated (bench/adaptation_variants.py)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--bias-probe", action="store_true",
+                    help="also score each candidate with a new-class logit offset fitted on the held-out uploads")
     a = ap.parse_args(argv)
     from bench.adaptation import bootstrap_state, run_one_settings
 
@@ -162,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"test set: {len(test[1])} final-window frames, {test[1].count('crack')} crack", flush=True)
     res = []
     for v in a.variant.split(","):
-        r = replay(Path(a.kept), a.seed, v, test, a.scenario)
+        r = replay(Path(a.kept), a.seed, v, test, a.scenario, bias_probe=a.bias_probe)
         print(f"{v}: {r['promoted']} promoted; last candidate {r['last_candidate']}; last promoted "
               f"{r.get('last_promoted')}", flush=True)
         res.append(r)

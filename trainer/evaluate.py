@@ -133,11 +133,19 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int | N
 @torch.no_grad()
 def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 500) -> np.ndarray:
     """Arg-max predictions in eval mode (the model's mode is restored afterwards)."""
+    if len(x) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return predict_logits(model, x, batch_size).argmax(dim=1).numpy()
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Logits ``[N, classes]`` in eval mode (the model's mode is restored afterwards)."""
     was = model.training
     model.eval()
-    preds = [model(x[i : i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)]
+    out = [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     model.train(was)
-    return torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
+    return torch.cat(out) if out else torch.zeros(0, int(getattr(model, "num_classes", 0)))
 
 
 #: Samples per onnxruntime call when the trainer scores an exported model. ONNX Runtime's CPU arena keeps the
@@ -293,6 +301,20 @@ def named_metrics(predicted: Sequence[str], truth: Sequence[str], space: Sequenc
     return m
 
 
+def weighted_accuracy(predicted: Sequence[str], truth: Sequence[str], weights: Sequence[float]) -> float:
+    """``sum w_i [predicted_i == truth_i] / sum w_i``: with ``w_i = min(1/p_select, w_max)`` the self-normalised
+    estimate of the accuracy over every frame the cameras saw, from the few they uploaded -- the uploads are chosen
+    for uncertainty (and, under a selection hint, for one predicted class), so their plain accuracy says how the
+    model does on the hard frames, not on the stream. The same correction training applies (trainer/weighting.py)."""
+    if len(weights) != len(truth) or len(predicted) != len(truth):
+        raise ValueError(f"weighted_accuracy: {len(predicted)} predictions, {len(truth)} truths, {len(weights)} weights")
+    w = np.asarray(weights, dtype=np.float64)
+    if len(w) == 0 or w.sum() <= 0:
+        return 0.0
+    right = np.array([p == t for p, t in zip(predicted, truth)], dtype=np.float64)
+    return float((w * right).sum() / w.sum())
+
+
 #: When the gate's recent slice is judged by :func:`sign_test` as well as by the allowance (``eval.paired``).
 PAIRED_MODES = ("off", "new-class", "always")
 
@@ -340,6 +362,7 @@ def two_slice_gate(
     paired: str = "off",
     paired_alpha: float = 0.05,
     deployed_labels: Sequence[str] | None = None,
+    recent_weights: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Promote the candidate or not, judged against the deployed version on the same held-out samples.
 
@@ -357,6 +380,10 @@ def two_slice_gate(
     the samples where the two disagree giving p < ``paired_alpha``. "new-class" asks it only of the first version
     that knows a class the deployed one cannot name; its successors face the allowance again, so a chain of "not
     significantly worse" steps cannot walk the fleet downhill as "always" did (README, Adaptation #42).
+
+    ``recent_weights`` (one per recent sample, e.g. ``min(1/p_select, w_max)``): the recent slice's accuracies are
+    then weighted, ``sum w_i [right_i] / sum w_i`` -- an estimate of the accuracy on the frames the cameras see rather
+    than on the frames they chose to upload (:func:`weighted_accuracy`).
 
     Whatever the baseline, a candidate that answers one class (:func:`one_class_reason` on the whole set) is
     never promoted: a deployed model that is dead already must not make a dead successor look "no worse".
@@ -390,8 +417,15 @@ def two_slice_gate(
         sl = slice(len(truth) - n_recent, len(truth))
         cand_r = named_metrics(candidate[sl], truth[sl], space)
         ref_r = named_metrics(deployed[sl], truth[sl], ref_space)
+        weighted = {}
+        if recent_weights is not None:
+            w = list(recent_weights)[-n_recent:]
+            weighted = {"weighted": True, "candidate_unweighted": cand_r["accuracy"],
+                        "deployed_unweighted": ref_r["accuracy"]}
+            cand_r["accuracy"] = weighted_accuracy(candidate[sl], truth[sl], w)
+            ref_r["accuracy"] = weighted_accuracy(deployed[sl], truth[sl], w)
         out["recent"] = {"n": n_recent, "candidate_accuracy": cand_r["accuracy"], "deployed_accuracy": ref_r["accuracy"],
-                         **_pairs(truth[sl], candidate[sl], deployed[sl], labels, paired, deployed_labels)}
+                         **weighted, **_pairs(truth[sl], candidate[sl], deployed[sl], labels, paired, deployed_labels)}
         checks.append((cand_r, ref_r, max_regression, "accuracy", f"recent {n_recent}"))
     promote, reasons = True, []
     for c, r, allowed, metric, where in checks:

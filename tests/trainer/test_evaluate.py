@@ -18,6 +18,7 @@ from trainer.evaluate import (
     stratified_split,
     sign_test,
     two_slice_gate,
+    weighted_accuracy,
 )
 
 Y_TRUE = np.array([0, 0, 0, 1, 1, 2])
@@ -120,6 +121,35 @@ def test_two_slice_gate_rejects_a_regression_on_the_recent_slice():
     candidate = OLD + _flip(RECENT, 10)  # same old world, worse on the recent uploads
     d = two_slice_gate(OLD + RECENT, candidate, deployed, ["a", "b"], 20, **LIMITS)
     assert not d["promote"] and "recent 20: accuracy 0.5000 vs best 0.7000" in d["reason"]
+
+
+def test_weighted_recent_slice_judges_the_stream_not_the_uploads():
+    """Uploads chosen with p_select 1 (weight 1: uncertain or hinted frames) and 0.1 (weight 10: frames like the many
+    the camera did not send). The candidate misses six of the former, the deployed version three of the latter:
+    on the uploads the candidate is worse (0.70 vs 0.85), on the stream they stand for it is better."""
+    deployed_recent = RECENT[:17] + _flip(RECENT[17:], 3)
+    candidate_recent = _flip(RECENT, 6)
+    w = [1.0] * 6 + [10.0] * 14
+    plain = two_slice_gate(OLD + RECENT, OLD + candidate_recent, OLD + deployed_recent, ["a", "b"], 20, **LIMITS)
+    assert not plain["promote"] and "weighted" not in plain["recent"]
+    d = two_slice_gate(OLD + RECENT, OLD + candidate_recent, OLD + deployed_recent, ["a", "b"], 20, **LIMITS,
+                       recent_weights=w)
+    assert d["promote"], d["reason"]
+    assert d["recent"]["candidate_accuracy"] == pytest.approx(140 / 146)
+    assert d["recent"]["deployed_accuracy"] == pytest.approx(116 / 146)
+    assert (d["recent"]["candidate_unweighted"], d["recent"]["deployed_unweighted"]) == (0.7, 0.85)
+    assert d["recent"]["weighted"] is True and (d["recent"]["wins"], d["recent"]["losses"]) == (3, 6)
+    # The weights may cover every held-out sample: the recent slice takes its own (the last n_recent).
+    d2 = two_slice_gate(OLD + RECENT, OLD + candidate_recent, OLD + deployed_recent, ["a", "b"], 20, **LIMITS,
+                        recent_weights=[1.0] * len(OLD) + w)
+    assert d2["recent"] == d["recent"]
+
+
+def test_weighted_accuracy_checks_its_lengths():
+    assert weighted_accuracy(["a", "b"], ["a", "a"], [3.0, 1.0]) == pytest.approx(0.75)
+    assert weighted_accuracy([], [], []) == 0.0
+    with pytest.raises(ValueError, match="2 predictions, 2 truths, 1 weights"):
+        weighted_accuracy(["a", "b"], ["a", "a"], [1.0])
 
 
 def test_sign_test_is_the_exact_binomial_tail():
