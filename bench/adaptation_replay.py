@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["final_window_set", "replay"]
+__all__ = ["final_window_set", "fit_new_class_bias", "replay"]
 
 
 def final_window_set(scenario: str, seed: int, cameras: int = 4, every: int = 3, boot_model: Path | None = None,
@@ -71,12 +71,38 @@ def _recall(pred: list[str], truth: list[str]) -> dict[str, float]:
     return out
 
 
+def fit_new_class_bias(logits: Any, targets: Any, new: list[int], weights: Any, limit: float = 4.0,
+                       step: float = 0.1, min_new: int = 3) -> float:
+    """BiC's idea (Wu et al. 2019) as one number: the offset ``b`` in ``[-limit, limit]`` (grid ``step``) added to the
+    ``new`` classes' logits that minimises ``sum w_i * CE(logits_i + b * 1[new], y_i) / sum w_i`` on held-out samples.
+
+    0 when nothing is new or fewer than ``min_new`` samples belong to a new class: without them the loss only says
+    "never answer the new class". Ties resolve to the offset nearest 0. Measured in the loop and not kept (README,
+    Adaptation #49): fitted on the held-out uploads it silences the class it corrects.
+    """
+    import torch
+
+    if not new or int(torch.isin(targets, torch.tensor(new)).sum()) < min_new:
+        return 0.0
+    mask = torch.zeros(logits.shape[1])
+    mask[new] = 1.0
+    n = int(round(limit / step))
+    grid = torch.arange(-n, n + 1, dtype=torch.float32) * step
+    with torch.no_grad():
+        shifted = logits.float().unsqueeze(0) + grid.view(-1, 1, 1) * mask  # [G, N, C]
+        ce = torch.nn.functional.cross_entropy(shifted.reshape(-1, logits.shape[1]), targets.repeat(len(grid)),
+                                               reduction="none").view(len(grid), -1)
+        w = weights.float()
+        loss = (ce * w).sum(1) / w.sum()
+    ok = (loss <= float(loss.min()) + 1e-6).nonzero().flatten()
+    return round(float(grid[ok[grid[ok].abs().argmin()]]), 6)
+
+
 def _bias_probe(svc: Any, n_boot: int, x_test: Any, y_test: list[str]) -> dict[str, Any]:
-    """The candidate with a new-class logit offset (trainer/bias_correction.py): fitted on the held-out uploads
+    """The candidate with a new-class logit offset (:func:`fit_new_class_bias`): fitted on the held-out uploads
     the gate sees, and the best offset for the final-window frames themselves (the most any fit could give)."""
     import torch
 
-    from trainer.bias_correction import fit_new_class_bias
     from trainer.evaluate import predict_logits
     from trainer.weighting import selection_weights
 

@@ -264,18 +264,15 @@ VARIANTS: dict[str, Variant] = {
                                                                   "hints": {"enabled": True},
                                                                   "stage_scale": {"update_s": CNN128_UPDATE_COST,
                                                                                   "evaluate_s": CNN128_EVAL_COST}}),
-    "bias": Variant("bias", "the demo with a logit offset for the classes learnt in the loop, fitted on the held-out "
-                            "uploads for every candidate (eval.new_class_bias; trainer/bias_correction.py, BiC's idea)",
-                    settings={"eval": {"new_class_bias": True}}),
-    "cnn128-rehearse-dihedral-paired-new-hint-bias": Variant(
-        "cnn128-rehearse-dihedral-paired-new-hint-bias", "cnn128-rehearse-dihedral-paired-new-hint with the new-class "
-        "logit offset (eval.new_class_bias)", bootstrap={"arch": "small_cnn128"},
-        settings={**_rehearsal(rounds=2, paired="new-class"), "hints": {"enabled": True},
-                  "eval": {"paired": "new-class", "new_class_bias": True},
-                  "stage_scale": {"update_s": CNN128_UPDATE_COST, "evaluate_s": CNN128_EVAL_COST}}),
     "weighted": Variant("weighted", "the demo with the gate's recent slice judged by its importance-weighted "
                                     "accuracy (eval.weighted: min(1/p_select, w_max) per upload)",
                         settings={"eval": {"weighted": True}}),
+    "cnn128-rehearse-dihedral-paired-new-hint-weighted": Variant(
+        "cnn128-rehearse-dihedral-paired-new-hint-weighted", "cnn128-rehearse-dihedral-paired-new-hint with the gate's "
+        "recent slice importance-weighted (eval.weighted)", bootstrap={"arch": "small_cnn128"},
+        settings={**_rehearsal(rounds=2, paired="new-class"), "hints": {"enabled": True},
+                  "eval": {"paired": "new-class", "weighted": True},
+                  "stage_scale": {"update_s": CNN128_UPDATE_COST, "evaluate_s": CNN128_EVAL_COST}}),
     "dihedral-boot": Variant("dihedral-boot", "dihedral in the bootstrap as well as in every update step",
                              bootstrap={"augment": "dihedral"}, settings={"strategy_settings": {"augment": "dihedral"}}),
     "calib-drift": Variant("calib-drift", "edge input calibration, engaged by the drift signal (edge.model)",

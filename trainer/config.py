@@ -128,9 +128,6 @@ class EvalConfig(_Section):
     # The gate judges on the newest max_heldout held-out uploads (plus the bootstrap slice): a bounded set, whose
     # images are decoded once and whose deployed-version predictions are computed once per version.
     max_heldout: Count = 5000
-    # Shift the logits of the classes learnt after the first model by one offset fitted on the held-out uploads
-    # (importance-weighted cross-entropy; trainer/bias_correction.py), in the candidate that is judged and shipped
-    new_class_bias: bool = False
     # Judge the recent slice by its accuracy weighted min(1/p_select, w_max): the stream's accuracy, estimated from
     # uploads chosen for uncertainty (and for a hinted class), instead of the accuracy on those hard frames alone
     weighted: bool = False

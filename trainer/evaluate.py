@@ -349,6 +349,21 @@ def _pairs(truth: Sequence[str], candidate: Sequence[str], deployed: Sequence[st
     return out
 
 
+def _recent_slice(truth: Sequence[str], candidate: Sequence[str], deployed: Sequence[str], space: list[str],
+                  ref_space: list[str], weights: list[float] | None) -> tuple[dict, dict, dict[str, Any]]:
+    """Both versions' metrics on the recent slice, their accuracies weighted when ``weights`` are given (the plain
+    ones kept beside them), and the slice's summary for the decision record."""
+    cand_r = named_metrics(candidate, truth, space)
+    ref_r = named_metrics(deployed, truth, ref_space)
+    weighted: dict[str, Any] = {}
+    if weights is not None:
+        weighted = {"weighted": True, "candidate_unweighted": cand_r["accuracy"], "deployed_unweighted": ref_r["accuracy"]}
+        cand_r["accuracy"] = weighted_accuracy(candidate, truth, weights)
+        ref_r["accuracy"] = weighted_accuracy(deployed, truth, weights)
+    summary = {"n": len(truth), "candidate_accuracy": cand_r["accuracy"], "deployed_accuracy": ref_r["accuracy"], **weighted}
+    return cand_r, ref_r, summary
+
+
 def two_slice_gate(
     truth: Sequence[str],
     candidate: Sequence[str],
@@ -381,9 +396,7 @@ def two_slice_gate(
     that knows a class the deployed one cannot name; its successors face the allowance again, so a chain of "not
     significantly worse" steps cannot walk the fleet downhill as "always" did (README, Adaptation #42).
 
-    ``recent_weights`` (one per recent sample, e.g. ``min(1/p_select, w_max)``): the recent slice's accuracies are
-    then weighted, ``sum w_i [right_i] / sum w_i`` -- an estimate of the accuracy on the frames the cameras see rather
-    than on the frames they chose to upload (:func:`weighted_accuracy`).
+    ``recent_weights`` (``eval.weighted``; the last ``n_recent`` used): the recent slice by :func:`weighted_accuracy`.
 
     Whatever the baseline, a candidate that answers one class (:func:`one_class_reason` on the whole set) is
     never promoted: a deployed model that is dead already must not make a dead successor look "no worse".
@@ -415,17 +428,9 @@ def two_slice_gate(
               for metric in ("accuracy", "macro_f1")]
     if two_slices:
         sl = slice(len(truth) - n_recent, len(truth))
-        cand_r = named_metrics(candidate[sl], truth[sl], space)
-        ref_r = named_metrics(deployed[sl], truth[sl], ref_space)
-        weighted = {}
-        if recent_weights is not None:
-            w = list(recent_weights)[-n_recent:]
-            weighted = {"weighted": True, "candidate_unweighted": cand_r["accuracy"],
-                        "deployed_unweighted": ref_r["accuracy"]}
-            cand_r["accuracy"] = weighted_accuracy(candidate[sl], truth[sl], w)
-            ref_r["accuracy"] = weighted_accuracy(deployed[sl], truth[sl], w)
-        out["recent"] = {"n": n_recent, "candidate_accuracy": cand_r["accuracy"], "deployed_accuracy": ref_r["accuracy"],
-                         **weighted, **_pairs(truth[sl], candidate[sl], deployed[sl], labels, paired, deployed_labels)}
+        cand_r, ref_r, out["recent"] = _recent_slice(truth[sl], candidate[sl], deployed[sl], space, ref_space,
+                                                     None if recent_weights is None else list(recent_weights)[-n_recent:])
+        out["recent"].update(_pairs(truth[sl], candidate[sl], deployed[sl], labels, paired, deployed_labels))
         checks.append((cand_r, ref_r, max_regression, "accuracy", f"recent {n_recent}"))
     promote, reasons = True, []
     for c, r, allowed, metric, where in checks:

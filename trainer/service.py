@@ -66,8 +66,7 @@ from . import quarantine, retention, torch_cpu
 from .announce import Announcer
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainerConfig
-from .bias_correction import LogitBias, fit_new_class_bias
-from .evaluate import chance_check, onnx_argmax, onnx_session, predict, predict_logits, two_slice_gate
+from .evaluate import chance_check, onnx_argmax, onnx_session, predict, two_slice_gate
 from .hints import Hint, HintPolicy
 from .export import export_onnx
 from .images import UPLOAD_FORMATS, InputFormat, max_image_size, preprocess_bytes
@@ -255,7 +254,6 @@ class TrainerService:
         self._retry_marks: list[int] = []    # retried quarantine ids to mark once their checkpoint is written
         self.last_loop = time.monotonic()    # the update loop's last round (/healthz)
         self.model_health: dict[str, Any] | None = None  # the deployed version at chance level? (see _check_deployed)
-        self.last_bias: dict[str, Any] | None = None  # the new-class logit offset of the last judged candidate
         self.labels_waiting = self.labels_skipped = 0
         self.hints = HintPolicy(config.hints)  # where a missed class hides (trainer/hints.py)
         self._hint_sent: tuple[Any, float] | None = None  # (boost, expires) last published
@@ -751,29 +749,6 @@ class TrainerService:
         """``min(1/p_select, w_max)`` per held-out upload, as training weighs a new sample (trainer/weighting.py)."""
         return selection_weights(list(held.p_select), getattr(self.strategy.config, "w_max", 10.0)).tolist()
 
-    def judged_candidate(self, held: HeldOut) -> torch.nn.Module:
-        """The model the gate judges and, if it passes, ships: the strategy's candidate, with ``eval.new_class_bias``
-        behind a logit offset for the classes learnt after the first model, fitted on the held-out uploads
-        (trainer/bias_correction.py). Judged and exported as one object, so what passed is what ships."""
-        model = self.strategy.candidate()
-        self.last_bias = None
-        first = self.registry.list()[:1]
-        new = [i for i, c in enumerate(self.labels) if first and c not in first[0].labels]
-        if not self.config.eval.new_class_bias or not new or held.n_uploaded == 0:
-            return model
-        up = slice(len(held.names) - held.n_uploaded, None)
-        known = [i for i, n in enumerate(held.names[up]) if n in self.labels]
-        x = held.x[up][known]
-        y = torch.tensor([self.labels.index(held.names[up][i]) for i in known])
-        w = torch.tensor(self._upload_weights(held))[known]
-        b = fit_new_class_bias(predict_logits(model, x), y, new, w)
-        self.last_bias = {"classes": [self.labels[i] for i in new], "offset": b}
-        if b == 0.0:
-            return model
-        bias = torch.zeros(len(self.labels))
-        bias[new] = b
-        return LogitBias(model, bias)
-
     def _onnx_predict(self, version: str, path: Path, x: torch.Tensor) -> list[str]:
         from .export import read_meta
 
@@ -799,10 +774,7 @@ class TrainerService:
             return self._record(decision)
         ref = self.registry.latest_promoted()
         ref_pred = self._reference_predictions(ref, held)
-        candidate = self.judged_candidate(held)
-        if self.last_bias is not None:
-            decision["new_class_bias"] = self.last_bias
-        cand_pred = [self.labels[i] for i in predict(candidate, held.x)]
+        cand_pred = [self.labels[i] for i in predict(self.strategy.candidate(), held.x)]
         verdict = two_slice_gate(held.names, cand_pred, ref_pred,
                                  self.labels, min(ev.recent, held.n_uploaded), max_regression=ev.max_regression,
                                  max_forgetting=ev.max_forgetting, min_recent=ev.min_recent,
@@ -817,7 +789,7 @@ class TrainerService:
         if decision["promote"]:
             if "p_worse" in verdict.get("recent", {}):  # behind by more than the allowance; the paired test let it by
                 self.counters["paired_promotions"] += 1
-            decision["version"] = self.promote(verdict["candidate"], ref.version if ref else None, candidate)
+            decision["version"] = self.promote(verdict["candidate"], ref.version if ref else None)
         deployed = (decision.get("version"), cand_pred) if decision["promote"] else (ref.version if ref else None, ref_pred)
         if deployed[0] is not None and deployed[1] is not None:
             decision["deployed"] = self._check_deployed(deployed[0], held.names, deployed[1])
@@ -877,9 +849,8 @@ class TrainerService:
         self.last_decision = decision
         return decision
 
-    def promote(self, metrics: dict[str, Any], parent: str | None, model: torch.nn.Module | None = None) -> str:
-        """Export ``model`` (the strategy's candidate if not given) as the next version, register it as
-        promoted, announce it."""
+    def promote(self, metrics: dict[str, Any], parent: str | None) -> str:
+        """Export the current model as the next version, register it as promoted, announce it."""
         version = self.registry.next_version()
         path = self.registry.model_path(version)
         clean = json.loads(json.dumps(metrics, default=_json_default))
@@ -891,7 +862,7 @@ class TrainerService:
             samples_seen=int(self.counters["samples_seen"]), metrics=_scalar_metrics(clean), created=time.time(),
         )
         x = self.heldout_set().x
-        export_onnx(model if model is not None else self.strategy.candidate(), meta, path, exporter=self.exporter, verify_inputs=x[:16] if len(x) else None)  # type: ignore[arg-type]
+        export_onnx(self.strategy.candidate(), meta, path, exporter=self.exporter, verify_inputs=x[:16] if len(x) else None)  # type: ignore[arg-type]
         self._marks["exported"] = time.time()
         rec = self.registry.register(version, path=path, labels=list(self.labels), parent=parent, metrics=clean,
                                      samples_seen=int(self.counters["samples_seen"]), status="promoted", arch=self.arch)

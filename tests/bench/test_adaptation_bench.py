@@ -255,3 +255,24 @@ def test_trace_summary_counts_where_the_new_class_goes() -> None:
     assert s["uploads_by_end"] == 3 and s["other_uploads_in_span"] == 1 and s["first_hint_s"] == 10.5
     with pytest.raises(ValueError, match="no new class"):
         summarise({**run, "new_classes": []}, until=20.0)
+
+
+def test_the_replay_bias_probe_lifts_a_shy_class_lowers_a_bold_one_and_needs_evidence() -> None:
+    """bench.adaptation_replay's BiC offset (README, Adaptation #49): three classes, class 2 new, each sample's own
+    logit ahead by 2, then class 2's logit shifted; the fit undoes the shift and needs 3 samples of class 2."""
+    import torch
+
+    from bench.adaptation_replay import fit_new_class_bias
+
+    g = torch.Generator().manual_seed(0)
+    for shift in (-2.5, 2.5):
+        y = torch.tensor([i % 2 for i in range(200)] + [2] * 50)
+        z = torch.randn(len(y), 3, generator=g)
+        z[torch.arange(len(y)), y] += 2.0
+        z[:, 2] += shift
+        b = fit_new_class_bias(z, y, [2], torch.ones(len(y)))
+        assert abs(b + shift) < 0.8, (shift, b)
+        assert fit_new_class_bias(z, y, [2], torch.ones(len(y)), limit=0.2) == (0.2 if shift < 0 else -0.2)
+    few = torch.tensor([0, 1, 2, 2])
+    assert fit_new_class_bias(torch.zeros(4, 3), few, [2], torch.ones(4)) == 0.0
+    assert fit_new_class_bias(torch.zeros(4, 3), few, [], torch.ones(4)) == 0.0

@@ -188,57 +188,6 @@ def test_weighted_recent_slice_reaches_the_gate_with_each_uploads_p_select(boots
     assert judged and all(d["recent"]["weighted"] is True and "candidate_unweighted" in d["recent"] for d in judged)
 
 
-def test_new_class_bias_is_fitted_judged_and_shipped(bootstrapped: Path, tmp_path: Path) -> None:
-    """``eval.new_class_bias``: no offset while no class has been learnt in the loop; once ``yellow`` has held-out
-    uploads, each decision names the offset fitted for it, and a version promoted with an offset answers, through
-    onnxruntime, as the learner's candidate plus that offset on ``yellow``'s logit. Off by default."""
-    import copy
-
-    from trainer.bias_correction import LogitBias
-
-    state = tmp_path / "state"
-    shutil.copytree(bootstrapped, state)
-    with SampleStore(state / "samples") as st:
-        fill_store(st, BASE, 48)
-        fill_store(st, BASE + ["yellow"], 96, seed=2, start=48)
-    shipped: dict[str, tuple[torch.nn.Module, float]] = {}
-    svc = TrainerService(_config(state, **{"eval.new_class_bias": True}), exporter="torchscript")
-    original = svc.promote
-
-    def promote(metrics: dict, parent: str | None, model: torch.nn.Module | None = None) -> str:
-        version = original(metrics, parent, model)
-        shipped[version] = (copy.deepcopy(model), (svc.last_bias or {}).get("offset", 0.0))  # training goes on
-        return version
-    svc.promote = promote  # type: ignore[method-assign]
-    try:
-        while svc.step():
-            pass
-        svc.step(force=True)
-        x = svc.heldout_set().x
-    finally:
-        svc.stop()
-    decisions = [json.loads(x) for x in (state / "decisions.jsonl").read_text().splitlines()]
-    fitted = [d["new_class_bias"] for d in decisions if "new_class_bias" in d]
-    assert fitted and all(f["classes"] == ["yellow"] for f in fitted), decisions
-    assert all("new_class_bias" in d for d in decisions[decisions.index(next(d for d in decisions
-                                                                              if "new_class_bias" in d)):])
-    with Registry(state) as reg:
-        for version, (model, offset) in shipped.items():
-            rec = reg.get(version)
-            if offset == 0.0:
-                assert not isinstance(model, LogitBias)
-                continue
-            assert isinstance(model, LogitBias) and abs(float(model.bias[-1]) - offset) < 1e-6
-            assert float(model.bias[:-1].abs().sum()) == 0
-            out = svc._onnx_predict(version, rec.path, x)  # noqa: SLF001 - what ships, through onnxruntime
-            with torch.no_grad():
-                model.eval()
-                want = (model.model(x) + model.bias).argmax(1)
-            assert out == [rec.labels[i] for i in want]
-    assert any(offset != 0.0 for _, offset in shipped.values()), (fitted, shipped)
-    assert _config(state).eval.new_class_bias is False
-
-
 def test_gate_rejects_a_regressing_candidate(bootstrapped: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"
     shutil.copytree(bootstrapped, state)
