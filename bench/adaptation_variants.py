@@ -217,6 +217,11 @@ VARIANTS: dict[str, Variant] = {
                                                  "has added a class (strategy.augment_from new-class): the old world "
                                                  "before it as without dihedral",
                                                  settings=_rehearsal(paired="new-class", augment_from="new-class")),
+    "rehearse-dihedral-late-paired-new-weighted": Variant(
+        "rehearse-dihedral-late-paired-new-weighted", "rehearse-dihedral-late-paired-new (the surface-defects settings) "
+        "with the gate's recent slice importance-weighted (eval.weighted)",
+        settings={**_rehearsal(paired="new-class", augment_from="new-class"),
+                  "eval": {"paired": "new-class", "weighted": True}}),
     "rehearse-dihedral-paired-new-tta": Variant("rehearse-dihedral-paired-new-tta",
                                                 "rehearse-dihedral-paired-new, the candidate asked its eight turns "
                                                 "and mirror images (strategy.tta; evaluations charged 9.3x)",
@@ -296,6 +301,9 @@ VARIANTS: dict[str, Variant] = {
                       settings={"update": {"lr": 3e-4}}),
     "k5": Variant("k5", "5 optimiser steps per update instead of 20: 20 steps on the same <= 32 new samples "
                         "overfit them (update config)", settings={"update": {"steps": 5}}),
+    "k40": Variant("k40", "40 optimiser steps per update instead of 20, the update charged twice its measured time: "
+                          "is the learner's climb after the crossing bound by its steps?",
+                   settings={"update": {"steps": 40}, "stage_scale": {"update_s": 2.0}}),
     "bn-frozen": Variant("bn-frozen", "batch norm in inference mode during updates (strategy.freeze_bn); now = demo",
                          settings={"strategy_settings": {"freeze_bn": True}}),
     "bn-train": Variant("bn-train", "the demo before freeze_bn became the default: batch norm in training mode "
