@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .weighting import weighted_loss
+
 __all__ = [
     "ForgettingTracker",
     "MIN_EVIDENCE",
@@ -305,14 +307,15 @@ def weighted_accuracy(predicted: Sequence[str], truth: Sequence[str], weights: S
     """``sum w_i [predicted_i == truth_i] / sum w_i``: with ``w_i = min(1/p_select, w_max)`` the self-normalised
     estimate of the accuracy over every frame the cameras saw, from the few they uploaded -- the uploads are chosen
     for uncertainty (and, under a selection hint, for one predicted class), so their plain accuracy says how the
-    model does on the hard frames, not on the stream. The same correction training applies (trainer/weighting.py)."""
+    model does on the hard frames, not on the stream. The same estimator training minimises
+    (:func:`trainer.weighting.weighted_loss`), with "right" in place of the loss."""
     if len(weights) != len(truth) or len(predicted) != len(truth):
         raise ValueError(f"weighted_accuracy: {len(predicted)} predictions, {len(truth)} truths, {len(weights)} weights")
-    w = np.asarray(weights, dtype=np.float64)
-    if len(w) == 0 or w.sum() <= 0:
+    w = torch.as_tensor(list(weights), dtype=torch.float64)
+    if len(w) == 0 or float(w.sum()) <= 0:
         return 0.0
-    right = np.array([p == t for p, t in zip(predicted, truth)], dtype=np.float64)
-    return float((w * right).sum() / w.sum())
+    right = torch.tensor([p == t for p, t in zip(predicted, truth)], dtype=torch.float64)
+    return float(weighted_loss(right, w))
 
 
 #: When the gate's recent slice is judged by :func:`sign_test` as well as by the allowance (``eval.paired``).
