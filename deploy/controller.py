@@ -417,8 +417,13 @@ class Controller:
         with self._lock:
             if self._registry is not None and time.monotonic() - self._registry_read > REGISTRY_REFRESH_S:
                 self._refresh_registry()
-            for r in self.store.get_waiting() + self.store.get_active():
-                self._step(r)
+            for listed in self.store.get_waiting() + self.store.get_active():
+                # read again: an approval stepped earlier in this loop may have superseded it, and a stale row
+                # would publish its next wave over the approved version's (CI saw v0020's last wave, published
+                # after v0022's approval, leave v0022 waiting forever)
+                r = self.store.rollout(listed.id)
+                if r is not None and r.state in (*ACTIVE, *WAITING):
+                    self._step(r)
             self._refresh_manifests()
             self._check_chunks()
             self._take_requests()

@@ -244,3 +244,27 @@ def test_an_approval_stands_when_a_newer_version_is_promoted_before_the_controll
         assert ctl.store.rollout(a).state == "running" and ctl.store.rollout(c).state == "awaiting_approval"
     finally:
         ctl.store.close()
+
+
+def test_an_approval_stops_the_rollout_it_supersedes_in_the_same_tick(env, models, tmp_path) -> None:
+    """The tick lists what is waiting and what runs, then steps each. An approval stepped first supersedes the
+    running rollout; stepping that rollout's stale row afterwards published its next wave over the approved one
+    (a higher seq, so the devices took it), and the approved version never reached a device (CI, test_line's
+    approve mode: v0020's last wave after v0022's approval). The superseded rollout must publish nothing."""
+    from model_factory import make_onnx_model
+
+    ctl, lf = env(2)
+    newer = make_onnx_model(tmp_path / "v0006.onnx", version="v0006", seed=3, train_steps=40)
+    with ctl._lock:  # the controller's own tick waits: this test's tick is the one that matters
+        old = ctl.start_rollout("v0002", models["good2"], FAST, previous=("v0001", models["good1"]))
+        ctl.store.mark_wave_published(old, 5000)
+        ctl.store.next_wave(old, to=1)  # wave 1 soaked: its last wave goes out on the next tick
+        new = ctl.start_rollout("v0006", newer, FAST, previous="v0001", await_approval=True)
+        ctl.store.approve("v0006", "operator")
+        ctl.tick()
+        assert ctl.store.rollout(old).state == "superseded"
+        assert ctl.store.rollout(new).state == "running"
+        assert ctl.store.target("default").rollout_id == new  # the retained manifest is the approved version's
+        assert not [e for e in ctl.store.events(old) if e.kind == "wave" and "2/2" in (e.detail or "")]
+    assert ctl.wait(new, 60) == "completed", ctl.store.rollout(new).reason
+    assert set(lf.versions().values()) == {"v0006"}

@@ -116,7 +116,8 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                         "--state-dir", str(d / f"cam-{k}"), "--trusted-key", str(d / "keys" / "signing.pub"),
                         "--identity", str(pki.identity_dir(f"cam-{k}")),
                         "--p-min", "0.5", "--budget-minute", "600", "--budget-hour", "none", "--budget-day", "none",
-                        "--stats-interval", "1", "--seed", str(k), "--log-level", "WARNING")
+                        "--stats-interval", "1", "--seed", str(k), "--log-level", "WARNING",
+                        "--metrics-port", "0")  # two cameras on one host: the default port fits one
         yield {"dir": d, "procs": procs, "broker": broker, "deploy": deploy,
                "metrics": f"http://127.0.0.1:{metrics_port}"}
     finally:
