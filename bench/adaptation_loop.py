@@ -108,7 +108,7 @@ class LoopSettings:
     # trainer (deploy/demo/plan.py's overrides of the trainer config)
     strategy: str = "iw-er"
     update: dict[str, Any] = field(default_factory=lambda: {
-        "batch": 32, "steps": 20, "min_batch": 8, "optimizer": "adam", "lr": 1e-3})
+        "batch": 32, "steps": 40, "min_batch": 8, "optimizer": "adam", "lr": 1e-3})
     wait_s: float | None = None          # None: the demo's max(5, stream_s / 15)
     eval: dict[str, Any] = field(default_factory=dict)
     strategy_settings: dict[str, Any] = field(default_factory=dict)   # the strategy's own (config `strategy:`)
@@ -141,7 +141,8 @@ class LoopSettings:
 
 def stage_times(results_json: Path) -> dict[str, float]:
     """Median stage times of ``bench freshness`` (label, update, evaluation, export, per-wave delivery), if
-    bench/results.json has them; {} otherwise."""
+    bench/results.json has them; {} otherwise. ``update_steps`` is the optimiser steps per update that run
+    measured (20 for runs before it was recorded): a loop with other steps scales ``update_s`` by them."""
     import json
 
     try:
@@ -158,6 +159,7 @@ def stage_times(results_json: Path) -> dict[str, float]:
     # wave's); runs before the controller skipped waves that add no camera soaked twice on 4 cameras
     soaks = int(settings.get("rollout", {}).get("soaked_waves", 2))
     out["wave_delay_s"] = max(0.05, (st["rollout"]["p50"] - soaks * soak) / 2.0)
+    out["update_steps"] = settings.get("update", {}).get("steps", 20)
     out["freshness_p50_s"] = fig.get("total_p50_s")
     out["freshness_p95_s"] = fig.get("total_p95_s")
     return {k: float(v) for k, v in out.items() if v is not None}
