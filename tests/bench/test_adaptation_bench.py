@@ -130,7 +130,7 @@ def test_the_calibrated_frozen_control_is_an_arm_of_its_own() -> None:
 def test_run_one_settings_merge_a_variants_overrides_into_the_demos() -> None:
     s, (kind, boot) = ad.run_one_settings("default", 0, "distill-off", upper=False)
     assert kind == "parts" and boot == {} and s.upper_bound is False
-    assert s.strategy_settings == {"distill": 0.0} and s.update["steps"] == 20  # the demo's update settings kept
+    assert s.strategy_settings == {"distill": 0.0} and s.update["steps"] == 40  # the demo's update settings kept
     s, (_, boot) = ad.run_one_settings("default", 0, "boot40", boot={"frames": 400})
     assert boot == {"epochs": 40, "frames": 400}  # the variant's bootstrap options, then the caller's
     s, _ = ad.run_one_settings("default", 0, "lr-low")
@@ -178,6 +178,29 @@ def test_a_costlier_variant_is_charged_its_trainer_time() -> None:
     assert cnn.export_s == demo.export_s and boot == {"arch": "small_cnn128"}
 
 
+def test_the_update_is_charged_by_its_optimiser_steps(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The freshness run records its steps per update; a loop with other steps is charged in proportion (runs
+    from before the record count as 20 steps, the demo's then)."""
+    import json
+
+    from bench.adaptation_loop import stage_times
+
+    fig = {"stages": {k: {"p50": v} for k, v in (("label", 0.2), ("update", 3.0), ("evaluation", 0.7),
+                                                   ("export", 1.1), ("rollout", 9.0))}, "total_p50_s": 25.0}
+    doc = {"benchmarks": [{"name": "freshness", "figures": fig}]}
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    fig["settings"] = {"update": {"steps": 40}}
+    (tmp_path / "new.json").write_text(json.dumps(doc))
+    assert stage_times(tmp_path / "old.json")["update_steps"] == 20
+    assert stage_times(tmp_path / "new.json")["update_steps"] == 40
+    measured = stage_times(ad.ROOT / "bench" / "results.json")
+    demo, _ = ad.run_one_settings("default", 0, "demo")
+    k20, _ = ad.run_one_settings("default", 0, "k20")
+    assert demo.update["steps"] == 40 and k20.update["steps"] == 20
+    assert demo.update_s == pytest.approx(measured["update_s"] * 40 / measured["update_steps"])
+    assert k20.update_s == pytest.approx(demo.update_s / 2)
+
+
 def test_every_variants_strategy_settings_are_settings_its_strategy_has() -> None:
     """A misspelt setting in a variant fails here, not ten minutes into a benchmark run."""
     from trainer.strategies import strategy_settings
@@ -187,7 +210,7 @@ def test_every_variants_strategy_settings_are_settings_its_strategy_has() -> Non
         strategy_settings(s.strategy, s.strategy_settings)  # ValueError naming the key otherwise
     demo, _ = ad.run_one_settings("default", 0, "demo")
     k60, _ = ad.run_one_settings("default", 0, "dihedral-k60")
-    assert k60.update["steps"] == 60 and k60.update_s == pytest.approx(3 * demo.update_s)
+    assert k60.update["steps"] == 60 and k60.update_s == pytest.approx(1.5 * demo.update_s)  # demo: 40 steps
     assert k60.strategy_settings == {"augment": "dihedral"} and demo.strategy_settings == {}
 
 
@@ -201,7 +224,7 @@ def test_every_variants_trainer_settings_load_and_rehearsal_is_charged_by_its_st
         _trainer_config(tmp_path, s, 0)  # ValueError naming the key otherwise
     s, _ = ad.run_one_settings("default", 0, "rehearse-dihedral")
     cfg = _trainer_config(tmp_path, s, 0)
-    assert (cfg.update.rehearse_steps, cfg.update.rehearse_rounds, cfg.update.steps) == (20, 3, 20)
+    assert (cfg.update.rehearse_steps, cfg.update.rehearse_rounds, cfg.update.steps) == (20, 3, 40)
     assert busy_s(s, {"kind": "update"}, 20, False) == pytest.approx(s.update_s + s.evaluate_s)
     assert busy_s(s, {"kind": "rehearsal", "steps": 10}, 20, False) == pytest.approx(s.update_s / 2 + s.evaluate_s)
     assert busy_s(s, {"kind": "rehearsal", "steps": 20}, 20, True) == pytest.approx(
