@@ -121,6 +121,23 @@ CNN128_EVAL_COST = 2.7
 #: 1.60 / 1.73 / 1.90 s; the median of the ratios)
 TTA_EVAL_COST = 9.3
 
+#: Stage times ``bench freshness`` measured on 2026-12-02 on this 2-core VM while it ran ~3x slower per trainer step
+#: than for the run of record (bootstrap 2.4-3.2 ms per sample step): one run at 20 and one at 40 optimiser steps
+#: per update, back to back (p50 48.9 s and 78.8 s). Each slow arm is charged what its own run measured.
+SLOW_VM = {20: {"label_delay_s": 4.627, "update_s": 5.5, "evaluate_s": 2.111, "export_s": 3.923,
+                "wave_delay_s": 4.859},
+           40: {"label_delay_s": 8.293, "update_s": 11.26, "evaluate_s": 2.268, "export_s": 3.344,
+                "wave_delay_s": 4.542}}
+
+
+def _slow_vm(steps: int) -> dict[str, Any]:
+    """The demo's learner at ``steps`` per update on the slow VM's measured stage times (:data:`SLOW_VM`). The loop
+    scales ``update_s`` by steps over the run of record's 20, so the measured update is given per 20 steps."""
+    stages = dict(SLOW_VM[steps])
+    stages["update_s"] = stages["update_s"] * 20 / steps
+    return {"update": {"steps": steps}, **stages}
+
+
 VARIANTS: dict[str, Variant] = {
     "demo": Variant("demo", "the demo's settings (deploy/demo/plan.py): edge input calibration always on; iw-er, "
                             "B=32 / K=40 / Adam 1e-3, gate, waves"),
@@ -305,6 +322,10 @@ VARIANTS: dict[str, Variant] = {
                    settings={"update": {"steps": 40}}),
     "k20": Variant("k20", "the demo before #52: 20 optimiser steps per update (the update charged by its steps)",
                    settings={"update": {"steps": 20}}),
+    "slowvm-k20": Variant("slowvm-k20", "k20 charged the stage times a 20-step freshness run measured on a VM ~3x "
+                                        "slower per trainer step (SLOW_VM)", settings=_slow_vm(20)),
+    "slowvm-k40": Variant("slowvm-k40", "the demo (40 steps) charged the stage times a 40-step freshness run "
+                                        "measured on that slow VM (SLOW_VM)", settings=_slow_vm(40)),
     "bn-frozen": Variant("bn-frozen", "batch norm in inference mode during updates (strategy.freeze_bn); now = demo",
                          settings={"strategy_settings": {"freeze_bn": True}}),
     "bn-train": Variant("bn-train", "the demo before freeze_bn became the default: batch norm in training mode "
