@@ -394,7 +394,7 @@ class FreshnessRun(DemoApp):
         self.say(f"{len(self.cams)} cameras (pids {[c.pid for c in self.cams]}), drift at {self.drift_at:g} s, "
                  f"counting samples selected in the first {self.duration - self.tail:.0f} s, run <= "
                  f"{self.duration:.0f} s; policy waves {self.policy.waves} soak {self.policy.soak:g} s; update "
-                 f"wait {trainer_settings(self.demo_stream_s)['update.wait_s']:g} s")
+                 f"wait {trainer_settings(self.demo_stream_s, self.slow)['update.wait_s']:g} s")
 
     def stream(self) -> None:
         """Until ``duration`` seconds of stream, or until every counted sample has reached every camera."""
@@ -461,7 +461,7 @@ class FreshnessRun(DemoApp):
 
     def _facts(self, uploaded: int) -> dict[str, Any]:
         """Run facts beside the figures: lengths, settings, bootstrap, machine load."""
-        policy, update = self.policy or demo_policy(self.demo_stream_s), trainer_settings(self.demo_stream_s)
+        policy, update = self.policy or demo_policy(self.demo_stream_s), trainer_settings(self.demo_stream_s, self.slow)
         return {
             "cameras": len(self.devices), "stream_s": round(self.t_stop - self.stream_t0, 1),
             "duration_limit_s": self.duration, "count_window_s": round(self.duration - self.tail, 1),

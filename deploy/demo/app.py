@@ -58,9 +58,9 @@ from deploy.demo.cameras import Camera, start_camera, stop_cameras
 from deploy.demo.frozen_control import FrozenControl
 from deploy.demo.live import CameraRow, View, ViewState, make_view
 from deploy.demo.monitor import Monitor
-from deploy.demo.plan import (CALIBRATION, FLEET, MIN_STREAM_S, MODEL_ID, PREFIX, SCENARIOS, TEARDOWN_RESERVE_S, DemoOptions,
-                              Timeline, bootstrap_budget, camera_seed, confusion_seed, demo_arch, demo_policy,
-                              plan_timeline, sim_url, trainer_settings)
+from deploy.demo.plan import (CALIBRATION, FLEET, MIN_STREAM_S, MODEL_ID, PREFIX, SCENARIOS, SLOW_UPDATE_STEPS,
+                              TEARDOWN_RESERVE_S, UPDATE_STEPS, DemoOptions, Timeline, bootstrap_budget, camera_seed,
+                              confusion_seed, demo_arch, demo_policy, plan_timeline, sim_url, trainer_settings)
 from deploy.rollout_feeder import RolloutFeeder
 from deploy.service import DeployService
 
@@ -160,6 +160,7 @@ class DemoApp:
         self.boot: Any = None
         self.timeline: Timeline | None = None
         self.settings_stream_s = 0.0
+        self.slow = False  # the bootstrap found this machine slow or busy: the trainer's updates take fewer steps
         self.policy: Any = None
         self.deploy: DeployService | None = None
         self.ctl: Any = None
@@ -318,9 +319,11 @@ class DemoApp:
         log.info("bootstrap: %.2f ms per sample step measured -> %d epochs in %.0fs", per_sample * 1e3, epochs,
                  budget_s)
         if epochs == min_epochs(n_train) and epochs * n_train * per_sample * 1.15 > budget_s * 1.2:
+            self.slow = True
             self.events.add("setup", f"this machine is slow or busy ({per_sample * 1e3:.1f} ms per sample step): the "
                                      f"bootstrap takes its minimum of {epochs} epochs, ~{epochs * n_train * per_sample * 1.15:.0f} s "
-                                     f"instead of {budget_s:.0f} s, and the demo runs late")
+                                     f"instead of {budget_s:.0f} s, the demo runs late, and the trainer's updates take "
+                                     f"{SLOW_UPDATE_STEPS} optimiser steps instead of {UPDATE_STEPS}")
         return epochs
 
     def init_plan(self) -> None:
@@ -366,7 +369,7 @@ class DemoApp:
             "state_dir": str(self.out / "trainer"), "model_id": MODEL_ID, "mqtt.url": self.broker_url,
             "mqtt.topic_prefix": PREFIX, "mqtt.client_id": f"{self.client_name}-trainer-{os.getpid()}",
             **{f"mqtt.{k}": v for k, v in self.identity("trainer").items()},
-            **trainer_settings(self.settings_stream_s)})
+            **trainer_settings(self.settings_stream_s, slow=self.slow)})
         self.trainer = TrainerService(cfg).start()
 
     def start_monitor(self) -> None:

@@ -44,6 +44,25 @@ def test_a_busy_machine_still_gets_a_bootstrap_that_can_learn(monkeypatch: pytes
     assert demo_bootstrap.min_epochs(320) == 40 and demo_bootstrap.min_epochs(10) == 60
 
 
+def test_a_machine_the_bootstrap_finds_slow_gets_fewer_update_steps(tmp_path, monkeypatch) -> None:
+    """40 optimiser steps per update beat 20 in the benchmark, but on a VM ~3x slower per step they cost the
+    freshness 30 s for nothing (README #52): the demo's trainer takes 20 there, and says so."""
+    pytest.importorskip("torch")
+    from deploy.demo import app as demo_app
+    from deploy.demo.live import PlainView
+    from deploy.demo.plan import DemoOptions, trainer_settings
+
+    assert trainer_settings(127.0)["update.steps"] == 40 and trainer_settings(127.0, slow=True)["update.steps"] == 20
+    for per_sample, slow in ((5.0 / 32, True), (1e-5, False)):  # 5 s per step of 32; a fast machine
+        monkeypatch.setattr(demo_app, "bootstrap_epochs", lambda *a, p=per_sample, **k: (
+            demo_app.min_epochs(int(0.8 * 4800)) if p > 1e-3 else 20, p))
+        app = demo_app.DemoApp(DemoOptions(out=str(tmp_path / str(slow))), PlainView())
+        app._bootstrap_epochs("small_cnn", 1.0)
+        setup = [e["text"] for e in app.events.items if e["kind"] == "setup"]
+        assert app.slow is slow
+        assert any("20 optimiser steps instead of 40" in t for t in setup) is slow, setup
+
+
 def test_the_confusion_panel_sees_frames_through_the_cameras_calibration(tmp_path) -> None:
     """The cameras run with input calibration, and the models they get are trained on calibrated uploads. The
     report scored those models on raw post-drift frames: a run whose cameras were at 78 % showed its final
