@@ -116,6 +116,9 @@ def _rehearsal(rounds: int = 3, augment: str = "dihedral", paired: str = "off", 
 
 CNN128_UPDATE_COST = 2.55
 CNN128_EVAL_COST = 2.7
+#: what every small_cnn128 variant shares: its bootstrap, and its trainer stages charged the costs above
+CNN128_BOOT = {"arch": "small_cnn128"}
+CNN128_COST = {"update_s": CNN128_UPDATE_COST, "evaluate_s": CNN128_EVAL_COST}
 #: an evaluation asking the eight views (trainer.nets.DihedralMean) over one asking one, small_cnn at 64x64, one torch
 #: thread, 500 inputs, thread CPU of three runs on 2026-12-01 on a loaded machine (15.7 / 16.2 / 16.6 s vs
 #: 1.60 / 1.73 / 1.90 s; the median of the ratios)
@@ -149,8 +152,8 @@ VARIANTS: dict[str, Variant] = {
     "cnn128": Variant("cnn128", "small_cnn128 (trainer/nets.py): an 8-channel block at full 128x128 resolution in "
                                 "front of small_cnn's four; update and evaluation charged at 2.6x / 2.7x the measured "
                                 "64x64 times (their single-thread CPU ratio)",
-                      bootstrap={"arch": "small_cnn128"},
-                      settings={"stage_scale": {"update_s": CNN128_UPDATE_COST, "evaluate_s": CNN128_EVAL_COST}}),
+                      bootstrap=CNN128_BOOT,
+                      settings={"stage_scale": CNN128_COST}),
     "aug-boot": Variant("aug-boot", "photometric + geometric augmentation in the bootstrap (trainer.augment)",
                         bootstrap={"augment": "both"}),
     "boot40": Variant("boot40", "a longer bootstrap on the old 1,600 frames: 40 epochs instead of 27 (the demo's "
@@ -180,10 +183,9 @@ VARIANTS: dict[str, Variant] = {
                             settings={"update": {"steps": 60}, "strategy_settings": {"augment": "dihedral"}}),
     "cnn128-dihedral": Variant("cnn128-dihedral", "cnn128 with dihedral updates (README #38: offline the pair reaches "
                                                   "90 % on the final-window frames from 25 crack labels)",
-                               bootstrap={"arch": "small_cnn128"},
+                               bootstrap=CNN128_BOOT,
                                settings={"strategy_settings": {"augment": "dihedral"},
-                                         "stage_scale": {"update_s": CNN128_UPDATE_COST,
-                                                         "evaluate_s": CNN128_EVAL_COST}}),
+                                         "stage_scale": CNN128_COST}),
     "rehearse": Variant("rehearse", "the trainer's idle time spent on replay (update.rehearse_steps 20, up to 3 "
                                     "rounds after each update, each gated): a new class's few labels get hundreds "
                                     "of steps before the final window instead of ~60", settings={"update": {
@@ -202,11 +204,10 @@ VARIANTS: dict[str, Variant] = {
                                                  "strategy_settings": {"augment": "dihedral", "ema": 0.95}}),
     "cnn128-rehearse-dihedral": Variant("cnn128-rehearse-dihedral", "rehearse-dihedral with small_cnn128 (README #38: "
                                                                     "offline the pair reaches 90 % after 800 steps)",
-                                        bootstrap={"arch": "small_cnn128"},
+                                        bootstrap=CNN128_BOOT,
                                         settings={"update": {"rehearse_steps": 20, "rehearse_rounds": 2},
                                                   "strategy_settings": {"augment": "dihedral"},
-                                                  "stage_scale": {"update_s": CNN128_UPDATE_COST,
-                                                                  "evaluate_s": CNN128_EVAL_COST}}),
+                                                  "stage_scale": CNN128_COST}),
     "paired": Variant("paired", "the gate's recent slice also judged by a paired sign test (eval.paired always, "
                                 "level 0.05): a candidate behind by more than the 2-point allowance is refused only if "
                                 "significantly behind on the samples where it and the deployed version disagree "
@@ -257,15 +258,14 @@ VARIANTS: dict[str, Variant] = {
     "cnn128-rehearse-dihedral-paired-new": Variant("cnn128-rehearse-dihedral-paired-new",
                                                    "cnn128-rehearse-dihedral with the paired test at the first "
                                                    "crossing (eval.paired new-class)",
-                                                   bootstrap={"arch": "small_cnn128"},
+                                                   bootstrap=CNN128_BOOT,
                                                    settings={**_rehearsal(rounds=2, paired="new-class"),
-                                                             "stage_scale": {"update_s": CNN128_UPDATE_COST,
-                                                                             "evaluate_s": CNN128_EVAL_COST}}),
+                                                             "stage_scale": CNN128_COST}),
     "cnn128-rehearse-dihedral-paired-new-fast3": Variant("cnn128-rehearse-dihedral-paired-new-fast3",
                                                          "cnn128-rehearse-dihedral-paired-new on a trainer with 3x "
                                                          "this machine's CPU (update and evaluation charged a third "
                                                          "of it; export as measured), up to 6 rehearsal rounds",
-                                                         bootstrap={"arch": "small_cnn128"},
+                                                         bootstrap=CNN128_BOOT,
                                                          settings={**_rehearsal(rounds=6, paired="new-class"),
                                                                    "stage_scale": {"update_s": CNN128_UPDATE_COST / 3,
                                                                                    "evaluate_s": CNN128_EVAL_COST / 3}}),
@@ -280,20 +280,19 @@ VARIANTS: dict[str, Variant] = {
                                                            "hints": {"enabled": True}}),
     "cnn128-rehearse-dihedral-paired-new-hint": Variant("cnn128-rehearse-dihedral-paired-new-hint",
                                                         "cnn128-rehearse-dihedral-paired-new with the selection hint",
-                                                        bootstrap={"arch": "small_cnn128"},
+                                                        bootstrap=CNN128_BOOT,
                                                         settings={**_rehearsal(rounds=2, paired="new-class"),
                                                                   "hints": {"enabled": True},
-                                                                  "stage_scale": {"update_s": CNN128_UPDATE_COST,
-                                                                                  "evaluate_s": CNN128_EVAL_COST}}),
+                                                                  "stage_scale": CNN128_COST}),
     "weighted": Variant("weighted", "the demo with the gate's recent slice judged by its importance-weighted "
                                     "accuracy (eval.weighted: min(1/p_select, w_max) per upload)",
                         settings={"eval": {"weighted": True}}),
     "cnn128-rehearse-dihedral-paired-new-hint-weighted": Variant(
         "cnn128-rehearse-dihedral-paired-new-hint-weighted", "cnn128-rehearse-dihedral-paired-new-hint with the gate's "
-        "recent slice importance-weighted (eval.weighted)", bootstrap={"arch": "small_cnn128"},
+        "recent slice importance-weighted (eval.weighted)", bootstrap=CNN128_BOOT,
         settings={**_rehearsal(rounds=2, paired="new-class"), "hints": {"enabled": True},
                   "eval": {"paired": "new-class", "weighted": True},
-                  "stage_scale": {"update_s": CNN128_UPDATE_COST, "evaluate_s": CNN128_EVAL_COST}}),
+                  "stage_scale": CNN128_COST}),
     "dihedral-boot": Variant("dihedral-boot", "dihedral in the bootstrap as well as in every update step",
                              bootstrap={"augment": "dihedral"}, settings={"strategy_settings": {"augment": "dihedral"}}),
     "calib-drift": Variant("calib-drift", "edge input calibration, engaged by the drift signal (edge.model)",
@@ -353,10 +352,9 @@ VARIANTS: dict[str, Variant] = {
                                     "more labels alone buy, the ceiling of a budget that follows new classes",
                         settings={"budget_per_minute": 160}),
     "cnn128-budget4x": Variant("cnn128-budget4x", "cnn128 with 4x the upload budget",
-                               bootstrap={"arch": "small_cnn128"},
+                               bootstrap=CNN128_BOOT,
                                settings={"budget_per_minute": 160,
-                                         "stage_scale": {"update_s": CNN128_UPDATE_COST,
-                                                         "evaluate_s": CNN128_EVAL_COST}}),
+                                         "stage_scale": CNN128_COST}),
     "mer": Variant("mer", "Meta-Experience Replay (trainer/strategies/mer.py) instead of iw-er (update.strategy)",
                    settings={"strategy": "mer"}),
 }
