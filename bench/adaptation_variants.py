@@ -293,6 +293,13 @@ VARIANTS: dict[str, Variant] = {
         settings={**_rehearsal(rounds=2, paired="new-class"), "hints": {"enabled": True},
                   "eval": {"paired": "new-class", "weighted": True},
                   "stage_scale": CNN128_COST}),
+    "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20": Variant(
+        "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20", "cnn128-rehearse-dihedral-paired-new-hint-weighted "
+        "with 20 optimiser steps per update, the loop's default before README #52", bootstrap=CNN128_BOOT,
+        settings={**_rehearsal(rounds=2, paired="new-class"), "hints": {"enabled": True},
+                  "eval": {"paired": "new-class", "weighted": True}, "update": {"steps": 20, "rehearse_steps": 20,
+                                                                             "rehearse_rounds": 2},
+                  "stage_scale": CNN128_COST}),
     "dihedral-boot": Variant("dihedral-boot", "dihedral in the bootstrap as well as in every update step",
                              bootstrap={"augment": "dihedral"}, settings={"strategy_settings": {"augment": "dihedral"}}),
     "calib-drift": Variant("calib-drift", "edge input calibration, engaged by the drift signal (edge.model)",
