@@ -101,16 +101,17 @@ def _react(budget_factor: float = 2.0, batch: int = 16, wait_s: float = 3.0, ste
 #: small_cnn128's CPU per update step (B=64) and per evaluation over small_cnn's at 64x64, one torch thread, measured
 #: in one run on 2026-11-30 (816 vs 320 ms; 3.26 vs 1.20 s for 500 inputs): the loop charges its stages this much more
 def _rehearsal(rounds: int = 3, augment: str = "dihedral", paired: str = "off", ema: float = 0.0,
-               augment_from: str = "start", tta: bool = False) -> dict[str, Any]:
+               augment_from: str = "start", tta: bool = False, steps: int | None = None) -> dict[str, Any]:
     """Settings of the idle-time rehearsal variants (README #39-#42): 20-step rounds, at most ``rounds`` after each
     update, every step's samples changed by ``augment`` (from ``augment_from``), the gate's recent slice paired as
     ``paired`` says, the candidate the weights' moving average at decay ``ema`` (0: the weights), asked its eight
     views with ``tta`` (its evaluations charged :data:`TTA_EVAL_COST` times, from the start: an upper bound of the
-    cost with ``augment_from: new-class``)."""
+    cost with ``augment_from: new-class``); ``steps`` per update if not the loop's."""
     strategy = {"augment_from": augment_from, "ema": ema, "tta": tta}
     if augment != "none":  # the default; the word "none" in an override means null (protocol.config)
         strategy["augment"] = augment
-    return {"update": {"rehearse_steps": 20, "rehearse_rounds": rounds}, "strategy_settings": strategy,
+    update = {"rehearse_steps": 20, "rehearse_rounds": rounds, **({"steps": steps} if steps else {})}
+    return {"update": update, "strategy_settings": strategy,
             "eval": {"paired": paired}, **({"stage_scale": {"evaluate_s": TTA_EVAL_COST}} if tta else {})}
 
 
@@ -123,6 +124,13 @@ CNN128_COST = {"update_s": CNN128_UPDATE_COST, "evaluate_s": CNN128_EVAL_COST}
 #: thread, 500 inputs, thread CPU of three runs on 2026-12-01 on a loaded machine (15.7 / 16.2 / 16.6 s vs
 #: 1.60 / 1.73 / 1.90 s; the median of the ratios)
 TTA_EVAL_COST = 9.3
+
+def _cnn128_hint_weighted(steps: int | None = None) -> dict[str, Any]:
+    """#50's learner: small_cnn128 with two rehearsal rounds, dihedral, the paired test at the first crossing, the
+    selection hint and the importance-weighted gate; ``steps`` per update if not the loop's."""
+    return {**_rehearsal(rounds=2, paired="new-class", steps=steps), "hints": {"enabled": True},
+            "eval": {"paired": "new-class", "weighted": True}, "stage_scale": CNN128_COST}
+
 
 #: Stage times ``bench freshness`` measured on 2026-12-02 on this 2-core VM while it ran ~3x slower per trainer step
 #: than for the run of record (bootstrap 2.4-3.2 ms per sample step): one run at 20 and one at 40 optimiser steps
@@ -290,16 +298,11 @@ VARIANTS: dict[str, Variant] = {
     "cnn128-rehearse-dihedral-paired-new-hint-weighted": Variant(
         "cnn128-rehearse-dihedral-paired-new-hint-weighted", "cnn128-rehearse-dihedral-paired-new-hint with the gate's "
         "recent slice importance-weighted (eval.weighted)", bootstrap=CNN128_BOOT,
-        settings={**_rehearsal(rounds=2, paired="new-class"), "hints": {"enabled": True},
-                  "eval": {"paired": "new-class", "weighted": True},
-                  "stage_scale": CNN128_COST}),
+        settings=_cnn128_hint_weighted()),
     "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20": Variant(
         "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20", "cnn128-rehearse-dihedral-paired-new-hint-weighted "
         "with 20 optimiser steps per update, the loop's default before README #52", bootstrap=CNN128_BOOT,
-        settings={**_rehearsal(rounds=2, paired="new-class"), "hints": {"enabled": True},
-                  "eval": {"paired": "new-class", "weighted": True}, "update": {"steps": 20, "rehearse_steps": 20,
-                                                                             "rehearse_rounds": 2},
-                  "stage_scale": CNN128_COST}),
+        settings=_cnn128_hint_weighted(steps=20)),
     "dihedral-boot": Variant("dihedral-boot", "dihedral in the bootstrap as well as in every update step",
                              bootstrap={"augment": "dihedral"}, settings={"strategy_settings": {"augment": "dihedral"}}),
     "calib-drift": Variant("calib-drift", "edge input calibration, engaged by the drift signal (edge.model)",

@@ -15,7 +15,8 @@ copied), with the demo's *default* timing-relevant settings (:mod:`deploy.demo.p
 * a bootstrap ``small_cnn`` on ``sim:parts`` ROI crops (the demo's bootstrap phase), before anything else
   competes for the CPU;
 * :class:`trainer.service.TrainerService` in this process: oracle labeller, the demo's update settings
-  (``deploy.demo.plan.trainer_settings``: B=32, min batch 8, K=40 Adam steps, T = max(5 s, stream/15),
+  (``deploy.demo.plan.trainer_settings``: B=32, min batch 8, K=40 Adam steps (20 on a machine the
+  bootstrap finds slow), T = max(5 s, stream/15),
   1 torch thread), gate on every update, dynamo ONNX export;
 * :class:`deploy.service.DeployService` (``edgeloop deploy run``'s controller, promotion intake and
   :class:`deploy.rollout_feeder.RolloutFeeder`, fed by the trainer's announcements over MQTT; one rollout at
