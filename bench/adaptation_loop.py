@@ -128,6 +128,7 @@ class LoopSettings:
     upper_bound: bool = True
     upper_steps: int = 100
     upper_every: int = 2
+    upper_augment: str | None = None     # trainer.augment's name for the upper bound's minibatches (None: as drawn)
     frozen: bool = True
 
     @property
@@ -139,10 +140,19 @@ class LoopSettings:
         return self.soak_s if self.soak_s is not None else max(3.0, round(self.stream_s / 25.0, 1))
 
 
+#: The nets as trainer/nets.py computes them now (channels-last, pooling before the ReLU) over the nets a freshness run
+#: that does not record ``nets`` trained: thread CPU of an update step and of a 500-input evaluation, small_cnn at
+#: 64x64, one torch thread, medians of 5 interleaved rounds (``python -m bench.step_cost``, 2026-12-02, on a loaded
+#: machine). Each stage is scaled whole: the steps dominate an update, the candidate's forward passes an evaluation.
+NETS_NOW_OVER_BEFORE = {"update_s": 0.751, "evaluate_s": 0.510}
+
+
 def stage_times(results_json: Path) -> dict[str, float]:
     """Median stage times of ``bench freshness`` (label, update, evaluation, export, per-wave delivery), if
     bench/results.json has them; {} otherwise. ``update_steps`` is the optimiser steps per update that run
-    measured (20 for runs before it was recorded): a loop with other steps scales ``update_s`` by them."""
+    measured (20 for runs before it was recorded): a loop with other steps scales ``update_s`` by them. A run that
+    does not record its ``nets`` trained the nets before they went channels-last: its update and evaluation are
+    scaled by :data:`NETS_NOW_OVER_BEFORE`."""
     import json
 
     try:
@@ -160,6 +170,9 @@ def stage_times(results_json: Path) -> dict[str, float]:
     soaks = int(settings.get("rollout", {}).get("soaked_waves", 2))
     out["wave_delay_s"] = max(0.05, (st["rollout"]["p50"] - soaks * soak) / 2.0)
     out["update_steps"] = settings.get("update", {}).get("steps", 20)
+    if "nets" not in settings:  # measured on the nets before they went channels-last: charge them as they are now
+        for stage, factor in NETS_NOW_OVER_BEFORE.items():
+            out[stage] *= factor
     out["freshness_p50_s"] = fig.get("total_p50_s")
     out["freshness_p95_s"] = fig.get("total_p95_s")
     return {k: float(v) for k, v in out.items() if v is not None}
@@ -216,8 +229,10 @@ class UpperBound:
     part of that data), and nothing it learns is ever thrown away or replayed from a bounded memory.
     """
 
-    def __init__(self, state_dir: Path, steps: int, seed: int) -> None:
+    def __init__(self, state_dir: Path, steps: int, seed: int, augment: str | None = None) -> None:
         import torch
+
+        from trainer.augment import parse_augment
 
         from trainer.checkpoint import load_checkpoint
 
@@ -231,6 +246,7 @@ class UpperBound:
         self.x0, self.y0 = mem["x"], mem["y"]
         self.steps = steps
         self.seed = seed
+        self.augment = parse_augment(augment)  # each minibatch changed as the loop's learner changes its own
         self.model = copy.deepcopy(self.base)
         self.model.eval()
         self.opt: Any = None
@@ -239,6 +255,7 @@ class UpperBound:
         import torch
         import torch.nn.functional as F
 
+        from trainer.augment import augment
         from trainer.nets import grow_head
 
         for n in names:
@@ -258,7 +275,8 @@ class UpperBound:
         model.train()
         for _ in range(self.steps):
             idx = torch.multinomial(w, 32, replacement=True, generator=g)
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            xb = augment(x[idx], self.augment, g) if self.augment is not None else x[idx]
+            loss = F.cross_entropy(model(xb), y[idx])
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -393,7 +411,7 @@ def run_loop(state_src: Path, workdir: Path, urls: list[str], s: LoopSettings, s
         labels = list(cams[0].src.labels)
         frozen = cams[0].load(boot_path) if s.frozen else None
         frozen_cal = [c.load(boot_path) for c in cams] if s.frozen and s.calibration != "off" else []
-        ub = UpperBound(state, s.upper_steps, seed) if s.upper_bound else None
+        ub = UpperBound(state, s.upper_steps, seed, s.upper_augment) if s.upper_bound else None
         ub_model = copy.deepcopy(ub.model) if ub else None
         ub_pending: list[tuple[float, Any]] = []
         n_frames = int(round(s.stream_s * s.fps))

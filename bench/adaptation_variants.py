@@ -98,8 +98,6 @@ def _react(budget_factor: float = 2.0, batch: int = 16, wait_s: float = 3.0, ste
     return make
 
 
-#: small_cnn128's CPU per update step (B=64) and per evaluation over small_cnn's at 64x64, one torch thread, measured
-#: in one run on 2026-11-30 (816 vs 320 ms; 3.26 vs 1.20 s for 500 inputs): the loop charges its stages this much more
 def _rehearsal(rounds: int = 3, augment: str = "dihedral", paired: str = "off", ema: float = 0.0,
                augment_from: str = "start", tta: bool = False, steps: int | None = None) -> dict[str, Any]:
     """Settings of the idle-time rehearsal variants (README #39-#42): 20-step rounds, at most ``rounds`` after each
@@ -115,8 +113,13 @@ def _rehearsal(rounds: int = 3, augment: str = "dihedral", paired: str = "off", 
             "eval": {"paired": paired}, **({"stage_scale": {"evaluate_s": TTA_EVAL_COST}} if tta else {})}
 
 
-CNN128_UPDATE_COST = 2.55
-CNN128_EVAL_COST = 2.7
+#: small_cnn128's CPU per update step (B=64) and per 500-input evaluation over small_cnn's at 64x64, both as
+#: trainer/nets.py computes them now, one torch thread, medians of 5 interleaved rounds (``python -m bench.step_cost``,
+#: 2026-12-02: 0.415 vs 0.179 s; 2.184 vs 0.937 s): the loop charges its stages this much more than the 64x64 ones.
+#: Rows before README #54 were measured on the nets before channels-last, charged 2.55 and 2.7 (816 vs 320 ms,
+#: 3.26 vs 1.20 s, one run on 2026-11-30).
+CNN128_UPDATE_COST = 2.32
+CNN128_EVAL_COST = 2.33
 #: what every small_cnn128 variant shares: its bootstrap, and its trainer stages charged the costs above
 CNN128_BOOT = {"arch": "small_cnn128"}
 CNN128_COST = {"update_s": CNN128_UPDATE_COST, "evaluate_s": CNN128_EVAL_COST}
@@ -125,11 +128,13 @@ CNN128_COST = {"update_s": CNN128_UPDATE_COST, "evaluate_s": CNN128_EVAL_COST}
 #: 1.60 / 1.73 / 1.90 s; the median of the ratios)
 TTA_EVAL_COST = 9.3
 
-def _cnn128_hint_weighted(steps: int | None = None) -> dict[str, Any]:
-    """#50's learner: small_cnn128 with two rehearsal rounds, dihedral, the paired test at the first crossing, the
-    selection hint and the importance-weighted gate; ``steps`` per update if not the loop's."""
-    return {**_rehearsal(rounds=2, paired="new-class", steps=steps), "hints": {"enabled": True},
-            "eval": {"paired": "new-class", "weighted": True}, "stage_scale": CNN128_COST}
+def _cnn128_hint_weighted(steps: int | None = None, rounds: int = 2, cpu: float = 1.0) -> dict[str, Any]:
+    """#50's learner: small_cnn128 with ``rounds`` rehearsal rounds, dihedral, the paired test at the first crossing,
+    the selection hint and the importance-weighted gate; ``steps`` per update if not the loop's; on a trainer with
+    ``cpu`` times this machine's CPU (update and evaluation charged 1/``cpu``; export as measured)."""
+    return {**_rehearsal(rounds=rounds, paired="new-class", steps=steps), "hints": {"enabled": True},
+            "eval": {"paired": "new-class", "weighted": True},
+            "stage_scale": {stage: cost / cpu for stage, cost in CNN128_COST.items()}}
 
 
 #: Stage times ``bench freshness`` measured on 2026-12-02 on this 2-core VM while it ran ~3x slower per trainer step
@@ -303,6 +308,18 @@ VARIANTS: dict[str, Variant] = {
         "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20", "cnn128-rehearse-dihedral-paired-new-hint-weighted "
         "with 20 optimiser steps per update, the loop's default before README #52", bootstrap=CNN128_BOOT,
         settings=_cnn128_hint_weighted(steps=20)),
+    "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-fast3": Variant(
+        "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-fast3", "cnn128-rehearse-dihedral-paired-new-hint-"
+        "weighted-k20 on a trainer with 3x this machine's CPU (update and evaluation charged a third; export as "
+        "measured), up to 6 rehearsal rounds (#46's question for #50's learner)", bootstrap=CNN128_BOOT,
+        settings=_cnn128_hint_weighted(steps=20, rounds=6, cpu=3.0)),
+    "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-upper": Variant(
+        "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-upper", "cnn128-rehearse-dihedral-paired-new-hint-"
+        "weighted-k20 beside an upper bound retrained after every update (150 steps on turned copies of every label "
+        "so far and the bootstrap set) and delivered with the loop's calendar: what any learner could reach from "
+        "the labels the loop gets, when it gets them (run without --no-upper)", bootstrap=CNN128_BOOT,
+        settings={**_cnn128_hint_weighted(steps=20), "upper_steps": 150, "upper_every": 1,
+                  "upper_augment": "dihedral"}),
     "dihedral-boot": Variant("dihedral-boot", "dihedral in the bootstrap as well as in every update step",
                              bootstrap={"augment": "dihedral"}, settings={"strategy_settings": {"augment": "dihedral"}}),
     "calib-drift": Variant("calib-drift", "edge input calibration, engaged by the drift signal (edge.model)",

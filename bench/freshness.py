@@ -462,6 +462,8 @@ class FreshnessRun(DemoApp):
 
     def _facts(self, uploaded: int) -> dict[str, Any]:
         """Run facts beside the figures: lengths, settings, bootstrap, machine load."""
+        from trainer.nets import NETS_LAYOUT
+
         policy, update = self.policy or demo_policy(self.demo_stream_s), trainer_settings(self.demo_stream_s, self.slow)
         return {
             "cameras": len(self.devices), "stream_s": round(self.t_stop - self.stream_t0, 1),
@@ -474,7 +476,7 @@ class FreshnessRun(DemoApp):
                                      "waves": policy.waves, "soak_s": policy.soak, "health_s": policy.health_seconds,
                                      "shadow": policy.shadow,
                                      "soaked_waves": soaked_waves(len(self.devices), tuple(policy.waves))},
-                         "bootstrap_frames": self.opts.bootstrap_frames},
+                         "bootstrap_frames": self.opts.bootstrap_frames, "nets": NETS_LAYOUT},
             "bootstrap": {k: self.rec.bootstrap.get(k) for k in ("version", "epochs", "accuracy", "macro_f1", "seconds")}
             if self.rec.bootstrap else {},
             "load": self.load,

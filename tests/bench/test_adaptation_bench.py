@@ -201,6 +201,27 @@ def test_the_update_is_charged_by_its_optimiser_steps(tmp_path) -> None:  # type
     assert k20.update_s == pytest.approx(demo.update_s / 2)
 
 
+def test_a_freshness_run_on_the_nets_before_channels_last_is_charged_as_the_nets_are_now(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The run of record trained the nets before they went channels-last: its update and evaluation are scaled by
+    the measured ratio; a run that records its nets is charged as measured; the other stages never."""
+    import json
+
+    from bench.adaptation_loop import NETS_NOW_OVER_BEFORE, stage_times
+    from trainer.nets import NETS_LAYOUT
+
+    fig = {"stages": {k: {"p50": v} for k, v in (("label", 0.2), ("update", 3.0), ("evaluation", 0.7),
+                                                   ("export", 1.1), ("rollout", 9.0))}, "total_p50_s": 25.0}
+    doc = {"benchmarks": [{"name": "freshness", "figures": fig}]}
+    (tmp_path / "before.json").write_text(json.dumps(doc))
+    fig["settings"] = {"nets": NETS_LAYOUT}
+    (tmp_path / "now.json").write_text(json.dumps(doc))
+    before, now = stage_times(tmp_path / "before.json"), stage_times(tmp_path / "now.json")
+    assert now["update_s"] == 3.0 and now["evaluate_s"] == 0.7
+    assert before["update_s"] == pytest.approx(3.0 * NETS_NOW_OVER_BEFORE["update_s"]) and before["update_s"] < 3.0
+    assert before["evaluate_s"] == pytest.approx(0.7 * NETS_NOW_OVER_BEFORE["evaluate_s"]) and before["evaluate_s"] < 0.7
+    assert all(before[k] == now[k] for k in ("label_delay_s", "export_s", "wave_delay_s"))
+
+
 def test_every_variants_strategy_settings_are_settings_its_strategy_has() -> None:
     """A misspelt setting in a variant fails here, not ten minutes into a benchmark run."""
     from trainer.strategies import strategy_settings
