@@ -24,20 +24,27 @@ from typing import Any
 ARMS = [("small_cnn", 64), ("small_cnn128", 128)]
 
 
-def build(arch: str, layout: str) -> Any:
-    """``arch`` as trainer.nets builds it now (``layout`` "now"), or as it was built before (``"before"``)."""
+def relu_first(model: Any) -> Any:
+    """A copy of a camera net with the same parameters, computed as the nets were before: each block's ReLU before
+    its pooling, the weights contiguous (NCHW)."""
+    import copy
+
     import torch
     from torch import nn
 
+    old = copy.deepcopy(model)
+    for block in old.modules():
+        if isinstance(block, nn.Sequential) and len(block) == 4 and isinstance(block[2], nn.MaxPool2d):
+            block[2], block[3] = block[3], block[2]
+    return old.to(memory_format=torch.contiguous_format)
+
+
+def build(arch: str, layout: str) -> Any:
+    """``arch`` as trainer.nets builds it now (``layout`` "now"), or as it was built before (``"before"``)."""
     from trainer.nets import build_model
 
     model = build_model(arch, 5).eval()
-    if layout == "before":
-        for block in model.modules():
-            if isinstance(block, nn.Sequential) and len(block) == 4 and isinstance(block[2], nn.MaxPool2d):
-                block[2], block[3] = block[3], block[2]
-        model = model.to(memory_format=torch.contiguous_format)
-    return model
+    return relu_first(model) if layout == "before" else model
 
 
 def measure(arch: str, size: int, layout: str, steps: int = 4) -> tuple[float, float]:

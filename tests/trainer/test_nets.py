@@ -1,22 +1,12 @@
 """The camera nets: the layout they compute in changes their speed, never their function or their checkpoints."""
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from torch import nn
 
+from bench.step_cost import relu_first as _relu_first
 from trainer.nets import CHANNELS_LAST, build_model
-
-
-def _relu_first(model: nn.Module) -> nn.Module:
-    """The same parameters in the order the nets had before: conv, batch norm, ReLU, pooling; NCHW weights."""
-    old = copy.deepcopy(model)
-    for block in old.modules():
-        if isinstance(block, nn.Sequential) and len(block) == 4 and isinstance(block[2], nn.MaxPool2d):
-            block[2], block[3] = block[3], block[2]
-    return old.to(memory_format=torch.contiguous_format)
 
 
 @pytest.mark.parametrize("arch,size", [("small_cnn", 64), ("small_cnn128", 128)])
