@@ -526,7 +526,9 @@ class DemoApp:
         self.rec.trainer = {"labelled": st["store"]["labelled"], "samples": st["store"]["samples"],
                             "heldout": st["store"]["heldout"], "per_class": st["store"]["per_class"],
                             "counters": st["counters"], "labels": st["labels"], "promoted": st["promoted"],
-                            "ingest": st.get("ingest", {})}
+                            "ingest": st.get("ingest", {}), "degraded": st.get("degraded") or {},
+                            "quarantine": [q["reason"] for q in st.get("quarantine") or []],
+                            "last_decision": (st.get("last_decision") or {}).get("reason")}
         for r in self.trainer.registry.list():
             self.rec.versions.append({"version": r.version, "parent": r.parent, "status": r.status,
                                       "path": str(r.path), "labels": r.labels, "samples_seen": r.samples_seen,

@@ -172,9 +172,10 @@ def compute_summary(rec: Any, confusion: dict[str, Any] | None = None) -> dict[s
         "bootstrap": _get(rec, "bootstrap"),
         "timeline": {k: _get(rec, "timeline")[k] for k in ("lighting_s", "newclass_s", "ramp_s", "lighting", "newclass")},
         "broker": _get(rec, "broker"),
-        "trainer": {k: tr.get(k) for k in ("counters", "per_class", "heldout", "labels")},
+        "trainer": {k: tr.get(k) for k in ("counters", "per_class", "heldout", "labels", "degraded", "quarantine",
+                                           "last_decision")},
         "confusion": confusion,
-        "warnings": chance_warnings(confusion),
+        "warnings": chance_warnings(confusion) + trainer_warnings(tr, stream_s),
         "pids": _get(rec, "pids"),
         "interrupted": _get(rec, "interrupted"),
         "errors": _get(rec, "errors"),
@@ -249,6 +250,23 @@ def chance_warnings(confusion: dict[str, Any] | None) -> list[str]:
         why = collapse_reason(pred, truth, len(cm))
         if why:
             out.append(f"the {name} model {m['version']} {why} on {cm.sum()} post-drift frames: CHANCE LEVEL")
+    return out
+
+
+def trainer_warnings(tr: dict[str, Any], stream_s: float) -> list[str]:
+    """A loud line when the trainer learned nothing the fleet could use, with why: a demo whose cameras ran the
+    bootstrap model all along must say so, not look like a loop that converged (issue 16: "nothing warned")."""
+    counters = tr.get("counters") or {}
+    out = []
+    if not counters.get("promotions") and tr.get("labelled"):
+        out.append(f"the trainer promoted no version in {stream_s:.0f} s of stream: {tr['labelled']} labels, "
+                   f"{counters.get('updates', 0)} updates, {counters.get('quarantined', 0)} quarantined; last gate "
+                   f"decision: {tr.get('last_decision') or 'none'}")
+    if tr.get("quarantine"):
+        out.append(f"the trainer quarantined {len(tr['quarantine'])} batch(es), the first for "
+                   f"{tr['quarantine'][0]} (`edgeloop trainer quarantine list`)")
+    for part, why in (tr.get("degraded") or {}).items():
+        out.append(f"the trainer ended degraded ({part}): {why}")
     return out
 
 

@@ -1,9 +1,10 @@
-"""The demo's chance-level warning: a dead model on the post-drift frames is named, a working one is not."""
+"""The demo's loud lines: a dead model on the post-drift frames is named, a working one is not; a trainer that
+promoted nothing, quarantined a batch or ended degraded says so and why."""
 from __future__ import annotations
 
 import pytest
 
-from deploy.demo.report import chance_warnings
+from deploy.demo.report import chance_warnings, trainer_warnings
 
 
 def _conf(matrix: list[list[int]], version: str = "v0009") -> dict:
@@ -22,6 +23,32 @@ def test_a_spread_out_guess_is_at_chance_and_a_working_model_is_quiet() -> None:
     assert "accuracy at chance" in chance_warnings(guess)[0]
     good = _conf([[28, 1, 1], [2, 27, 1], [3, 3, 24]])
     assert chance_warnings(good) == [] and chance_warnings(None) == []
+
+
+def _trainer(**kw) -> dict:
+    return {"labelled": 120, "counters": {"updates": 9, "promotions": 0, "quarantined": 0},
+            "degraded": {}, "quarantine": [], "last_decision": "whole set: accuracy 0.80 vs best 0.95: regression", **kw}
+
+
+def test_a_trainer_that_promoted_nothing_says_how_far_it_got() -> None:
+    (w,) = trainer_warnings(_trainer(), 101.9)
+    assert "promoted no version in 102 s" in w and "120 labels, 9 updates, 0 quarantined" in w
+    assert "last gate decision: whole set: accuracy 0.80 vs best 0.95" in w
+
+
+def test_quarantined_batches_and_a_degraded_trainer_are_named_with_their_reasons() -> None:
+    tr = _trainer(counters={"updates": 3, "promotions": 2, "quarantined": 1},
+                  quarantine=["RuntimeError: non-finite weights after the update"],
+                  degraded={"learner": "disk full (No space left on device)"})
+    assert trainer_warnings(tr, 100.0) == [
+        "the trainer quarantined 1 batch(es), the first for RuntimeError: non-finite weights after the update "
+        "(`edgeloop trainer quarantine list`)",
+        "the trainer ended degraded (learner): disk full (No space left on device)"]
+
+
+def test_a_trainer_that_promoted_or_had_no_labels_is_quiet() -> None:
+    assert trainer_warnings(_trainer(counters={"updates": 9, "promotions": 4}), 100.0) == []
+    assert trainer_warnings(_trainer(labelled=0), 100.0) == []  # nothing to learn from is not the trainer's failure
 
 
 def test_a_busy_machine_still_gets_a_bootstrap_that_can_learn(monkeypatch: pytest.MonkeyPatch) -> None:

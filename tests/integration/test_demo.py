@@ -60,12 +60,29 @@ def test_ran_to_the_end_in_time(demo: dict) -> None:
 def test_models_promoted_and_rolled_out(demo: dict) -> None:
     s = demo["summary"]
     promoted = [v for v in s["model_versions"] if v["origin"] != "bootstrap"]
-    assert promoted, s["model_versions"]
+    assert promoted, (s["model_versions"], s["trainer"], s["warnings"], _trainer_log(demo["out"]))
     assert all(v["heldout_accuracy"] is not None for v in s["model_versions"])
     assert s["rollouts"], "no rollout started"
     assert any(r["outcome"] == "completed" and r["waves"] >= 1 for r in s["rollouts"]), s["rollouts"]
     # the cameras ended on a promoted version, not the bootstrap one
     assert any(v != "v0001" for v in s["final_models"].values()), s["final_models"]
+
+
+def test_the_trainer_ran_clean(demo: dict) -> None:
+    """No batch quarantined, nothing degraded, and so no trainer line among the demo's warnings."""
+    s = demo["summary"]
+    assert s["trainer"]["quarantine"] == [] and s["trainer"]["degraded"] == {}, (s["trainer"], _trainer_log(demo["out"]))
+    assert not [w for w in s["warnings"] if w.startswith("the trainer")], s["warnings"]
+
+
+def _trainer_log(out: Path, lines: int = 40) -> str:
+    """The trainer's updates, gate decisions and failures from the demo's log: what a failed run needs to be read."""
+    log = out / "logs" / "demo.log"
+    if not log.exists():
+        return "(no demo.log)"
+    keep = [ln for ln in log.read_text(errors="replace").splitlines()
+            if "trainer." in ln and ("update" in ln or "gate" in ln or "ERROR" in ln or "WARNING" in ln)]
+    return "\n".join(keep[-lines:])
 
 
 def test_loop_beats_frozen_after_drift(demo: dict) -> None:
