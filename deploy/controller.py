@@ -6,7 +6,7 @@ where the last one stopped)::
 
     awaiting_approval --approve--> running ...        --reject--> rejected
        (a newer version promoted while it waits, not yet approved --> superseded)
-    running --(wave healthy for `soak`)--> running (next wave) ... --> completed
+    running --(wave reported healthy, `soak` after it went out)--> running (next wave) ... --> completed
        |  ^
        v  |  pause / resume
      paused
@@ -552,13 +552,13 @@ class Controller:
             self.store.add_event(r.id, "breach", verdict.breach)
             self._begin_rollback(r, verdict.breach)
             return
-        if gate.wave_done(verdict.wave, r.policy):
-            if r.soak_started is None:
-                self.store.start_soak(r.id)
-            elif time.time() - r.soak_started >= r.policy.soak:
-                self._finish_wave(r, verdict.wave)
-        elif r.soak_started is not None:
-            self.store.reset_soak(r.id)
+        # The soak runs beside the devices' health watch, as a canary's pause runs beside its analysis: the wave
+        # advances once its devices reported healthy *and* it has been out for ``soak`` (or since a resume). A
+        # soak that began only after the reports made every canary wait health_seconds + soak: 12 of the demo's
+        # 14 s per rollout, and `bench freshness` 36 s where the goal is 30.
+        since = r.soak_started if r.soak_started is not None else r.wave_started
+        if gate.wave_done(verdict.wave, r.policy) and since is not None and time.time() - since >= r.policy.soak:
+            self._finish_wave(r, verdict.wave)
 
     def _publish_wave(self, r: Rollout) -> None:
         waves = r.policy.waves

@@ -4,8 +4,8 @@ A rollout's :class:`Policy` is its wave plan plus the gate's thresholds. Each ti
 current wave's devices by what they report about this rollout (:func:`count_wave`), then asks every check
 in :data:`BREACH_CHECKS` in turn; the first reason returned halts the rollout and rolls it back. A wave
 advances when none of its online devices is still pending, at least ``min_reporting`` of its devices (at
-least one, at most the wave's size) run the new version and reported it healthy, and that has lasted the
-policy's ``soak``. A wave nobody reports from does not advance: after ``wave_timeout`` it halts with
+least one, at most the wave's size) run the new version and reported it healthy, and the wave has been out
+for the policy's ``soak`` (the soak runs beside the devices' health watch, not after it). A wave nobody reports from does not advance: after ``wave_timeout`` it halts with
 ``no_reports`` (issue 12: a forged "offline" for every canary device must not let a wave through unchecked).
 
 What counts (issue 12): only a wave's *members*, which the controller takes from its device registry
@@ -47,7 +47,8 @@ class Policy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     versions.
 
     ``waves``: fractions of the known devices in each wave (nested; 1.0 is appended if missing); a wave
-    advances once it has been healthy for ``soak`` seconds. ``max_failed``: halt when more than this
+    advances once its devices reported healthy and it has been out for ``soak`` seconds (since a resume, if
+    later): the soak runs beside the devices' health watch, so a canary's exposure is max(soak, health watch). ``max_failed``: halt when more than this
     fraction of the wave's online devices reports the new version failed (any reason, including the
     device's own health rollback). ``wave_timeout``: devices of a wave that neither finish nor fail in
     time halt the rollout (and bound how long a rollback waits for devices).
@@ -62,7 +63,7 @@ class Policy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     ``min_reporting``: devices of each wave (at least 1; a smaller wave needs all of its members) that must run
     the new version, have reported it healthy after their health watch (``health_seconds``) and sent stats
-    since, before the wave's soak counts. Fewer than that after ``wave_timeout``: halt with ``no_reports``.
+    since, before the wave may advance. Fewer than that after ``wave_timeout``: halt with ``no_reports``.
 
     ``health_seconds``: how long each device watches the new model after its swap (sent to devices).
     ``expiry``: lifetime of a signed manifest (the controller re-signs the fleet's at half of it).

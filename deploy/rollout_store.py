@@ -96,7 +96,7 @@ class Rollout(msgspec.Struct, kw_only=True, frozen=True):
     below: int = 0                  # bucket bound of the current wave (never shrinks: waves are nested)
     wave_published: bool = False    # the current wave's manifest is out
     wave_started: float | None = None   # when it went out (or when a rollback began)
-    soak_started: float | None = None   # since when the wave has looked done
+    soak_started: float | None = None   # since when its soak counts, if not wave_started: the last resume
     reason: str | None = None       # why it halted or ended
     command: str | None = None      # queued operator command, see COMMANDS
     command_detail: str | None = None   # who queued it (and a rejection's reason)
@@ -416,7 +416,7 @@ class RolloutStore:
         if state in TERMINAL:
             sets, args = sets + ", finished=?", [*args, time.time()]
         elif state == State.RUNNING:
-            sets += ", soak_started=NULL"
+            sets, args = sets + ", soak_started=?", [*args, time.time()]
         elif state == State.ROLLING_BACK:
             sets, args = sets + ", wave_started=?", [*args, time.time()]
         where = f" AND state IN ({','.join('?' * len(sources))})"
@@ -435,12 +435,6 @@ class RolloutStore:
     def mark_wave_published(self, rid: str, below: int) -> None:
         """The current wave's manifest is out, targeting buckets below ``below``; its clock starts now."""
         self._update(rid, "below=?, wave_published=1, wave_started=?, soak_started=NULL", (below, time.time()))
-
-    def start_soak(self, rid: str) -> None:
-        self._update(rid, "soak_started=?", (time.time(),))
-
-    def reset_soak(self, rid: str) -> None:
-        self._update(rid, "soak_started=NULL")
 
     def next_wave(self, rid: str, to: int | None = None) -> None:
         """Advance to the next wave, or to wave index ``to`` (published on the next tick)."""

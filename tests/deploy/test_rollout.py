@@ -1,6 +1,7 @@
 """End-to-end rollouts over a real mosquitto: one controller, 20 light devices running the real updater."""
 from __future__ import annotations
 
+import time
 
 import pytest
 
@@ -61,6 +62,40 @@ def test_wave_that_adds_no_device_is_skipped(rollout_env, models) -> None:
     skipped = next(e for e in events if e.kind == "wave_skipped")
     assert "wave 2/3 25%" in skipped.detail and "1 already in" in skipped.detail
     assert ctl.counters["waves_skipped"] == 1 and ctl.counters["waves_published"] == 2
+
+
+def test_the_soak_runs_beside_the_devices_health_watch(rollout_env, models) -> None:
+    """A wave advances once its devices reported healthy and it has been out for the soak, not a soak after the
+    reports: the demo's canary waited its 7.2 s health watch and then 4.8 s more (bench freshness 36 s, goal 30).
+    The canary's soak is made to have begun long ago; the wave goes on as soon as the report is in."""
+    ctl, lf = rollout_env(4)
+    with ctl._lock:  # the controller's own ticks wait while the wave's clock is set back
+        rid = ctl.start_rollout("v0002", models["good2"], Policy(waves=[0.25, 1.0], soak=600, health_seconds=1.0,
+                                                                 wave_timeout=900),
+                                previous=("v0001", models["good1"]))
+        ctl.tick()
+        r = ctl.store.rollout(rid)
+        assert r.wave_published and r.wave == 0
+        ctl.store._update(rid, "wave_started=?", (time.time() - 600,))  # out for the whole soak already
+    # the canary's wave goes on as soon as its report is in, not 600 s after it
+    wait_for(lambda: ctl.store.rollout(rid).wave == 1, 30, "the canary's wave to advance on its health report")
+    wait_for(lambda: set(lf.versions().values()) == {"v0002"}, 30, "the last wave on every device")
+    assert ctl.store.rollout(rid).state == "running"  # the last wave soaks its own 600 s
+
+
+def test_a_wave_does_not_advance_before_its_soak_even_when_reported_healthy(rollout_env, models) -> None:
+    ctl, lf = rollout_env(4)
+    rid = ctl.start_rollout("v0002", models["good2"], Policy(waves=[0.25, 1.0], soak=600, health_seconds=0.5,
+                                                             wave_timeout=900),
+                            previous=("v0001", models["good1"]))
+    wait_for(lambda: ctl.store.rollout(rid).wave_published, 10, "wave 1")
+    canary = _wave1_members(ctl, rid)
+    wait_for(lambda: all(lf.versions()[d] == "v0002" for d in canary), 30, "canary active")
+    wait_for(lambda: len(ctl.evaluate(ctl.store.rollout(rid)).wave.reporting) >= 1, 30, "the canary's health report")
+    time.sleep(1.0)  # ticks every 50 ms: twenty chances to advance too early
+    r = ctl.store.rollout(rid)
+    assert (r.state, r.wave) == ("running", 0)
+    assert {d for d, v in lf.versions().items() if v == "v0002"} == canary
 
 
 @pytest.mark.parametrize("bad, version, reason", [("nan", "v0003", "smoke_test"),

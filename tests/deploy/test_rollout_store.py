@@ -27,8 +27,9 @@ def test_a_rollout_walks_its_waves_as_typed_rows(store: RolloutStore) -> None:
     store.mark_wave_published(r.id, 1234)
     got = store.rollout(r.id)
     assert got is not None and got.wave_published and got.below == 1234 and got.wave_started is not None
-    store.start_soak(r.id)
-    assert store.rollout(r.id).soak_started is not None
+    assert got.soak_started is None  # the wave's soak counts from wave_started
+    assert store.set_state(r.id, State.PAUSED) and store.set_state(r.id, State.RUNNING)
+    assert store.rollout(r.id).soak_started >= got.wave_started  # a resume starts the soak again
     store.next_wave(r.id)
     got = store.rollout(r.id)
     assert (got.wave, got.wave_published, got.soak_started, got.below) == (1, False, None, 1234)
