@@ -388,7 +388,7 @@ class Updater:
         self._mem: dict[int, bytes] = {}
         self._inflight: set[int] = set()
         self._chunk_dir: Path | None = None
-        self.chunks_received = 0  # chunk messages that arrived (tests: "resume does not refetch")
+        self.chunks_received = 0  # chunk messages of the pending download that arrived, redeliveries included
         self.storage_errors = 0  # chunk or model writes the disk refused (full, read-only): /metrics
         self._storage_retry_at = 0.0  # monotonic time of the next try after such a refusal (0: none due)
         self._assemble_due = False  # the refused write was the assembled model's (its chunks are in _mem)
