@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from urllib.parse import urlsplit
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -192,7 +193,9 @@ def test_01_login(stack: dict[str, Any]) -> None:
     drv.find_element(By.NAME, "password").send_keys(stack["password"])
     shot(drv, "login")
     drv.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    wait_for(lambda: drv.current_url.endswith("/fleet"), 10, what="the fleet page after login")
+    # The failed login left the browser on /login?error=bad&next=/fleet, which also ends in "/fleet":
+    # wait for the path itself, or the cookie is read before the second login has answered.
+    wait_for(lambda: urlsplit(drv.current_url).path == "/fleet", 10, what="the fleet page after login")
     cookie = drv.get_cookie("edgeloop_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
 
