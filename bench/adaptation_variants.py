@@ -123,18 +123,29 @@ CNN128_EVAL_COST = 2.33
 #: what every small_cnn128 variant shares: its bootstrap, and its trainer stages charged the costs above
 CNN128_BOOT = {"arch": "small_cnn128"}
 CNN128_COST = {"update_s": CNN128_UPDATE_COST, "evaluate_s": CNN128_EVAL_COST}
+#: small_cnn128's update step with its first two blocks frozen (``strategy.frozen_blocks: 2``) over the whole net's, in
+#: the same run (``python -m bench.step_cost``, 2026-12-02, a quiet machine: 0.075 vs 0.156 s); its evaluation is the
+#: whole net's
+FROZEN2_STEP = 0.48
 #: an evaluation asking the eight views (trainer.nets.DihedralMean) over one asking one, small_cnn at 64x64, one torch
 #: thread, 500 inputs, thread CPU of three runs on 2026-12-01 on a loaded machine (15.7 / 16.2 / 16.6 s vs
 #: 1.60 / 1.73 / 1.90 s; the median of the ratios)
 TTA_EVAL_COST = 9.3
 
-def _cnn128_hint_weighted(steps: int | None = None, rounds: int = 2, cpu: float = 1.0) -> dict[str, Any]:
+def _cnn128_hint_weighted(steps: int | None = None, rounds: int = 2, cpu: float = 1.0,
+                          frozen: int = 0) -> dict[str, Any]:
     """#50's learner: small_cnn128 with ``rounds`` rehearsal rounds, dihedral, the paired test at the first crossing,
     the selection hint and the importance-weighted gate; ``steps`` per update if not the loop's; on a trainer with
-    ``cpu`` times this machine's CPU (update and evaluation charged 1/``cpu``; export as measured)."""
-    return {**_rehearsal(rounds=rounds, paired="new-class", steps=steps), "hints": {"enabled": True},
-            "eval": {"paired": "new-class", "weighted": True},
-            "stage_scale": {stage: cost / cpu for stage, cost in CNN128_COST.items()}}
+    ``cpu`` times this machine's CPU (update and evaluation charged 1/``cpu``; export as measured); with its first
+    ``frozen`` blocks frozen in updates (0 or 2; its steps charged :data:`FROZEN2_STEP` of the whole net's)."""
+    settings = _rehearsal(rounds=rounds, paired="new-class", steps=steps)
+    cost = dict(CNN128_COST)
+    if frozen:
+        assert frozen == 2, "only two frozen blocks have a measured cost"
+        settings["strategy_settings"]["frozen_blocks"] = frozen
+        cost["update_s"] *= FROZEN2_STEP
+    return {**settings, "hints": {"enabled": True}, "eval": {"paired": "new-class", "weighted": True},
+            "stage_scale": {stage: c / cpu for stage, c in cost.items()}}
 
 
 #: Stage times ``bench freshness`` measured on 2026-12-02 on this 2-core VM while it ran ~3x slower per trainer step
@@ -313,6 +324,14 @@ VARIANTS: dict[str, Variant] = {
         "weighted-k20 on a trainer with 3x this machine's CPU (update and evaluation charged a third; export as "
         "measured), up to 6 rehearsal rounds (#46's question for #50's learner)", bootstrap=CNN128_BOOT,
         settings=_cnn128_hint_weighted(steps=20, rounds=6, cpu=3.0)),
+    "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-frozen2": Variant(
+        "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-frozen2", "cnn128-rehearse-dihedral-paired-new-hint-"
+        "weighted-k20 with the first two of its five blocks frozen in updates (strategy.frozen_blocks: 2): a step "
+        "costs about half", bootstrap=CNN128_BOOT, settings=_cnn128_hint_weighted(steps=20, frozen=2)),
+    "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-frozen2-r6": Variant(
+        "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-frozen2-r6", "cnn128-rehearse-dihedral-paired-new-"
+        "hint-weighted-k20-frozen2 with up to 6 rehearsal rounds after each update instead of 2",
+        bootstrap=CNN128_BOOT, settings=_cnn128_hint_weighted(steps=20, rounds=6, frozen=2)),
     "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-upper": Variant(
         "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-upper", "cnn128-rehearse-dihedral-paired-new-hint-"
         "weighted-k20 beside an upper bound retrained after every update (150 steps on turned copies of every label "

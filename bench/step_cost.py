@@ -11,7 +11,8 @@ of the rounds, on one torch thread (the trainer's share of a camera box)::
 
 "before" rebuilds each net in the ReLU-first order with contiguous (NCHW) weights: the same parameters, so the same
 function, computed the old way. A step is the trainer's: B=64 (a batch and as many replayed), cross-entropy, Adam,
-batch norm in inference mode (``strategy.freeze_bn``); an evaluation is 500 inputs without gradients.
+batch norm in inference mode (``strategy.freeze_bn``); an evaluation is 500 inputs without gradients. "frozen2" is
+"now" with the first two blocks of the net's features frozen (``strategy.frozen_blocks: 2``): the step only.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import time
 from typing import Any
 
 ARMS = [("small_cnn", 64), ("small_cnn128", 128)]
+LAYOUTS = ("before", "now", "frozen2")
 
 
 def relu_first(model: Any) -> Any:
@@ -44,6 +46,10 @@ def build(arch: str, layout: str) -> Any:
     from trainer.nets import build_model
 
     model = build_model(arch, 5).eval()
+    if layout == "frozen2":
+        for block in list(model.features.children())[:2]:
+            for p in block.parameters():
+                p.requires_grad_(False)
     return relu_first(model) if layout == "before" else model
 
 
@@ -85,7 +91,7 @@ def run(rounds: int = 5) -> dict[str, Any]:
     got: dict[str, list[tuple[float, float]]] = {}
     for _ in range(rounds):
         for arch, size in ARMS:
-            for layout in ("before", "now"):
+            for layout in LAYOUTS:
                 got.setdefault(f"{arch}/{layout}", []).append(measure(arch, size, layout))
     med = {k: {"step_s": statistics.median(s for s, _ in v), "eval_s": statistics.median(e for _, e in v)}
            for k, v in got.items()}

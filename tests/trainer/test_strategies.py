@@ -464,3 +464,28 @@ def test_ema_new_rows_start_as_the_models():
     assert torch.equal(s.candidate().head.bias[2], model.head.bias[2])
     with pytest.raises(ValueError, match="ema"):
         make_strategy("iw-er", tiny_model(2), adam, config={"ema": 1.0})
+
+
+@pytest.mark.parametrize("name", ["iw-er", "der++", "mer"])
+def test_frozen_blocks_keep_their_weights_and_the_rest_learns_through_growth_and_a_checkpoint(name):
+    """frozen_blocks N: an update, a rehearsal and a grown head leave the first N modules of ``features`` exactly
+    as they were, while the later ones and the head learn; a checkpoint written without the setting loads."""
+    model = tiny_model(2)
+    plain = make_strategy(name, tiny_model(2, seed=1), adam, capacity=50, config={"replay_batch_size": 10})
+    s = make_strategy(name, model, adam, capacity=50, config={"replay_batch_size": 10, "frozen_blocks": 2})
+    s.load_state_dict(plain.state_dict())  # same parameters, same optimiser shape: loads whatever the setting
+    head0 = model.head.weight.detach().clone()
+    frozen = [p.detach().clone() for p in model.features[1].parameters()]  # Flatten has none: module 1 is the Linear
+    x, y = make_data([0, 1, 2], 10, seed=0)
+    s.update(LabelledBatch(x, y), steps=3)  # label 2 grows the head
+    s.rehearse(steps=2)
+    assert model.num_classes == 3 and not torch.equal(model.head.weight[:2].detach(), head0)
+    assert all(torch.equal(p.detach(), f) for p, f in zip(model.features[1].parameters(), frozen))
+    assert all(p.grad is None for p in model.features[1].parameters())
+
+
+def test_frozen_blocks_refuses_to_freeze_the_whole_net_naming_the_key():
+    with pytest.raises(ValueError, match=r"frozen_blocks: 3 would freeze every module of the net's features \(3\)"):
+        make_strategy("iw-er", tiny_model(2), adam, capacity=50, config={"frozen_blocks": 3})
+    with pytest.raises(ValueError, match="frozen_blocks"):
+        make_strategy("iw-er", tiny_model(2), adam, capacity=50, config={"frozen_blocks": -1})
