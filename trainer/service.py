@@ -72,6 +72,8 @@ from .export import export_onnx
 from .images import UPLOAD_FORMATS, InputFormat, max_image_size, preprocess_bytes
 from .ingest import describe_write_error
 from .labelers import Labeller, make_labeller
+from .nets import Classifier
+from .prefix_cache import PrefixCache
 from .registry import Registry
 from .statelock import StateLock
 from .store import SampleStore, StoredSample
@@ -266,6 +268,7 @@ class TrainerService:
             log.info("quarantined batches %s were retried before the last stop; marked retried", fixed)
         self._bootstrap_heldout = self._load_bootstrap_heldout()
         self._ort_cache: dict[str, Any] = {}
+        self._prefix_cache = PrefixCache()  # the frozen blocks' outputs per held-out key (strategy.frozen_blocks)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.RLock()
@@ -774,7 +777,7 @@ class TrainerService:
             return self._record(decision)
         ref = self.registry.latest_promoted()
         ref_pred = self._reference_predictions(ref, held)
-        cand_pred = [self.labels[i] for i in predict(self.strategy.candidate(), held.x)]
+        cand_pred = [self.labels[i] for i in self._candidate_predictions(held)]
         verdict = two_slice_gate(held.names, cand_pred, ref_pred,
                                  self.labels, min(ev.recent, held.n_uploaded), max_regression=ev.max_regression,
                                  max_forgetting=ev.max_forgetting, min_recent=ev.min_recent,
@@ -794,6 +797,14 @@ class TrainerService:
         if deployed[0] is not None and deployed[1] is not None:
             decision["deployed"] = self._check_deployed(deployed[0], held.names, deployed[1])
         return self._record(decision)
+
+    def _candidate_predictions(self, held: HeldOut) -> np.ndarray:
+        """The candidate's predictions on the held-out set; with frozen blocks, their outputs for inputs judged before
+        are reused (trainer/prefix_cache.py), so the evaluation costs the blocks that learn."""
+        model, n = self.strategy.candidate(), self.strategy.config.frozen_blocks
+        if n == 0 or not isinstance(model, Classifier) or len(held.keys) != len(held.names):
+            return predict(model, held.x)
+        return self._prefix_cache.predict(model, n, held.x, held.keys)
 
     def _check_deployed(self, version: str, truth: list[str], predicted: list[str]) -> dict[str, Any]:
         """Is the deployed version any better than always answering the most frequent class? A loud warning

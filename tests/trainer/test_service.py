@@ -515,3 +515,33 @@ def test_with_strategy_tta_the_version_ships_the_eight_view_mean(bootstrapped: P
         assert np.array_equal(shipped.argmax(1), predict(cand, x))
     finally:
         svc.stop()
+
+
+def test_with_frozen_blocks_the_gate_reuses_their_outputs_and_ships_what_it_judged(bootstrapped: Path,
+                                                                                 tmp_path: Path) -> None:
+    """strategy.frozen_blocks through the real service: the first blocks keep the bootstrap's weights, the gate's
+    predictions are the shipped ONNX file's, and later evaluations run the frozen blocks only on new inputs."""
+    from trainer.checkpoint import load_checkpoint
+    from trainer.evaluate import onnx_argmax, onnx_session, predict
+
+    boot = load_checkpoint(bootstrapped)
+    assert boot is not None
+    svc, promoted = _until_promoted(bootstrapped, tmp_path / "state", **{"strategy.frozen_blocks": 2})
+    try:
+        held = svc.heldout_set()  # the model just promoted is the one the gate judged
+        cached = svc._prefix_cache.predict(svc.strategy.candidate(), 2, held.x, held.keys)
+        meta = read_meta(promoted[-1][1])
+        shipped = onnx_argmax(onnx_session(promoted[-1][1]), meta.input_name, meta.output_name, held.x.numpy())
+        assert np.array_equal(np.asarray(shipped), cached) and np.array_equal(cached, predict(svc.model, held.x))
+        seen, computed, evaluations = set(held.keys), svc._prefix_cache.computed, svc.counters["evaluations"]
+        fill_store(svc.store, BASE, 60, seed=2, start=1000)
+        while svc.counters["evaluations"] < evaluations + 2 and svc.step(force=True):
+            pass
+        new = [k for k in svc.heldout_set().keys if k not in seen]
+        assert svc.counters["evaluations"] == evaluations + 2 and new
+        assert svc._prefix_cache.computed - computed == len(new)  # the frozen blocks ran on the new inputs only
+        frozen = svc.model.features[:2].state_dict()
+        assert all(torch.equal(v, boot.model_state[f"features.{k}"]) for k, v in frozen.items())
+        assert not torch.equal(svc.model.features[3][0].weight, boot.model_state["features.3.0.weight"])
+    finally:
+        svc.stop()

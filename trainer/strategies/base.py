@@ -211,7 +211,9 @@ class Strategy:
         time (``small_cnn128``, one thread, B=64: 0.156 s a step, 0.086 s with its first two of five blocks
         frozen; ``python -m bench.step_cost``). A trainer that shares a camera box's CPU gets more steps, and
         sooner, from the same seconds. The optimiser still holds every parameter (Adam skips those without a
-        gradient), so checkpoints load whatever the setting.
+        gradient), so checkpoints load whatever the setting. The frozen blocks' batch-norm statistics stay too
+        (:meth:`train_mode`), so their outputs for an input never change and the trainer's evaluations reuse them
+        (trainer/prefix_cache.py).
         """
         n = self.config.frozen_blocks
         if n == 0:
@@ -353,6 +355,8 @@ class Strategy:
             for m in self.model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
+        for block in list(self.model.features.children())[: self.config.frozen_blocks]:
+            block.eval()  # a frozen block keeps its batch-norm statistics too: it computes exactly what it did
 
     def _optimise(self, new: LabelledBatch, replay: ReplayBatch | None) -> float:
         new, replay = self._augmented(new, replay)
