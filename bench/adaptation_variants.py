@@ -123,10 +123,11 @@ CNN128_EVAL_COST = 2.33
 #: what every small_cnn128 variant shares: its bootstrap, and its trainer stages charged the costs above
 CNN128_BOOT = {"arch": "small_cnn128"}
 CNN128_COST = {"update_s": CNN128_UPDATE_COST, "evaluate_s": CNN128_EVAL_COST}
-#: small_cnn128's update step with its first two blocks frozen (``strategy.frozen_blocks: 2``) over the whole net's, in
-#: the same run (``python -m bench.step_cost``, 2026-12-02, a quiet machine: 0.075 vs 0.156 s); its evaluation is the
-#: whole net's
-FROZEN2_STEP = 0.48
+#: a net with its first two blocks frozen (``strategy.frozen_blocks: 2``) over the whole net: an update step, and an
+#: evaluation that runs the frozen blocks only on the inputs new to it (trainer/prefix_cache.py; 10 of 500), each net
+#: against itself in the same run (``python -m bench.step_cost``, 5 rounds, 2026-12-02, a quiet machine: small_cnn
+#: 0.037 vs 0.069 s and 0.068 vs 0.364 s; small_cnn128 0.090 vs 0.174 s and 0.203 vs 0.889 s)
+FROZEN2 = {"small_cnn": {"update_s": 0.54, "evaluate_s": 0.19}, "small_cnn128": {"update_s": 0.51, "evaluate_s": 0.23}}
 #: an evaluation asking the eight views (trainer.nets.DihedralMean) over one asking one, small_cnn at 64x64, one torch
 #: thread, 500 inputs, thread CPU of three runs on 2026-12-01 on a loaded machine (15.7 / 16.2 / 16.6 s vs
 #: 1.60 / 1.73 / 1.90 s; the median of the ratios)
@@ -137,13 +138,13 @@ def _cnn128_hint_weighted(steps: int | None = None, rounds: int = 2, cpu: float 
     """#50's learner: small_cnn128 with ``rounds`` rehearsal rounds, dihedral, the paired test at the first crossing,
     the selection hint and the importance-weighted gate; ``steps`` per update if not the loop's; on a trainer with
     ``cpu`` times this machine's CPU (update and evaluation charged 1/``cpu``; export as measured); with its first
-    ``frozen`` blocks frozen in updates (0 or 2; its steps charged :data:`FROZEN2_STEP` of the whole net's)."""
+    ``frozen`` blocks frozen in updates (0 or 2; charged :data:`FROZEN2` of the whole net's update and evaluation)."""
     settings = _rehearsal(rounds=rounds, paired="new-class", steps=steps)
     cost = dict(CNN128_COST)
     if frozen:
         assert frozen == 2, "only two frozen blocks have a measured cost"
         settings["strategy_settings"]["frozen_blocks"] = frozen
-        cost["update_s"] *= FROZEN2_STEP
+        cost = {stage: c * FROZEN2["small_cnn128"][stage] for stage, c in cost.items()}
     return {**settings, "hints": {"enabled": True}, "eval": {"paired": "new-class", "weighted": True},
             "stage_scale": {stage: c / cpu for stage, c in cost.items()}}
 
@@ -308,6 +309,10 @@ VARIANTS: dict[str, Variant] = {
                                                         settings={**_rehearsal(rounds=2, paired="new-class"),
                                                                   "hints": {"enabled": True},
                                                                   "stage_scale": CNN128_COST}),
+    "demo-frozen2": Variant("demo-frozen2", "the demo with the first two of small_cnn's four blocks frozen in updates "
+                                            "(strategy.frozen_blocks: 2): a step costs about half, an evaluation a "
+                                            "fifth", settings={"strategy_settings": {"frozen_blocks": 2},
+                                                               "stage_scale": FROZEN2["small_cnn"]}),
     "weighted": Variant("weighted", "the demo with the gate's recent slice judged by its importance-weighted "
                                     "accuracy (eval.weighted: min(1/p_select, w_max) per upload)",
                         settings={"eval": {"weighted": True}}),
@@ -327,7 +332,7 @@ VARIANTS: dict[str, Variant] = {
     "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-frozen2": Variant(
         "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-frozen2", "cnn128-rehearse-dihedral-paired-new-hint-"
         "weighted-k20 with the first two of its five blocks frozen in updates (strategy.frozen_blocks: 2): a step "
-        "costs about half", bootstrap=CNN128_BOOT, settings=_cnn128_hint_weighted(steps=20, frozen=2)),
+        "costs about half, an evaluation a quarter", bootstrap=CNN128_BOOT, settings=_cnn128_hint_weighted(steps=20, frozen=2)),
     "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-frozen2-r6": Variant(
         "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-frozen2-r6", "cnn128-rehearse-dihedral-paired-new-"
         "hint-weighted-k20-frozen2 with up to 6 rehearsal rounds after each update instead of 2",
