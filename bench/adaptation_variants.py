@@ -134,12 +134,13 @@ FROZEN2 = {"small_cnn": {"update_s": 0.54, "evaluate_s": 0.19}, "small_cnn128": 
 TTA_EVAL_COST = 9.3
 
 def _cnn128_hint_weighted(steps: int | None = None, rounds: int = 2, cpu: float = 1.0,
-                          frozen: int = 0) -> dict[str, Any]:
+                          frozen: int = 0, ema: float = 0.0) -> dict[str, Any]:
     """#50's learner: small_cnn128 with ``rounds`` rehearsal rounds, dihedral, the paired test at the first crossing,
     the selection hint and the importance-weighted gate; ``steps`` per update if not the loop's; on a trainer with
     ``cpu`` times this machine's CPU (update and evaluation charged 1/``cpu``; export as measured); with its first
-    ``frozen`` blocks frozen in updates (0 or 2; charged :data:`FROZEN2` of the whole net's update and evaluation)."""
-    settings = _rehearsal(rounds=rounds, paired="new-class", steps=steps)
+    ``frozen`` blocks frozen in updates (0 or 2; charged :data:`FROZEN2` of the whole net's update and evaluation); the
+    candidate the weights' moving average at decay ``ema`` (0: the weights)."""
+    settings = _rehearsal(rounds=rounds, paired="new-class", steps=steps, ema=ema)
     cost = dict(CNN128_COST)
     if frozen:
         assert frozen == 2, "only two frozen blocks have a measured cost"
@@ -337,6 +338,10 @@ VARIANTS: dict[str, Variant] = {
         "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-frozen2-r6", "cnn128-rehearse-dihedral-paired-new-"
         "hint-weighted-k20-frozen2 with up to 6 rehearsal rounds after each update instead of 2",
         bootstrap=CNN128_BOOT, settings=_cnn128_hint_weighted(steps=20, rounds=6, frozen=2)),
+    "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-frozen2-ema": Variant(
+        "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-frozen2-ema", "cnn128-rehearse-dihedral-paired-new-"
+        "hint-weighted-k20-frozen2 whose candidate is the weights' moving average at decay 0.99 (strategy.ema, #41)",
+        bootstrap=CNN128_BOOT, settings=_cnn128_hint_weighted(steps=20, frozen=2, ema=0.99)),
     "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-upper": Variant(
         "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-upper", "cnn128-rehearse-dihedral-paired-new-hint-"
         "weighted-k20 beside an upper bound retrained after every update (150 steps on turned copies of every label "
