@@ -7,7 +7,9 @@ five hold 78 % of an evaluation's time (500 inputs, one thread: 0.73 of 0.94 s).
 the bootstrap slice and the newest held-out uploads, most of which it has seen before; kept here, an evaluation runs
 the frozen blocks only on the inputs that are new to it.
 
-The cache follows the held-out window (keys that left it are dropped) and is emptied when the frozen blocks' weights
+The cache follows the held-out window (keys that left it are dropped), so it is bounded as the service's own cache of
+held-out inputs is, and smaller per input (after two blocks: 16x32x32 floats for ``small_cnn128``'s 3x128x128 input,
+32x16x16 for ``small_cnn``'s 3x64x64). It is emptied when the frozen blocks' weights
 or statistics differ from those it was filled with (a checkpoint of another model, another setting), which it checks
 by a digest of their state at every call: a few kilobytes.
 """
