@@ -123,30 +123,32 @@ CNN128_EVAL_COST = 2.33
 #: what every small_cnn128 variant shares: its bootstrap, and its trainer stages charged the costs above
 CNN128_BOOT = {"arch": "small_cnn128"}
 CNN128_COST = {"update_s": CNN128_UPDATE_COST, "evaluate_s": CNN128_EVAL_COST}
-#: a net with its first two blocks frozen (``strategy.frozen_blocks: 2``) over the whole net: an update step, and an
-#: evaluation that runs the frozen blocks only on the inputs new to it (trainer/prefix_cache.py; 10 of 500), each net
-#: against itself in the same run (``python -m bench.step_cost``, 5 rounds, 2026-12-02, a quiet machine: small_cnn
-#: 0.037 vs 0.069 s and 0.068 vs 0.364 s; small_cnn128 0.090 vs 0.174 s and 0.203 vs 0.889 s)
-FROZEN2 = {"small_cnn": {"update_s": 0.54, "evaluate_s": 0.19}, "small_cnn128": {"update_s": 0.51, "evaluate_s": 0.23}}
+#: a net with its first N blocks frozen (``strategy.frozen_blocks: N``) over the whole net, per (net, N): an update step,
+#: and an evaluation that runs the frozen blocks only on the inputs new to it (trainer/prefix_cache.py; 10 of 500), each
+#: net against itself in the same run (``python -m bench.step_cost``, 5 rounds, 2026-12-02, a quiet machine: small_cnn
+#: N=2 0.037 vs 0.069 s and 0.068 vs 0.364 s; small_cnn128 N=2 0.090 vs 0.174 s and 0.203 vs 0.889 s, N=3 0.060 vs
+#: 0.149 s and 0.069 vs 0.849 s)
+FROZEN = {("small_cnn", 2): {"update_s": 0.54, "evaluate_s": 0.19},
+          ("small_cnn128", 2): {"update_s": 0.51, "evaluate_s": 0.23},
+          ("small_cnn128", 3): {"update_s": 0.40, "evaluate_s": 0.08}}
 #: an evaluation asking the eight views (trainer.nets.DihedralMean) over one asking one, small_cnn at 64x64, one torch
 #: thread, 500 inputs, thread CPU of three runs on 2026-12-01 on a loaded machine (15.7 / 16.2 / 16.6 s vs
 #: 1.60 / 1.73 / 1.90 s; the median of the ratios)
 TTA_EVAL_COST = 9.3
 
-def _cnn128_hint_weighted(steps: int | None = None, rounds: int = 2, cpu: float = 1.0,
-                          frozen: int = 0, ema: float = 0.0) -> dict[str, Any]:
+def _cnn128_hint_weighted(steps: int | None = None, rounds: int = 2, cpu: float = 1.0, frozen: int = 0,
+                          ema: float = 0.0, gate: dict[str, Any] | None = None) -> dict[str, Any]:
     """#50's learner: small_cnn128 with ``rounds`` rehearsal rounds, dihedral, the paired test at the first crossing,
     the selection hint and the importance-weighted gate; ``steps`` per update if not the loop's; on a trainer with
     ``cpu`` times this machine's CPU (update and evaluation charged 1/``cpu``; export as measured); with its first
-    ``frozen`` blocks frozen in updates (0 or 2; charged :data:`FROZEN2` of the whole net's update and evaluation); the
-    candidate the weights' moving average at decay ``ema`` (0: the weights)."""
+    ``frozen`` blocks frozen in updates (charged :data:`FROZEN` of the whole net's update and evaluation); the
+    candidate the weights' moving average at decay ``ema`` (0: the weights); ``gate``: more eval settings."""
     settings = _rehearsal(rounds=rounds, paired="new-class", steps=steps, ema=ema)
     cost = dict(CNN128_COST)
     if frozen:
-        assert frozen == 2, "only two frozen blocks have a measured cost"
         settings["strategy_settings"]["frozen_blocks"] = frozen
-        cost = {stage: c * FROZEN2["small_cnn128"][stage] for stage, c in cost.items()}
-    return {**settings, "hints": {"enabled": True}, "eval": {"paired": "new-class", "weighted": True},
+        cost = {stage: c * FROZEN["small_cnn128", frozen][stage] for stage, c in cost.items()}
+    return {**settings, "hints": {"enabled": True}, "eval": {"paired": "new-class", "weighted": True, **(gate or {})},
             "stage_scale": {stage: c / cpu for stage, c in cost.items()}}
 
 
@@ -313,7 +315,7 @@ VARIANTS: dict[str, Variant] = {
     "demo-frozen2": Variant("demo-frozen2", "the demo with the first two of small_cnn's four blocks frozen in updates "
                                             "(strategy.frozen_blocks: 2): a step costs about half, an evaluation a "
                                             "fifth", settings={"strategy_settings": {"frozen_blocks": 2},
-                                                               "stage_scale": FROZEN2["small_cnn"]}),
+                                                               "stage_scale": FROZEN["small_cnn", 2]}),
     "weighted": Variant("weighted", "the demo with the gate's recent slice judged by its importance-weighted "
                                     "accuracy (eval.weighted: min(1/p_select, w_max) per upload)",
                         settings={"eval": {"weighted": True}}),
@@ -342,6 +344,15 @@ VARIANTS: dict[str, Variant] = {
         "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-frozen2-ema", "cnn128-rehearse-dihedral-paired-new-"
         "hint-weighted-k20-frozen2 whose candidate is the weights' moving average at decay 0.99 (strategy.ema, #41)",
         bootstrap=CNN128_BOOT, settings=_cnn128_hint_weighted(steps=20, frozen=2, ema=0.99)),
+    "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-frozen3": Variant(
+        "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-frozen3", "cnn128-rehearse-dihedral-paired-new-hint-"
+        "weighted-k20 with the first three of its five blocks frozen in updates (strategy.frozen_blocks: 3)",
+        bootstrap=CNN128_BOOT, settings=_cnn128_hint_weighted(steps=20, frozen=3)),
+    "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-frozen2-loose": Variant(
+        "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-frozen2-loose", "cnn128-rehearse-dihedral-paired-new-"
+        "hint-weighted-k20-frozen2 with 5 points of allowed regression on the recent slice instead of 2 "
+        "(eval.max_regression 0.05)", bootstrap=CNN128_BOOT,
+        settings=_cnn128_hint_weighted(steps=20, frozen=2, gate={"max_regression": 0.05})),
     "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-upper": Variant(
         "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-upper", "cnn128-rehearse-dihedral-paired-new-hint-"
         "weighted-k20 beside an upper bound retrained after every update (150 steps on turned copies of every label "

@@ -11,8 +11,8 @@ of the rounds, on one torch thread (the trainer's share of a camera box)::
 
 "before" rebuilds each net in the ReLU-first order with contiguous (NCHW) weights: the same parameters, so the same
 function, computed the old way. A step is the trainer's: B=64 (a batch and as many replayed), cross-entropy, Adam,
-batch norm in inference mode (``strategy.freeze_bn``); an evaluation is 500 inputs without gradients. "frozen2" is
-"now" with the first two blocks of the net's features frozen (``strategy.frozen_blocks: 2``), and its evaluation runs
+batch norm in inference mode (``strategy.freeze_bn``); an evaluation is 500 inputs without gradients. "frozenN" is
+"now" with the first N blocks of the net's features frozen (``strategy.frozen_blocks: N``), and its evaluation runs
 them only on the inputs new to it (10 of the 500; trainer/prefix_cache.py).
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 ARMS = [("small_cnn", 64), ("small_cnn128", 128)]
-LAYOUTS = ("before", "now", "frozen2")
+LAYOUTS = ("before", "now", "frozen2", "frozen3")
 #: held-out inputs new to an evaluation in the adaptation benchmark's loop: ~90 held-out uploads over 11-14 updates and
 #: their rehearsal rounds, so 10 is generous
 NEW_PER_EVALUATION = 10
@@ -50,8 +50,8 @@ def build(arch: str, layout: str) -> Any:
     from trainer.nets import build_model
 
     model = build_model(arch, 5).eval()
-    if layout == "frozen2":
-        for block in list(model.features.children())[:2]:
+    if layout.startswith("frozen"):
+        for block in list(model.features.children())[: int(layout[len("frozen"):])]:
             for p in block.parameters():
                 p.requires_grad_(False)
     return relu_first(model) if layout == "before" else model
@@ -81,21 +81,21 @@ def measure(arch: str, size: int, layout: str, steps: int = 4) -> tuple[float, f
     xe = torch.rand(500, 3, size, size)
     with torch.no_grad():
         model(xe[:50])
-        if layout == "frozen2":  # the trainer keeps the frozen blocks' outputs (trainer/prefix_cache.py)
-            return step_s, _eval_with_prefix_cached(model, xe)
+        if layout.startswith("frozen"):  # the trainer keeps the frozen blocks' outputs (trainer/prefix_cache.py)
+            return step_s, _eval_with_prefix_cached(model, xe, int(layout[len("frozen"):]))
         t = time.thread_time()
         model(xe)
         eval_s = time.thread_time() - t
     return step_s, eval_s
 
 
-def _eval_with_prefix_cached(model: Any, xe: Any, new: int = NEW_PER_EVALUATION) -> float:
-    """An evaluation of ``xe`` whose first two blocks' outputs are kept but for ``new`` inputs: those ``new`` through
-    the frozen blocks, then every input through the rest."""
+def _eval_with_prefix_cached(model: Any, xe: Any, frozen: int, new: int = NEW_PER_EVALUATION) -> float:
+    """An evaluation of ``xe`` whose first ``frozen`` blocks' outputs are kept but for ``new`` inputs: those ``new``
+    through the frozen blocks, then every input through the rest."""
     from torch import nn
 
     blocks = list(model.features.children())
-    prefix, rest = nn.Sequential(*blocks[:2]), nn.Sequential(*blocks[2:], model.head)
+    prefix, rest = nn.Sequential(*blocks[:frozen]), nn.Sequential(*blocks[frozen:], model.head)
     kept = prefix(xe)
     t = time.thread_time()
     prefix(xe[:new])
