@@ -39,8 +39,9 @@ def test_a_trainer_config_file_is_checked_before_anything_starts(tmp_path, capsy
     good.write_text("update:\n  rehearse_steps: 20\nstrategy:\n  augment: dihedral\n  augment_from: new-class\n"
                     "eval:\n  paired: new-class\n")
     assert check_trainer_config(str(good)) is None
-    shipped = Path(__file__).resolve().parents[2] / "deploy/configs/trainer-surface-defects.yaml"
-    assert check_trainer_config(str(shipped)) is None  # the example the README points to works with the demo
+    for name in ("trainer-surface-defects.yaml", "trainer-surface-defects-128.yaml"):
+        shipped = Path(__file__).resolve().parents[2] / "deploy/configs" / name
+        assert check_trainer_config(str(shipped)) is None  # the examples the README points to work with the demo
 
 
 def test_the_trainer_gets_the_files_settings_under_the_demos_own(tmp_path) -> None:
