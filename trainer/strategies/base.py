@@ -208,7 +208,7 @@ class Strategy:
 
         Why: the first blocks of a camera net see the image at full resolution and find lines, edges and colours,
         which a lighting change or a new defect does not make new; they are also where a step spends most of its
-        time (``small_cnn128``, one thread, B=64: 0.156 s a step, 0.086 s with its first two of five blocks
+        time (``small_cnn128``, one thread, B=64: 0.174 s a step, 0.090 s with its first two of five blocks
         frozen; ``python -m bench.step_cost``). A trainer that shares a camera box's CPU gets more steps, and
         sooner, from the same seconds. The optimiser still holds every parameter (Adam skips those without a
         gradient), so checkpoints load whatever the setting. The frozen blocks' batch-norm statistics stay too
