@@ -5,9 +5,11 @@ and :class:`bench.adaptation_loop.Hooks`; the shipping code runs unchanged other
 a hook in a file this benchmark may not change (trainer/service.py, trainer/strategies/, edge/sampler.py) says so
 in its ``doc``: the hook is what would make it a product setting.
 
-Every variant runs with the demo's settings except where it says otherwise: since the cameras' input calibration
-became the demo's default (``deploy.demo.plan.CALIBRATION``), that includes calibration; ``no-calib`` is the
-demo as it was before. (The README's table of directions says which rows were measured before that change.)
+Every variant but ``demo`` runs with the base settings (``base``: the demo's until its parts scenario took
+small_cnn128 with frozen blocks, README #60) except where it says otherwise; "the demo" in a variant's doc means
+that base. Since the cameras' input calibration became the demo's default (``deploy.demo.plan.CALIBRATION``), the
+base includes calibration; ``no-calib`` is the demo as it was before. (The README's table of directions says
+which rows were measured before that change.) ``demo`` is the demo as it is: the scenario's own net and learner.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 
 from bench.adaptation import Variant
 from bench.adaptation_loop import Hooks
+from bench.net_costs import CNN128_COST, CNN128_EVAL_COST, CNN128_UPDATE_COST, FROZEN, stage_scale
 
 __all__ = ["VARIANTS"]
 
@@ -113,24 +116,8 @@ def _rehearsal(rounds: int = 3, augment: str = "dihedral", paired: str = "off", 
             "eval": {"paired": paired}, **({"stage_scale": {"evaluate_s": TTA_EVAL_COST}} if tta else {})}
 
 
-#: small_cnn128's CPU per update step (B=64) and per 500-input evaluation over small_cnn's at 64x64, both as
-#: trainer/nets.py computes them now, one torch thread, medians of 5 interleaved rounds (``python -m bench.step_cost``,
-#: 2026-12-02: 0.415 vs 0.179 s; 2.184 vs 0.937 s): the loop charges its stages this much more than the 64x64 ones.
-#: Rows before README #54 were measured on the nets before channels-last, charged 2.55 and 2.7 (816 vs 320 ms,
-#: 3.26 vs 1.20 s, one run on 2026-11-30).
-CNN128_UPDATE_COST = 2.32
-CNN128_EVAL_COST = 2.33
-#: what every small_cnn128 variant shares: its bootstrap, and its trainer stages charged the costs above
+#: what every small_cnn128 variant shares: its bootstrap, and its trainer stages charged bench/net_costs.py's costs
 CNN128_BOOT = {"arch": "small_cnn128"}
-CNN128_COST = {"update_s": CNN128_UPDATE_COST, "evaluate_s": CNN128_EVAL_COST}
-#: a net with its first N blocks frozen (``strategy.frozen_blocks: N``) over the whole net, per (net, N): an update step,
-#: and an evaluation that runs the frozen blocks only on the inputs new to it (trainer/prefix_cache.py; 10 of 500), each
-#: net against itself in the same run (``python -m bench.step_cost``, 5 rounds, 2026-12-02, a quiet machine: small_cnn
-#: N=2 0.037 vs 0.069 s and 0.068 vs 0.364 s; small_cnn128 N=2 0.090 vs 0.174 s and 0.203 vs 0.889 s, N=3 0.060 vs
-#: 0.149 s and 0.069 vs 0.849 s)
-FROZEN = {("small_cnn", 2): {"update_s": 0.54, "evaluate_s": 0.19},
-          ("small_cnn128", 2): {"update_s": 0.51, "evaluate_s": 0.23},
-          ("small_cnn128", 3): {"update_s": 0.40, "evaluate_s": 0.08}}
 #: an evaluation asking the eight views (trainer.nets.DihedralMean) over one asking one, small_cnn at 64x64, one torch
 #: thread, 500 inputs, thread CPU of three runs on 2026-12-01 on a loaded machine (15.7 / 16.2 / 16.6 s vs
 #: 1.60 / 1.73 / 1.90 s; the median of the ratios)
@@ -141,13 +128,12 @@ def _cnn128_hint_weighted(steps: int | None = None, rounds: int = 2, cpu: float 
     """#50's learner: small_cnn128 with ``rounds`` rehearsal rounds, dihedral, the paired test at the first crossing,
     the selection hint and the importance-weighted gate; ``steps`` per update if not the loop's; on a trainer with
     ``cpu`` times this machine's CPU (update and evaluation charged 1/``cpu``; export as measured); with its first
-    ``frozen`` blocks frozen in updates (charged :data:`FROZEN` of the whole net's update and evaluation); the
+    ``frozen`` blocks frozen in updates (charged bench/net_costs.py's ``FROZEN`` of the whole net's update and evaluation); the
     candidate the weights' moving average at decay ``ema`` (0: the weights); ``gate``: more eval settings."""
     settings = _rehearsal(rounds=rounds, paired="new-class", steps=steps, ema=ema)
-    cost = dict(CNN128_COST)
+    cost = stage_scale("small_cnn128", frozen)
     if frozen:
         settings["strategy_settings"]["frozen_blocks"] = frozen
-        cost = {stage: c * FROZEN["small_cnn128", frozen][stage] for stage, c in cost.items()}
     return {**settings, "hints": {"enabled": True}, "eval": {"paired": "new-class", "weighted": True, **(gate or {})},
             "stage_scale": {stage: c / cpu for stage, c in cost.items()}}
 
@@ -171,7 +157,11 @@ def _slow_vm(steps: int) -> dict[str, Any]:
 
 VARIANTS: dict[str, Variant] = {
     "demo": Variant("demo", "the demo's settings (deploy/demo/plan.py): edge input calibration always on; iw-er, "
-                            "B=32 / K=40 / Adam 1e-3, gate, waves"),
+                            "B=32 / K=40 / Adam 1e-3, gate, waves; the scenario's net and learner (for parts "
+                            "small_cnn128 with 2 frozen blocks, rehearsal, dihedral, paired, weighted gate; #60)",
+                    demo_learner=True),
+    "base": Variant("base", "the loop's base, which every other variant changes: the demo before #60 (small_cnn at "
+                            "64x64 for parts, the trainer's default learner)"),
     "no-calib": Variant("no-calib", "the demo before calibration became its default (calibration off)",
                         settings={"calibration": "off"}),
     "input128": Variant("input128", "small_cnn on the full 128x128 ROI instead of the demo's 2x downscale to 64x64 "

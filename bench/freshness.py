@@ -12,12 +12,13 @@ What runs -- ``edgeloop demo``'s own phases (:class:`deploy.demo.app.DemoApp`, s
 copied), with the demo's *default* timing-relevant settings (:mod:`deploy.demo.plan`):
 
 * the embedded broker (mosquitto if installed);
-* a bootstrap ``small_cnn`` on ``sim:parts`` ROI crops (the demo's bootstrap phase), before anything else
-  competes for the CPU;
+* a bootstrap of the scenario's net (``small_cnn128`` on ``sim:parts`` ROI crops; the demo's bootstrap phase),
+  before anything else competes for the CPU;
 * :class:`trainer.service.TrainerService` in this process: oracle labeller, the demo's update settings
   (``deploy.demo.plan.trainer_settings``: B=32, min batch 8, K=40 Adam steps (20 on a machine the
   bootstrap finds slow), T = max(5 s, stream/15),
-  1 torch thread), gate on every update, dynamo ONNX export;
+  1 torch thread) and the scenario's learner (``deploy.demo.plan.demo_learner``: frozen blocks, rehearsal
+  rounds, dihedral, paired and weighted gate), gate on every update, dynamo ONNX export;
 * :class:`deploy.service.DeployService` (``edgeloop deploy run``'s controller, promotion intake and
   :class:`deploy.rollout_feeder.RolloutFeeder`, fed by the trainer's announcements over MQTT; one rollout at
   a time, newer promotions coalesced while one is in progress) with ``deploy.demo.plan.demo_policy``:
@@ -77,7 +78,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from deploy.demo.app import DemoApp
-from deploy.demo.plan import P_MIN, SCENARIOS, DemoOptions, Timeline, demo_policy, soaked_waves, trainer_settings
+from deploy.demo.plan import (P_MIN, SCENARIOS, DemoOptions, Timeline, demo_arch, demo_learner, demo_policy,
+                              soaked_waves, trainer_settings)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "freshness.json"
@@ -476,7 +478,8 @@ class FreshnessRun(DemoApp):
                                      "waves": policy.waves, "soak_s": policy.soak, "health_s": policy.health_seconds,
                                      "shadow": policy.shadow,
                                      "soaked_waves": soaked_waves(len(self.devices), tuple(policy.waves))},
-                         "bootstrap_frames": self.opts.bootstrap_frames, "nets": NETS_LAYOUT},
+                         "bootstrap_frames": self.opts.bootstrap_frames, "nets": NETS_LAYOUT,
+                         "arch": demo_arch(self.opts), "learner": demo_learner(self.opts)},
             "bootstrap": {k: self.rec.bootstrap.get(k) for k in ("version", "epochs", "accuracy", "macro_f1", "seconds")}
             if self.rec.bootstrap else {},
             "load": self.load,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CALIBRATION", "DemoOptions", "Timeline", "SCENARIOS", "plan_timeline", "camera_seed", "sim_url", "demo_policy",
+__all__ = ["CALIBRATION", "DemoOptions", "Timeline", "SCENARIOS", "demo_learner", "plan_timeline", "camera_seed", "sim_url", "demo_policy",
            "trainer_settings", "bootstrap_budget"]
 
 PREFIX = "edgeloop/v1"
@@ -85,22 +85,37 @@ class Timeline:
 
 
 #: ``input_size``: the model's square input (None: the architecture's own, trainer/nets.py ``ARCH_INPUT``).
+#: ``learner``: trainer settings (dotted keys) measured for the scenario's data and architecture; the demo uses them
+#: only with that architecture and no --trainer-config (:func:`demo_learner`).
 SCENARIOS: dict[str, dict[str, Any]] = {
     # darker + warmer light (a lamp failed, the other one is a warm one), then a new defect type. The parts ROI is
-    # 128x128 and small_cnn sees it at 64x64; a `crack` is a 1-px line that the 2x downscale halves. Seeing it at
-    # full size learns `crack` better but costs 2.5-6x per training step (README, Adaptation #28 and #29:
-    # variants `input128` and `cnn128`).
-    "parts": {"arch": "small_cnn", "input_size": None, "lighting": "brightness:-0.45+cast:0.8/1.0/1.25",
-              "newclass": "crack=0.2", "extra": ""},
-    # digits: dimmer and lower-contrast labels, then digit 5 appears on the line
+    # 128x128; a `crack` is a 1-px line that a 2x downscale to small_cnn's 64x64 halves. small_cnn128 sees it at
+    # full size, and with its two full-resolution blocks frozen in updates its steps cost about what small_cnn's
+    # do (README, Adaptation #29, #50, #59). The learner is deploy/configs/trainer-surface-defects-128.yaml's.
+    "parts": {"arch": "small_cnn128", "input_size": None, "lighting": "brightness:-0.45+cast:0.8/1.0/1.25",
+              "newclass": "crack=0.2", "extra": "",
+              "learner": {"update.rehearse_steps": 20, "update.rehearse_rounds": 2, "strategy.augment": "dihedral",
+                          "strategy.frozen_blocks": 2, "eval.paired": "new-class", "eval.weighted": True}},
+    # digits: dimmer and lower-contrast labels, then digit 5 appears on the line. No dihedral augmentation here:
+    # a turned 6 is a 9
     "digits": {"arch": "convnet", "input_size": None, "lighting": "brightness:-0.5+contrast:0.6", "newclass": "5=0.2",
-               "extra": "classes=0-4"},
+               "extra": "classes=0-4", "learner": {}},
 }
 
 
 def demo_arch(opts: DemoOptions) -> str:
     """The architecture the demo bootstraps: ``--arch`` if given, else the scenario's."""
     return opts.arch or SCENARIOS[opts.scenario]["arch"]
+
+
+def demo_learner(opts: DemoOptions) -> dict[str, Any]:
+    """The scenario's learner settings (dotted trainer keys), or {} -- the trainer's defaults -- when
+    ``--trainer-config`` gives the trainer's settings instead or ``--arch`` is another net than the one they were
+    measured with (frozen blocks are a count of one net's modules)."""
+    sc = SCENARIOS[opts.scenario]
+    if opts.trainer_config is not None or demo_arch(opts) != sc["arch"]:
+        return {}
+    return dict(sc["learner"])
 
 
 def plan_timeline(stream_s: float, fps: float, scenario: str) -> Timeline:
