@@ -130,7 +130,8 @@ class Variant:
 
 def demo_learner_settings(kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(LoopSettings overrides, bootstrap options) of the demo's learner for sim ``kind``: its architecture, its
-    ``learner`` keys (``update.*``, ``strategy.*``, ``eval.*``, ``hints.*``) and the stage costs of that net."""
+    ``learner`` keys (``update.*``, ``strategy.*``, ``eval.*``, ``hints.*``), its ``learner_steps`` per update and the
+    stage costs of that net."""
     from bench.net_costs import stage_scale
     from deploy.demo.plan import SCENARIOS
 
@@ -142,6 +143,8 @@ def demo_learner_settings(kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
         if section not in sections:
             raise KeyError(f"SCENARIOS[{kind!r}]['learner']: {key!r} is no section the loop has ({', '.join(sections)})")
         settings.setdefault(sections[section], {})[name] = value
+    if sc["learner_steps"]:
+        settings.setdefault("update", {})["steps"] = sc["learner_steps"]
     frozen = int(sc["learner"].get("strategy.frozen_blocks", 0))
     settings["stage_scale"] = stage_scale(sc["arch"], frozen)
     return settings, {"arch": sc["arch"]}

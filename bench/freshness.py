@@ -79,7 +79,7 @@ from typing import Any, Callable, Sequence
 
 from deploy.demo.app import DemoApp
 from deploy.demo.plan import (P_MIN, SCENARIOS, DemoOptions, Timeline, demo_arch, demo_learner, demo_policy,
-                              soaked_waves, trainer_settings)
+                              demo_trainer_settings, soaked_waves, trainer_settings)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "freshness.json"
@@ -397,7 +397,8 @@ class FreshnessRun(DemoApp):
         self.say(f"{len(self.cams)} cameras (pids {[c.pid for c in self.cams]}), drift at {self.drift_at:g} s, "
                  f"counting samples selected in the first {self.duration - self.tail:.0f} s, run <= "
                  f"{self.duration:.0f} s; policy waves {self.policy.waves} soak {self.policy.soak:g} s; update "
-                 f"wait {trainer_settings(self.demo_stream_s, self.slow)['update.wait_s']:g} s")
+                 f"wait {trainer_settings(self.demo_stream_s, self.slow)['update.wait_s']:g} s, "
+                 f"{demo_trainer_settings(self.opts, self.demo_stream_s, self.slow)['update.steps']} steps per update")
 
     def stream(self) -> None:
         """Until ``duration`` seconds of stream, or until every counted sample has reached every camera."""
@@ -466,7 +467,8 @@ class FreshnessRun(DemoApp):
         """Run facts beside the figures: lengths, settings, bootstrap, machine load."""
         from trainer.nets import NETS_LAYOUT
 
-        policy, update = self.policy or demo_policy(self.demo_stream_s), trainer_settings(self.demo_stream_s, self.slow)
+        policy = self.policy or demo_policy(self.demo_stream_s)
+        update = demo_trainer_settings(self.opts, self.demo_stream_s, self.slow)
         return {
             "cameras": len(self.devices), "stream_s": round(self.t_stop - self.stream_t0, 1),
             "duration_limit_s": self.duration, "count_window_s": round(self.duration - self.tail, 1),

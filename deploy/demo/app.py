@@ -60,7 +60,7 @@ from deploy.demo.live import CameraRow, View, ViewState, make_view
 from deploy.demo.monitor import Monitor
 from deploy.demo.plan import (CALIBRATION, FLEET, MIN_STREAM_S, MODEL_ID, PREFIX, SCENARIOS, SLOW_UPDATE_STEPS,
                               TEARDOWN_RESERVE_S, UPDATE_STEPS, DemoOptions, Timeline, bootstrap_budget, camera_seed,
-                              confusion_seed, demo_arch, demo_learner, demo_policy, plan_timeline, sim_url, trainer_settings)
+                              confusion_seed, demo_arch, demo_policy, demo_trainer_settings, plan_timeline, sim_url)
 from deploy.rollout_feeder import RolloutFeeder
 from deploy.service import DeployService
 
@@ -366,7 +366,7 @@ class DemoApp:
         from trainer.config import TrainerConfig
         from trainer.service import TrainerService
 
-        self.trainer_settings = {**demo_learner(self.opts), **trainer_settings(self.settings_stream_s, slow=self.slow)}
+        self.trainer_settings = demo_trainer_settings(self.opts, self.settings_stream_s, slow=self.slow)
         cfg = load_config(TrainerConfig, self.opts.trainer_config, overrides={
             "state_dir": str(self.out / "trainer"), "model_id": MODEL_ID, "mqtt.url": self.broker_url,
             "mqtt.topic_prefix": PREFIX, "mqtt.client_id": f"{self.client_name}-trainer-{os.getpid()}",
