@@ -5,11 +5,9 @@ and :class:`bench.adaptation_loop.Hooks`; the shipping code runs unchanged other
 a hook in a file this benchmark may not change (trainer/service.py, trainer/strategies/, edge/sampler.py) says so
 in its ``doc``: the hook is what would make it a product setting.
 
-Every variant but ``demo`` runs with the base settings (``base``: the demo's until its parts scenario took
-small_cnn128 with frozen blocks, README #60) except where it says otherwise; "the demo" in a variant's doc means
-that base. Since the cameras' input calibration became the demo's default (``deploy.demo.plan.CALIBRATION``), the
-base includes calibration; ``no-calib`` is the demo as it was before. (The README's table of directions says
-which rows were measured before that change.) ``demo`` is the demo as it is: the scenario's own net and learner.
+Every variant runs with the demo's settings except where it says otherwise: since the cameras' input calibration
+became the demo's default (``deploy.demo.plan.CALIBRATION``), that includes calibration; ``no-calib`` is the
+demo as it was before. (The README's table of directions says which rows were measured before that change.)
 """
 from __future__ import annotations
 
@@ -157,11 +155,7 @@ def _slow_vm(steps: int) -> dict[str, Any]:
 
 VARIANTS: dict[str, Variant] = {
     "demo": Variant("demo", "the demo's settings (deploy/demo/plan.py): edge input calibration always on; iw-er, "
-                            "B=32 / K=40 / Adam 1e-3, gate, waves; the scenario's net and learner (for parts "
-                            "small_cnn128 with 2 frozen blocks, rehearsal, dihedral, paired, weighted gate; #60)",
-                    demo_learner=True),
-    "base": Variant("base", "the loop's base, which every other variant changes: the demo before #60 (small_cnn at "
-                            "64x64 for parts, the trainer's default learner)"),
+                            "B=32 / K=40 / Adam 1e-3, gate, waves"),
     "no-calib": Variant("no-calib", "the demo before calibration became its default (calibration off)",
                         settings={"calibration": "off"}),
     "input128": Variant("input128", "small_cnn on the full 128x128 ROI instead of the demo's 2x downscale to 64x64 "

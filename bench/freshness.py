@@ -12,13 +12,12 @@ What runs -- ``edgeloop demo``'s own phases (:class:`deploy.demo.app.DemoApp`, s
 copied), with the demo's *default* timing-relevant settings (:mod:`deploy.demo.plan`):
 
 * the embedded broker (mosquitto if installed);
-* a bootstrap of the scenario's net (``small_cnn128`` on ``sim:parts`` ROI crops; the demo's bootstrap phase),
-  before anything else competes for the CPU;
+* a bootstrap of the scenario's net (``small_cnn`` on ``sim:parts`` ROI crops, or ``--arch``; the demo's bootstrap
+  phase), before anything else competes for the CPU;
 * :class:`trainer.service.TrainerService` in this process: oracle labeller, the demo's update settings
   (``deploy.demo.plan.trainer_settings``: B=32, min batch 8, K=40 Adam steps (20 on a machine the
   bootstrap finds slow), T = max(5 s, stream/15),
-  1 torch thread) and the scenario's learner (``deploy.demo.plan.demo_learner``: frozen blocks, rehearsal
-  rounds, dihedral, paired and weighted gate), gate on every update, dynamo ONNX export;
+  1 torch thread), gate on every update, dynamo ONNX export;
 * :class:`deploy.service.DeployService` (``edgeloop deploy run``'s controller, promotion intake and
   :class:`deploy.rollout_feeder.RolloutFeeder`, fed by the trainer's announcements over MQTT; one rollout at
   a time, newer promotions coalesced while one is in progress) with ``deploy.demo.plan.demo_policy``:
@@ -78,8 +77,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from deploy.demo.app import DemoApp
-from deploy.demo.plan import (P_MIN, SCENARIOS, DemoOptions, Timeline, demo_arch, demo_learner, demo_policy,
-                              demo_trainer_settings, soaked_waves, trainer_settings)
+from deploy.demo.plan import (P_MIN, SCENARIOS, DemoOptions, Timeline, demo_arch, demo_policy, soaked_waves,
+                              trainer_settings)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "freshness.json"
@@ -397,8 +396,7 @@ class FreshnessRun(DemoApp):
         self.say(f"{len(self.cams)} cameras (pids {[c.pid for c in self.cams]}), drift at {self.drift_at:g} s, "
                  f"counting samples selected in the first {self.duration - self.tail:.0f} s, run <= "
                  f"{self.duration:.0f} s; policy waves {self.policy.waves} soak {self.policy.soak:g} s; update "
-                 f"wait {trainer_settings(self.demo_stream_s, self.slow)['update.wait_s']:g} s, "
-                 f"{demo_trainer_settings(self.opts, self.demo_stream_s, self.slow)['update.steps']} steps per update")
+                 f"wait {trainer_settings(self.demo_stream_s, self.slow)['update.wait_s']:g} s")
 
     def stream(self) -> None:
         """Until ``duration`` seconds of stream, or until every counted sample has reached every camera."""
@@ -467,8 +465,7 @@ class FreshnessRun(DemoApp):
         """Run facts beside the figures: lengths, settings, bootstrap, machine load."""
         from trainer.nets import NETS_LAYOUT
 
-        policy = self.policy or demo_policy(self.demo_stream_s)
-        update = demo_trainer_settings(self.opts, self.demo_stream_s, self.slow)
+        policy, update = self.policy or demo_policy(self.demo_stream_s), trainer_settings(self.demo_stream_s, self.slow)
         return {
             "cameras": len(self.devices), "stream_s": round(self.t_stop - self.stream_t0, 1),
             "duration_limit_s": self.duration, "count_window_s": round(self.duration - self.tail, 1),
@@ -481,7 +478,7 @@ class FreshnessRun(DemoApp):
                                      "shadow": policy.shadow,
                                      "soaked_waves": soaked_waves(len(self.devices), tuple(policy.waves))},
                          "bootstrap_frames": self.opts.bootstrap_frames, "nets": NETS_LAYOUT,
-                         "arch": demo_arch(self.opts), "learner": demo_learner(self.opts)},
+                         "arch": demo_arch(self.opts)},
             "bootstrap": {k: self.rec.bootstrap.get(k) for k in ("version", "epochs", "accuracy", "macro_f1", "seconds")}
             if self.rec.bootstrap else {},
             "load": self.load,
@@ -511,18 +508,20 @@ def _result(figures: dict[str, Any], broker: str, drift_at: float, count_window_
 def bench(duration: float = DEFAULT_DURATION_S, cameras: int = DEFAULT_CAMERAS, quick: bool = False, *,
           demo_stream_s: float = DEMO_STREAM_S, drift_at_s: float | None = None, bootstrap_frames: int | None = None,
           bootstrap_budget_s: float | None = None, tail_s: float | None = None, workdir: str | Path | None = None,
-          keep: bool = False, say: Callable[[str], None] | None = None, insecure: bool = False) -> dict[str, Any]:
+          keep: bool = False, say: Callable[[str], None] | None = None, insecure: bool = False,
+          arch: str | None = None) -> dict[str, Any]:
     """Run the loop for at most ``duration`` stream seconds and measure freshness; stops everything it started.
 
     ``tail_s``: samples selected in the last ``tail_s`` seconds do not count (they would have no time to be
     delivered); the run ends as soon as every counted sample has reached the whole fleet after that point.
     ``insecure``: an anonymous broker instead of the demo's default (TLS, client certificates, ACL).
+    ``arch``: another net than the scenario's, as ``edgeloop demo --arch`` runs it.
     """
     say = say or (lambda m: print(f"[freshness] {m}", file=sys.stderr, flush=True))
     out = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="edgeloop-freshness-"))
     # The bootstrap of a default demo run (a budget of the bootstrap share of 180 s, minus rendering): the
     # quality of v0001 decides how often the gate promotes, so it is part of "default demo settings".
-    opts = DemoOptions(cameras=cameras, duration=DEMO_DURATION_S, out=str(out), insecure=insecure,
+    opts = DemoOptions(cameras=cameras, duration=DEMO_DURATION_S, out=str(out), insecure=insecure, arch=arch,
                        bootstrap_frames=bootstrap_frames or (400 if quick else 2400),
                        bootstrap_budget_s=bootstrap_budget_s if bootstrap_budget_s is not None else (20.0 if quick else None))
     run_ = FreshnessRun(opts, duration=duration, tail=tail_s if tail_s is not None else min(60.0, 0.45 * duration),
@@ -570,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", help="keep everything (logs, stores, per_sample.json) here")
     ap.add_argument("--insecure", action="store_true", help="anonymous loopback broker instead of the demo's default "
                                                             "TLS broker with client certificates and ACLs")
+    ap.add_argument("--arch", help="the camera net, as `edgeloop demo --arch` (default: the scenario's, small_cnn); "
+                                   "the adaptation benchmark charges a run of record on another net back to small_cnn's")
     ap.add_argument("--json", action="store_true", help="print the result JSON on stdout")
     ap.add_argument("--out", type=Path, default=RESULTS, help="result file (default bench/results/freshness.json)")
     ap.add_argument("--no-write", action="store_true", help="do not write the result file")
@@ -581,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         result = bench(duration, args.cameras or (QUICK_CAMERAS if args.quick else DEFAULT_CAMERAS), args.quick,
                        demo_stream_s=args.demo_stream, drift_at_s=args.drift_at, tail_s=args.tail,
                        bootstrap_frames=args.bootstrap_frames, workdir=args.workdir, keep=bool(args.workdir),
-                       insecure=args.insecure)
+                       insecure=args.insecure, arch=args.arch)
     except KeyboardInterrupt:
         print("edgeloop bench freshness: interrupted; everything started was stopped", file=sys.stderr)
         return 130
