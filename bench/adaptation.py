@@ -224,7 +224,11 @@ def run_one_settings(scenario: str, seed: int, variant: str = "demo", upper: boo
     stages = {k: v for k, v in stage_times(ROOT / "bench" / "results.json").items() if not k.startswith("freshness")}
     measured_steps = stages.pop("update_steps", None)
     s = LoopSettings(cameras=cameras, fps=FPS, stream_s=stream_s, upper_bound=upper, **stages)
+    # a variant that gives its own update time says at how many steps it was measured
+    measured_steps = var.settings.get("measured_steps", measured_steps)
     for k, v in var.settings.items():
+        if k == "measured_steps":
+            continue
         if k == "stage_scale":  # a variant whose trainer costs more: its measured stage times, scaled
             for stage, factor in v.items():
                 setattr(s, stage, getattr(s, stage) * factor)

@@ -146,11 +146,26 @@ SLOW_VM = {20: {"label_delay_s": 4.627, "update_s": 5.5, "evaluate_s": 2.111, "e
 
 
 def _slow_vm(steps: int) -> dict[str, Any]:
-    """The demo's learner at ``steps`` per update on the slow VM's measured stage times (:data:`SLOW_VM`). The loop
-    scales ``update_s`` by steps over the run of record's 20, so the measured update is given per 20 steps."""
-    stages = dict(SLOW_VM[steps])
-    stages["update_s"] = stages["update_s"] * 20 / steps
-    return {"update": {"steps": steps}, **stages}
+    """The demo's learner at ``steps`` per update on the slow VM's measured stage times (:data:`SLOW_VM`), its
+    update charged as measured at those steps (``measured_steps``), whatever the run of record's were."""
+    return {"update": {"steps": steps}, **SLOW_VM[steps], "measured_steps": steps}
+
+
+#: Stage times ``bench freshness`` measured on 2026-12-02 on a second 2-core VM, one run each, one after the other
+#: (README #60): the demo's defaults (``--arch small_cnn``: 40 steps per update; p50 26.6 s) and #59's learner
+#: (small_cnn128, 2 frozen blocks, rehearsal, dihedral, paired and weighted gate; 20 steps; p50 40.4 s). A wave's
+#: delivery is (rollout - one 4.8 s soak) / 2, as ``stage_times`` derives it. What each learner really costs on a
+#: 2-core trainer, its trainer busy beside four cameras, instead of the 64x64 record scaled by CPU ratios.
+OWN_VM = {"demo": ({"label_delay_s": 2.0, "update_s": 4.0, "evaluate_s": 0.8, "export_s": 2.7,
+                    "wave_delay_s": 2.2}, 40),
+          "frozen2": ({"label_delay_s": 2.861, "update_s": 2.831, "evaluate_s": 2.104, "export_s": 2.687,
+                       "wave_delay_s": 1.912}, 20)}
+
+
+def _own_vm(learner: str, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``settings`` charged the stage times ``learner``'s own freshness run measured (:data:`OWN_VM`), unscaled."""
+    stages, steps = OWN_VM[learner]
+    return {**(settings or {}), "stage_scale": {}, **stages, "measured_steps": steps}
 
 
 VARIANTS: dict[str, Variant] = {
@@ -376,6 +391,12 @@ VARIANTS: dict[str, Variant] = {
                                         "slower per trainer step (SLOW_VM)", settings=_slow_vm(20)),
     "slowvm-k40": Variant("slowvm-k40", "the demo (40 steps) charged the stage times a 40-step freshness run "
                                         "measured on that slow VM (SLOW_VM)", settings=_slow_vm(40)),
+    "ownvm-demo": Variant("ownvm-demo", "the demo charged the stage times its own freshness run measured on a second "
+                                        "2-core VM (OWN_VM, README #60)", settings=_own_vm("demo")),
+    "ownvm-cnn128-frozen2": Variant(
+        "ownvm-cnn128-frozen2", "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-frozen2 charged the stage times "
+        "its own freshness run measured on that VM (OWN_VM, README #60) instead of the 64x64 record scaled by CPU ratios",
+        bootstrap=CNN128_BOOT, settings=_own_vm("frozen2", _cnn128_hint_weighted(steps=20, frozen=2))),
     "bn-frozen": Variant("bn-frozen", "batch norm in inference mode during updates (strategy.freeze_bn); now = demo",
                          settings={"strategy_settings": {"freeze_bn": True}}),
     "bn-train": Variant("bn-train", "the demo before freeze_bn became the default: batch norm in training mode "

@@ -478,7 +478,7 @@ class FreshnessRun(DemoApp):
                                      "shadow": policy.shadow,
                                      "soaked_waves": soaked_waves(len(self.devices), tuple(policy.waves))},
                          "bootstrap_frames": self.opts.bootstrap_frames, "nets": NETS_LAYOUT,
-                         "arch": demo_arch(self.opts)},
+                         "arch": demo_arch(self.opts), "trainer_config": self.opts.trainer_config},
             "bootstrap": {k: self.rec.bootstrap.get(k) for k in ("version", "epochs", "accuracy", "macro_f1", "seconds")}
             if self.rec.bootstrap else {},
             "load": self.load,
@@ -509,19 +509,27 @@ def bench(duration: float = DEFAULT_DURATION_S, cameras: int = DEFAULT_CAMERAS, 
           demo_stream_s: float = DEMO_STREAM_S, drift_at_s: float | None = None, bootstrap_frames: int | None = None,
           bootstrap_budget_s: float | None = None, tail_s: float | None = None, workdir: str | Path | None = None,
           keep: bool = False, say: Callable[[str], None] | None = None, insecure: bool = False,
-          arch: str | None = None) -> dict[str, Any]:
+          arch: str | None = None, trainer_config: str | None = None) -> dict[str, Any]:
     """Run the loop for at most ``duration`` stream seconds and measure freshness; stops everything it started.
 
     ``tail_s``: samples selected in the last ``tail_s`` seconds do not count (they would have no time to be
     delivered); the run ends as soon as every counted sample has reached the whole fleet after that point.
     ``insecure``: an anonymous broker instead of the demo's default (TLS, client certificates, ACL).
-    ``arch``: another net than the scenario's, as ``edgeloop demo --arch`` runs it.
+    ``arch``: another net than the scenario's, as ``edgeloop demo --arch`` runs it; ``trainer_config``: a trainer YAML
+    for the keys the demo does not set, as ``edgeloop demo --trainer-config`` takes it (checked the same way).
     """
     say = say or (lambda m: print(f"[freshness] {m}", file=sys.stderr, flush=True))
     out = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="edgeloop-freshness-"))
     # The bootstrap of a default demo run (a budget of the bootstrap share of 180 s, minus rendering): the
     # quality of v0001 decides how often the gate promotes, so it is part of "default demo settings".
+    if trainer_config is not None:
+        from deploy.demo.plan import check_trainer_config
+
+        why = check_trainer_config(trainer_config)
+        if why:
+            raise ValueError(f"--trainer-config: {why}")
     opts = DemoOptions(cameras=cameras, duration=DEMO_DURATION_S, out=str(out), insecure=insecure, arch=arch,
+                       trainer_config=trainer_config,
                        bootstrap_frames=bootstrap_frames or (400 if quick else 2400),
                        bootstrap_budget_s=bootstrap_budget_s if bootstrap_budget_s is not None else (20.0 if quick else None))
     run_ = FreshnessRun(opts, duration=duration, tail=tail_s if tail_s is not None else min(60.0, 0.45 * duration),
@@ -571,6 +579,9 @@ def main(argv: list[str] | None = None) -> int:
                                                             "TLS broker with client certificates and ACLs")
     ap.add_argument("--arch", help="the camera net, as `edgeloop demo --arch` (default: the scenario's, small_cnn); "
                                    "the adaptation benchmark charges a run of record on another net back to small_cnn's")
+    ap.add_argument("--trainer-config", metavar="YAML", help="trainer settings the demo does not set itself, as "
+                                                             "`edgeloop demo --trainer-config` (e.g. "
+                                                             "deploy/configs/trainer-surface-defects-128.yaml)")
     ap.add_argument("--json", action="store_true", help="print the result JSON on stdout")
     ap.add_argument("--out", type=Path, default=RESULTS, help="result file (default bench/results/freshness.json)")
     ap.add_argument("--no-write", action="store_true", help="do not write the result file")
@@ -578,11 +589,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.cameras is not None and args.cameras < 1:
         ap.error("--cameras must be >= 1")
     duration = args.duration or (QUICK_DURATION_S if args.quick else DEFAULT_DURATION_S)
+    if args.trainer_config is not None:  # before anything starts, as the demo checks it
+        from deploy.demo.plan import check_trainer_config
+
+        why = check_trainer_config(args.trainer_config)
+        if why:
+            print(f"edgeloop bench freshness: --trainer-config: {why}", file=sys.stderr)
+            return 2
     try:
         result = bench(duration, args.cameras or (QUICK_CAMERAS if args.quick else DEFAULT_CAMERAS), args.quick,
                        demo_stream_s=args.demo_stream, drift_at_s=args.drift_at, tail_s=args.tail,
                        bootstrap_frames=args.bootstrap_frames, workdir=args.workdir, keep=bool(args.workdir),
-                       insecure=args.insecure, arch=args.arch)
+                       insecure=args.insecure, arch=args.arch, trainer_config=args.trainer_config)
     except KeyboardInterrupt:
         print("edgeloop bench freshness: interrupted; everything started was stopped", file=sys.stderr)
         return 130

@@ -350,3 +350,19 @@ def test_the_replay_bias_probe_lifts_a_shy_class_lowers_a_bold_one_and_needs_evi
     few = torch.tensor([0, 1, 2, 2])
     assert fit_new_class_bias(torch.zeros(4, 3), few, [2], torch.ones(4)) == 0.0
     assert fit_new_class_bias(torch.zeros(4, 3), few, [], torch.ones(4)) == 0.0
+
+
+def test_a_variant_charged_its_own_freshness_run_gets_those_stage_times_at_their_steps() -> None:
+    """SLOW_VM and OWN_VM give stage times measured at a number of update steps: charged as measured, neither scaled
+    by the run of record's steps (40 since #57, which halved the slow VM's 40-step update) nor by a net's CPU ratio."""
+    from bench.adaptation_variants import OWN_VM, SLOW_VM
+
+    for name, steps in (("slowvm-k20", 20), ("slowvm-k40", 40)):
+        s, _ = ad.run_one_settings("default", 0, name)
+        assert s.update["steps"] == steps and s.update_s == pytest.approx(SLOW_VM[steps]["update_s"])
+    own, (_, boot) = ad.run_one_settings("default", 0, "ownvm-cnn128-frozen2")
+    stages, steps = OWN_VM["frozen2"]
+    assert boot == {"arch": "small_cnn128"} and own.strategy_settings["frozen_blocks"] == 2 and own.update["steps"] == steps
+    assert {k: getattr(own, k) for k in stages} == pytest.approx(stages)
+    demo, _ = ad.run_one_settings("default", 0, "ownvm-demo")
+    assert demo.update["steps"] == 40 and demo.update_s == pytest.approx(OWN_VM["demo"][0]["update_s"])

@@ -140,3 +140,18 @@ def test_tiny_run_through_main_is_well_formed(tmp_path: Path, capsys: pytest.Cap
     assert isinstance(f["samples_measured"], int) and f["samples_measured"] >= 0
     assert f["cameras"] == 1 and f["load"]["cpu_count"]
     assert result["met"] == (f["total_p50_s"] is not None and f["total_p50_s"] <= freshness.GOAL_S)
+
+
+def test_a_bad_trainer_config_is_refused_before_anything_starts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--trainer-config is checked as the demo checks it (the key named), before a broker or a bootstrap starts;
+    nothing is written."""
+    bad = tmp_path / "t.yaml"
+    bad.write_text("strategy:\n  frozen_blocks: -1\n")
+    out = tmp_path / "freshness.json"
+    assert freshness.main(["--trainer-config", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--trainer-config" in err and "frozen_blocks" in err and not out.exists()
+    own = tmp_path / "own.yaml"
+    own.write_text("update:\n  steps: 5\n")
+    assert freshness.main(["--trainer-config", str(own), "--out", str(out)]) == 2
+    assert "update.steps" in capsys.readouterr().err and not out.exists()
