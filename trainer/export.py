@@ -24,6 +24,11 @@ per candidate version, off the edge's path, so the maintained exporter wins over
 ``exporter="torchscript"`` keeps the legacy path reachable for when the dynamo exporter breaks on some
 future architecture; it is an explicit choice, never a silent fallback.
 
+A trainer exports the same net over and over with new weights: the dynamo path traces each structure once and
+then puts the new weights into that graph and runs the same optimiser (:class:`TraceCache`): 0.03 s instead of
+1.3 s for small_cnn, 0.06 s instead of 1.4 s for small_cnn128 (medians of 5 exports, one thread, a 2-core VM,
+2026-12-02), verified like any export.
+
 Writing is atomic and nothing unverified ever appears at ``path``: the bytes go to a temporary file in the
 same directory (fsync), that file is loaded with onnxruntime and checked (input/output names, shapes and
 dtypes against the metadata; metadata round trip; outputs against PyTorch ``eval()`` on random and
@@ -108,15 +113,32 @@ def export_onnx(
     ``verify=False`` skips the onnxruntime check -- only for tests that need deliberately broken files.
     """
     path = Path(path)
-    t0 = time.perf_counter()
     net = copy.deepcopy(model).cpu().eval()
     example = torch.zeros(2, meta.channels, meta.height, meta.width)  # batch 2 so export cannot specialise on 1
+    key = TraceCache.key(net, example, meta.input_name, meta.output_name, opset)
+    cached = exporter == "dynamo" and TRACES.get(key) is not None
     try:
-        proto = _export_proto(net, example, meta.input_name, meta.output_name, opset, exporter)
+        return _write_verified(net, meta, path, opset, exporter, verify_inputs, verify, atol, rtol, seed, fresh=False)
+    except ExportError as e:
+        if not cached:
+            raise
+        log.warning("the export of %s from its cached trace failed verification (%s): tracing it again", meta.version, e)
+        TRACES.drop(key)
+        return _write_verified(net, meta, path, opset, exporter, verify_inputs, verify, atol, rtol, seed, fresh=True)
+
+
+def _write_verified(net: nn.Module, meta: ModelMeta, path: Path, opset: int, exporter: Exporter,
+                    verify_inputs: np.ndarray | torch.Tensor | Sequence[np.ndarray | torch.Tensor] | None,
+                    verify: bool, atol: float, rtol: float, seed: int, fresh: bool) -> ExportResult:
+    """Export ``net`` (eval, CPU, the caller's copy), write it to a temporary file, verify it, rename it to ``path``."""
+    t0 = time.perf_counter()
+    example = torch.zeros(2, meta.channels, meta.height, meta.width)
+    try:
+        proto = _export_proto(net, example, meta.input_name, meta.output_name, opset, exporter, fresh=fresh)
     except ExportError:
         raise
     except Exception as e:
-        raise ExportError(f"{exporter} export of {type(model).__name__} ({meta.architecture}) failed: {e}") from e
+        raise ExportError(f"{exporter} export of {type(net).__name__} ({meta.architecture}) failed: {e}") from e
 
     actual_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
     graph_in, graph_out = proto.graph.input[0].name, proto.graph.output[0].name
@@ -153,15 +175,89 @@ def export_onnx(
     )
 
 
-def _export_proto(net: nn.Module, example: torch.Tensor, input_name: str, output_name: str, opset: int, exporter: Exporter) -> onnx.ModelProto:
-    """Run the chosen torch exporter in memory and return the ModelProto (single file, no external data)."""
+class TraceCache:
+    """The dynamo exporter's traced, not yet optimised graph per net structure, so that the next version of the same
+    net is that graph with its weights put in and then optimised (~1 ms + ~50 ms) instead of traced again.
+
+    Why: tracing is nearly all of an export (small_cnn 1.3-1.8 s, small_cnn128 1.4-2.0 s on a 2-core VM, one per
+    promoted version, while the cameras wait for it), yet two versions of one net differ only in their weights. The
+    onnxscript optimiser the exporter runs is run here on the filled graph, so the file is the one a fresh export
+    writes (BatchNorm folded into the convolutions from the new weights). Safe by construction and by check: a graph
+    is kept only when its initializers are exactly the net's parameters and buffers by name and shape (else a new
+    trace every time, as before), a new head size or input is a new structure, and every export, cached or not, is
+    verified against PyTorch by onnxruntime; a cached graph that fails is dropped and the net traced again.
+    """
+
+    def __init__(self, size: int = 4) -> None:
+        self._graphs: dict[tuple, onnx.ModelProto] = {}
+        self._size = size
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def key(net: nn.Module, example: torch.Tensor, input_name: str, output_name: str, opset: int) -> tuple:
+        shapes = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in net.state_dict().items())
+        return type(net).__qualname__, tuple(example.shape[1:]), input_name, output_name, opset, shapes
+
+    def get(self, key: tuple) -> onnx.ModelProto | None:
+        with self._lock:
+            return self._graphs.get(key)
+
+    def put(self, key: tuple, graph: onnx.ModelProto, net: nn.Module) -> None:
+        """Keep ``graph`` if its initializers are the net's weights, one for one (num_batches_tracked aside)."""
+        state = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+        inits = {i.name: tuple(i.dims) for i in graph.graph.initializer}
+        if {k: tuple(v.shape) for k, v in state.items()} != {k: d for k, d in inits.items() if k in state} or \
+                not set(state) <= set(inits):
+            return
+        with self._lock:
+            if len(self._graphs) >= self._size:
+                self._graphs.pop(next(iter(self._graphs)))
+            self._graphs[key] = graph
+
+    def drop(self, key: tuple) -> None:
+        with self._lock:
+            self._graphs.pop(key, None)
+
+
+#: one per process: a trainer exports one net over and over
+TRACES = TraceCache()
+
+
+def _with_weights(graph: onnx.ModelProto, net: nn.Module) -> onnx.ModelProto:
+    """A copy of the traced ``graph`` holding ``net``'s current weights, optimised as the exporter would."""
+    import onnxscript
+
+    from onnx import numpy_helper
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(graph)
+    state = net.state_dict()
+    for init in proto.graph.initializer:
+        if init.name in state:
+            init.CopyFrom(numpy_helper.from_array(state[init.name].detach().cpu().numpy(), init.name))
+    return onnxscript.optimizer.optimize(proto)
+
+
+def _export_proto(net: nn.Module, example: torch.Tensor, input_name: str, output_name: str, opset: int, exporter: Exporter,
+                  fresh: bool = False) -> onnx.ModelProto:
+    """Run the chosen torch exporter in memory and return the ModelProto (single file, no external data). With the
+    dynamo exporter a net whose structure was traced before is not traced again (:class:`TraceCache`) unless
+    ``fresh``."""
     if exporter == "dynamo":
+        key = TraceCache.key(net, example, input_name, output_name, opset)
+        graph = None if fresh else TRACES.get(key)
+        if graph is not None:
+            TRACES.hits += 1
+            return _with_weights(graph, net)
+        TRACES.misses += 1
         program = torch.onnx.export(
-            net, (example,), None, dynamo=True, opset_version=opset, verbose=False, optimize=True,
+            net, (example,), None, dynamo=True, opset_version=opset, verbose=False, optimize=False,
             input_names=[input_name], output_names=[output_name],
             dynamic_shapes=({0: torch.export.Dim("batch")},),
         )
-        return program.model_proto
+        TRACES.put(key, program.model_proto, net)
+        return _with_weights(program.model_proto, net)
     if exporter == "torchscript":
         import io
 

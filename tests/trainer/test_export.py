@@ -113,8 +113,8 @@ def test_graph_input_disagreeing_with_metadata_is_caught(tmp_path: Path, monkeyp
     """Simulate an exporter bug: the graph is traced at 32x32 while the metadata says 64x64."""
     real = export_mod._export_proto
 
-    def traced_at_32(net, example, *args):  # type: ignore[no-untyped-def]
-        return real(net, torch.zeros(2, example.shape[1], 32, 32), *args)
+    def traced_at_32(net, example, *args, **kw):  # type: ignore[no-untyped-def]
+        return real(net, torch.zeros(2, example.shape[1], 32, 32), *args, **kw)
 
     monkeypatch.setattr(export_mod, "_export_proto", traced_at_32)
     out = tmp_path / "m.onnx"
@@ -130,7 +130,7 @@ def test_numeric_mismatch_is_caught_and_old_file_kept(tmp_path: Path, monkeypatc
     real = export_mod._export_proto
     torch.manual_seed(1)
     other = build_model("small_cnn", 2).eval()
-    monkeypatch.setattr(export_mod, "_export_proto", lambda net, *a: real(other, *a))
+    monkeypatch.setattr(export_mod, "_export_proto", lambda net, *a, **kw: real(other, *a, **kw))
     torch.manual_seed(2)
     with pytest.raises(ExportError, match="disagree"):
         export_onnx(build_model("small_cnn", 2), default_meta("small_cnn", ["a", "b"]), out)
@@ -201,3 +201,50 @@ def test_broken_models_are_broken_as_described(broken_dir: Path, kind: str) -> N
             assert np.isnan(y).all()
         else:  # bitflip: still a working model, only the bytes differ
             assert kind == "bitflip" and np.isfinite(y).all()
+
+
+def test_a_new_version_of_a_traced_net_is_not_traced_again_and_writes_the_same_model(tmp_path: Path) -> None:
+    """The trace cache: the second export of the same structure is a hit; its file computes what a fresh trace of the
+    same weights computes, op for op (BatchNorm folded from the new weights); a grown head is a new structure."""
+    labels = ["ok", "scratch", "dent", "crack"]
+    export_mod.TRACES.__init__()  # type: ignore[misc]
+    first = _trained("small_cnn128", labels, steps=2)
+    export_onnx(first, default_meta("small_cnn128", labels), tmp_path / "v1.onnx")
+    second = _trained("small_cnn128", labels, steps=4)  # other weights and other batch-norm statistics
+    cached = export_onnx(second, default_meta("small_cnn128", labels), tmp_path / "v2.onnx")
+    assert (export_mod.TRACES.hits, export_mod.TRACES.misses) == (1, 1)
+    export_mod.TRACES.__init__()  # type: ignore[misc]
+    fresh = export_onnx(second, default_meta("small_cnn128", labels), tmp_path / "v2-fresh.onnx")
+    assert export_mod.TRACES.misses == 1 and cached.max_abs_diff < 1e-4 and fresh.max_abs_diff < 1e-4
+    a, b = onnx.load(str(cached.path)), onnx.load(str(fresh.path))
+    assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node]
+    assert "BatchNormalization" not in {n.op_type for n in a.graph.node}
+    x = np.random.default_rng(0).standard_normal((5, 3, 128, 128), dtype=np.float32)
+    np.testing.assert_allclose(_session(cached.path).run(None, {"input": x})[0],
+                               _session(fresh.path).run(None, {"input": x})[0], atol=1e-5)
+    grown = _trained("small_cnn128", labels + ["stain"], steps=1)
+    export_onnx(grown, default_meta("small_cnn128", labels + ["stain"]), tmp_path / "v3.onnx")
+    assert export_mod.TRACES.misses == 2
+
+
+def test_a_cached_trace_that_fails_verification_is_dropped_and_the_net_traced_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """If a cached graph ever stops computing the net (here: its weights do not land), the export is not lost and
+    nothing wrong is written: verification refuses it, the entry goes, a fresh trace is exported and verified."""
+    labels = ["a", "b"]
+    export_mod.TRACES.__init__()  # type: ignore[misc]
+    export_onnx(_trained("small_cnn", labels), default_meta("small_cnn", labels), tmp_path / "v1.onnx")
+    real, broken = export_mod._with_weights, []
+
+    def weights_lost_once(graph, net):  # type: ignore[no-untyped-def]
+        if export_mod.TRACES.hits and not broken:  # the cached graph, the first time: another net's weights
+            broken.append(True)
+            return real(graph, build_model("small_cnn", 2).eval())
+        return real(graph, net)
+
+    monkeypatch.setattr(export_mod, "_with_weights", weights_lost_once)
+    model = _trained("small_cnn", labels, steps=5)
+    with caplog.at_level("WARNING", logger="trainer.export"):
+        res = export_onnx(model, default_meta("small_cnn", labels), tmp_path / "v2.onnx")
+    assert broken and "tracing it again" in caplog.text and res.max_abs_diff < 1e-4
+    assert export_mod.TRACES.misses == 2 and _session(res.path).run(None, {"input": np.zeros((1, 3, 64, 64), np.float32)})
