@@ -152,6 +152,7 @@ def analyze(raw: dict[str, Any]) -> dict[str, Any]:
     cameras: list[str] = list(raw["cameras"])
     baseline: str = raw["baseline"]
     updates = sorted(raw["updates"], key=lambda u: u["update"])
+    # a rehearsal round's line carries the last update before it: the version it promoted holds that update
     ver_update = {baseline: 0, **{u["version"]: int(u["update"]) for u in updates if u.get("version")}}
     first_update: dict[str, dict[str, Any]] = {}
     for u in updates:
@@ -234,7 +235,9 @@ def analyze(raw: dict[str, Any]) -> dict[str, Any]:
         "first_try_samples": first_try["n"],
         "dominant_share": shares[dominant] if dominant else None,
         "samples_measured": len(rows_out), "samples_eligible": eligible, "samples_pending": pending,
-        "updates": len(updates), "updates_kept_by_gate": sum(1 for u in updates if u.get("promote") is False),
+        "updates": sum(1 for u in updates if "rehearsal" not in u),
+        "updates_kept_by_gate": sum(1 for u in updates if u.get("promote") is False and "rehearsal" not in u),
+        "rehearsals": sum(1 for u in updates if "rehearsal" in u),
         "versions_promoted": len(promoted),
         "versions_rolled_out": sum(1 for r in raw["rollouts"] if r.get("state") == "completed"),
         "versions_delivering": delivering,

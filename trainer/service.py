@@ -552,7 +552,7 @@ class TrainerService:
         u = self.config.update
         self._rehearse_left -= 1
         self._marks = {}
-        t0 = time.perf_counter()
+        t0, t_start = time.perf_counter(), time.time()
         try:
             result = self.strategy.rehearse(u.rehearse_steps)
             loss = result.get("loss")
@@ -579,7 +579,9 @@ class TrainerService:
         log.info("rehearsal %d after update %d: %d replay steps, loss %.4f, %.2fs", self.counters["rehearsals"],
                  self.counters["updates"], steps, result.get("loss", float("nan")), time.perf_counter() - t0)
         self._eval_due = True
+        t_trained = time.time()
         decision = self.evaluate_and_maybe_promote() if self._save_checkpoint() else None
+        self._write_timeline(t_start, t_trained, 0, 0, [], 0, decision, rehearsal=int(self.counters["rehearsals"]))
         return {"rehearsal": self.counters["rehearsals"], "steps": steps, "loss": result.get("loss"),
                 "decision": decision}
 
@@ -652,8 +654,12 @@ class TrainerService:
         return False
 
     def _write_timeline(self, t_start: float, t_trained: float, first: int, last: int, rows: list[StoredSample],
-                        n_trained: int, decision: dict[str, Any] | None) -> None:
+                        n_trained: int, decision: dict[str, Any] | None, rehearsal: int | None = None) -> None:
         """Append this update's stage boundaries (wall clock, ``time.time()``) to ``timeline.jsonl``.
+
+        A rehearsal round writes one too (``rehearsal``: its number; ``update``: the last update before it; no
+        samples): a version it promotes holds every update so far, and a reader that knows only the updates' versions
+        (``bench freshness``) took the cameras running it for cameras running nothing new.
 
         ``start`` is when the update took its batch from the buffer (before decoding images), ``trained``
         after the optimiser steps, ``evaluated`` after the gate decision, ``exported``/``registered``/
@@ -667,7 +673,7 @@ class TrainerService:
             "start": t_start, "trained": t_trained, **self._marks,
             "promote": None if decision is None else bool(decision.get("promote")),
             "version": None if decision is None else decision.get("version"),
-            "samples": [s.sample_id for s in rows],
+            "samples": [s.sample_id for s in rows], **({"rehearsal": rehearsal} if rehearsal is not None else {}),
         }
         try:
             with open(self.state_dir / TIMELINE_FILE, "a", encoding="utf-8") as fh:

@@ -92,6 +92,26 @@ def test_stages_partition_the_total_and_attribute_gate_and_rollout() -> None:
     assert f["versions_promoted"] == 2 and f["versions_rolled_out"] == 1 and f["versions_delivering"] == ["v0002"]
 
 
+def test_a_version_a_rehearsal_round_promoted_delivers_the_updates_before_it() -> None:
+    """The trainer's timeline has a line per rehearsal round (update = the last update before it): a camera running
+    the version it promoted runs every update so far. Before those lines, that version read as "no update at all"
+    and every sample looked undelivered until an update's own version reached the whole fleet."""
+    raw = _raw()
+    raw["updates"].insert(2, {"update": 2, "rehearsal": 1, "start": 27.0, "trained": 28.0, "evaluated": 29.0,
+                              "exported": 29.5, "registered": 29.6, "announced": 30.0, "promote": True,
+                              "version": "v0002r", "samples": []})
+    raw["statuses"] += [
+        {"wall": 70.0, "device": "cam-2", "state": "active", "version": "v0002r", "rollout": "r4", "active": "v0002r"},
+        {"wall": 72.0, "device": "cam-1", "state": "active", "version": "v0002r", "rollout": "r4", "active": "v0002r"}]
+    f = freshness.analyze(raw)
+    known = {"v0001": 0, "v0002": 2, "v0003": 3}
+    before = freshness.fleet_steps(raw["statuses"], raw["cameras"], known, "v0001")
+    assert [st["level"] for st in before] == [2, -1]  # the old reading: the fleet on v0002r looked like no update
+    steps = freshness.fleet_steps(raw["statuses"], raw["cameras"], {**known, "v0002r": 2}, "v0001")
+    assert [st["level"] for st in steps] == [2]  # it holds update 2: the fleet never went back
+    assert f["samples_measured"] == 3 and f["samples_pending"] == 1  # a, b, c delivered at 45 as before; d pending
+
+
 def test_rollback_lowers_the_fleet_level() -> None:
     raw = _raw()
     steps = freshness.fleet_steps(raw["statuses"], raw["cameras"], {"v0001": 0, "v0002": 2, "v0003": 3}, "v0001")
@@ -155,3 +175,11 @@ def test_a_bad_trainer_config_is_refused_before_anything_starts(tmp_path: Path, 
     own.write_text("update:\n  steps: 5\n")
     assert freshness.main(["--trainer-config", str(own), "--out", str(out)]) == 2
     assert "update.steps" in capsys.readouterr().err and not out.exists()
+
+
+def test_rehearsal_lines_are_not_counted_as_updates() -> None:
+    raw = _raw()
+    raw["updates"].append({"update": 3, "rehearsal": 1, "start": 52.0, "trained": 53.0, "promote": False,
+                           "version": None, "samples": []})
+    f = freshness.analyze(raw)
+    assert (f["updates"], f["updates_kept_by_gate"], f["rehearsals"]) == (3, 1, 1)

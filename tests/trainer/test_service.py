@@ -399,6 +399,10 @@ def test_idle_rehearsal_is_bounded_gated_checkpointed_and_counted(bootstrapped: 
         assert not svc.step(), "more rounds than update.rehearse_rounds"
         assert (svc.counters["samples_seen"], svc.counters["label_seq"], svc.counters["updates"]) == (seen, seq, updates)
         assert len((state / "decisions.jsonl").read_text().splitlines()) == decisions + 2  # each round gated
+        # each round on the timeline too, so a reader knows which update a version it promotes holds
+        timeline = [json.loads(line) for line in (state / "timeline.jsonl").read_text().splitlines()]
+        assert [(r.get("rehearsal"), r["update"], r["samples"]) for r in timeline[-2:]] == [(1, updates, []), (2, updates, [])]
+        assert all(r["start"] <= r["trained"] for r in timeline[-2:]) and "rehearsal" not in timeline[-3]
         ck = load_checkpoint(state)
         assert ck is not None and ck.counters["rehearsals"] == 2
         assert all(torch.equal(ck.model_state[k], v) for k, v in svc.model.state_dict().items())
