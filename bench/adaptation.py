@@ -91,32 +91,63 @@ def scenarios(stream_s: float = STREAM_S) -> dict[str, Scenario]:
     """The benchmark's scenarios for a stream of ``stream_s`` seconds (the default one from deploy/demo/plan.py)."""
     from deploy.demo.plan import SCENARIOS, plan_timeline
 
-    demo = SCENARIOS["parts"]
     tl = plan_timeline(stream_s, FPS, "parts")
     at = round(0.30 * stream_s, 1)
     light = tuple((item, tl.lighting_s, "lighting change") for item in tl.lighting.split("+"))
     return {
-        "default": Scenario("default", "parts", demo["arch"],
+        "default": Scenario("default", "parts", BASE_ARCH["parts"],
                             light + ((f"newclass:{tl.newclass}", tl.newclass_s, "new class crack"),), tl.ramp_s),
-        "blur": Scenario("blur", "parts", demo["arch"], (("blur:2", at, "blur"),)),
-        "noise": Scenario("noise", "parts", demo["arch"], (("noise:12", at, "sensor noise"),)),
-        "prior": Scenario("prior", "parts", demo["arch"], (("prior:ok=0.25/scratch=0.4", at, "class-prior shift"),)),
-        "newclass": Scenario("newclass", "parts", demo["arch"], (("newclass:crack=0.2", at, "new class crack"),)),
-        "digits": Scenario("digits", "digits", SCENARIOS["digits"]["arch"], (("newclass:5-9", at, "digits 5-9"),),
+        "blur": Scenario("blur", "parts", BASE_ARCH["parts"], (("blur:2", at, "blur"),)),
+        "noise": Scenario("noise", "parts", BASE_ARCH["parts"], (("noise:12", at, "sensor noise"),)),
+        "prior": Scenario("prior", "parts", BASE_ARCH["parts"], (("prior:ok=0.25/scratch=0.4", at, "class-prior shift"),)),
+        "newclass": Scenario("newclass", "parts", BASE_ARCH["parts"], (("newclass:crack=0.2", at, "new class crack"),)),
+        "digits": Scenario("digits", "digits", BASE_ARCH["digits"], (("newclass:5-9", at, "digits 5-9"),),
                            extra=SCENARIOS["digits"]["extra"]),
     }
 
 
 # -- variants: what is being compared --------------------------------------------------------------------------
+#: The loop's base learner per sim kind: the nets the demo shipped before its parts scenario became small_cnn128 with
+#: frozen blocks (README, Adaptation #60). Every variant but ``demo`` is "the base with ..." so that the rows measured
+#: against it stay reproducible by name; ``demo`` takes the demo's own (deploy/demo/plan.py ``SCENARIOS``).
+BASE_ARCH = {"parts": "small_cnn", "digits": "convnet"}
+
+
 @dataclass
 class Variant:
-    """A loop configuration: LoopSettings overrides, bootstrap options, and hooks built in the worker."""
+    """A loop configuration: LoopSettings overrides, bootstrap options, and hooks built in the worker.
+
+    ``demo_learner``: first take the demo's architecture and learner settings for the scenario's kind
+    (deploy/demo/plan.py ``SCENARIOS``), charged what that net costs (bench/net_costs.py); then the variant's own."""
 
     name: str
     doc: str
     settings: dict[str, Any] = field(default_factory=dict)
     bootstrap: dict[str, Any] = field(default_factory=dict)
     hooks: Callable[[], Any] | None = None
+    demo_learner: bool = False
+
+
+def demo_learner_settings(kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(LoopSettings overrides, bootstrap options) of the demo's learner for sim ``kind``: its architecture, its
+    ``learner`` keys (``update.*``, ``strategy.*``, ``eval.*``, ``hints.*``), its ``learner_steps`` per update and the
+    stage costs of that net."""
+    from bench.net_costs import stage_scale
+    from deploy.demo.plan import SCENARIOS
+
+    sc = SCENARIOS[kind]
+    sections = {"update": "update", "strategy": "strategy_settings", "eval": "eval", "hints": "hints"}
+    settings: dict[str, Any] = {}
+    for key, value in sc["learner"].items():
+        section, name = key.split(".", 1)
+        if section not in sections:
+            raise KeyError(f"SCENARIOS[{kind!r}]['learner']: {key!r} is no section the loop has ({', '.join(sections)})")
+        settings.setdefault(sections[section], {})[name] = value
+    if sc["learner_steps"]:
+        settings.setdefault("update", {})["steps"] = sc["learner_steps"]
+    frozen = int(sc["learner"].get("strategy.frozen_blocks", 0))
+    settings["stage_scale"] = stage_scale(sc["arch"], frozen)
+    return settings, {"arch": sc["arch"]}
 
 
 def variants() -> dict[str, Variant]:
@@ -140,7 +171,7 @@ def bootstrap_options(kind: str, seed: int, options: dict[str, Any] | None = Non
     from trainer.nets import ARCH_INPUT
 
     opts = {**DEMO_BOOTSTRAP, "input_size": SCENARIOS[kind]["input_size"], **(options or {})}
-    opts.setdefault("arch", SCENARIOS[kind]["arch"])
+    opts.setdefault("arch", BASE_ARCH[kind])
     arch = opts["arch"]
     if arch in ("small_cnn", "convnet"):
         del opts["arch"]  # the architectures states were built with before the key named one: their keys stay
@@ -226,19 +257,21 @@ def run_one_settings(scenario: str, seed: int, variant: str = "demo", upper: boo
     s = LoopSettings(cameras=cameras, fps=FPS, stream_s=stream_s, upper_bound=upper, **stages)
     # a variant that gives its own update time says at how many steps it was measured
     measured_steps = var.settings.get("measured_steps", measured_steps)
-    for k, v in var.settings.items():
-        if k == "measured_steps":
-            continue
-        if k == "stage_scale":  # a variant whose trainer costs more: its measured stage times, scaled
-            for stage, factor in v.items():
-                setattr(s, stage, getattr(s, stage) * factor)
-        elif k in ("update", "eval", "strategy_settings"):
-            setattr(s, k, {**getattr(s, k), **v})
-        else:
-            setattr(s, k, v)
+    learner, learner_boot = demo_learner_settings(sc.kind) if var.demo_learner else ({}, {})
+    for layer in (learner, var.settings):
+        for k, v in layer.items():
+            if k == "measured_steps":
+                continue
+            if k == "stage_scale":  # a variant whose trainer costs more: its measured stage times, scaled
+                for stage, factor in v.items():
+                    setattr(s, stage, getattr(s, stage) * factor)
+            elif k in ("update", "eval", "strategy_settings", "hints"):
+                setattr(s, k, {**getattr(s, k), **v})
+            else:
+                setattr(s, k, v)
     if measured_steps:  # an update's time is its optimiser steps': charge the loop's steps, not the measured run's
         s.update_s *= s.update["steps"] / measured_steps
-    return s, (sc.kind, {**var.bootstrap, **(boot or {})})
+    return s, (sc.kind, {**learner_boot, **var.bootstrap, **(boot or {})})
 
 
 def _row_path(variant: str, scenario: str, seed: int, stream_s: float, cameras: int) -> Path:

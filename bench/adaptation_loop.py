@@ -152,8 +152,8 @@ def stage_times(results_json: Path) -> dict[str, float]:
     bench/results.json has them; {} otherwise. ``update_steps`` is the optimiser steps per update that run
     measured (20 for runs before it was recorded): a loop with other steps scales ``update_s`` by them. A run that
     does not record its ``nets`` trained the nets before they went channels-last: its update and evaluation are
-    scaled by :data:`NETS_NOW_OVER_BEFORE`. A run that records another ``arch`` is brought back to small_cnn at
-    64x64 (bench/net_costs.py), the reference every variant is charged against."""
+    scaled by :data:`NETS_NOW_OVER_BEFORE`. A run that records its ``arch`` and ``frozen_blocks`` is brought back to
+    small_cnn at 64x64 with no frozen blocks (bench/net_costs.py), the reference every variant is charged against."""
     import json
 
     from bench.net_costs import stage_scale
@@ -178,9 +178,10 @@ def stage_times(results_json: Path) -> dict[str, float]:
     if "nets" not in settings:  # measured on the nets before they went channels-last: charge them as they are now
         for stage, factor in NETS_NOW_OVER_BEFORE.items():
             out[stage] *= factor
-    # a run on another net than small_cnn (``bench freshness --arch``): back to it, which the variants' stage costs
-    # are relative to
-    for stage, factor in stage_scale(settings.get("arch", "small_cnn")).items():
+    # a run on another net than small_cnn at 64x64, whole (the demo's since #60): back to that reference, which the
+    # variants' stage costs are relative to
+    scale = stage_scale(settings.get("arch", "small_cnn"), int(settings.get("frozen_blocks", 0)))
+    for stage, factor in scale.items():
         out[stage] /= factor
     out["freshness_p50_s"] = fig.get("total_p50_s")
     out["freshness_p95_s"] = fig.get("total_p95_s")

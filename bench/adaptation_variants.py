@@ -5,9 +5,11 @@ and :class:`bench.adaptation_loop.Hooks`; the shipping code runs unchanged other
 a hook in a file this benchmark may not change (trainer/service.py, trainer/strategies/, edge/sampler.py) says so
 in its ``doc``: the hook is what would make it a product setting.
 
-Every variant runs with the demo's settings except where it says otherwise: since the cameras' input calibration
-became the demo's default (``deploy.demo.plan.CALIBRATION``), that includes calibration; ``no-calib`` is the
-demo as it was before. (The README's table of directions says which rows were measured before that change.)
+Every variant but ``demo`` runs with the base settings (``base``: the demo's until its parts scenario took
+small_cnn128 with frozen blocks, README #60) except where it says otherwise; "the demo" in a variant's doc means
+that base. Since the cameras' input calibration became the demo's default (``deploy.demo.plan.CALIBRATION``), the
+base includes calibration; ``no-calib`` is the demo as it was before. (The README's table of directions says
+which rows were measured before that change.) ``demo`` is the demo as it is: the scenario's own net and learner.
 """
 from __future__ import annotations
 
@@ -152,11 +154,12 @@ def _slow_vm(steps: int) -> dict[str, Any]:
 
 
 #: Stage times ``bench freshness`` measured on 2026-12-02 on a second 2-core VM, one run each, one after the other
-#: (README #60): the demo's defaults (``--arch small_cnn``: 40 steps per update; p50 26.6 s) and #59's learner
-#: (small_cnn128, 2 frozen blocks, rehearsal, dihedral, paired and weighted gate; 20 steps; p50 40.4 s). A wave's
+#: (README #60): the base (``--arch small_cnn``: 40 steps per update; p50 26.6 s) and #59's learner
+#: (small_cnn128, 2 frozen blocks, rehearsal, dihedral, paired and weighted gate; 20 steps; its p50 read 40.4 s while
+#: bench freshness did not know the versions rehearsal rounds promoted, #61; the stage times are per update). A wave's
 #: delivery is (rollout - one 4.8 s soak) / 2, as ``stage_times`` derives it. What each learner really costs on a
 #: 2-core trainer, its trainer busy beside four cameras, instead of the 64x64 record scaled by CPU ratios.
-OWN_VM = {"demo": ({"label_delay_s": 2.0, "update_s": 4.0, "evaluate_s": 0.8, "export_s": 2.7,
+OWN_VM = {"base": ({"label_delay_s": 2.0, "update_s": 4.0, "evaluate_s": 0.8, "export_s": 2.7,
                     "wave_delay_s": 2.2}, 40),
           "frozen2": ({"label_delay_s": 2.861, "update_s": 2.831, "evaluate_s": 2.104, "export_s": 2.687,
                        "wave_delay_s": 1.912}, 20)}
@@ -170,7 +173,11 @@ def _own_vm(learner: str, settings: dict[str, Any] | None = None) -> dict[str, A
 
 VARIANTS: dict[str, Variant] = {
     "demo": Variant("demo", "the demo's settings (deploy/demo/plan.py): edge input calibration always on; iw-er, "
-                            "B=32 / K=40 / Adam 1e-3, gate, waves"),
+                            "B=32 / K=40 / Adam 1e-3, gate, waves; the scenario's net and learner (for parts "
+                            "small_cnn128 with 2 frozen blocks, rehearsal, dihedral, paired, weighted gate; #60)",
+                    demo_learner=True),
+    "base": Variant("base", "the loop's base, which every other variant changes: the demo before #60 (small_cnn at "
+                            "64x64 for parts, the trainer's default learner)"),
     "no-calib": Variant("no-calib", "the demo before calibration became its default (calibration off)",
                         settings={"calibration": "off"}),
     "input128": Variant("input128", "small_cnn on the full 128x128 ROI instead of the demo's 2x downscale to 64x64 "
@@ -391,8 +398,9 @@ VARIANTS: dict[str, Variant] = {
                                         "slower per trainer step (SLOW_VM)", settings=_slow_vm(20)),
     "slowvm-k40": Variant("slowvm-k40", "the demo (40 steps) charged the stage times a 40-step freshness run "
                                         "measured on that slow VM (SLOW_VM)", settings=_slow_vm(40)),
-    "ownvm-demo": Variant("ownvm-demo", "the demo charged the stage times its own freshness run measured on a second "
-                                        "2-core VM (OWN_VM, README #60)", settings=_own_vm("demo")),
+    "ownvm-base": Variant("ownvm-base", "the base (small_cnn, the demo before #60) charged the stage times its own "
+                                        "freshness run measured on a second 2-core VM (OWN_VM, README #60)",
+                          settings=_own_vm("base")),
     "ownvm-cnn128-frozen2": Variant(
         "ownvm-cnn128-frozen2", "cnn128-rehearse-dihedral-paired-new-hint-weighted-k20-frozen2 charged the stage times "
         "its own freshness run measured on that VM (OWN_VM, README #60) instead of the 64x64 record scaled by CPU ratios",

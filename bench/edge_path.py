@@ -7,7 +7,7 @@ the seed's PyTorch-eager loop it replaces.
 
 Single thread everywhere (ORT intra_op 1, ``cv2.setNumThreads(1)``, ``torch.set_num_threads(1)``), two
 models at the input the demo ships them with (deploy/demo/plan.py ``SCENARIOS``): the seed ConvNet (28x28
-grey, on ``sim:digits`` frames) and small_cnn (64x64 RGB, on ``sim:parts``), both cropped to the
+grey, on ``sim:digits`` frames) and small_cnn128 (128x128 RGB, on ``sim:parts``), both cropped to the
 simulator's ROI. Frames are generated into a list first, so capture
 is excluded (each frame is copied, untimed, just before its timed call, as a capture thread would have
 just written it). Per model, interleaved in each repeat so background load hits all three alike:

@@ -12,12 +12,13 @@ What runs -- ``edgeloop demo``'s own phases (:class:`deploy.demo.app.DemoApp`, s
 copied), with the demo's *default* timing-relevant settings (:mod:`deploy.demo.plan`):
 
 * the embedded broker (mosquitto if installed);
-* a bootstrap of the scenario's net (``small_cnn`` on ``sim:parts`` ROI crops, or ``--arch``; the demo's bootstrap
-  phase), before anything else competes for the CPU;
+* a bootstrap of the scenario's net (``small_cnn128`` on ``sim:parts`` ROI crops, or ``--arch``; the demo's
+  bootstrap phase), before anything else competes for the CPU;
 * :class:`trainer.service.TrainerService` in this process: oracle labeller, the demo's update settings
   (``deploy.demo.plan.trainer_settings``: B=32, min batch 8, K=40 Adam steps (20 on a machine the
   bootstrap finds slow), T = max(5 s, stream/15),
-  1 torch thread), gate on every update, dynamo ONNX export;
+  1 torch thread) and the scenario's learner (``deploy.demo.plan.demo_learner``: frozen blocks, rehearsal
+  rounds, dihedral, paired and weighted gate), gate on every update, dynamo ONNX export;
 * :class:`deploy.service.DeployService` (``edgeloop deploy run``'s controller, promotion intake and
   :class:`deploy.rollout_feeder.RolloutFeeder`, fed by the trainer's announcements over MQTT; one rollout at
   a time, newer promotions coalesced while one is in progress) with ``deploy.demo.plan.demo_policy``:
@@ -77,8 +78,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from deploy.demo.app import DemoApp
-from deploy.demo.plan import (P_MIN, SCENARIOS, DemoOptions, Timeline, demo_arch, demo_policy, soaked_waves,
-                              trainer_settings)
+from deploy.demo.plan import (P_MIN, SCENARIOS, DemoOptions, Timeline, demo_arch, demo_learner, demo_policy,
+                              demo_trainer_settings, soaked_waves, trainer_settings)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "freshness.json"
@@ -399,7 +400,8 @@ class FreshnessRun(DemoApp):
         self.say(f"{len(self.cams)} cameras (pids {[c.pid for c in self.cams]}), drift at {self.drift_at:g} s, "
                  f"counting samples selected in the first {self.duration - self.tail:.0f} s, run <= "
                  f"{self.duration:.0f} s; policy waves {self.policy.waves} soak {self.policy.soak:g} s; update "
-                 f"wait {trainer_settings(self.demo_stream_s, self.slow)['update.wait_s']:g} s")
+                 f"wait {trainer_settings(self.demo_stream_s, self.slow)['update.wait_s']:g} s, "
+                 f"{demo_trainer_settings(self.opts, self.demo_stream_s, self.slow)['update.steps']} steps per update")
 
     def stream(self) -> None:
         """Until ``duration`` seconds of stream, or until every counted sample has reached every camera."""
@@ -464,11 +466,17 @@ class FreshnessRun(DemoApp):
             result["errors"] = list(self.rec.errors)
         return {"result": result, "per_sample": per_sample, "raw": raw}
 
+    def _frozen_blocks(self) -> int:
+        """The trainer's ``strategy.frozen_blocks`` (from the scenario's learner or --trainer-config): with the net, what
+        the adaptation benchmark needs to charge this run's stage times back to small_cnn's."""
+        return int(self.trainer.config.strategy.get("frozen_blocks", 0)) if self.trainer is not None else 0
+
     def _facts(self, uploaded: int) -> dict[str, Any]:
         """Run facts beside the figures: lengths, settings, bootstrap, machine load."""
         from trainer.nets import NETS_LAYOUT
 
-        policy, update = self.policy or demo_policy(self.demo_stream_s), trainer_settings(self.demo_stream_s, self.slow)
+        policy = self.policy or demo_policy(self.demo_stream_s)
+        update = demo_trainer_settings(self.opts, self.demo_stream_s, self.slow)
         return {
             "cameras": len(self.devices), "stream_s": round(self.t_stop - self.stream_t0, 1),
             "duration_limit_s": self.duration, "count_window_s": round(self.duration - self.tail, 1),
@@ -481,7 +489,8 @@ class FreshnessRun(DemoApp):
                                      "shadow": policy.shadow,
                                      "soaked_waves": soaked_waves(len(self.devices), tuple(policy.waves))},
                          "bootstrap_frames": self.opts.bootstrap_frames, "nets": NETS_LAYOUT,
-                         "arch": demo_arch(self.opts), "trainer_config": self.opts.trainer_config},
+                         "arch": demo_arch(self.opts), "learner": demo_learner(self.opts),
+                         "trainer_config": self.opts.trainer_config, "frozen_blocks": self._frozen_blocks()},
             "bootstrap": {k: self.rec.bootstrap.get(k) for k in ("version", "epochs", "accuracy", "macro_f1", "seconds")}
             if self.rec.bootstrap else {},
             "load": self.load,
@@ -580,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", help="keep everything (logs, stores, per_sample.json) here")
     ap.add_argument("--insecure", action="store_true", help="anonymous loopback broker instead of the demo's default "
                                                             "TLS broker with client certificates and ACLs")
-    ap.add_argument("--arch", help="the camera net, as `edgeloop demo --arch` (default: the scenario's, small_cnn); "
+    ap.add_argument("--arch", help="the camera net, as `edgeloop demo --arch` (default: the scenario's, small_cnn128); "
                                    "the adaptation benchmark charges a run of record on another net back to small_cnn's")
     ap.add_argument("--trainer-config", metavar="YAML", help="trainer settings the demo does not set itself, as "
                                                              "`edgeloop demo --trainer-config` (e.g. "

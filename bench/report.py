@@ -28,7 +28,7 @@ UNIT_SUFFIXES: tuple[tuple[str, str], ...] = (
 HEADLINES: dict[str, tuple[str, ...]] = {
     "codec": ("round_trip_us",),
     "simulator": ("parts_fps",),
-    "edge_path": ("small_cnn.edge_fps", "edge_peak_rss_mb"),
+    "edge_path": ("small_cnn128.edge_fps", "small_cnn.edge_fps", "edge_peak_rss_mb"),
     "venv_size": ("venv_mb",),
     "mqtt_clients": ("req_rep_1proc_2clients",),
     "learning": ("summary.iw-er.final_acc",),

@@ -60,7 +60,7 @@ from deploy.demo.live import CameraRow, View, ViewState, make_view
 from deploy.demo.monitor import Monitor
 from deploy.demo.plan import (CALIBRATION, FLEET, MIN_STREAM_S, MODEL_ID, PREFIX, SCENARIOS, SLOW_UPDATE_STEPS,
                               TEARDOWN_RESERVE_S, UPDATE_STEPS, DemoOptions, Timeline, bootstrap_budget, camera_seed,
-                              confusion_seed, demo_arch, demo_policy, plan_timeline, sim_url, trainer_settings)
+                              confusion_seed, demo_arch, demo_policy, demo_trainer_settings, plan_timeline, sim_url)
 from deploy.rollout_feeder import RolloutFeeder
 from deploy.service import DeployService
 
@@ -161,6 +161,7 @@ class DemoApp:
         self.timeline: Timeline | None = None
         self.settings_stream_s = 0.0
         self.slow = False  # the bootstrap found this machine slow or busy: the trainer's updates take fewer steps
+        self.trainer_settings: dict[str, Any] = {}  # what the demo set in the trainer's config (dotted keys)
         self.policy: Any = None
         self.deploy: DeployService | None = None
         self.ctl: Any = None
@@ -365,11 +366,11 @@ class DemoApp:
         from trainer.config import TrainerConfig
         from trainer.service import TrainerService
 
+        self.trainer_settings = demo_trainer_settings(self.opts, self.settings_stream_s, slow=self.slow)
         cfg = load_config(TrainerConfig, self.opts.trainer_config, overrides={
             "state_dir": str(self.out / "trainer"), "model_id": MODEL_ID, "mqtt.url": self.broker_url,
             "mqtt.topic_prefix": PREFIX, "mqtt.client_id": f"{self.client_name}-trainer-{os.getpid()}",
-            **{f"mqtt.{k}": v for k, v in self.identity("trainer").items()},
-            **trainer_settings(self.settings_stream_s, slow=self.slow)})
+            **{f"mqtt.{k}": v for k, v in self.identity("trainer").items()}, **self.trainer_settings})
         self.trainer = TrainerService(cfg).start()
 
     def start_monitor(self) -> None:
@@ -528,7 +529,8 @@ class DemoApp:
                             "counters": st["counters"], "labels": st["labels"], "promoted": st["promoted"],
                             "ingest": st.get("ingest", {}), "degraded": st.get("degraded") or {},
                             "quarantine": [q["reason"] for q in st.get("quarantine") or []],
-                            "last_decision": (st.get("last_decision") or {}).get("reason")}
+                            "last_decision": (st.get("last_decision") or {}).get("reason"),
+                            "config": self.opts.trainer_config, "settings": self.trainer_settings}
         for r in self.trainer.registry.list():
             self.rec.versions.append({"version": r.version, "parent": r.parent, "status": r.status,
                                       "path": str(r.path), "labels": r.labels, "samples_seen": r.samples_seen,

@@ -28,11 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="./edgeloop-demo", help="output directory (default ./edgeloop-demo)")
     p.add_argument("--fps", type=float, default=15.0, help="frames per second of each camera (default 15)")
     p.add_argument("--budget", type=int, default=40, help="uploads per minute per camera (default 40)")
-    p.add_argument("--arch", help="model architecture (default: the scenario's, small_cnn for parts, convnet for "
-                                  "digits); small_cnn128 sees the parts at full resolution for ~2.5x the training cost")
+    p.add_argument("--arch", help="model architecture (default: the scenario's, small_cnn128 for parts, convnet for "
+                                  "digits); another one runs with the trainer's default learner settings")
     p.add_argument("--trainer-config", metavar="YAML",
                    help="trainer settings for the keys the demo does not set itself, in the YAML of `edgeloop "
-                        "trainer run --config` (e.g. update.rehearse_steps, strategy.augment, eval.paired); a key the "
+                        "trainer run --config` (e.g. update.rehearse_steps, strategy.augment, eval.paired), instead of "
+                        "the scenario's (for parts: deploy/configs/trainer-surface-defects-128.yaml); a key the "
                         "demo sets (paths, broker, labels, update cadence) is refused")
     p.add_argument("--plain", action="store_true", help="plain event lines even on a terminal")
     p.add_argument("--insecure", action="store_true",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CALIBRATION", "DemoOptions", "Timeline", "SCENARIOS", "plan_timeline", "camera_seed", "sim_url", "demo_policy",
+__all__ = ["CALIBRATION", "DemoOptions", "Timeline", "SCENARIOS", "demo_learner", "demo_trainer_settings", "plan_timeline", "camera_seed", "sim_url", "demo_policy",
            "trainer_settings", "bootstrap_budget"]
 
 PREFIX = "edgeloop/v1"
@@ -85,22 +85,49 @@ class Timeline:
 
 
 #: ``input_size``: the model's square input (None: the architecture's own, trainer/nets.py ``ARCH_INPUT``).
+#: ``learner``: trainer settings (dotted keys) measured for the scenario's data and architecture; the demo uses them
+#: only with that architecture and no --trainer-config (:func:`demo_learner`).
 SCENARIOS: dict[str, dict[str, Any]] = {
     # darker + warmer light (a lamp failed, the other one is a warm one), then a new defect type. The parts ROI is
-    # 128x128 and small_cnn sees it at 64x64; a `crack` is a 1-px line that the 2x downscale halves. Seeing it at
-    # full size learns `crack` better but costs 2.5-6x per training step (README, Adaptation #28 and #29:
-    # variants `input128` and `cnn128`).
-    "parts": {"arch": "small_cnn", "input_size": None, "lighting": "brightness:-0.45+cast:0.8/1.0/1.25",
-              "newclass": "crack=0.2", "extra": ""},
-    # digits: dimmer and lower-contrast labels, then digit 5 appears on the line
+    # 128x128; a `crack` is a 1-px line that a 2x downscale to small_cnn's 64x64 halves. small_cnn128 sees it at
+    # full size, and with its two full-resolution blocks frozen in updates its steps cost about what small_cnn's
+    # do (README, Adaptation #29, #50, #59). The learner is deploy/configs/trainer-surface-defects-128.yaml's.
+    "parts": {"arch": "small_cnn128", "input_size": None, "lighting": "brightness:-0.45+cast:0.8/1.0/1.25",
+              "newclass": "crack=0.2", "extra": "",
+              "learner": {"update.rehearse_steps": 20, "update.rehearse_rounds": 2, "strategy.augment": "dihedral",
+                          "strategy.frozen_blocks": 2, "eval.paired": "new-class", "eval.weighted": True},
+              # its optimiser steps per update, the trainer's default and the steps the benchmark measured it with
+              # (README, Adaptation #59, #60); the demo's 64x64 learner took 40
+              "learner_steps": 20},
+    # digits: dimmer and lower-contrast labels, then digit 5 appears on the line. No dihedral augmentation here:
+    # a turned 6 is a 9
     "digits": {"arch": "convnet", "input_size": None, "lighting": "brightness:-0.5+contrast:0.6", "newclass": "5=0.2",
-               "extra": "classes=0-4"},
+               "extra": "classes=0-4", "learner": {}, "learner_steps": None},
 }
 
 
 def demo_arch(opts: DemoOptions) -> str:
     """The architecture the demo bootstraps: ``--arch`` if given, else the scenario's."""
     return opts.arch or SCENARIOS[opts.scenario]["arch"]
+
+
+def demo_learner(opts: DemoOptions) -> dict[str, Any]:
+    """The scenario's learner settings (dotted trainer keys), or {} -- the trainer's defaults -- when
+    ``--trainer-config`` gives the trainer's settings instead or ``--arch`` is another net than the one they were
+    measured with (frozen blocks are a count of one net's modules)."""
+    sc = SCENARIOS[opts.scenario]
+    if opts.trainer_config is not None or demo_arch(opts) != sc["arch"]:
+        return {}
+    return dict(sc["learner"])
+
+
+def demo_trainer_settings(opts: DemoOptions, stream_s: float, slow: bool = False) -> dict[str, Any]:
+    """Everything the demo sets in the trainer's config but paths and broker (dotted keys): the scenario's learner
+    (:func:`demo_learner`) with the steps per update it was measured with, and the demo's cadence
+    (:func:`trainer_settings`)."""
+    learner = demo_learner(opts)
+    steps = SCENARIOS[opts.scenario]["learner_steps"] if learner else None
+    return {**learner, **trainer_settings(stream_s, slow=slow, steps=steps)}
 
 
 def plan_timeline(stream_s: float, fps: float, scenario: str) -> Timeline:
@@ -164,7 +191,7 @@ def soaked_waves(cameras: int, waves: tuple[float, ...]) -> int:
 UPDATE_STEPS, SLOW_UPDATE_STEPS = 40, 20
 
 
-def trainer_settings(stream_s: float, slow: bool = False) -> dict[str, Any]:
+def trainer_settings(stream_s: float, slow: bool = False, steps: int | None = None) -> dict[str, Any]:
     """The trainer's settings for a stream of ``stream_s`` seconds (dotted keys; paths and URLs apart).
 
     Oracle labels and no HTTP label API; small, frequent buffered updates (T = max(5 s, stream / 15)) so a
@@ -174,9 +201,10 @@ def trainer_settings(stream_s: float, slow: bool = False) -> dict[str, Any]:
     40 optimiser steps per update, not the trainer's default 20: the benchmark's loop ends higher with 40 on
     every seed of three scenarios (README #51, #52). With ``slow`` (the bootstrap found the machine slow or
     busy) 20: on a VM ~3x slower per step the benchmark's loop ends the same with either (77.6 against 77.5 %)
-    while 40 steps took the freshness from 49 to 79 s (``bench freshness``, README #52).
+    while 40 steps took the freshness from 49 to 79 s (``bench freshness``, README #52). ``steps``: a learner's own
+    steps per update instead (a slow machine still gets no more than 20).
     """
-    steps = SLOW_UPDATE_STEPS if slow else UPDATE_STEPS
+    steps = min(steps or UPDATE_STEPS, SLOW_UPDATE_STEPS) if slow else (steps or UPDATE_STEPS)
     return {"labeler.kind": "oracle", "labeler.api_port": "none", "update.batch": 32, "update.steps": steps,
             "update.wait_s": max(5.0, stream_s / 15.0), "update.min_batch": 8, "update.optimizer": "adam",
             "update.lr": 1e-3, "torch_threads": 1, "log_level": "WARNING"}

@@ -173,7 +173,7 @@ def compute_summary(rec: Any, confusion: dict[str, Any] | None = None) -> dict[s
         "timeline": {k: _get(rec, "timeline")[k] for k in ("lighting_s", "newclass_s", "ramp_s", "lighting", "newclass")},
         "broker": _get(rec, "broker"),
         "trainer": {k: tr.get(k) for k in ("counters", "per_class", "heldout", "labels", "degraded", "quarantine",
-                                           "last_decision")},
+                                           "last_decision", "config", "settings")},
         "confusion": confusion,
         "warnings": chance_warnings(confusion) + trainer_warnings(tr, stream_s),
         "pids": _get(rec, "pids"),

@@ -171,27 +171,39 @@ def test_bootstrap_cache_names_the_architecture() -> None:
 def test_a_costlier_variant_is_charged_its_trainer_time() -> None:
     from bench.net_costs import CNN128_EVAL_COST, CNN128_UPDATE_COST
 
-    demo, _ = ad.run_one_settings("default", 0, "demo")
+    base, _ = ad.run_one_settings("default", 0, "base")
     cnn, (_, boot) = ad.run_one_settings("default", 0, "cnn128")
-    assert cnn.update_s == pytest.approx(demo.update_s * CNN128_UPDATE_COST)
-    assert cnn.evaluate_s == pytest.approx(demo.evaluate_s * CNN128_EVAL_COST)
-    assert cnn.export_s == demo.export_s and boot == {"arch": "small_cnn128"}
+    assert cnn.update_s == pytest.approx(base.update_s * CNN128_UPDATE_COST)
+    assert cnn.evaluate_s == pytest.approx(base.evaluate_s * CNN128_EVAL_COST)
+    assert cnn.export_s == base.export_s and boot == {"arch": "small_cnn128"}
 
 
-def test_stage_costs_nobody_measured_are_an_error_not_a_guess() -> None:
+def test_the_demo_variant_is_the_demos_net_and_learner_charged_what_they_cost() -> None:
+    """``demo`` follows deploy/demo/plan.py: on parts small_cnn128 with its learner (frozen blocks: charged the
+    frozen net's cost), on digits the base (the convnet, the trainer's defaults); every other variant keeps the base."""
     from bench.net_costs import stage_scale
+    from deploy.demo.plan import SCENARIOS
 
-    assert stage_scale("small_cnn") == {"update_s": 1.0, "evaluate_s": 1.0}
-    assert stage_scale("small_cnn128", 2)["update_s"] < stage_scale("small_cnn128")["update_s"]
+    base, (_, base_boot) = ad.run_one_settings("default", 0, "base")
+    demo, (_, boot) = ad.run_one_settings("default", 0, "demo")
+    assert boot == {"arch": SCENARIOS["parts"]["arch"]} and base_boot == {}
+    assert demo.strategy_settings == {"augment": "dihedral", "frozen_blocks": 2}
+    assert demo.update["rehearse_rounds"] == 2 and demo.eval == {"paired": "new-class", "weighted": True}
+    scale = stage_scale("small_cnn128", 2)
+    assert demo.update["steps"] == SCENARIOS["parts"]["learner_steps"] == 20 and base.update["steps"] == 40
+    assert demo.update_s == pytest.approx(base.update_s * scale["update_s"] * 20 / 40)  # charged by its steps too
+    assert demo.evaluate_s == pytest.approx(base.evaluate_s * scale["evaluate_s"])
+    digits, (kind, dboot) = ad.run_one_settings("digits", 0, "demo")
+    digits_base, _ = ad.run_one_settings("digits", 0, "base")
+    assert kind == "digits" and ad.bootstrap_options(kind, 0, dboot)[1] == "convnet"
+    assert digits.strategy_settings == {} and digits.update_s == digits_base.update_s
     with pytest.raises(KeyError, match="small_cnn128.*4 frozen"):
         stage_scale("small_cnn128", 4)
-    with pytest.raises(KeyError, match="resnet"):
-        stage_scale("resnet")
 
 
 def test_a_freshness_run_on_another_net_is_charged_back_to_the_reference(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """A freshness run on another net (``bench freshness --arch small_cnn128``) is brought back to small_cnn at
-    64x64 before the variants' costs are applied: a variant on that net is then charged what was measured."""
+    """A freshness run that records its net and learner (the demo's since #60) is brought back to small_cnn at
+    64x64, whole, before the variants' costs are applied: the demo variant is then charged what was measured."""
     import json
 
     from bench.adaptation_loop import stage_times
@@ -200,9 +212,9 @@ def test_a_freshness_run_on_another_net_is_charged_back_to_the_reference(tmp_pat
 
     fig = {"stages": {k: {"p50": v} for k, v in (("label", 0.2), ("update", 3.0), ("evaluation", 0.7),
                                                    ("export", 1.1), ("rollout", 9.0))}, "total_p50_s": 25.0}
-    fig["settings"] = {"nets": NETS_LAYOUT, "arch": "small_cnn128"}
+    fig["settings"] = {"nets": NETS_LAYOUT, "arch": "small_cnn128", "frozen_blocks": 2}
     (tmp_path / "r.json").write_text(json.dumps({"benchmarks": [{"name": "freshness", "figures": fig}]}))
-    st, scale = stage_times(tmp_path / "r.json"), stage_scale("small_cnn128")
+    st, scale = stage_times(tmp_path / "r.json"), stage_scale("small_cnn128", 2)
     assert st["update_s"] * scale["update_s"] == pytest.approx(3.0)
     assert st["evaluate_s"] * scale["evaluate_s"] == pytest.approx(0.7)
     assert st["export_s"] == 1.1 and st["label_delay_s"] == 0.2
@@ -224,7 +236,7 @@ def test_the_update_is_charged_by_its_optimiser_steps(tmp_path) -> None:  # type
     assert stage_times(tmp_path / "old.json")["update_steps"] == 20
     assert stage_times(tmp_path / "new.json")["update_steps"] == 40
     measured = stage_times(ad.ROOT / "bench" / "results.json")
-    demo, _ = ad.run_one_settings("default", 0, "demo")
+    demo, _ = ad.run_one_settings("default", 0, "base")
     k20, _ = ad.run_one_settings("default", 0, "k20")
     assert demo.update["steps"] == 40 and k20.update["steps"] == 20
     assert demo.update_s == pytest.approx(measured["update_s"] * 40 / measured["update_steps"])
@@ -259,7 +271,7 @@ def test_every_variants_strategy_settings_are_settings_its_strategy_has() -> Non
     for name in ad.variants():
         s, _ = ad.run_one_settings("default", 0, name)
         strategy_settings(s.strategy, s.strategy_settings)  # ValueError naming the key otherwise
-    demo, _ = ad.run_one_settings("default", 0, "demo")
+    demo, _ = ad.run_one_settings("default", 0, "base")
     k60, _ = ad.run_one_settings("default", 0, "dihedral-k60")
     assert k60.update["steps"] == 60 and k60.update_s == pytest.approx(1.5 * demo.update_s)  # demo: 40 steps
     assert k60.strategy_settings == {"augment": "dihedral"} and demo.strategy_settings == {}
@@ -364,5 +376,5 @@ def test_a_variant_charged_its_own_freshness_run_gets_those_stage_times_at_their
     stages, steps = OWN_VM["frozen2"]
     assert boot == {"arch": "small_cnn128"} and own.strategy_settings["frozen_blocks"] == 2 and own.update["steps"] == steps
     assert {k: getattr(own, k) for k in stages} == pytest.approx(stages)
-    demo, _ = ad.run_one_settings("default", 0, "ownvm-demo")
-    assert demo.update["steps"] == 40 and demo.update_s == pytest.approx(OWN_VM["demo"][0]["update_s"])
+    base, _ = ad.run_one_settings("default", 0, "ownvm-base")
+    assert base.update["steps"] == 40 and base.update_s == pytest.approx(OWN_VM["base"][0]["update_s"])

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from deploy.demo.cli import main
-from deploy.demo.plan import DemoOptions, demo_arch
+from deploy.demo.plan import DemoOptions, demo_arch, demo_learner
 
 
 def test_an_unknown_architecture_is_refused_naming_the_known_ones(capsys: pytest.CaptureFixture[str]) -> None:
@@ -16,9 +16,42 @@ def test_an_unknown_architecture_is_refused_naming_the_known_ones(capsys: pytest
 
 
 def test_the_architecture_is_the_scenarios_unless_asked() -> None:
-    assert demo_arch(DemoOptions()) == "small_cnn"
+    assert demo_arch(DemoOptions()) == "small_cnn128"
     assert demo_arch(DemoOptions(scenario="digits")) == "convnet"
-    assert demo_arch(DemoOptions(arch="small_cnn128")) == "small_cnn128"
+    assert demo_arch(DemoOptions(arch="small_cnn")) == "small_cnn"
+
+
+def test_the_scenarios_learner_goes_with_its_own_net_and_no_trainer_config() -> None:
+    """The parts learner (frozen blocks, dihedral, ...) was measured for small_cnn128 on parts: another --arch, a
+    --trainer-config or the digits scenario (where a turned 6 is a 9) run without it."""
+    learner = demo_learner(DemoOptions())
+    assert learner["strategy.frozen_blocks"] == 2 and learner["strategy.augment"] == "dihedral"
+    assert demo_learner(DemoOptions(arch="small_cnn128")) == learner
+    assert demo_learner(DemoOptions(arch="small_cnn")) == {}
+    assert demo_learner(DemoOptions(trainer_config="t.yaml")) == {}
+    assert demo_learner(DemoOptions(scenario="digits")) == {}
+
+
+def test_the_shipped_128_config_is_the_parts_scenarios_learner() -> None:
+    """deploy/configs/trainer-surface-defects-128.yaml is what a deployment copies: the demo's own learner, key by key."""
+    import yaml
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy/configs/trainer-surface-defects-128.yaml").read_text())
+    flat = {f"{section}.{k}": v for section, keys in doc.items() for k, v in keys.items()}
+    assert flat == demo_learner(DemoOptions())
+
+
+def test_the_demo_learner_takes_every_key_of_the_trainer_config(tmp_path) -> None:
+    """The learner keys are real TrainerConfig keys (a typo would otherwise surface only in a 3-minute demo), and
+    none of them is one the demo sets itself."""
+    from deploy.demo.plan import DEMO_TRAINER_KEYS, trainer_settings
+    from protocol.config import load_config
+    from trainer.config import TrainerConfig
+
+    learner = demo_learner(DemoOptions())
+    cfg = load_config(TrainerConfig, None, overrides={**learner, **trainer_settings(127.0)})
+    assert cfg.strategy["frozen_blocks"] == 2 and cfg.update.rehearse_rounds == 2 and cfg.eval.weighted is True
+    assert not [k for k in learner if any(k == d or k.startswith(d + ".") for d in DEMO_TRAINER_KEYS)]
 
 
 def test_a_trainer_config_file_is_checked_before_anything_starts(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
