@@ -53,11 +53,11 @@ WORST_WINDOW_S = 10.0
 STREAM_S = 127.0
 FPS = 15.0
 CACHE = Path(os.environ.get("EDGELOOP_BENCH_CACHE", Path.home() / ".cache" / "edgeloop-bench")) / "adaptation"
-#: the README's demo runs the default scenario is compared with: the range of three (seeds 0-2, 2026-12-01 18:00,
-#: with the cameras' calibration, ace_mix "steps", 4,800 bootstrap frames and the selection hint; on this VM their
-#: bootstraps hit the 400-step floor, 4 epochs, and the streams ran 79-90 s)
-DEMO_REFERENCE = {"before_drift": (88.3, 94.0), "after_lighting": (84.7, 95.1), "final_loop": (75.0, 77.5),
-                  "final_frozen": (22.9, 45.4)}
+#: the README's demo runs the default scenario is compared with: the range of three (seeds 0-2, 2026-12-02, the demo's
+#: defaults since README #60: small_cnn128 with two frozen blocks; on this VM their bootstraps hit the 400-step floor,
+#: 4 epochs, and the streams ran 110-119 s)
+DEMO_REFERENCE = {"before_drift": (97.3, 97.9), "after_lighting": (96.2, 98.4), "final_loop": (81.4, 81.8),
+                  "final_frozen": (17.6, 47.8)}
 
 
 # -- scenarios ------------------------------------------------------------------------------------------------

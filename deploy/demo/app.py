@@ -59,7 +59,7 @@ from deploy.demo.frozen_control import FrozenControl
 from deploy.demo.live import CameraRow, View, ViewState, make_view
 from deploy.demo.monitor import Monitor
 from deploy.demo.plan import (CALIBRATION, FLEET, MIN_STREAM_S, MODEL_ID, PREFIX, SCENARIOS, SLOW_UPDATE_STEPS,
-                              TEARDOWN_RESERVE_S, UPDATE_STEPS, DemoOptions, Timeline, bootstrap_budget, camera_seed,
+                              TEARDOWN_RESERVE_S, DemoOptions, Timeline, bootstrap_budget, camera_seed,
                               confusion_seed, demo_arch, demo_policy, demo_trainer_settings, plan_timeline, sim_url)
 from deploy.rollout_feeder import RolloutFeeder
 from deploy.service import DeployService
@@ -320,11 +320,13 @@ class DemoApp:
         log.info("bootstrap: %.2f ms per sample step measured -> %d epochs in %.0fs", per_sample * 1e3, epochs,
                  budget_s)
         if epochs == min_epochs(n_train) and epochs * n_train * per_sample * 1.15 > budget_s * 1.2:
+            normal = demo_trainer_settings(self.opts, 127.0)["update.steps"]
             self.slow = True
+            fewer = (f", and the trainer's updates take {SLOW_UPDATE_STEPS} optimiser steps instead of {normal}"
+                     if normal > SLOW_UPDATE_STEPS else "")
             self.events.add("setup", f"this machine is slow or busy ({per_sample * 1e3:.1f} ms per sample step): the "
                                      f"bootstrap takes its minimum of {epochs} epochs, ~{epochs * n_train * per_sample * 1.15:.0f} s "
-                                     f"instead of {budget_s:.0f} s, the demo runs late, and the trainer's updates take "
-                                     f"{SLOW_UPDATE_STEPS} optimiser steps instead of {UPDATE_STEPS}")
+                                     f"instead of {budget_s:.0f} s, and the demo runs late{fewer}")
         return epochs
 
     def init_plan(self) -> None:

@@ -83,11 +83,16 @@ def test_a_machine_the_bootstrap_finds_slow_gets_fewer_update_steps(tmp_path, mo
     for per_sample, slow in ((5.0 / 32, True), (1e-5, False)):  # 5 s per step of 32; a fast machine
         monkeypatch.setattr(demo_app, "bootstrap_epochs", lambda *a, p=per_sample, **k: (
             demo_app.min_epochs(int(0.8 * 4800)) if p > 1e-3 else 20, p))
-        app = demo_app.DemoApp(DemoOptions(out=str(tmp_path / str(slow))), PlainView())
+        app = demo_app.DemoApp(DemoOptions(out=str(tmp_path / str(slow)), arch="small_cnn"), PlainView())
         app._bootstrap_epochs("small_cnn", 1.0)
         setup = [e["text"] for e in app.events.items if e["kind"] == "setup"]
         assert app.slow is slow
         assert any("20 optimiser steps instead of 40" in t for t in setup) is slow, setup
+        # the parts scenario's own learner takes 20 anyway: slow, it says the demo runs late and no more
+        app = demo_app.DemoApp(DemoOptions(out=str(tmp_path / f"own-{slow}")), PlainView())
+        app._bootstrap_epochs("small_cnn128", 1.0)
+        setup = [e["text"] for e in app.events.items if e["kind"] == "setup"]
+        assert any("runs late" in t for t in setup) is slow and not any("optimiser steps" in t for t in setup), setup
 
 
 def test_the_confusion_panel_sees_frames_through_the_cameras_calibration(tmp_path) -> None:
