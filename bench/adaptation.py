@@ -67,7 +67,6 @@ class Scenario:
 
     name: str
     kind: str                                 # parts | digits (also the bootstrap family)
-    arch: str
     drifts: tuple[tuple[str, float, str], ...]  # (item without @, start s, label)
     ramp_s: float = 4.0
     extra: str = ""
@@ -95,13 +94,13 @@ def scenarios(stream_s: float = STREAM_S) -> dict[str, Scenario]:
     at = round(0.30 * stream_s, 1)
     light = tuple((item, tl.lighting_s, "lighting change") for item in tl.lighting.split("+"))
     return {
-        "default": Scenario("default", "parts", BASE_ARCH["parts"],
+        "default": Scenario("default", "parts",
                             light + ((f"newclass:{tl.newclass}", tl.newclass_s, "new class crack"),), tl.ramp_s),
-        "blur": Scenario("blur", "parts", BASE_ARCH["parts"], (("blur:2", at, "blur"),)),
-        "noise": Scenario("noise", "parts", BASE_ARCH["parts"], (("noise:12", at, "sensor noise"),)),
-        "prior": Scenario("prior", "parts", BASE_ARCH["parts"], (("prior:ok=0.25/scratch=0.4", at, "class-prior shift"),)),
-        "newclass": Scenario("newclass", "parts", BASE_ARCH["parts"], (("newclass:crack=0.2", at, "new class crack"),)),
-        "digits": Scenario("digits", "digits", BASE_ARCH["digits"], (("newclass:5-9", at, "digits 5-9"),),
+        "blur": Scenario("blur", "parts", (("blur:2", at, "blur"),)),
+        "noise": Scenario("noise", "parts", (("noise:12", at, "sensor noise"),)),
+        "prior": Scenario("prior", "parts", (("prior:ok=0.25/scratch=0.4", at, "class-prior shift"),)),
+        "newclass": Scenario("newclass", "parts", (("newclass:crack=0.2", at, "new class crack"),)),
+        "digits": Scenario("digits", "digits", (("newclass:5-9", at, "digits 5-9"),),
                            extra=SCENARIOS["digits"]["extra"]),
     }
 

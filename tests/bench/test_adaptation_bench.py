@@ -79,7 +79,7 @@ def _trace(n: int = 300, fps: float = 10.0) -> RunTrace:
 
 
 def test_metrics_and_goals_on_a_hand_made_trace() -> None:
-    sc = ad.Scenario("x", "parts", "small_cnn", (("blur:2", 10.0, "blur"),), ramp_s=0.0)
+    sc = ad.Scenario("x", "parts", (("blur:2", 10.0, "blur"),), ramp_s=0.0)
     m = ad.metrics(_trace(), sc, window_s=1.0, upper=True)
     loop, frozen = m["arms"]["loop"], m["arms"]["frozen"]
     assert loop["before_drift"] == pytest.approx(100.0) and frozen["final"] == pytest.approx(0.0)
@@ -106,7 +106,7 @@ def test_metrics_and_goals_on_a_hand_made_trace() -> None:
 def test_the_calibrated_frozen_control_is_an_arm_of_its_own() -> None:
     """The frozen v0001 behind the cameras' calibration is scored like the others when the trace has it (how much
     of the loop's gain the edge gets without labels), and traces without it keep the three arms."""
-    sc = ad.Scenario("x", "parts", "small_cnn", (("blur:2", 10.0, "blur"),), ramp_s=0.0)
+    sc = ad.Scenario("x", "parts", (("blur:2", 10.0, "blur"),), ramp_s=0.0)
     tr = _trace()
     assert "frozen_cal" not in ad.metrics(tr, sc, window_s=1.0, upper=False)["arms"]
     n = len(tr.truth[0])
