@@ -125,6 +125,7 @@ class LoopSettings:
     waves: tuple[float, ...] = (0.05, 0.25, 1.0)
     fast_soak_margin: float | None = None  # soak 1 s when the gate's recent-slice margin is >= this (points)
     fast_soak_s: float = 1.0
+    overlap_last_soak: bool = False      # the next rollout may start once the last wave is delivered
     upper_bound: bool = True
     upper_steps: int = 100
     upper_every: int = 2
@@ -305,7 +306,7 @@ class _Rollout:
 
 
 def plan_rollout(version: str, path: Path, start: float, cameras: int, waves: tuple[float, ...], soak: float,
-                 delay: float, rng: np.random.Generator) -> _Rollout:
+                 delay: float, rng: np.random.Generator, overlap_last_soak: bool = False) -> _Rollout:
     """When each camera gets ``version``: waves take ceil(fraction x cameras) cameras in a random (per rollout)
     order; each wave is delivered after ``delay`` and soaks ``soak`` seconds once every member runs it; a wave
     that adds no camera is skipped, as the controller skips it (deploy/controller.py ``_finish_wave``), unless
@@ -320,6 +321,8 @@ def plan_rollout(version: str, path: Path, start: float, cameras: int, waves: tu
             t += delay
             swaps.append((t, new))
             have = k
+        if i == len(waves) - 1 and overlap_last_soak:
+            break
         if new or i == len(waves) - 1:  # the last wave is never skipped
             t += soak
     return _Rollout(version, path, start, swaps, t)
@@ -467,7 +470,8 @@ def run_loop(state_src: Path, workdir: Path, urls: list[str], s: LoopSettings, s
                     soak = s.soak
                     if s.fast_soak_margin is not None and margins.get(v, -1e9) >= s.fast_soak_margin:
                         soak = s.fast_soak_s
-                    active = plan_rollout(v, path, t, C, s.waves, soak, s.wave_delay_s, roll_rng)
+                    active = plan_rollout(v, path, t, C, s.waves, soak, s.wave_delay_s, roll_rng,
+                                          s.overlap_last_soak)
                     tr.events.append({"t": t, "kind": "rollout", "version": v})
             while ub_pending and ub_pending[0][0] <= t:
                 ub_model = ub_pending.pop(0)[1]

@@ -176,6 +176,12 @@ VARIANTS: dict[str, Variant] = {
                             "B=32 / K=40 / Adam 1e-3, gate, waves; the scenario's net and learner (for parts "
                             "small_cnn128 with 2 frozen blocks, rehearsal, dihedral, paired, weighted gate; #60)",
                     demo_learner=True),
+    "demo-overlap": Variant("demo-overlap", "the demo, the next rollout starting once the last wave is delivered "
+                                            "(its soak not waited for)", settings={"overlap_last_soak": True},
+                            demo_learner=True),
+    "demo-instant": Variant("demo-instant", "the demo with rollouts that take no time (no soak, 0.05 s delivery): "
+                                            "the bound of any rollout policy", settings={"soak_s": 0.0,
+                                            "wave_delay_s": 0.05, "overlap_last_soak": True}, demo_learner=True),
     "base": Variant("base", "the loop's base, which every other variant changes: the demo before #60 (small_cnn at "
                             "64x64 for parts, the trainer's default learner)"),
     "no-calib": Variant("no-calib", "the demo before calibration became its default (calibration off)",
