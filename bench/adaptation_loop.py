@@ -126,6 +126,8 @@ class LoopSettings:
     fast_soak_margin: float | None = None  # soak 1 s when the gate's recent-slice margin is >= this (points)
     fast_soak_s: float = 1.0
     overlap_last_soak: bool = False      # the next rollout may start once the last wave is delivered
+    weights_only_waves: tuple[float, ...] | None = None  # waves of a version that is the fleet's graph with other
+    #                                                      weights (deploy/model_graph.py; the demo's policy: (1.0,))
     upper_bound: bool = True
     upper_steps: int = 100
     upper_every: int = 2
@@ -328,6 +330,16 @@ def plan_rollout(version: str, path: Path, start: float, cameras: int, waves: tu
     return _Rollout(version, path, start, swaps, t)
 
 
+def weights_only(new: Path, old: Path) -> bool:
+    """Whether the controller would take ``weights_only_waves`` for ``new`` over the fleet's ``old``: the same
+    check (deploy/model_graph.py) on the same files."""
+    from deploy.model_graph import weights_only_change
+    from deploy.publisher import read_artifact
+
+    a, b = read_artifact(new), read_artifact(old)
+    return weights_only_change(a.data, a.compat, b.data, b.compat)[0]
+
+
 def busy_s(s: LoopSettings, work: dict[str, Any], update_steps: int, promoted: bool) -> float:
     """Stream seconds the trainer is busy after a step that worked: an update is charged the measured update and
     evaluation times; a rehearsal round (``update.rehearse_steps``) its share of the update time by optimiser
@@ -441,7 +453,7 @@ def run_loop(state_src: Path, workdir: Path, urls: list[str], s: LoopSettings, s
         busy_until = 0.0
         next_poll = 0.0
         active: _Rollout | None = None
-        fleet_version = "v0001"
+        fleet_version, fleet_path = "v0001", boot_path
         runs_version: dict[str, int] = {}        # version -> last label_seq it trained on
         margins: dict[str, float] = {}           # version -> gate margin on the recent slice, points
         cam_version = ["v0001"] * C
@@ -459,7 +471,7 @@ def run_loop(state_src: Path, workdir: Path, urls: list[str], s: LoopSettings, s
                         cam_version[k] = active.version
                     tr.events.append({"t": t, "kind": "swap", "version": active.version, "cameras": members})
                 if not active.swaps and t >= active.end:
-                    fleet_version = active.version
+                    fleet_version, fleet_path = active.version, active.path
                     tr.events.append({"t": t, "kind": "completed", "version": active.version})
                     active = None
             ready = [p for p in promoted if p[2] <= t]
@@ -470,9 +482,12 @@ def run_loop(state_src: Path, workdir: Path, urls: list[str], s: LoopSettings, s
                     soak = s.soak
                     if s.fast_soak_margin is not None and margins.get(v, -1e9) >= s.fast_soak_margin:
                         soak = s.fast_soak_s
-                    active = plan_rollout(v, path, t, C, s.waves, soak, s.wave_delay_s, roll_rng,
+                    waves = s.waves
+                    if s.weights_only_waves is not None and weights_only(path, fleet_path):
+                        waves = s.weights_only_waves
+                    active = plan_rollout(v, path, t, C, waves, soak, s.wave_delay_s, roll_rng,
                                           s.overlap_last_soak)
-                    tr.events.append({"t": t, "kind": "rollout", "version": v})
+                    tr.events.append({"t": t, "kind": "rollout", "version": v, "waves": list(waves)})
             while ub_pending and ub_pending[0][0] <= t:
                 ub_model = ub_pending.pop(0)[1]
             # 2. frames

@@ -20,6 +20,7 @@ import numpy as np
 from bench.adaptation import Variant
 from bench.adaptation_loop import Hooks
 from bench.net_costs import CNN128_COST, CNN128_EVAL_COST, CNN128_UPDATE_COST, FROZEN, stage_scale
+from deploy.demo.plan import WEIGHTS_ONLY_WAVES
 
 __all__ = ["VARIANTS"]
 
@@ -174,8 +175,11 @@ def _own_vm(learner: str, settings: dict[str, Any] | None = None) -> dict[str, A
 VARIANTS: dict[str, Variant] = {
     "demo": Variant("demo", "the demo's settings (deploy/demo/plan.py): edge input calibration always on; iw-er, "
                             "B=32 / K=40 / Adam 1e-3, gate, waves; the scenario's net and learner (for parts "
-                            "small_cnn128 with 2 frozen blocks, rehearsal, dihedral, paired, weighted gate; #60)",
-                    demo_learner=True),
+                            "small_cnn128 with 2 frozen blocks, rehearsal, dihedral, paired, weighted gate; #60); "
+                            "a version that only changes weights to every camera at once (#62)",
+                    settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES)}, demo_learner=True),
+    "demo-canary": Variant("demo-canary", "the demo before #62: every version through the canary waves",
+                           demo_learner=True),
     "demo-overlap": Variant("demo-overlap", "the demo, the next rollout starting once the last wave is delivered "
                                             "(its soak not waited for)", settings={"overlap_last_soak": True},
                             demo_learner=True),

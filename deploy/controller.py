@@ -16,6 +16,9 @@ where the last one stopped)::
     any --rollback--> rolling_back (operator)
     any --start_rollout (or an approval) on the same fleet--> superseded
 
+A version that differs from the rollout's previous version only in its weights (deploy/model_graph.py) takes the
+policy's ``weights_only_waves`` if it has them (event ``weights_only``): the graph has run on every device already.
+
 Targeting: one *retained* manifest per fleet (``fleet/{fleet}/manifest``) always carries the fleet's
 current target. Wave k's manifest (new seq, signed) has ``compat.rollout = {"salt": rollout_id, "below":
 B_k}``; a device is in the wave iff ``wave_bucket(salt, device) < B_k`` (see protocol/waves.py). ``B_k`` is
@@ -65,6 +68,7 @@ from protocol.waves import BUCKETS, wave_bucket
 from .artifact_cache import ArtifactCache
 from .chunk_audit import AuditResult, ChunkAudit
 from .fleet import DeviceInfo, Fleet, Registry
+from .model_graph import weights_only_change
 from .publisher import ModelArtifact, Publisher, read_artifact
 from . import rollout_gate as gate
 from .rollout_gate import Policy, WaveDevices, parse_duration, parse_fraction, parse_waves
@@ -330,6 +334,7 @@ class Controller:
         rollout's version, or the previous one's after a rollback). ``await_approval``: record it as
         ``awaiting_approval`` instead (nothing is published and the running rollout is left alone until an
         operator approves it; an older rollout still waiting on the fleet is superseded by this one).
+        A version that is ``previous`` with other weights takes ``policy.weights_only_waves`` (if set).
         """
         fleet = fleet or self.default_fleet
         policy = policy or Policy()
@@ -349,6 +354,7 @@ class Controller:
             else:
                 target = self.store.target(fleet)
                 prev_version = target.version if target is not None and target.version != version else None
+            policy, why = self._weights_only(art, prev_version, policy)
             if await_approval:
                 self._supersede(fleet, version, active=False)
                 r = self.store.create_rollout(fleet, art.model_id, version, prev_version, policy,
@@ -359,8 +365,29 @@ class Controller:
                 r = self.store.create_rollout(fleet, art.model_id, version, prev_version, policy)
                 self.store.add_event(r.id, "started", f"{art.model_id}/{version} waves={policy.waves} "
                                                       f"prev={prev_version}")
+            if why is not None:
+                self.counters["rollouts_weights_only"] += 1
+                self.store.add_event(r.id, "weights_only", f"{version} differs from {prev_version} only in its "
+                                                           f"weights ({why}): waves {policy.waves}")
         self.fleet.changed.set()
         return r.id
+
+    def _weights_only(self, art: ModelArtifact, prev_version: str | None, policy: Policy) -> tuple[Policy, str | None]:
+        """``policy`` with its ``weights_only_waves`` as the waves, and why, when ``art`` differs from the previous
+        version (the rollback target: what the fleet ran) only in its weights (deploy/model_graph.py); ``policy``
+        and None otherwise -- also when the previous version cannot be read, so a doubt keeps the full waves."""
+        if policy.weights_only_waves is None or prev_version is None:
+            return policy, None
+        try:
+            prev = self.artifact(art.model_id, prev_version)
+        except (KeyError, OSError, ValueError) as exc:
+            log.warning("%s: previous version %s unreadable (%s): full waves", art.version, prev_version, exc)
+            return policy, None
+        same, why = weights_only_change(art.data, art.compat, prev.data, prev.compat)
+        if not same:
+            log.info("%s: %s than %s: full waves", art.version, why, prev_version)
+            return policy, None
+        return msgspec.structs.replace(policy, waves=list(policy.weights_only_waves)), why
 
     def _supersede(self, fleet: str, version: str, *, active: bool = True, exclude: str | None = None,
                    before: float | None = None) -> None:

@@ -45,6 +45,8 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--baseline", "baseline", str, "version the fleet runs now, the first rollback target (default: the "
                                     "trainer's bootstrap version)"),
     ("--waves", "rollout.waves", "waves", "wave sizes, e.g. 5%%,25%%,100%%"),
+    ("--weights-only-waves", "rollout.weights_only_waves", "waves", "wave sizes of a version that differs from the "
+     "fleet's only in its weights, e.g. 100%% (default: --waves)"),
     ("--soak", "rollout.soak", "duration", "how long each wave must stay healthy, e.g. 60s, 10m"),
     ("--max-failed", "rollout.max_failed", "fraction", "halt when more than this share of a wave fails, e.g. 10%%"),
     ("--min-agreement", "rollout.min_agreement", float, "halt below this shadow agreement (0..1)"),

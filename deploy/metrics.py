@@ -18,6 +18,7 @@ Every metric, for dashboards (deploy/grafana/edgeloop.json) and alerts:
 ``edgeloop_deploy_wave_devices{state}``             gauge    the current wave's devices: active, failed, pending, offline
 ``edgeloop_deploy_waves_published_total``           counter  wave manifests published
 ``edgeloop_deploy_waves_skipped_total``             counter  waves skipped: they would add no device (small fleets)
+``edgeloop_deploy_rollouts_weights_only_total``     counter  rollouts that took ``weights_only_waves`` (only weights changed)
 ``edgeloop_deploy_gate_decisions_total{outcome}``   counter  advance (next wave), complete, halt (a breach)
 ``edgeloop_deploy_gate_breaches_total{check}``      counter  halts by the gate's check (rollout_gate.BREACH_CHECKS)
 ``edgeloop_deploy_devices{state}``                  gauge    known devices: offline, or online by model state (idle: none)
@@ -100,6 +101,9 @@ class DeployCollector(Collector):
         yield CounterMetricFamily(PREFIX + "waves_published", "Wave manifests published.", value=c["waves_published"])
         yield CounterMetricFamily(PREFIX + "waves_skipped", "Waves skipped because they would add no device to "
                                   "the ones already in (a small fleet).", value=c["waves_skipped"])
+        yield CounterMetricFamily(PREFIX + "rollouts_weights_only", "Rollouts of a version that differs from the "
+                                  "fleet's only in its weights, on the policy's weights_only_waves.",
+                                  value=c["rollouts_weights_only"])
         yield _family(CounterMetricFamily, "gate_decisions", "The gate's decisions: advance to the next wave, "
                       "complete the rollout, halt it (a breach).", "outcome",
                       {"advance": c["gate:advance"], "complete": c["gate:complete"],

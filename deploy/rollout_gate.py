@@ -66,6 +66,11 @@ class Policy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     since, before the wave may advance. Fewer than that after ``wave_timeout``: halt with ``no_reports``.
 
     ``health_seconds``: how long each device watches the new model after its swap (sent to devices).
+    ``weights_only_waves``: the waves of a version that differs from the rollout's previous version (the fleet's
+    baseline, which every device ran) only in its weights -- same graph, input spec, labels and opset
+    (deploy/model_graph.py); None (the default): the same ``waves`` as any version. ``[1.0]`` sends such a version
+    to everyone at once; each device still watches it (``health_seconds``) and rolls back by itself, and the
+    wave's breach checks still halt the rollout and roll the fleet back.
     ``expiry``: lifetime of a signed manifest (the controller re-signs the fleet's at half of it).
     """
 
@@ -77,6 +82,7 @@ class Policy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     }
 
     waves: list[float] = msgspec.field(default_factory=lambda: [0.05, 0.25, 1.0])
+    weights_only_waves: list[float] | None = None
     soak: Annotated[float, Meta(ge=0)] = 60.0
     max_failed: Annotated[float, Meta(ge=0, le=1)] = 0.10
     min_agreement: Annotated[float, Meta(ge=0, le=1)] = 0.90
@@ -91,12 +97,18 @@ class Policy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     expiry: Annotated[float, Meta(gt=60)] = DEFAULT_EXPIRY_S
 
     def __post_init__(self) -> None:
-        if not self.waves or any(not 0 < w <= 1 for w in self.waves) or sorted(self.waves) != self.waves:
-            raise ValueError(f"waves must be increasing fractions in (0, 1], got {self.waves}")
-        if self.waves[-1] != 1.0:
-            self.waves = [*self.waves, 1.0]
+        self.waves = _checked_waves("waves", self.waves)
+        if self.weights_only_waves is not None:
+            self.weights_only_waves = _checked_waves("weights_only_waves", self.weights_only_waves)
         if not 0 <= self.max_failed <= 1:
             raise ValueError("max_failed must be a fraction in [0, 1]")
+
+
+def _checked_waves(key: str, waves: list[float]) -> list[float]:
+    """Increasing fractions in (0, 1], 1.0 appended if missing."""
+    if not waves or any(not 0 < w <= 1 for w in waves) or sorted(waves) != waves:
+        raise ValueError(f"{key} must be increasing fractions in (0, 1], got {waves}")
+    return waves if waves[-1] == 1.0 else [*waves, 1.0]
 
 
 def parse_duration(text: str | float) -> float:

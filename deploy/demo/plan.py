@@ -164,13 +164,22 @@ def sim_url(opts: DemoOptions, seed: int, timeline: Timeline | None, realtime: b
     return f"sim:{opts.scenario}?" + "&".join(parts)
 
 
+#: The demo's waves for a version that differs from the fleet's only in its weights (deploy/model_graph.py): all
+#: cameras at once. Its graph, input spec and labels already ran on every camera; each camera still watches it and
+#: rolls back by itself, and the wave's breach checks still roll the fleet back. The first version of a grown head
+#: is another graph and takes the canary (README #62).
+WEIGHTS_ONLY_WAVES = [1.0]
+
+
 def demo_policy(stream_s: float) -> Any:
     """The default policy (waves 5 %, 25 %, 100 %; failure, agreement, confidence and latency thresholds) with
-    timings scaled to a demo: a 60 s soak per wave would leave one rollout unfinished in a 3-minute run."""
+    timings scaled to a demo: a 60 s soak per wave would leave one rollout unfinished in a 3-minute run; a version
+    that only changes weights goes to every camera at once (:data:`WEIGHTS_ONLY_WAVES`)."""
     from deploy.controller import Policy
 
     soak = max(3.0, round(stream_s / 25.0, 1))
-    return Policy(soak=soak, health_seconds=max(5.0, soak * 1.5), wave_timeout=max(30.0, stream_s * 0.3))
+    return Policy(soak=soak, health_seconds=max(5.0, soak * 1.5), wave_timeout=max(30.0, stream_s * 0.3),
+                  weights_only_waves=list(WEIGHTS_ONLY_WAVES))
 
 
 def wave_sizes(cameras: int, waves: tuple[float, ...]) -> list[int]:
