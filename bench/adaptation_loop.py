@@ -176,7 +176,15 @@ def stage_times(results_json: Path) -> dict[str, float]:
     # devices' health watch outlasts the soak (the demo's 7.2 s against 4.8 s; the soak runs beside it since
     # c8d50ed) the difference is charged here, as delivery
     soaks = int(settings.get("rollout", {}).get("soaked_waves", 2))
-    out["wave_delay_s"] = max(0.05, (st["rollout"]["p50"] - soaks * soak) / 2.0)
+    # since the demo sends a version that only changes weights to every camera at once (#62), the rollouts with
+    # the canary are the ones this derivation is about; a run of only those direct rollouts measured one delivery
+    by_waves = fig.get("rollout_by_waves") or {}
+    if str(soaks + 1) in by_waves:
+        out["wave_delay_s"] = max(0.05, (by_waves[str(soaks + 1)]["p50"] - soaks * soak) / 2.0)
+    elif "1" in by_waves:
+        out["wave_delay_s"] = max(0.05, by_waves["1"]["p50"])
+    else:
+        out["wave_delay_s"] = max(0.05, (st["rollout"]["p50"] - soaks * soak) / 2.0)
     out["update_steps"] = settings.get("update", {}).get("steps", 20)
     if "nets" not in settings:  # measured on the nets before they went channels-last: charge them as they are now
         for stage, factor in NETS_NOW_OVER_BEFORE.items():

@@ -186,6 +186,17 @@ VARIANTS: dict[str, Variant] = {
     "demo-instant": Variant("demo-instant", "the demo with rollouts that take no time (no soak, 0.05 s delivery): "
                                             "the bound of any rollout policy", settings={"soak_s": 0.0,
                                             "wave_delay_s": 0.05, "overlap_last_soak": True}, demo_learner=True),
+    "demo-overlap-fast": Variant("demo-overlap-fast", "the demo, and the next rollout starting once the last wave "
+                                                      "is delivered (its soak not waited for)",
+                                 settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES), "overlap_last_soak": True},
+                                 demo_learner=True),
+    "demo-hint80": Variant("demo-hint80", "the demo with twice the selection hint's upload budget (80 a minute per "
+                                          "camera instead of 40)",
+                           settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES),
+                                     "hints": {"budget_per_minute": 80}}, demo_learner=True),
+    "demo-k40": Variant("demo-k40", "the demo with 40 optimiser steps per update instead of 20 (the update charged "
+                                    "by its steps)", settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES),
+                                                               "update": {"steps": 40}}, demo_learner=True),
     "base": Variant("base", "the loop's base, which every other variant changes: the demo before #60 (small_cnn at "
                             "64x64 for parts, the trainer's default learner)"),
     "no-calib": Variant("no-calib", "the demo before calibration became its default (calibration off)",

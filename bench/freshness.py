@@ -203,6 +203,7 @@ def analyze(raw: dict[str, Any]) -> dict[str, Any]:
         rows_out.append({"id": s["id"], "device": s["device"], "update": int(u["update"]),
                          "promoted_update": int(p["update"]), "version": step["version"],
                          "last_camera": step["device"], "rollout": step.get("rollout"),
+                         "rollout_waves": r.get("waves") if r is not None else None,
                          "selected": s["ts"], "delivered": t_active, "total": round(t_active - s["ts"], 4),
                          "labelled_to_fleet": round(t_active - max(s["labelled_at"], s["ts"]), 4),
                          "stages": stages})
@@ -231,6 +232,10 @@ def analyze(raw: dict[str, Any]) -> dict[str, Any]:
         "stages": {n: {"p50": st["p50"], "p95": st["p95"], "mean": st["mean"], "share": shares[n]}
                    for n, st in stage_stats.items()},
         "dominant_stage": dominant,
+        # the rollout stage by how many waves the delivering rollout published: on the demo's 4 cameras 2 with the
+        # canary, 1 for a version that only changed weights (Policy.weights_only_waves)
+        "rollout_by_waves": {str(n): pcts([r["stages"]["rollout"] for r in rows_out if r["rollout_waves"] == n])
+                             for n in sorted({r["rollout_waves"] for r in rows_out if r["rollout_waves"]})},
         # samples whose own update was promoted: the pipeline's latency without the gate's verdicts
         "first_try_total_p50_s": first_try["p50"], "first_try_total_p95_s": first_try["p95"],
         "first_try_samples": first_try["n"],
@@ -337,7 +342,7 @@ def read_samples(store: Any) -> list[dict[str, Any]]:
 def rollout_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The feeder's rollout records as :func:`analyze` reads them."""
     return [{"id": r["id"], "version": r["version"], "created": r["started_wall"], "finished": r["finished_wall"],
-             "state": r["outcome"]} for r in records]
+             "state": r["outcome"], "waves": r.get("waves")} for r in records]
 
 
 # =========================================================================== the run

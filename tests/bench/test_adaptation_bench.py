@@ -36,6 +36,50 @@ def test_rollout_waves_follow_the_controller() -> None:
     assert [c for _, c in one.swaps] == [[0]] and one.end == pytest.approx(10.5)
 
 
+def test_a_weights_only_version_is_planned_on_the_demos_weights_only_waves(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The demo's policy sends a version that only changes weights to every camera at once (#62); the loop asks the
+    controller's own check on the real files, and plans that rollout as one wave that soaks before the next."""
+    from bench.adaptation_loop import weights_only
+    from deploy.demo.plan import WEIGHTS_ONLY_WAVES, demo_policy
+    from model_factory import make_onnx_model
+
+    assert demo_policy(127.0).weights_only_waves == WEIGHTS_ONLY_WAVES == [1.0]
+    demo, _ = ad.run_one_settings("default", 0, "demo", upper=False)
+    canary, _ = ad.run_one_settings("default", 0, "demo-canary", upper=False)
+    assert demo.weights_only_waves == (1.0,) and canary.weights_only_waves is None
+    a = make_onnx_model(tmp_path / "a.onnx", version="v0001")
+    b = make_onnx_model(tmp_path / "b.onnx", version="v0002", seed=1, train_steps=5)
+    grown = make_onnx_model(tmp_path / "c.onnx", version="v0003", labels=["0", "1", "2"])
+    assert weights_only(b, a) and not weights_only(grown, a)
+    r = plan_rollout("v2", None, 10.0, 4, (1.0,), soak=5.0, delay=0.5, rng=np.random.default_rng(0))  # type: ignore[arg-type]
+    assert [(round(t, 2), sorted(c)) for t, c in r.swaps] == [(10.5, [0, 1, 2, 3])] and r.end == pytest.approx(15.5)
+    # the bound measured beside it: the next rollout may start once the last wave is delivered
+    r = plan_rollout("v2", None, 10.0, 4, (0.05, 0.25, 1.0), soak=5.0, delay=0.5, rng=np.random.default_rng(0),  # type: ignore[arg-type]
+                     overlap_last_soak=True)
+    assert r.end == pytest.approx(16.0) == r.swaps[-1][0]
+
+
+def test_the_delivery_is_derived_from_the_rollouts_with_the_canary(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Since #62 a freshness run holds direct rollouts (one delivery) beside those with the canary: the per-wave
+    delivery comes from the latter, as before; a run of direct rollouts only charges their one delivery."""
+    import json
+
+    from bench.adaptation_loop import stage_times
+
+    fig = {"stages": {k: {"p50": v} for k, v in (("label", 0.2), ("update", 3.0), ("evaluation", 0.7),
+                                                   ("export", 1.1), ("rollout", 3.0))}, "total_p50_s": 20.0,
+           "settings": {"demo_stream_s": 120.0, "rollout": {"soaked_waves": 1}},
+           "rollout_by_waves": {"1": {"p50": 1.2}, "2": {"p50": 9.6}}}
+    (tmp_path / "both.json").write_text(json.dumps({"benchmarks": [{"name": "freshness", "figures": fig}]}))
+    assert stage_times(tmp_path / "both.json")["wave_delay_s"] == pytest.approx((9.6 - 4.8) / 2)
+    fig["rollout_by_waves"] = {"1": {"p50": 1.2}}
+    (tmp_path / "direct.json").write_text(json.dumps({"benchmarks": [{"name": "freshness", "figures": fig}]}))
+    assert stage_times(tmp_path / "direct.json")["wave_delay_s"] == pytest.approx(1.2)
+    del fig["rollout_by_waves"]
+    (tmp_path / "old.json").write_text(json.dumps({"benchmarks": [{"name": "freshness", "figures": fig}]}))
+    assert stage_times(tmp_path / "old.json")["wave_delay_s"] == pytest.approx(0.05)  # (3.0 - 4.8) / 2, floored
+
+
 def test_soaked_waves_counts_the_waves_that_add_a_camera() -> None:
     from deploy.demo.plan import soaked_waves
 

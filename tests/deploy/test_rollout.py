@@ -98,6 +98,50 @@ def test_a_wave_does_not_advance_before_its_soak_even_when_reported_healthy(roll
     assert {d for d, v in lf.versions().items() if v == "v0002"} == canary
 
 
+def test_a_weights_only_version_takes_the_weights_only_waves(rollout_env, models) -> None:
+    """good2 is good1's graph with other weights: with ``weights_only_waves: [1.0]`` it goes to every device in one
+    wave, said in an event and counted; the stored policy is the one it ran."""
+    ctl, lf = rollout_env(20)
+    rid = ctl.start_rollout("v0002", models["good2"], Policy(waves=[0.1, 0.5, 1.0], weights_only_waves=[1.0], **FAST),
+                            previous=("v0001", models["good1"]))
+    assert ctl.wait(rid, 60) == "completed", ctl.store.rollout(rid).reason
+    assert set(lf.versions().values()) == {"v0002"}
+    events = ctl.store.events(rid)
+    kinds = [e.kind for e in events]
+    assert kinds.count("wave") == 1 and kinds.count("weights_only") == 1, kinds
+    assert "differs from v0001 only in its weights" in next(e for e in events if e.kind == "weights_only").detail
+    assert ctl.store.rollout(rid).policy.waves == [1.0]
+    assert ctl.counters["rollouts_weights_only"] == 1
+
+
+def test_a_weights_only_version_with_nan_weights_is_refused_everywhere_and_rolled_back(rollout_env, models) -> None:
+    """The fast path skips the canary, not the checks: every device's smoke test refuses NaN outputs before it
+    swaps, the wave fails, and the fleet keeps (and is rolled back to) v0001."""
+    ctl, lf = rollout_env(20)
+    rid = ctl.start_rollout("v0003", models["nan"], Policy(waves=[0.1, 1.0], weights_only_waves=[1.0], **FAST),
+                            previous=("v0001", models["good1"]))
+    assert ctl.wait(rid, 30) == "rolled_back"
+    assert "weights_only" in [e.kind for e in ctl.store.events(rid)]
+    assert "smoke_test" in ctl.store.rollout(rid).reason
+    assert set(lf.versions().values()) == {"v0001"}
+
+
+def test_a_version_that_is_not_only_new_weights_keeps_the_canary(rollout_env, models) -> None:
+    """The same graph with another input spec in its metadata is not a weights-only change: the full waves, and the
+    canary stops it."""
+    ctl, lf = rollout_env(20)
+    rid = ctl.start_rollout("v0004", models["shape"], Policy(waves=[0.1, 1.0], weights_only_waves=[1.0], **FAST),
+                            previous=("v0001", models["good1"]))
+    assert ctl.wait(rid, 30) == "rolled_back"
+    r = ctl.store.rollout(rid)
+    assert r.wave == 0 and r.policy.waves == [0.1, 1.0] and "input_mismatch" in r.reason
+    assert "weights_only" not in [e.kind for e in ctl.store.events(rid)]
+    assert ctl.counters["rollouts_weights_only"] == 0
+    touched = {d.device for d in ctl.fleet.devices() if d.rollout_id == rid and d.model_version != "v0001"}
+    assert touched <= _wave1_members(ctl, rid)
+    assert set(lf.versions().values()) == {"v0001"}
+
+
 @pytest.mark.parametrize("bad, version, reason", [("nan", "v0003", "smoke_test"),
                                                   ("shape", "v0004", "input_mismatch")])
 def test_broken_model_stops_at_canary_and_rolls_back(rollout_env, models, bad, version, reason) -> None:

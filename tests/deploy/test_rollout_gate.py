@@ -138,3 +138,16 @@ def test_policy_old_threshold_names_fail_naming_the_new_key(tmp_path: Path) -> N
         load_config(Policy, cfg)
     cfg.write_text("soak: 30\nshadow_max_confidence_drop: 0.3\n")
     assert load_config(Policy, cfg).shadow_max_confidence_drop == 0.3
+
+
+def test_weights_only_waves_are_checked_like_waves_and_default_to_none(tmp_path) -> None:
+    assert Policy().weights_only_waves is None
+    assert Policy(weights_only_waves=[0.5]).weights_only_waves == [0.5, 1.0]
+    with pytest.raises(ValueError, match="weights_only_waves must be increasing"):
+        Policy(weights_only_waves=[0.5, 0.2])
+    cfg = tmp_path / "policy.yaml"
+    cfg.write_text("weights_only_waves: [2.0]\n")
+    with pytest.raises(ConfigError, match="weights_only_waves"):
+        load_config(Policy, cfg)
+    cfg.write_text("weights_only_waves: [1.0]\n")
+    assert load_config(Policy, cfg).weights_only_waves == [1.0]
