@@ -11,13 +11,14 @@ every device still watches it and rolls back by itself, and the fleet gate still
 breach.
 
 :func:`graph_digest` is the model with every weight's *values* removed (names, shapes and types kept), metadata
-and doc strings dropped, serialised deterministically and hashed. Anything else that differs -- an operator, an
+and doc strings dropped (the model's and every node's: the exporter notes each node's source file and line), serialised deterministically and hashed. Anything else that differs -- an operator, an
 attribute, a constant folded into a node, an initializer's shape (a grown head), the opset -- gives another
 digest, so a doubt always falls back to the full waves.
 """
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 __all__ = ["graph_digest", "weights_only_change"]
 
@@ -45,11 +46,25 @@ def graph_digest(data: bytes) -> str:
         for part in (sp.values, sp.indices):
             for name in _VALUE_FIELDS:
                 part.ClearField(name)
-    for name in ("metadata_props", "doc_string", "producer_name", "producer_version", "model_version"):
+    for name in ("producer_name", "producer_version", "model_version"):
         m.ClearField(name)
-    m.graph.ClearField("doc_string")
+    _strip_notes(m)
     m.graph.ClearField("name")
     return hashlib.sha256(m.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _strip_notes(msg: Any) -> None:
+    """Remove ``metadata_props`` and ``doc_string`` from ``msg`` and every message in it: notes, not structure.
+    The exporter writes one per node (the PyTorch source file and line it came from, the install's path), so two
+    exports of one net from two checkouts would otherwise differ."""
+    for name in ("metadata_props", "doc_string"):
+        if name in msg.DESCRIPTOR.fields_by_name:
+            msg.ClearField(name)
+    for field, value in msg.ListFields():
+        if field.message_type is None:
+            continue
+        for child in (value if field.is_repeated else [value]):
+            _strip_notes(child)
 
 
 def weights_only_change(new: bytes, new_compat: dict, old: bytes, old_compat: dict) -> tuple[bool, str]:
