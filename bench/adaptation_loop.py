@@ -16,8 +16,9 @@ decides *what is learnt and when* is the shipping code; only transport and waiti
   trainer is busy (stage times measured by ``bench freshness``) and the next update waits.
 * **deployment**: promoted versions go out like the demo's ``RolloutFeeder`` + controller do it -- one
   rollout at a time, the newest promoted version next, canary waves (5 %, 25 %, 100 %) each soaking for
-  the demo's soak time, a wave that adds no camera skipped -- and each camera swaps its model when its wave
-  reaches it. Not simulated: breach
+  the demo's soak time, a wave that adds no camera skipped; a version that only changed weights on the demo's
+  weights-only waves, superseded by a newer promotion once every camera runs it -- and each camera swaps its
+  model when its wave reaches it. Not simulated: breach
   detection and rollbacks (the demo's runs have none), dropped frames, MQTT.
 * **controls**: the frozen bootstrap model on the same frames, and an upper bound: after every trainer update,
   a model trained on the bootstrap set plus *every* label seen so far (see :class:`UpperBound`), deployed with
@@ -313,6 +314,7 @@ class _Rollout:
     start: float
     swaps: list[tuple[float, list[int]]]   # (time, cameras) in wave order
     end: float
+    weights_only: bool = False             # on the weights-only waves: a newer version takes over once delivered
 
 
 def plan_rollout(version: str, path: Path, start: float, cameras: int, waves: tuple[float, ...], soak: float,
@@ -478,9 +480,13 @@ def run_loop(state_src: Path, workdir: Path, urls: list[str], s: LoopSettings, s
                         cams[k].slot.swap(cams[k].load(active.path))
                         cam_version[k] = active.version
                     tr.events.append({"t": t, "kind": "swap", "version": active.version, "cameras": members})
-                if not active.swaps and t >= active.end:
+                # a rollout on the weights-only waves is superseded by a newer promotion once every camera runs
+                # it (deploy/rollout_feeder.py ``_free``); any other rollout completes after its last soak
+                take_over = active.weights_only and any(p[2] <= t for p in promoted)
+                if not active.swaps and (t >= active.end or take_over):
                     fleet_version, fleet_path = active.version, active.path
-                    tr.events.append({"t": t, "kind": "completed", "version": active.version})
+                    tr.events.append({"t": t, "kind": "completed" if t >= active.end else "superseded",
+                                      "version": active.version})
                     active = None
             ready = [p for p in promoted if p[2] <= t]
             if active is None and ready:
@@ -490,11 +496,11 @@ def run_loop(state_src: Path, workdir: Path, urls: list[str], s: LoopSettings, s
                     soak = s.soak
                     if s.fast_soak_margin is not None and margins.get(v, -1e9) >= s.fast_soak_margin:
                         soak = s.fast_soak_s
-                    waves = s.waves
-                    if s.weights_only_waves is not None and weights_only(path, fleet_path):
-                        waves = s.weights_only_waves
+                    fast = s.weights_only_waves is not None and weights_only(path, fleet_path)
+                    waves = s.weights_only_waves if fast else s.waves
                     active = plan_rollout(v, path, t, C, waves, soak, s.wave_delay_s, roll_rng,
                                           s.overlap_last_soak)
+                    active.weights_only = fast
                     tr.events.append({"t": t, "kind": "rollout", "version": v, "waves": list(waves)})
             while ub_pending and ub_pending[0][0] <= t:
                 ub_model = ub_pending.pop(0)[1]

@@ -389,6 +389,22 @@ class Controller:
             return policy, None
         return msgspec.structs.replace(policy, waves=list(policy.weights_only_waves)), why
 
+    def delivered(self, rid: str) -> bool:
+        """Whether rollout ``rid`` runs its last wave and every online member of it runs the new version (none
+        still working on it, none failed): a newer version can then take over without leaving a device behind."""
+        with self._lock:
+            r = self.store.rollout(rid)
+            if r is None or r.state != State.RUNNING or not r.wave_published or r.wave < len(r.policy.waves) - 1:
+                return False
+            t = self.store.target(r.fleet)
+            max_seq = t.seq if t is not None and t.rollout_id == r.id else -1
+            wave = gate.count_wave(self._members(r, r.below), r.id, r.version, r.wave_started, max_seq=max_seq)
+            return bool(wave.active) and not wave.pending and not wave.failed
+
+    def weights_only(self, rid: str) -> bool:
+        """Whether rollout ``rid`` took the policy's ``weights_only_waves`` (its ``weights_only`` event)."""
+        return any(e.kind == "weights_only" for e in self.store.events(rid, 200))
+
     def _supersede(self, fleet: str, version: str, *, active: bool = True, exclude: str | None = None,
                    before: float | None = None) -> None:
         """``version`` takes over the fleet: rollouts that await approval (and, with ``active``, those that run)

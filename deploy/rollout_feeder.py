@@ -5,6 +5,10 @@ soaks, downloads) takes tens of seconds. Starting a rollout per promotion would 
 canary wave, and the fleet's tail would never get anything. In ``auto`` the feeder keeps at most one rollout
 in progress; when it ends, it starts the newest version promoted meanwhile. Versions in between are
 ``skipped`` on purpose: the learner is cumulative, so the newest version contains what they learned.
+One exception: a rollout that took the policy's ``weights_only_waves`` (a version that only changed weights,
+deploy/model_graph.py) may be superseded by the newest promotion once every device of its last wave runs it --
+nobody is left behind, and only its soak is cut short. Rollback targets stay the versions whose rollouts
+completed.
 In ``approve`` each newest promoted version is recorded as a rollout that *awaits approval* (nothing is
 published); ``edgeloop rollout approve vNNNN`` or the console releases it, ``reject`` refuses it, and a newer
 promotion supersedes a version still waiting.
@@ -202,8 +206,15 @@ class RolloutFeeder:
                 if self.intake is not None:
                     self.intake.want(r)
             elif not self._closed and not self._waiting_for_baseline(open_, baseline):
-                if self.mode == "approve" or not self.store.get_active(self.fleet):
+                if self.mode == "approve" or self._free():
                     self._start(r, baseline)
+
+    def _free(self) -> bool:
+        """No rollout in progress, or only one that took the weights-only waves and has reached every device of its
+        last wave: the newest version may take over from it (its soak is what it gives up; it stays out of the
+        rollback targets, which are the versions whose rollouts completed)."""
+        active = self.store.get_active(self.fleet)
+        return all(self.ctl.weights_only(r.id) and self.ctl.delivered(r.id) for r in active)
 
     def _baseline_candidate(self, r: PromotionRecord, baseline: str | None) -> bool:
         if baseline is not None:

@@ -71,6 +71,56 @@ def test_one_rollout_at_a_time_and_the_newest_promotion_next(rollout_env, models
     assert feeder.describe().startswith("idle; fleet baseline v0006")
 
 
+def test_a_delivered_weights_only_rollout_is_taken_over_by_the_newest_promotion(rollout_env, models, good3) -> None:
+    """On the weights-only waves, v0002 (good1's graph, other weights) goes to all four devices at once; a soak of
+    600 s would hold the fleet, but once every device runs it the newer v0006 takes over. Nobody is left behind,
+    and the rollback target stays the last version whose rollout completed (v0001), not the superseded one."""
+    ctl, lf = rollout_env(4)
+    notes = Notes()
+    policy = Policy(waves=[0.5, 1.0], weights_only_waves=[1.0], soak=600.0, health_seconds=0.5, wave_timeout=900.0)
+    feeder = RolloutFeeder(ctl, ("v0001", models["good1"]), policy, notify=notes)
+    feeder.on_promoted("v0002", models["good2"], METRICS)
+    feeder.poll()
+    first = feeder.records()[0]["id"]
+    assert ctl.weights_only(first) and not ctl.delivered("no-such-rollout")
+    feeder.on_promoted("v0006", good3, METRICS)
+
+    def v0006_everywhere() -> bool:
+        feeder.poll()
+        return set(lf.versions().values()) == {"v0006"}
+
+    wait_for(v0006_everywhere, 60, "v0006 on every device")
+    recs = feeder.records()
+    assert [(r["version"], r["previous"], r["outcome"], r["waves"]) for r in recs] == [
+        ("v0002", "v0001", "superseded", 1), ("v0006", "v0001", "running", 1)]
+    assert ctl.store.fleet_baseline(ctl.default_fleet) == "v0001"
+    assert "v0002 superseded by v0006" in [n["text"] for n in notes.items if n.get("version") == "v0002"]
+    feeder.close()
+
+
+def test_a_rollout_with_the_canary_is_never_taken_over(rollout_env, models, good3) -> None:
+    """The same, but v0002 is not a weights-only change (its waves are the full ones): v0006 waits for it."""
+    ctl, lf = rollout_env(4)
+    policy = Policy(waves=[0.5, 1.0], soak=600.0, health_seconds=0.5, wave_timeout=900.0)
+    feeder = RolloutFeeder(ctl, ("v0001", models["good1"]), policy)
+    feeder.on_promoted("v0002", models["good2"], METRICS)
+    feeder.poll()
+    rid = feeder.records()[0]["id"]
+    with ctl._lock:  # the canary's soak over already: the last wave goes out on the canary's report
+        if not ctl.store.rollout(rid).wave_published:
+            ctl.tick()
+        assert ctl.store.rollout(rid).wave_published
+        ctl.store._update(rid, "wave_started=?", (0.0,))
+    wait_for(lambda: set(lf.versions().values()) == {"v0002"}, 60, "v0002 on every device")
+    wait_for(lambda: ctl.delivered(rid), 30, "the last wave delivered")
+    feeder.on_promoted("v0006", good3, METRICS)
+    for _ in range(10):
+        feeder.poll()
+    assert [r["version"] for r in feeder.records()] == ["v0002"] and not ctl.weights_only(rid)
+    assert ctl.store.rollout(rid).state == "running"
+    feeder.close()
+
+
 def test_a_rolled_back_version_is_not_the_next_rollback_target(rollout_env, models) -> None:
     ctl, lf = rollout_env(4)
     notes = Notes()
