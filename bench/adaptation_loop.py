@@ -129,6 +129,7 @@ class LoopSettings:
     overlap_last_soak: bool = False      # the next rollout may start once the last wave is delivered
     weights_only_waves: tuple[float, ...] | None = None  # waves of a version that is the fleet's graph with other
     #                                                      weights (deploy/model_graph.py; the demo's policy: (1.0,))
+    weights_only_take_over: bool = True  # ... and a newer promotion takes over once it is delivered (the feeder's)
     upper_bound: bool = True
     upper_steps: int = 100
     upper_every: int = 2
@@ -482,7 +483,7 @@ def run_loop(state_src: Path, workdir: Path, urls: list[str], s: LoopSettings, s
                     tr.events.append({"t": t, "kind": "swap", "version": active.version, "cameras": members})
                 # a rollout on the weights-only waves is superseded by a newer promotion once every camera runs
                 # it (deploy/rollout_feeder.py ``_free``); any other rollout completes after its last soak
-                take_over = active.weights_only and any(p[2] <= t for p in promoted)
+                take_over = active.weights_only and s.weights_only_take_over and any(p[2] <= t for p in promoted)
                 if not active.swaps and (t >= active.end or take_over):
                     fleet_version, fleet_path = active.version, active.path
                     tr.events.append({"t": t, "kind": "completed" if t >= active.end else "superseded",

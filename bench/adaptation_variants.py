@@ -186,17 +186,25 @@ VARIANTS: dict[str, Variant] = {
     "demo-instant": Variant("demo-instant", "the demo with rollouts that take no time (no soak, 0.05 s delivery): "
                                             "the bound of any rollout policy", settings={"soak_s": 0.0,
                                             "wave_delay_s": 0.05, "overlap_last_soak": True}, demo_learner=True),
-    "demo-overlap-fast": Variant("demo-overlap-fast", "the demo, and the next rollout starting once the last wave "
-                                                      "is delivered (its soak not waited for)",
+    "demo-overlap-fast": Variant("demo-overlap-fast", "the weights-only waves, and every rollout (the canary's too) "
+                                                      "giving way once its last wave is delivered",
                                  settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES), "overlap_last_soak": True},
                                  demo_learner=True),
-    "demo-hint80": Variant("demo-hint80", "the demo with twice the selection hint's upload budget (80 a minute per "
-                                          "camera instead of 40)",
-                           settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES),
+    "demo-hint80": Variant("demo-hint80", "demo-waves-only with twice the selection hint's upload budget (80 a "
+                                          "minute per camera instead of 40)",
+                           settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES), "weights_only_take_over": False,
                                      "hints": {"budget_per_minute": 80}}, demo_learner=True),
     "demo-k40": Variant("demo-k40", "the demo with 40 optimiser steps per update instead of 20 (the update charged "
                                     "by its steps)", settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES),
                                                                "update": {"steps": 40}}, demo_learner=True),
+    "demo-waves-only": Variant("demo-waves-only", "the demo's weights-only waves without the take-over: each rollout "
+                                                  "soaks its last wave before the next starts (#62, first step)",
+                               settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES),
+                                         "weights_only_take_over": False}, demo_learner=True),
+    "demo-waves-only-k40": Variant("demo-waves-only-k40", "demo-waves-only with 40 optimiser steps per update",
+                                   settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES),
+                                             "weights_only_take_over": False, "update": {"steps": 40}},
+                                   demo_learner=True),
     "base": Variant("base", "the loop's base, which every other variant changes: the demo before #60 (small_cnn at "
                             "64x64 for parts, the trainer's default learner)"),
     "no-calib": Variant("no-calib", "the demo before calibration became its default (calibration off)",
