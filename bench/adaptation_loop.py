@@ -179,12 +179,14 @@ def stage_times(results_json: Path) -> dict[str, float]:
     # c8d50ed) the difference is charged here, as delivery
     soaks = int(settings.get("rollout", {}).get("soaked_waves", 2))
     # since the demo sends a version that only changes weights to every camera at once (#62), the rollouts with
-    # the canary are the ones this derivation is about; a run of only those direct rollouts measured one delivery
+    # the canary are the ones this derivation is about; a run of only direct rollouts (a freshness run: its head
+    # never grows) measured one delivery, to which the health watch's excess over the soak is added as above
     by_waves = fig.get("rollout_by_waves") or {}
     if str(soaks + 1) in by_waves:
         out["wave_delay_s"] = max(0.05, (by_waves[str(soaks + 1)]["p50"] - soaks * soak) / 2.0)
     elif "1" in by_waves:
-        out["wave_delay_s"] = max(0.05, by_waves["1"]["p50"])
+        excess = max(0.0, float(settings.get("rollout", {}).get("health_s", soak)) - soak)
+        out["wave_delay_s"] = max(0.05, by_waves["1"]["p50"] + excess / 2.0)
     else:
         out["wave_delay_s"] = max(0.05, (st["rollout"]["p50"] - soaks * soak) / 2.0)
     out["update_steps"] = settings.get("update", {}).get("steps", 20)

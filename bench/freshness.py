@@ -246,6 +246,8 @@ def analyze(raw: dict[str, Any]) -> dict[str, Any]:
         "rehearsals": sum(1 for u in updates if "rehearsal" in u),
         "versions_promoted": len(promoted),
         "versions_rolled_out": sum(1 for r in raw["rollouts"] if r.get("state") == "completed"),
+        # rollouts on the weights-only waves that a newer version took over once every camera ran them
+        "rollouts_taken_over": sum(1 for r in raw["rollouts"] if r.get("state") == "superseded"),
         "versions_delivering": delivering,
         "fleet_steps": [{"t": round(st["wall"] - raw.get("t0", st["wall"]), 2), "level": st["level"],
                          "version": st["version"], "device": st["device"]} for st in steps],
@@ -636,7 +638,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, st in (f.get("stages") or {}).items():
             share = "-" if st["share"] is None else f"{100 * st['share']:.0f} %"
             print(f"  {name:<13} p50 {_fmt(st['p50']):>6} s  p95 {_fmt(st['p95']):>6} s  share {share}")
-        print(f"  load: {f.get('load')}")
+        for n, st in (f.get("rollout_by_waves") or {}).items():
+            print(f"  rollout of {n} wave{'s' if n != '1' else ''}: p50 {_fmt(st['p50'])} s over {st['n']} samples")
+        print(f"  rollouts: {f.get('versions_rolled_out')} completed, {f.get('rollouts_taken_over')} taken over once "
+              f"delivered; load: {f.get('load')}")
     return 0 if not result.get("errors") else 1
 
 

@@ -75,6 +75,9 @@ def test_the_delivery_is_derived_from_the_rollouts_with_the_canary(tmp_path) -> 
     fig["rollout_by_waves"] = {"1": {"p50": 1.2}}
     (tmp_path / "direct.json").write_text(json.dumps({"benchmarks": [{"name": "freshness", "figures": fig}]}))
     assert stage_times(tmp_path / "direct.json")["wave_delay_s"] == pytest.approx(1.2)
+    fig["settings"]["rollout"]["health_s"] = 7.2  # a canary waits max(health watch, soak): the excess is charged
+    (tmp_path / "direct.json").write_text(json.dumps({"benchmarks": [{"name": "freshness", "figures": fig}]}))
+    assert stage_times(tmp_path / "direct.json")["wave_delay_s"] == pytest.approx(1.2 + (7.2 - 4.8) / 2)
     del fig["rollout_by_waves"]
     (tmp_path / "old.json").write_text(json.dumps({"benchmarks": [{"name": "freshness", "figures": fig}]}))
     assert stage_times(tmp_path / "old.json")["wave_delay_s"] == pytest.approx(0.05)  # (3.0 - 4.8) / 2, floored
