@@ -221,7 +221,8 @@ def run_one(scenario: str, seed: int, variant: str = "demo", upper: bool = True,
     sc = scenarios(stream_s)[scenario]
     var = variants()[variant]
     s, (kind, boot_opts) = run_one_settings(scenario, seed, variant, upper, stream_s, cameras, boot)
-    stages = {k: getattr(s, k) for k in ("label_delay_s", "update_s", "evaluate_s", "export_s", "wave_delay_s")}
+    stages = {k: getattr(s, k) for k in ("label_delay_s", "update_s", "evaluate_s", "export_s", "wave_delay_s",
+                                         "direct_delay_s") if getattr(s, k) is not None}
     state = bootstrap_state(kind, seed, boot_opts)
     urls = [sc.url(camera_seed(seed, k), FPS) for k in range(cameras)]
     hooks = var.hooks() if var.hooks else None

@@ -123,6 +123,8 @@ class LoopSettings:
     export_s: float = 1.11
     soak_s: float | None = None          # None: the demo's max(3, stream_s / 25)
     wave_delay_s: float = 0.33           # manifest -> chunks -> verify -> swap on a camera
+    direct_delay_s: float | None = None  # the same for a rollout on the weights-only waves (None: wave_delay_s); a
+    #                                      canary wave's delay also carries the health watch's excess over the soak
     waves: tuple[float, ...] = (0.05, 0.25, 1.0)
     fast_soak_margin: float | None = None  # soak 1 s when the gate's recent-slice margin is >= this (points)
     fast_soak_s: float = 1.0
@@ -150,6 +152,12 @@ class LoopSettings:
 #: 64x64, one torch thread, medians of 5 interleaved rounds (``python -m bench.step_cost``, 2026-12-02, on a loaded
 #: machine). Each stage is scaled whole: the steps dominate an update, the candidate's forward passes an evaluation.
 NETS_NOW_OVER_BEFORE = {"update_s": 0.751, "evaluate_s": 0.510}
+
+
+#: How long after its health watch a canary's report reaches the controller and advances the wave: #61's run of
+#: record (canary rollouts only) took 9.215 s from a rollout's start to its last camera, two deliveries of ~0.17 s
+#: (#62's direct rollouts: 0.04 s to verified + 0.13 s to the swap) and a 7.2 s health watch: 1.68 s left.
+CANARY_REPORT_LAG_S = 1.68
 
 
 def stage_times(results_json: Path) -> dict[str, float]:
@@ -182,11 +190,14 @@ def stage_times(results_json: Path) -> dict[str, float]:
     # the canary are the ones this derivation is about; a run of only direct rollouts (a freshness run: its head
     # never grows) measured one delivery, to which the health watch's excess over the soak is added as above
     by_waves = fig.get("rollout_by_waves") or {}
+    if "1" in by_waves:  # a direct rollout: one delivery, then the swap
+        out["direct_delay_s"] = max(0.05, by_waves["1"]["p50"] + st.get("swap", {}).get("p50", 0.0))
     if str(soaks + 1) in by_waves:
         out["wave_delay_s"] = max(0.05, (by_waves[str(soaks + 1)]["p50"] - soaks * soak) / 2.0)
     elif "1" in by_waves:
-        excess = max(0.0, float(settings.get("rollout", {}).get("health_s", soak)) - soak)
-        out["wave_delay_s"] = max(0.05, by_waves["1"]["p50"] + excess / 2.0)
+        health = float(settings.get("rollout", {}).get("health_s", soak))
+        excess = max(0.0, health + CANARY_REPORT_LAG_S - soak)
+        out["wave_delay_s"] = max(0.05, out["direct_delay_s"] + excess / 2.0)
     else:
         out["wave_delay_s"] = max(0.05, (st["rollout"]["p50"] - soaks * soak) / 2.0)
     out["update_steps"] = settings.get("update", {}).get("steps", 20)
@@ -501,8 +512,8 @@ def run_loop(state_src: Path, workdir: Path, urls: list[str], s: LoopSettings, s
                         soak = s.fast_soak_s
                     fast = s.weights_only_waves is not None and weights_only(path, fleet_path)
                     waves = s.weights_only_waves if fast else s.waves
-                    active = plan_rollout(v, path, t, C, waves, soak, s.wave_delay_s, roll_rng,
-                                          s.overlap_last_soak)
+                    delay = s.direct_delay_s if fast and s.direct_delay_s is not None else s.wave_delay_s
+                    active = plan_rollout(v, path, t, C, waves, soak, delay, roll_rng, s.overlap_last_soak)
                     active.weights_only = fast
                     tr.events.append({"t": t, "kind": "rollout", "version": v, "waves": list(waves)})
             while ub_pending and ub_pending[0][0] <= t:

@@ -60,27 +60,33 @@ def test_a_weights_only_version_is_planned_on_the_demos_weights_only_waves(tmp_p
 
 
 def test_the_delivery_is_derived_from_the_rollouts_with_the_canary(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Since #62 a freshness run holds direct rollouts (one delivery) beside those with the canary: the per-wave
-    delivery comes from the latter, as before; a run of direct rollouts only charges their one delivery."""
+    """Since #62 a freshness run holds direct rollouts (one delivery) beside those with the canary: each kind is
+    charged what its own rollouts measured."""
     import json
 
     from bench.adaptation_loop import stage_times
 
+    from bench.adaptation_loop import CANARY_REPORT_LAG_S
+
     fig = {"stages": {k: {"p50": v} for k, v in (("label", 0.2), ("update", 3.0), ("evaluation", 0.7),
-                                                   ("export", 1.1), ("rollout", 3.0))}, "total_p50_s": 20.0,
-           "settings": {"demo_stream_s": 120.0, "rollout": {"soaked_waves": 1}},
+                                                   ("export", 1.1), ("rollout", 3.0), ("swap", 0.1))},
+           "total_p50_s": 20.0, "settings": {"demo_stream_s": 120.0, "rollout": {"soaked_waves": 1}},
            "rollout_by_waves": {"1": {"p50": 1.2}, "2": {"p50": 9.6}}}
     (tmp_path / "both.json").write_text(json.dumps({"benchmarks": [{"name": "freshness", "figures": fig}]}))
-    assert stage_times(tmp_path / "both.json")["wave_delay_s"] == pytest.approx((9.6 - 4.8) / 2)
+    both = stage_times(tmp_path / "both.json")
+    assert both["wave_delay_s"] == pytest.approx((9.6 - 4.8) / 2) and both["direct_delay_s"] == pytest.approx(1.3)
+    # only direct rollouts (a freshness run's head never grows): a canary wave is their delivery plus the health
+    # watch's excess over the soak (and the report's lag after it), spread over its two deliveries as above
     fig["rollout_by_waves"] = {"1": {"p50": 1.2}}
+    fig["settings"]["rollout"]["health_s"] = 7.2
     (tmp_path / "direct.json").write_text(json.dumps({"benchmarks": [{"name": "freshness", "figures": fig}]}))
-    assert stage_times(tmp_path / "direct.json")["wave_delay_s"] == pytest.approx(1.2)
-    fig["settings"]["rollout"]["health_s"] = 7.2  # a canary waits max(health watch, soak): the excess is charged
-    (tmp_path / "direct.json").write_text(json.dumps({"benchmarks": [{"name": "freshness", "figures": fig}]}))
-    assert stage_times(tmp_path / "direct.json")["wave_delay_s"] == pytest.approx(1.2 + (7.2 - 4.8) / 2)
+    direct = stage_times(tmp_path / "direct.json")
+    assert direct["direct_delay_s"] == pytest.approx(1.3)
+    assert direct["wave_delay_s"] == pytest.approx(1.3 + (7.2 + CANARY_REPORT_LAG_S - 4.8) / 2)
     del fig["rollout_by_waves"]
     (tmp_path / "old.json").write_text(json.dumps({"benchmarks": [{"name": "freshness", "figures": fig}]}))
-    assert stage_times(tmp_path / "old.json")["wave_delay_s"] == pytest.approx(0.05)  # (3.0 - 4.8) / 2, floored
+    old = stage_times(tmp_path / "old.json")
+    assert old["wave_delay_s"] == pytest.approx(0.05) and "direct_delay_s" not in old  # (3.0 - 4.8) / 2, floored
 
 
 def test_soaked_waves_counts_the_waves_that_add_a_camera() -> None:
