@@ -385,7 +385,7 @@ class Controller:
             return policy, None
         same, why = weights_only_change(art.data, art.compat, prev.data, prev.compat)
         if not same:
-            log.info("%s: %s than %s: full waves", art.version, why, prev_version)
+            log.info("%s against %s: %s: full waves", art.version, prev_version, why)
             return policy, None
         return msgspec.structs.replace(policy, waves=list(policy.weights_only_waves)), why
 

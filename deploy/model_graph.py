@@ -11,9 +11,10 @@ every device still watches it and rolls back by itself, and the fleet gate still
 breach.
 
 :func:`graph_digest` is the model with every weight's *values* removed (names, shapes and types kept), metadata
-and doc strings dropped (the model's and every node's: the exporter notes each node's source file and line), serialised deterministically and hashed. Anything else that differs -- an operator, an
-attribute, a constant folded into a node, an initializer's shape (a grown head), the opset -- gives another
-digest, so a doubt always falls back to the full waves.
+and doc strings dropped (the model's and every node's: the exporter notes each node's source file and line),
+serialised deterministically and hashed. Anything else that differs -- an operator, an attribute, a constant
+folded into a node, an initializer's shape (a grown head), the opset -- gives another digest, so a doubt always
+falls back to the full waves.
 """
 from __future__ import annotations
 
