@@ -197,6 +197,13 @@ VARIANTS: dict[str, Variant] = {
     "demo-k40": Variant("demo-k40", "the demo with 40 optimiser steps per update instead of 20 (the update charged "
                                     "by its steps)", settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES),
                                                                "update": {"steps": 40}}, demo_learner=True),
+    "demo-lr2": Variant("demo-lr2", "the demo with Adam at 2e-3 instead of 1e-3 in updates: with versions reaching "
+                                    "the cameras at once, does faster learning per update pay?",
+                        settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES), "update": {"lr": 2e-3}},
+                        demo_learner=True),
+    "demo-r3": Variant("demo-r3", "the demo with up to 3 rehearsal rounds after each update instead of 2",
+                       settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES), "update": {"rehearse_rounds": 3}},
+                       demo_learner=True),
     "demo-waves-only": Variant("demo-waves-only", "the demo's weights-only waves without the take-over: each rollout "
                                                   "soaks its last wave before the next starts (#62, first step)",
                                settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES),
