@@ -201,6 +201,16 @@ VARIANTS: dict[str, Variant] = {
                                     "the cameras at once, does faster learning per update pay?",
                         settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES), "update": {"lr": 2e-3}},
                         demo_learner=True),
+    "demo-lr3": Variant("demo-lr3", "the demo with Adam at 3e-3 in updates: does the rate keep paying past 2e-3?",
+                        settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES), "update": {"lr": 3e-3}},
+                        demo_learner=True),
+    "demo-lr2-whole": Variant("demo-lr2-whole", "demo-lr2 with no block frozen in updates: the full-resolution "
+                                                "blocks, which never saw a crack in the bootstrap, learn it too "
+                                                "(charged the whole net's update and evaluation, bench/net_costs.py)",
+                              settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES), "update": {"lr": 2e-3},
+                                        "strategy_settings": {"frozen_blocks": 0},
+                                        "stage_scale": {s: 1.0 / f for s, f in FROZEN["small_cnn128", 2].items()}},
+                              demo_learner=True),
     "demo-r3": Variant("demo-r3", "the demo with up to 3 rehearsal rounds after each update instead of 2",
                        settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES), "update": {"rehearse_rounds": 3}},
                        demo_learner=True),
