@@ -129,8 +129,8 @@ class Variant:
 
 def demo_learner_settings(kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(LoopSettings overrides, bootstrap options) of the demo's learner for sim ``kind``: its architecture, its
-    ``learner`` keys (``update.*``, ``strategy.*``, ``eval.*``, ``hints.*``), its ``learner_steps`` per update and the
-    stage costs of that net."""
+    ``learner`` keys (``update.*``, ``strategy.*``, ``eval.*``, ``hints.*``), its ``learner_steps`` per update, its
+    ``learner_lr`` and the stage costs of that net."""
     from bench.net_costs import stage_scale
     from deploy.demo.plan import SCENARIOS
 
@@ -144,6 +144,8 @@ def demo_learner_settings(kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
         settings.setdefault(sections[section], {})[name] = value
     if sc["learner_steps"]:
         settings.setdefault("update", {})["steps"] = sc["learner_steps"]
+    if sc["learner_lr"]:
+        settings.setdefault("update", {})["lr"] = sc["learner_lr"]
     frozen = int(sc["learner"].get("strategy.frozen_blocks", 0))
     settings["stage_scale"] = stage_scale(sc["arch"], frozen)
     return settings, {"arch": sc["arch"]}

@@ -98,11 +98,15 @@ SCENARIOS: dict[str, dict[str, Any]] = {
                           "strategy.frozen_blocks": 2, "eval.paired": "new-class", "eval.weighted": True},
               # its optimiser steps per update, the trainer's default and the steps the benchmark measured it with
               # (README, Adaptation #59, #60); the demo's 64x64 learner took 40
-              "learner_steps": 20},
+              "learner_steps": 20,
+              # its Adam rate in updates: with versions on every camera at once (#62), 2e-3 ends higher than the
+              # demo's 1e-3 on every seed (README, Adaptation #63, #64)
+              "learner_lr": 2e-3},
     # digits: dimmer and lower-contrast labels, then digit 5 appears on the line. No dihedral augmentation here:
     # a turned 6 is a 9
     "digits": {"arch": "convnet", "input_size": None, "lighting": "brightness:-0.5+contrast:0.6", "newclass": "5=0.2",
-               "extra": "classes=0-4", "learner": {}, "learner_steps": None},
+               "extra": "classes=0-4", "learner": {}, "learner_steps": None,
+               "learner_lr": None},
 }
 
 
@@ -123,11 +127,18 @@ def demo_learner(opts: DemoOptions) -> dict[str, Any]:
 
 def demo_trainer_settings(opts: DemoOptions, stream_s: float, slow: bool = False) -> dict[str, Any]:
     """Everything the demo sets in the trainer's config but paths and broker (dotted keys): the scenario's learner
-    (:func:`demo_learner`) with the steps per update it was measured with, and the demo's cadence
+    (:func:`demo_learner`) with the steps per update and the rate it was measured with, and the demo's cadence
     (:func:`trainer_settings`)."""
     learner = demo_learner(opts)
-    steps = SCENARIOS[opts.scenario]["learner_steps"] if learner else None
-    return {**learner, **trainer_settings(stream_s, slow=slow, steps=steps)}
+    sc = SCENARIOS[opts.scenario]
+    steps, lr = (sc["learner_steps"], sc["learner_lr"]) if learner else (None, None)
+    settings = {**learner, **trainer_settings(stream_s, slow=slow, steps=steps, lr=lr)}
+    own = set(config_keys(opts.trainer_config)) & set(LEARNER_RATE_KEYS) if opts.trainer_config is not None else set()
+    if "update.optimizer" in own:  # another optimiser: its rate from the file or the trainer's default, not Adam's
+        own.add("update.lr")
+    for key in own:
+        del settings[key]
+    return settings
 
 
 def plan_timeline(stream_s: float, fps: float, scenario: str) -> Timeline:
@@ -198,9 +209,12 @@ def soaked_waves(cameras: int, waves: tuple[float, ...]) -> int:
 
 #: Optimiser steps per update: the demo's, and on a machine its bootstrap measured slow or busy.
 UPDATE_STEPS, SLOW_UPDATE_STEPS = 40, 20
+#: Adam's rate in updates, unless the scenario's learner was measured with its own (``learner_lr``).
+UPDATE_LR = 1e-3
 
 
-def trainer_settings(stream_s: float, slow: bool = False, steps: int | None = None) -> dict[str, Any]:
+def trainer_settings(stream_s: float, slow: bool = False, steps: int | None = None,
+                     lr: float | None = None) -> dict[str, Any]:
     """The trainer's settings for a stream of ``stream_s`` seconds (dotted keys; paths and URLs apart).
 
     Oracle labels and no HTTP label API; small, frequent buffered updates (T = max(5 s, stream / 15)) so a
@@ -211,18 +225,36 @@ def trainer_settings(stream_s: float, slow: bool = False, steps: int | None = No
     every seed of three scenarios (README #51, #52). With ``slow`` (the bootstrap found the machine slow or
     busy) 20: on a VM ~3x slower per step the benchmark's loop ends the same with either (77.6 against 77.5 %)
     while 40 steps took the freshness from 49 to 79 s (``bench freshness``, README #52). ``steps``: a learner's own
-    steps per update instead (a slow machine still gets no more than 20).
+    steps per update instead (a slow machine still gets no more than 20); ``lr``: its own Adam rate instead of
+    :data:`UPDATE_LR`.
     """
     steps = min(steps or UPDATE_STEPS, SLOW_UPDATE_STEPS) if slow else (steps or UPDATE_STEPS)
     return {"labeler.kind": "oracle", "labeler.api_port": "none", "update.batch": 32, "update.steps": steps,
             "update.wait_s": max(5.0, stream_s / 15.0), "update.min_batch": 8, "update.optimizer": "adam",
-            "update.lr": 1e-3, "torch_threads": 1, "log_level": "WARNING"}
+            "update.lr": lr or UPDATE_LR, "torch_threads": 1, "log_level": "WARNING"}
 
 
 #: Trainer keys the demo always sets itself (paths, broker, identity, labels, cadence): a --trainer-config file
 #: may not set them, so what the demo's report says about its loop stays true.
 DEMO_TRAINER_KEYS = ("state_dir", "model_id", "mqtt", "labeler", "update.batch", "update.steps", "update.wait_s",
-                     "update.min_batch", "update.optimizer", "update.lr", "torch_threads")
+                     "update.min_batch", "torch_threads")
+#: The optimiser and its rate: the demo's (Adam, :data:`UPDATE_LR` or the scenario's ``learner_lr``) unless a
+#: --trainer-config file sets them -- they belong to a learner, and a file that ships one says them
+#: (deploy/configs/trainer-surface-defects-128.yaml). A file's rate alone runs with the demo's Adam; a file's
+#: optimiser alone with the trainer's default rate.
+LEARNER_RATE_KEYS = ("update.optimizer", "update.lr")
+
+
+def config_keys(path: str) -> list[str]:
+    """The dotted keys a trainer YAML sets (``update.lr``, ``mqtt.url``, ...)."""
+    import yaml
+
+    def keys(node: Any, where: str = "") -> list[str]:
+        if not isinstance(node, dict):
+            return [where]
+        return [k for name, v in node.items() for k in keys(v, f"{where}.{name}" if where else str(name))]
+
+    return keys(yaml.safe_load(Path(path).read_text()) or {})
 
 
 def check_trainer_config(path: str) -> str | None:
@@ -231,8 +263,6 @@ def check_trainer_config(path: str) -> str | None:
     The file sets what a deployment would tune (``update.rehearse_steps``, ``strategy.augment``, ``eval.paired``,
     ...); it is validated as ``edgeloop trainer run --config`` validates it, and a key the demo sets itself
     (:data:`DEMO_TRAINER_KEYS`) is refused rather than silently overridden."""
-    import yaml
-
     from protocol.config import ConfigError, load_config
     from trainer.config import TrainerConfig
 
@@ -240,14 +270,7 @@ def check_trainer_config(path: str) -> str | None:
         load_config(TrainerConfig, path)
     except ConfigError as e:
         return str(e)
-    data = yaml.safe_load(Path(path).read_text()) or {}
-
-    def keys(node: Any, where: str = "") -> list[str]:
-        if not isinstance(node, dict):
-            return [where]
-        return [k for name, v in node.items() for k in keys(v, f"{where}.{name}" if where else str(name))]
-
-    own = [k for k in keys(data) if any(k == d or k.startswith(d + ".") for d in DEMO_TRAINER_KEYS)]
+    own = [k for k in config_keys(path) if any(k == d or k.startswith(d + ".") for d in DEMO_TRAINER_KEYS)]
     if own:
         return f"{path}: the demo sets {', '.join(own)} itself (leave {'it' if len(own) == 1 else 'them'} out)"
     return None
