@@ -241,7 +241,7 @@ def run_one(scenario: str, seed: int, variant: str = "demo", upper: bool = True,
                rollouts=sum(1 for e in tr.events if e["kind"] == "rollout"),
                freshness_p50_s=_q(tr.freshness, 50), freshness_p95_s=_q(tr.freshness, 95), bootstrap=boot,
                stream_s=stream_s, cameras=cameras, upper=upper, decisions=tr.updates,
-               hints=[e for e in tr.events if e["kind"] == "hint"])
+               hints=[e for e in tr.events if e["kind"] == "hint"], settings_key=settings_key(s, boot_opts))
     save_row(out)
     return out
 
@@ -276,6 +276,17 @@ def run_one_settings(scenario: str, seed: int, variant: str = "demo", upper: boo
     return s, (sc.kind, {**learner_boot, **var.bootstrap, **(boot or {})})
 
 
+def settings_key(settings: Any, boot: dict[str, Any]) -> str:
+    """A digest of everything a run was measured with -- loop settings, stage charges, bootstrap options: a saved
+    row is named by its variant, and a variant's meaning can move (``demo`` follows the demo)."""
+    import dataclasses
+
+    from bench.run_all import jsonable
+
+    doc = json.dumps(jsonable([dataclasses.asdict(settings), boot]), sort_keys=True, default=str)
+    return hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+
 def _row_path(variant: str, scenario: str, seed: int, stream_s: float, cameras: int) -> Path:
     return CACHE / "runs" / f"{variant}-{scenario}-s{seed}-{stream_s:g}s-{cameras}c.json"
 
@@ -290,15 +301,25 @@ def save_row(row: dict[str, Any]) -> None:
 
 
 def load_rows(names: list[str], seeds: list[int], variant_names: list[str], stream_s: float = STREAM_S,
-              cameras: int = 4) -> list[dict[str, Any]]:
-    """The saved rows of these runs (those that exist)."""
+              cameras: int = 4, boot: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The saved rows of these runs (those that exist), but for a row measured with other settings than its variant
+    has now (:func:`settings_key`): it is left out, and said so, rather than collected under a name it no longer
+    has. Rows saved before the key was recorded are taken as they are."""
     out = []
     for v in variant_names:
         for n in names:
             for seed in seeds:
                 p = _row_path(v, n, seed, stream_s, cameras)
-                if p.exists():
-                    out.append(json.loads(p.read_text()))
+                if not p.exists():
+                    continue
+                row = json.loads(p.read_text())
+                if "settings_key" in row:
+                    s, (_, opts) = run_one_settings(n, seed, v, row["upper"], stream_s, cameras, boot)
+                    if row["settings_key"] != settings_key(s, opts):
+                        print(f"edgeloop bench adaptation: {p.name} was measured with other settings than {v}'s "
+                              "now; left out (run it again)", file=sys.stderr)
+                        continue
+                out.append(row)
     return out
 
 
@@ -658,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
     if a.collect:
-        rows = load_rows(names, seeds, vnames, a.stream, int(extra.get("cameras", 4)))
+        rows = load_rows(names, seeds, vnames, a.stream, int(extra.get("cameras", 4)), extra.get("boot"))
         if not rows:
             print("edgeloop bench adaptation: no saved rows for these runs", file=sys.stderr)
             return 1

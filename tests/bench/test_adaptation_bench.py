@@ -434,3 +434,20 @@ def test_a_variant_charged_its_own_freshness_run_gets_those_stage_times_at_their
     assert {k: getattr(own, k) for k in stages} == pytest.approx(stages)
     base, _ = ad.run_one_settings("default", 0, "ownvm-base")
     assert base.update["steps"] == 40 and base.update_s == pytest.approx(OWN_VM["base"][0]["update_s"])
+
+
+def test_collect_leaves_out_a_row_measured_with_other_settings(tmp_path, monkeypatch, capsys) -> None:
+    """A saved row is named by its variant, whose meaning can move (``demo`` follows the demo): ``--collect`` takes a
+    row only if it was measured with the settings the variant has now, and says which it left out."""
+    monkeypatch.setattr(ad, "CACHE", tmp_path)
+    s, (_, boot) = ad.run_one_settings("default", 0, "demo", upper=False)
+    row = {"variant": "demo", "scenario": "default", "seed": 0, "stream_s": ad.STREAM_S, "cameras": 4, "upper": False}
+    ad.save_row({**row, "settings_key": ad.settings_key(s, boot)})
+    assert len(ad.load_rows(["default"], [0], ["demo"])) == 1
+    other, _ = ad.run_one_settings("default", 0, "demo-k40", upper=False)   # another rate and steps
+    assert ad.settings_key(other, boot) != ad.settings_key(s, boot)
+    ad.save_row({**row, "settings_key": ad.settings_key(other, boot)})
+    assert ad.load_rows(["default"], [0], ["demo"]) == []
+    assert "demo-default-s0-127s-4c.json was measured with other settings than demo's now" in capsys.readouterr().err
+    ad.save_row(row)  # saved before rows recorded their settings: taken as it is
+    assert len(ad.load_rows(["default"], [0], ["demo"])) == 1
