@@ -204,6 +204,12 @@ VARIANTS: dict[str, Variant] = {
     "demo-lr3": Variant("demo-lr3", "the demo with Adam at 3e-3 in updates: does the rate keep paying past 2e-3?",
                         settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES), "update": {"lr": 3e-3}},
                         demo_learner=True),
+    "demo-lr4": Variant("demo-lr4", "the demo with Adam at 4e-3 in updates",
+                        settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES), "update": {"lr": 4e-3}},
+                        demo_learner=True),
+    "demo-lr6": Variant("demo-lr6", "the demo with Adam at 6e-3 in updates: where does the rate stop paying?",
+                        settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES), "update": {"lr": 6e-3}},
+                        demo_learner=True),
     "demo-lr2-whole": Variant("demo-lr2-whole", "demo-lr2 with no block frozen in updates: the full-resolution "
                                                 "blocks, which never saw a crack in the bootstrap, learn it too "
                                                 "(charged the whole net's update and evaluation, bench/net_costs.py)",
