@@ -176,7 +176,7 @@ VARIANTS: dict[str, Variant] = {
     "demo": Variant("demo", "the demo's settings (deploy/demo/plan.py): edge input calibration always on; iw-er, "
                             "B=32 / K=40 / Adam 1e-3, gate, waves; the scenario's net and learner (for parts "
                             "small_cnn128 with 2 frozen blocks, rehearsal, dihedral, paired, weighted gate, K=20, "
-                            "#60; Adam 2e-3, #64); a version that only changes weights to every camera at once (#62)",
+                            "#60; Adam 3e-3, #64); a version that only changes weights to every camera at once (#62)",
                     settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES)}, demo_learner=True),
     "demo-canary": Variant("demo-canary", "the demo before #62: every version through the canary waves",
                            demo_learner=True),
@@ -491,7 +491,7 @@ VARIANTS: dict[str, Variant] = {
                    settings={"strategy": "mer"}),
 }
 
-#: Measured with the demo's learner at Adam 1e-3, before its rate became 2e-3 (README #64): they keep that rate, so
+#: Measured with the demo's learner at Adam 1e-3, before its rate became 3e-3 (README #64): they keep that rate, so
 #: that their rows (#62, #63) reproduce by name.
 for _name in ("demo-canary", "demo-overlap", "demo-instant", "demo-overlap-fast", "demo-hint80", "demo-k40",
               "demo-r3", "demo-waves-only", "demo-waves-only-k40"):

@@ -33,12 +33,12 @@ def test_the_scenarios_learner_goes_with_its_own_net_and_no_trainer_config() -> 
 
 
 def test_the_learners_rate_goes_with_its_learner(tmp_path) -> None:
-    """Adam at 2e-3 was measured for the parts learner only (README #64): without that learner -- digits, another
+    """Adam at 3e-3 was measured for the parts learner only (README #64): without that learner -- digits, another
     net, a --trainer-config -- updates keep the demo's 1e-3, and its steps with it."""
     from deploy.demo.plan import UPDATE_LR, UPDATE_STEPS, demo_trainer_settings
 
-    assert demo_trainer_settings(DemoOptions(), 127.0)["update.lr"] == 2e-3
-    assert demo_trainer_settings(DemoOptions(), 127.0, slow=True)["update.lr"] == 2e-3
+    assert demo_trainer_settings(DemoOptions(), 127.0)["update.lr"] == 3e-3
+    assert demo_trainer_settings(DemoOptions(), 127.0, slow=True)["update.lr"] == 3e-3
     (tmp_path / "t.yaml").write_text("eval:\n  weighted: true\n")
     for opts in (DemoOptions(scenario="digits"), DemoOptions(arch="small_cnn"),
                  DemoOptions(trainer_config=str(tmp_path / "t.yaml"))):
@@ -47,7 +47,7 @@ def test_the_learners_rate_goes_with_its_learner(tmp_path) -> None:
 
 
 def test_a_trainer_config_file_may_set_the_optimiser_and_its_rate(tmp_path) -> None:
-    """They belong to a learner: the shipped 128 config's Adam at 2e-3 reaches the trainer; a rate alone runs with the
+    """They belong to a learner: the shipped 128 config's Adam at 3e-3 reaches the trainer; a rate alone runs with the
     demo's Adam; an optimiser alone with the trainer's default rate (never Adam's 1e-3 with SGD)."""
     from deploy.demo.plan import check_trainer_config, demo_trainer_settings
     from protocol.config import load_config
@@ -61,7 +61,7 @@ def test_a_trainer_config_file_may_set_the_optimiser_and_its_rate(tmp_path) -> N
         return cfg.update.optimizer, cfg.update.lr
 
     shipped = Path(__file__).resolve().parents[2] / "deploy/configs/trainer-surface-defects-128.yaml"
-    assert effective(shipped.read_text()) == ("adam", 2e-3)
+    assert effective(shipped.read_text()) == ("adam", 3e-3)
     assert effective("update:\n  lr: 0.005\n") == ("adam", 0.005)
     assert effective("update:\n  optimizer: sgd\n") == ("sgd", TrainerConfig().update.lr)
     assert effective("strategy:\n  augment: dihedral\n") == ("adam", 1e-3)
@@ -79,8 +79,8 @@ def test_the_shipped_128_config_is_the_parts_scenarios_learner() -> None:
     doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy/configs/trainer-surface-defects-128.yaml").read_text())
     flat = {f"{section}.{k}": v for section, keys in doc.items() for k, v in keys.items()}
     demo = demo_trainer_settings(DemoOptions(), 127.0)
-    assert flat == {**demo_learner(DemoOptions()), "update.optimizer": "adam", "update.lr": 2e-3}
-    assert (demo["update.optimizer"], demo["update.lr"]) == ("adam", SCENARIOS["parts"]["learner_lr"]) == ("adam", 2e-3)
+    assert flat == {**demo_learner(DemoOptions()), "update.optimizer": "adam", "update.lr": 3e-3}
+    assert (demo["update.optimizer"], demo["update.lr"]) == ("adam", SCENARIOS["parts"]["learner_lr"]) == ("adam", 3e-3)
     assert demo["update.steps"] == UpdateConfig().steps == SCENARIOS["parts"]["learner_steps"]
 
 
