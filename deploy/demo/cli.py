@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from deploy.demo.goals import format_goals, median_goals
 from deploy.demo.plan import SCENARIOS, DemoOptions
 
 __all__ = ["build_parser", "main"]
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the scenario's (for parts: deploy/configs/trainer-surface-defects-128.yaml); a key the "
                         "demo sets (paths, broker, labels, update cadence) is refused")
     p.add_argument("--plain", action="store_true", help="plain event lines even on a terminal")
+    p.add_argument("--goals", nargs="+", metavar="OUT_DIR",
+                   help="run nothing: judge the adaptation goals on the median of earlier runs' summary.json (e.g. "
+                        "three seeds' --out directories) and exit 0 only if every goal is met")
     p.add_argument("--insecure", action="store_true",
                    help="an anonymous plain-MQTT broker on loopback instead of the default TLS broker with client "
                         "certificates and ACLs (anyone on this machine can then publish anything; it says so)")
@@ -44,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.goals:
+        return goals_of_runs(args.goals)
     if args.cameras < 1:
         print("edgeloop demo: --cameras must be >= 1", file=sys.stderr)
         return 2
@@ -82,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"models promoted: {len(summary.get('model_versions', [])) - 1}, rollouts: "
               f"{len(summary.get('rollouts', []))}, uploads {summary.get('uploaded')} "
               f"({100 * (summary.get('upload_fraction') or 0):.1f} % of {summary.get('frames')} frames)")
+    if summary.get("goals"):
+        print("goals:", "all met" if summary["goals"]["met"] else "not all met")
+        print("\n".join(format_goals(summary["goals"])))
     for w in summary.get("warnings", []) or []:
         print(f"WARNING: {w}", file=sys.stderr)
     for e in summary.get("errors", []) or []:
@@ -90,6 +99,30 @@ def main(argv: list[str] | None = None) -> int:
     if summary.get("interrupted"):
         return 130
     return 0 if acc else 1
+
+
+def goals_of_runs(dirs: list[str]) -> int:
+    """``edgeloop demo --goals DIR...``: the goals on the median of the runs, each run's value in brackets."""
+    import json
+
+    runs = []
+    for d in dirs:
+        f = Path(d) / "summary.json"
+        try:
+            g = json.loads(f.read_text()).get("goals")
+        except (OSError, ValueError) as e:
+            print(f"edgeloop demo --goals: {f}: {e}", file=sys.stderr)
+            return 2
+        if not g:
+            print(f"edgeloop demo --goals: {f} has no goals (an older run: python -m deploy.demo.report {d} "
+                  "computes them)", file=sys.stderr)
+            return 2
+        runs.append(g)
+    m = median_goals(runs)
+    print(f"goals on the median of {len(runs)} run{'s' if len(runs) != 1 else ''} (each run in brackets): "
+          f"{'all met' if m['met'] else 'not all met'}")
+    print("\n".join(format_goals(m)))
+    return 0 if m["met"] else 1
 
 
 def _f(v: Any) -> str:

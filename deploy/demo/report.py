@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from deploy.demo.goals import format_goals, run_goals
+
 __all__ = ["write_report", "compute_summary", "main"]
 
 CAM_COLORS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
@@ -169,6 +171,7 @@ def compute_summary(rec: Any, confusion: dict[str, Any] | None = None) -> dict[s
         "rollouts": rollouts,
         "final_models": final_models,
         "accuracy": acc,
+        "goals": run_goals(camera_points(rec), _get(rec, "timeline"), acc, confusion),
         "bootstrap": _get(rec, "bootstrap"),
         "timeline": {k: _get(rec, "timeline")[k] for k in ("lighting_s", "newclass_s", "ramp_s", "lighting", "newclass")},
         "broker": _get(rec, "broker"),
@@ -567,11 +570,23 @@ def render_md(rec: Any, s: dict[str, Any]) -> str:
             t = _stream_t(rec, e["wall"])
             lines.append(f"{t if t is not None else '-':>7} s  {e['kind']:<12} {e['text']}")
         lines += ["```"]
+    lines += _goals_md(s)
     if s.get("errors") or s.get("warnings"):
         lines += ["", "## Problems", ""] + [f"- **{w}**" for w in s.get("warnings") or []] + [f"- {e}" for e in s.get("errors") or []]
     lines += ["", f"Run time {s['duration_s']} s (setup {s['setup_s']} s). Numbers: `summary.json`; raw record: "
               "`record.json`; logs: `logs/`.", ""]
     return "\n".join(lines)
+
+
+def _goals_md(s: dict[str, Any]) -> list[str]:
+    """The adaptation goals as this run measured them (deploy/demo/goals.py says how)."""
+    g = s.get("goals")
+    if not g:
+        return []
+    return ["", "## Goals", "", f"The adaptation goals on this run ({'all met' if g['met'] else 'not all met'}; "
+            f"`new_class_recall` is {g.get('new_class') or 'the new class'} on the confusion panel's frames, "
+            "`worst_window` the fleet's loop minus frozen after the lighting change, in points):", "", "```"] \
+        + format_goals(g) + ["```"]
 
 
 def _w(acc: dict[str, Any], key: str) -> str:

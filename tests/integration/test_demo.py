@@ -111,6 +111,19 @@ def test_report_files(demo: dict) -> None:
     assert "report.png" in md and "| after both drifts" in md
 
 
+def test_the_run_judges_the_adaptation_goals_itself(demo: dict) -> None:
+    """Every goal measured (a value, judged against its threshold), in summary.json, report.md and the last lines;
+    whether they are met is the benchmark's business, not a test's."""
+    from deploy.demo.goals import THRESHOLDS
+
+    g = demo["summary"]["goals"]
+    assert set(g["checks"]) == set(THRESHOLDS) and g["new_class"] == "crack"
+    assert all(c["value"] is not None for n, c in g["checks"].items() if n != "recover_lighting_s"), g
+    assert g["met"] == all(c["met"] for c in g["checks"].values())
+    assert "## Goals" in (demo["out"] / "report.md").read_text()
+    assert "worst_window" in demo["proc"].stdout
+
+
 def test_no_process_left_running(demo: dict) -> None:
     s = demo["summary"]
     assert len(s["pids"]) == 4
