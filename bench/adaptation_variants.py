@@ -217,6 +217,11 @@ VARIANTS: dict[str, Variant] = {
                                         "strategy_settings": {"frozen_blocks": 0},
                                         "stage_scale": {s: 1.0 / f for s, f in FROZEN["small_cnn128", 2].items()}},
                               demo_learner=True),
+    "demo-floor": Variant("demo-floor", "the demo with the bootstrap this VM's demo gets: 4,800 frames at the floor "
+                                        "of 400 optimiser steps (4 epochs instead of 9): is the bench above the "
+                                        "real demo because its v0001 saw the old world longer?",
+                          settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES)},
+                          bootstrap={"frames": 4800, "epochs": 4}, demo_learner=True),
     "demo-r3": Variant("demo-r3", "the demo with up to 3 rehearsal rounds after each update instead of 2",
                        settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES), "update": {"rehearse_rounds": 3}},
                        demo_learner=True),
