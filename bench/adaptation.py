@@ -703,13 +703,15 @@ def main(argv: list[str] | None = None) -> int:
     if a.png:
         print(f"picture: {render_png(rows, summary, Path(a.png), vnames[0])}")
     if a.save:
+        from bench import machine as machine_mod
         from bench.run_all import REGISTRY, jsonable, write_results
 
+        machine = machine_mod.facts()  # before the picture is written: the tree is as the rows were measured
         entry = result(rows, a.quick, vnames[0])
         entry.update(status="ok", seconds=round(sum(r["seconds"] for r in rows), 1), quick=a.quick,
                      ran_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         write_results([jsonable(entry)], ROOT / "bench" / "results.json", ROOT / "BENCHMARKS.md", a.quick,
-                      REGISTRY, merge=True)
+                      REGISTRY, merge=True, machine=machine)
     return 0
 
 
