@@ -222,6 +222,9 @@ VARIANTS: dict[str, Variant] = {
                                         "real demo because its v0001 saw the old world longer?",
                           settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES)},
                           bootstrap={"frames": 4800, "epochs": 4}, demo_learner=True),
+    "demo-boot6": Variant("demo-boot6", "demo-floor with 6 bootstrap epochs: how many does the frozen-block learner's "
+                                        "v0001 need?", settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES)},
+                          bootstrap={"frames": 4800, "epochs": 6}, demo_learner=True),
     "demo-r3": Variant("demo-r3", "the demo with up to 3 rehearsal rounds after each update instead of 2",
                        settings={"weights_only_waves": tuple(WEIGHTS_ONLY_WAVES), "update": {"rehearse_rounds": 3}},
                        demo_learner=True),
