@@ -131,7 +131,7 @@ class Variant:
 def demo_learner_settings(kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(LoopSettings overrides, bootstrap options) of the demo's learner for sim ``kind``: its architecture, its
     ``learner`` keys (``update.*``, ``strategy.*``, ``eval.*``, ``hints.*``), its ``learner_steps`` per update, its
-    ``learner_lr`` and the stage costs of that net."""
+    ``learner_lr``, the stage costs of that net and its v0001's ``learner_boot_epochs``."""
     from bench.net_costs import stage_scale
     from deploy.demo.plan import SCENARIOS
 
@@ -149,7 +149,10 @@ def demo_learner_settings(kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
         settings.setdefault("update", {})["lr"] = sc["learner_lr"]
     frozen = int(sc["learner"].get("strategy.frozen_blocks", 0))
     settings["stage_scale"] = stage_scale(sc["arch"], frozen)
-    return settings, {"arch": sc["arch"]}
+    boot = {"arch": sc["arch"]}
+    if sc["learner_boot_epochs"] and sc["learner_boot_epochs"] != DEMO_BOOTSTRAP["epochs"]:
+        boot["epochs"] = sc["learner_boot_epochs"]  # named only when it differs: rows keep their settings key
+    return settings, boot
 
 
 def variants() -> dict[str, Variant]:

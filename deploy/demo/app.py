@@ -60,7 +60,8 @@ from deploy.demo.live import CameraRow, View, ViewState, make_view
 from deploy.demo.monitor import Monitor
 from deploy.demo.plan import (CALIBRATION, FLEET, MIN_STREAM_S, MODEL_ID, PREFIX, SCENARIOS, SLOW_UPDATE_STEPS,
                               TEARDOWN_RESERVE_S, DemoOptions, Timeline, bootstrap_budget, camera_seed,
-                              confusion_seed, demo_arch, demo_policy, demo_trainer_settings, plan_timeline, sim_url)
+                              confusion_seed, demo_arch, demo_policy, demo_trainer_settings, learner_boot_epochs,
+                              plan_timeline, sim_url)
 from deploy.rollout_feeder import RolloutFeeder
 from deploy.service import DeployService
 
@@ -327,6 +328,13 @@ class DemoApp:
             self.events.add("setup", f"this machine is slow or busy ({per_sample * 1e3:.1f} ms per sample step): the "
                                      f"bootstrap takes its minimum of {epochs} epochs, ~{epochs * n_train * per_sample * 1.15:.0f} s "
                                      f"instead of {budget_s:.0f} s, and the demo runs late{fewer}")
+        floor = learner_boot_epochs(self.opts)
+        if floor is not None and epochs < floor:
+            self.events.add("setup", f"the bootstrap takes {floor} epochs, ~{floor * n_train * per_sample * 1.15:.0f} s, "
+                                     f"where the {budget_s:.0f} s budget gives {epochs}: the scenario's learner keeps "
+                                     f"v0001's first blocks and was measured with {floor}; the stream is that much "
+                                     "shorter (a longer --duration gives it back)")
+            epochs = floor
         return epochs
 
     def init_plan(self) -> None:

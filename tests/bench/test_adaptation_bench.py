@@ -245,6 +245,8 @@ def test_the_demo_variant_is_the_demos_net_and_learner_charged_what_they_cost() 
     scale = stage_scale("small_cnn128", 2)
     assert demo.update["steps"] == SCENARIOS["parts"]["learner_steps"] == 20 and base.update["steps"] == 40
     assert demo.update["lr"] == SCENARIOS["parts"]["learner_lr"] == 3e-3 and base.update["lr"] == 1e-3
+    # its v0001 trained as long as the demo trains it (README #65)
+    assert ad.bootstrap_options("parts", 0, boot)[2]["epochs"] == SCENARIOS["parts"]["learner_boot_epochs"]
     # the rows measured with the demo's learner before its rate changed keep theirs (README #62, #63)
     assert ad.run_one_settings("default", 0, "demo-k40")[0].update == {**demo.update, "lr": 1e-3, "steps": 40}
     assert demo.update_s == pytest.approx(base.update_s * scale["update_s"] * 20 / 40)  # charged by its steps too

@@ -118,3 +118,27 @@ def test_the_confusion_panel_sees_frames_through_the_cameras_calibration(tmp_pat
     assert old["models"] == raw["models"] and raw["models"]["frozen"]["calibration_gain"] is None
     gain = cal["models"]["frozen"]["calibration_gain"]  # 60 % darker light: the map brings it back up
     assert gain is not None and min(gain) > 1.5, gain
+
+
+def test_the_scenarios_learner_gets_the_bootstrap_epochs_it_was_measured_with(tmp_path, monkeypatch) -> None:
+    """Its first blocks stay v0001's for good: a budget that gives small_cnn128 4 epochs on a 2-core VM cost 2.7
+    points after both drifts (README #65). Below the floor the demo takes the floor and says what it costs; above
+    it, or with another net or learner, the time budget alone decides."""
+    pytest.importorskip("torch")
+    from deploy.demo import app as demo_app
+    from deploy.demo.live import PlainView
+    from deploy.demo.plan import SCENARIOS, DemoOptions, demo_arch, learner_boot_epochs
+
+    floor = SCENARIOS["parts"]["learner_boot_epochs"]
+    assert floor and learner_boot_epochs(DemoOptions()) == floor
+    assert learner_boot_epochs(DemoOptions(arch="small_cnn")) is None
+    assert learner_boot_epochs(DemoOptions(scenario="digits")) is None
+    cases = ((4, {}, floor), (floor + 3, {}, floor + 3), (4, {"arch": "small_cnn"}, 4))
+    for i, (budget_epochs, kw, expected) in enumerate(cases):
+        monkeypatch.setattr(demo_app, "bootstrap_epochs", lambda *a, e=budget_epochs, **k: (e, 1e-5))
+        opts = DemoOptions(out=str(tmp_path / str(i)), **kw)
+        app = demo_app.DemoApp(opts, PlainView())
+        assert app._bootstrap_epochs(demo_arch(opts), 1.0) == expected
+        said = [e["text"] for e in app.events.items if e["kind"] == "setup" and "the bootstrap takes" in e["text"]]
+        assert bool(said) is (expected != budget_epochs), said
+        assert not said or (f"gives {budget_epochs}" in said[0] and f"measured with {floor}" in said[0])
