@@ -20,9 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "a new defect class); a live view while it runs and a report (report.png, report.md, "
                     "summary.json) at the end, with a frozen-model control computed on the same frames.")
     p.add_argument("--cameras", type=int, default=4, help="simulated cameras, one process each (default 4)")
-    p.add_argument("--duration", type=float, default=225.0,
-                   help="wall-clock budget of the whole run in seconds, setup and report included (default 225: on "
-                        "a 2-core VM the parts learner's 9-epoch bootstrap takes ~80 s and the stream ~125 s)")
+    p.add_argument("--duration", type=float, default=210.0,
+                   help="wall-clock budget of the whole run in seconds, setup and report included (default 210: on "
+                        "a 2-core VM the parts learner's 9-epoch bootstrap takes ~65 s and the stream ~125 s)")
     p.add_argument("--scenario", choices=sorted(SCENARIOS), default="parts", help="sim scenario (default parts)")
     p.add_argument("--data", help="digits: directory with MNIST IDX files (default: the repo's data/mnist)")
     p.add_argument("--broker", help="use this broker URL instead of starting the embedded one")

@@ -33,7 +33,7 @@ class DemoOptions:
     """The command line, typed."""
 
     cameras: int = 4
-    duration: float = 225.0
+    duration: float = 210.0
     scenario: str = "parts"
     data: str | None = None
     broker: str | None = None

@@ -19,7 +19,7 @@ import pytest
 from deploy.broker import find_mosquitto
 
 ROOT = Path(__file__).resolve().parents[2]
-DURATION = 225  # the default demo: 4 cameras, ~4 minutes (shorter runs leave too few labels after the drift)
+DURATION = 210  # the default demo: 4 cameras, 3.5 minutes (shorter runs leave too few labels after the drift)
 
 pytestmark = [pytest.mark.timeout(DURATION + 120), pytest.mark.slow,
               pytest.mark.skipif(find_mosquitto() is None, reason="the demo's embedded broker test wants mosquitto")]
