@@ -54,11 +54,10 @@ STREAM_S = 127.0
 FPS = 15.0
 CACHE = Path(os.environ.get("EDGELOOP_BENCH_CACHE", Path.home() / ".cache" / "edgeloop-bench")) / "adaptation"
 #: the README's demo runs the default scenario is compared with: the range of three (seeds 0-2, 2026-12-03, the demo's
-#: defaults since README #64: small_cnn128 with two frozen blocks updating at Adam 3e-3, versions that only change
-#: weights to every camera at once; on this VM their bootstraps hit the 400-step floor, 4 epochs, and the streams ran
-#: 122-124 s)
-DEMO_REFERENCE = {"before_drift": (96.7, 97.7), "after_lighting": (96.7, 99.0), "final_loop": (87.4, 89.9),
-                  "final_frozen": (17.8, 47.8)}
+#: defaults since README #65: small_cnn128 with two frozen blocks updating at Adam 3e-3 from a v0001 of at least 9
+#: epochs, versions that only change weights to every camera at once; streams of 119-126 s)
+DEMO_REFERENCE = {"before_drift": (98.1, 99.6), "after_lighting": (98.2, 98.9), "final_loop": (88.6, 90.8),
+                  "final_frozen": (35.7, 45.4)}
 
 
 # -- scenarios ------------------------------------------------------------------------------------------------
