@@ -82,6 +82,7 @@ REGISTRY: list[Bench] = [
     Bench("chaos", "bench.chaos"),
     Bench("adaptation", "bench.adaptation"),
     Bench("soak", "bench.soak", explicit=True),
+    Bench("equal_compute", "bench.equal_compute", explicit=True),
 ]
 
 

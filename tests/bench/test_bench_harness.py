@@ -158,8 +158,10 @@ def test_unknown_benchmark_name(fake_registry: list[Bench], capsys: pytest.Captu
 def test_registry_order_and_label_budget_shaping(monkeypatch: pytest.MonkeyPatch) -> None:
     names = [b.name for b in run_all.REGISTRY]
     assert names == ["codec", "simulator", "edge_path", "venv_size", "mqtt_clients", "learning",
-                     "label_budget", "transport", "rollout", "freshness", "console", "fuzz", "chaos", "adaptation", "soak"]
-    assert [b.name for b in run_all.REGISTRY if b.explicit] == ["soak"]  # 30 minutes: never in `bench all`
+                     "label_budget", "transport", "rollout", "freshness", "console", "fuzz", "chaos", "adaptation", "soak",
+                     "equal_compute"]
+    # never in `bench all`: 30 minutes; a 6 GB peer virtualenv
+    assert [b.name for b in run_all.REGISTRY if b.explicit] == ["soak", "equal_compute"]
     from bench import label_budget, learning
 
     submitted: list[dict[str, Any]] = []
